@@ -43,14 +43,24 @@ def ideal_noise(n_rx: int, thermal_power: float) -> NDArray[np.complex128]:
 def waterfill_level(upsilon: NDArray[np.float64], nu: float) -> NDArray[np.float64]:
     """Total noise ``x_i(nu)`` per eigen-direction, eq. 14 in a cancellation-free form.
 
-    ``x = (u/2)(sqrt(1 + 4/(u nu)) - 1) = 2u / (u nu + sqrt((u nu)^2 + 4 u nu))``: the right-hand
-    side has no subtraction, so it keeps full precision when ``u nu >> 1`` (high SNR), where the
-    printed form loses every digit. ``x = 0`` where ``u = 0`` (no signal, no jamming).
+    With ``t = u nu``, ``x = (u/2)(sqrt(1 + 4/t) - 1)`` is evaluated as
+
+    * ``x = 2 / (nu (1 + sqrt(1 + 4/t)))`` for ``t >= 1`` (high SNR, where the printed form
+      subtracts two nearly equal numbers and loses every digit), and
+    * ``x = sqrt(u/nu) (sqrt(1 + t/4) - sqrt(t)/2)`` for ``t < 1``, with ``sqrt(t)`` formed as
+      ``sqrt(u) sqrt(nu)`` so that nothing underflows at extreme dynamic range.
+
+    ``x = 0`` where ``u = 0`` (no signal, no jamming).
     """
-    t = upsilon * nu
-    out = np.zeros_like(upsilon)
-    pos = upsilon > 0
-    out[pos] = 2.0 * upsilon[pos] / (t[pos] + np.sqrt(t[pos] * t[pos] + 4.0 * t[pos]))
+    u = np.asarray(upsilon, dtype=np.float64)
+    out = np.zeros_like(u)
+    root_u, root_nu = np.sqrt(u), np.sqrt(nu)
+    root_t = root_u * root_nu
+    high = root_t >= 1.0
+    low = (u > 0) & ~high
+    t_high = root_t[high] ** 2
+    out[high] = 2.0 / (nu * (1.0 + np.sqrt(1.0 + 4.0 / t_high)))
+    out[low] = (root_u[low] / root_nu) * (np.sqrt(1.0 + root_t[low] ** 2 / 4.0) - root_t[low] / 2.0)
     return out
 
 
