@@ -36,3 +36,11 @@ def test_bad_arguments_raise_input_errors(good, fn):
 
 def test_input_error_is_a_value_error():
     assert issubclass(InputError, ValueError)
+
+
+def test_unknown_scenario_is_a_clear_error(good):
+    from rmtllmf.channel import noise_covariance
+
+    H, p, _ = good
+    with pytest.raises(InputError, match="unknown scenario 'bogus'"):
+        noise_covariance("bogus", H, p, 1.0, 1.0)  # type: ignore[arg-type]
