@@ -14,3 +14,13 @@ def test_ci_runs_the_readme_test_command():
     assert "rmtllmf" in install_and_run
     ci_lines = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.strip()]
     assert ci_lines[-1] == test_command
+
+
+def test_readme_python_example_runs(capsys):
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S)
+    assert code is not None
+    exec(compile(code.group(1), "README.md", "exec"), {})
+    assert "[" in capsys.readouterr().out

@@ -286,6 +286,18 @@ def transmit_symbols(
     )
 
 
+def _mean_square_error(a: NDArray[np.floating], b: NDArray[np.floating]) -> float:
+    """``mean((a - b)^2)`` in float64, a block at a time (no full-size temporaries)."""
+    if a.size == 0:
+        return 0.0
+    block = 1 << 20
+    total = 0.0
+    for i in range(0, a.size, block):
+        d = a[i : i + block].astype(np.float64) - b[i : i + block]
+        total += float(np.dot(d, d))
+    return total / a.size
+
+
 def _stats(
     sent: list[NDArray[np.floating]],
     received: list[NDArray[np.float32]],
@@ -308,7 +320,6 @@ def _stats(
     count = max(n_uses, 1)
     out = []
     for q in range(n_users):
-        diff = received[q].astype(np.float64) - sent[q]
         out.append(
             UserLinkStats(
                 snr_db=float(snr[q]),
@@ -318,7 +329,7 @@ def _stats(
                 symbol_mse=float(total.sq_err[q] / count),
                 ber_theory=float(ber_theory[q]),
                 ber=float(total.bit_err[q] / (count * k)),
-                vector_mse=float(np.mean(diff**2)) if diff.size else 0.0,
+                vector_mse=_mean_square_error(sent[q], received[q]),
                 n_symbols=n_uses,
             )
         )
