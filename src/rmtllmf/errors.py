@@ -22,3 +22,7 @@ class DegenerateChannelWarning(UserWarning):
     The computation goes on with the mathematically correct value (``inf`` rate, zero MSE); the
     warning says which users are affected and how to avoid it (usually: add a thermal floor).
     """
+
+
+class CheckpointError(RmtllmfError):
+    """A checkpoint cannot be read or written: missing, truncated, pickled, or mismatched."""

@@ -1,0 +1,41 @@
+"""Task vectors and merging (torch; knows nothing of radios).
+
+* :class:`TaskVector` (eq. 1): build from checkpoints tensor by tensor, arithmetic, cosine,
+  flatten for the channel, safetensors in and out;
+* :data:`MERGE_METHODS`: ``task-arithmetic`` (eq. 6), ``average``, ``ties``, ``dare``, one
+  signature; :func:`merge_task_vectors` (in memory) and :func:`merge_checkpoints` (streaming);
+* :func:`select_lambda`: validation grid search of ``lambda_N``.
+"""
+
+from rmtllmf.fusion.checkpoint import LazyCheckpoint, load_state_dict, save_state_dict
+from rmtllmf.fusion.merge import (
+    MERGE_METHODS,
+    LambdaSearch,
+    MergeConfig,
+    get_method,
+    merge_checkpoints,
+    merge_task_vectors,
+    register,
+    select_lambda,
+)
+from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
+from rmtllmf.fusion.task_vector import TaskVector, VectorLayout, cosine_matrix
+
+__all__ = [
+    "ALL_PARAMS",
+    "MERGE_METHODS",
+    "LambdaSearch",
+    "LazyCheckpoint",
+    "MergeConfig",
+    "ParamFilter",
+    "TaskVector",
+    "VectorLayout",
+    "cosine_matrix",
+    "get_method",
+    "load_state_dict",
+    "merge_checkpoints",
+    "merge_task_vectors",
+    "register",
+    "save_state_dict",
+    "select_lambda",
+]

@@ -1,0 +1,226 @@
+"""Reading and writing checkpoints tensor by tensor (safetensors in and out, never unpickling).
+
+Sources accepted everywhere a checkpoint is expected:
+
+* a ``.safetensors`` file;
+* a Hugging Face model directory with ``model.safetensors`` or a sharded
+  ``model.safetensors.index.json``;
+* a pickled ``.bin``/``.pt``/``.pth`` file or directory with ``pytorch_model.bin``: refused unless
+  ``allow_pickle=True``, and then loaded with ``torch.load(weights_only=True)`` only.
+
+:class:`LazyCheckpoint` opens safetensors with ``safe_open`` and reads one tensor at a time, so a
+merge of ``N`` models holds one tensor per model in memory. :func:`write_safetensors_streaming`
+writes a safetensors file from a generator of tensors, without holding the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from rmtllmf.errors import CheckpointError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+_DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _pickle_refusal(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is a pickle checkpoint; pickles can run code when loaded and are refused. "
+        "Convert it to safetensors, or pass allow_pickle=True (--allow-pickle) to load it with "
+        "torch.load(weights_only=True) if you trust it."
+    )
+
+
+def resolve_files(path: str | Path) -> list[Path]:
+    """The tensor files behind a checkpoint path (one file, or the shards of an HF directory)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(
+            f"checkpoint {p} does not exist; give a .safetensors file or a model directory"
+        )
+    if p.is_file():
+        return [p]
+    index = p / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [p / name for name in dict.fromkeys(weight_map.values())]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (p / name).exists():
+            return [p / name]
+    candidates = sorted(p.glob("*.safetensors"))
+    if len(candidates) == 1:
+        return candidates
+    raise CheckpointError(
+        f"no weights found in directory {p}: expected model.safetensors, a sharded "
+        "model.safetensors.index.json, or a single *.safetensors file"
+    )
+
+
+class LazyCheckpoint:
+    """Read-only, per-tensor access to a checkpoint. Use as a context manager."""
+
+    def __init__(self, path: str | Path, *, allow_pickle: bool = False) -> None:
+        self.path = Path(path)
+        self._stack = ExitStack()
+        self._where: dict[str, Any] = {}
+        self._eager: dict[str, torch.Tensor] = {}
+        for file in resolve_files(path):
+            if file.suffix in PICKLE_SUFFIXES:
+                if not allow_pickle:
+                    raise _pickle_refusal(file)
+                self._eager.update(_load_pickle(file))
+                continue
+            try:
+                handle = self._stack.enter_context(safe_open(str(file), framework="pt"))
+            except (SafetensorError, OSError) as exc:
+                self._stack.close()
+                raise CheckpointError(
+                    f"cannot read {file} as safetensors ({exc}); the file may be truncated or not "
+                    "a safetensors file — re-download or re-save it"
+                ) from exc
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                self._where[key] = handle
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the open files."""
+        self._stack.close()
+
+    def keys(self) -> list[str]:
+        """Tensor names in file order."""
+        return [*self._where, *self._eager]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._where or key in self._eager
+
+    def get(self, key: str) -> torch.Tensor:
+        """Load one tensor."""
+        if key in self._eager:
+            return self._eager[key]
+        if key not in self._where:
+            raise CheckpointError(f"tensor {key!r} is missing from {self.path}")
+        try:
+            tensor: torch.Tensor = self._where[key].get_tensor(key)
+        except SafetensorError as exc:
+            raise CheckpointError(f"cannot read tensor {key!r} from {self.path}: {exc}") from exc
+        return tensor
+
+    def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype of a tensor without loading its data."""
+        if key in self._eager:
+            t = self._eager[key]
+            return tuple(t.shape), t.dtype
+        if key not in self._where:
+            raise CheckpointError(f"tensor {key!r} is missing from {self.path}")
+        sl = self._where[key].get_slice(key)
+        names = {v: k for k, v in _DTYPE_NAMES.items()}
+        return tuple(sl.get_shape()), names[sl.get_dtype()]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor, loaded (for small models)."""
+        return {k: self.get(k) for k in self.keys()}
+
+
+def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
+    obj = torch.load(file, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{file} does not hold a flat state dict of tensors")
+    return dict(obj)
+
+
+def load_state_dict(
+    source: str | Path | dict[str, torch.Tensor], *, allow_pickle: bool = False
+) -> dict[str, torch.Tensor]:
+    """A whole state dict from a path (see module docs) or an in-memory dict (returned as is)."""
+    if isinstance(source, dict):
+        return source
+    with LazyCheckpoint(source, allow_pickle=allow_pickle) as ckpt:
+        return ckpt.state_dict()
+
+
+def save_state_dict(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write tensors as one safetensors file (contiguous copies; shared storage is fine)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(out), metadata)
+
+
+def write_safetensors_streaming(
+    path: str | Path,
+    layout: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write a safetensors file whose header is known up front, one tensor at a time.
+
+    ``layout`` lists ``(name, shape, dtype)`` in file order; ``tensors`` must then yield exactly
+    those tensors in that order. Memory stays at one tensor. The format: an 8-byte little-endian
+    header length, a JSON header of dtype/shape/data_offsets, then the raw bytes.
+    """
+    entries = list(layout)
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, shape, dtype in entries:
+        if dtype not in _DTYPE_NAMES:
+            raise CheckpointError(f"tensor {name!r}: dtype {dtype} cannot be stored in safetensors")
+        size = dtype.itemsize
+        for dim in shape:
+            size *= dim
+        header[name] = {
+            "dtype": _DTYPE_NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * ((-len(blob)) % 8)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".partial")
+    with tmp.open("wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)))
+        fh.write(blob)
+        for (name, shape, dtype), (got_name, tensor) in zip(entries, tensors, strict=True):
+            if got_name != name or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                raise CheckpointError(
+                    f"streamed tensor {got_name!r} {tuple(tensor.shape)} {tensor.dtype} does not "
+                    f"match the announced {name!r} {shape} {dtype}"
+                )
+            fh.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    tmp.replace(out)

@@ -1,0 +1,295 @@
+"""Merge methods: one registry, one signature, tensor by tensor.
+
+Every method turns the task-vector slices of one parameter, ``[tau_1[k], ..., tau_N[k]]``, into
+the merged delta for that parameter; the merged model is ``theta_base[k] + delta[k]``:
+
+* ``task-arithmetic`` (Ilharco et al. 2023; paper eq. 6): ``delta = lambda * sum_q tau_q``.
+* ``average``: ``delta = mean_q tau_q``, i.e. the simple average of the fine-tuned weights
+  (Wortsman et al. 2022, model soups).
+* ``ties`` (Yadav et al. 2023): trim each ``tau_q`` to its ``density`` fraction of largest
+  magnitudes (threshold over the whole task vector, as in the paper and FusionBench), elect a sign
+  per entry from the sum of the trimmed values (an exact zero takes the majority sign, FusionBench's
+  ``resolve_zero_signs``), take the disjoint mean (or sum / max) of the entries that agree with it,
+  and scale by ``lambda``.
+* ``dare`` (Yu et al. 2024): drop each entry of ``tau_q`` with probability ``p`` and rescale the
+  rest by ``1/(1-p)``, then combine with task arithmetic or TIES (``dare_combine``). Drops are
+  seeded per (task, parameter), so a merge is reproducible in any order.
+
+Methods that need a statistic of a whole task vector (TIES's global threshold) declare it; the
+drivers compute it in a first streaming pass, so memory stays at one tensor per model plus, for a
+global TIES threshold, one task vector's magnitudes at a time.
+
+The scaling ``lambda`` is configurable; :func:`select_lambda` runs the validation grid search of
+tangent task arithmetic, ``lambda in linspace(0, 1, 21)`` by default.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+from rmtllmf.errors import InputError
+from rmtllmf.fusion.checkpoint import write_safetensors_streaming
+from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
+from rmtllmf.fusion.task_vector import ModelSource, TaskVector, _Source, selected_keys
+
+
+class MergeConfig(BaseModel):
+    """How to merge (frozen). ``scaling`` is the paper's ``lambda_N``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str = "task-arithmetic"
+    scaling: float = Field(0.3, ge=0.0, description="lambda for task-arithmetic / ties / dare")
+    density: float = Field(0.2, gt=0.0, le=1.0, description="TIES: fraction of entries kept")
+    ties_merge: Literal["mean", "sum", "max"] = "mean"
+    drop_rate: float = Field(0.5, ge=0.0, lt=1.0, description="DARE: probability p of dropping")
+    dare_combine: Literal["task-arithmetic", "ties"] = "task-arithmetic"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TensorContext:
+    """What a method may know about the parameter being merged."""
+
+    name: str
+    config: MergeConfig
+    thresholds: tuple[float, ...] | None = None
+
+
+MergeFn = Callable[[Sequence[torch.Tensor], TensorContext], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registry entry: the per-tensor function and whether it needs global TIES thresholds."""
+
+    fn: MergeFn
+    needs_thresholds: Callable[[MergeConfig], bool]
+    summary: str
+
+
+MERGE_METHODS: dict[str, MergeMethod] = {}
+
+
+def register(
+    name: str, summary: str, needs_thresholds: Callable[[MergeConfig], bool] = lambda c: False
+) -> Callable[[MergeFn], MergeFn]:
+    """Add a merge method to the registry under ``name``."""
+
+    def wrap(fn: MergeFn) -> MergeFn:
+        MERGE_METHODS[name] = MergeMethod(fn, needs_thresholds, summary)
+        return fn
+
+    return wrap
+
+
+def get_method(name: str) -> MergeMethod:
+    """Look up a merge method; unknown names list the known ones."""
+    if name not in MERGE_METHODS:
+        raise InputError(f"unknown merge method {name!r}; choose one of {sorted(MERGE_METHODS)}")
+    return MERGE_METHODS[name]
+
+
+@register("task-arithmetic", "theta_base + lambda * sum_q tau_q (eq. 6)")
+def task_arithmetic(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
+    """``lambda * sum_q tau_q``."""
+    return ctx.config.scaling * torch.stack(list(taus)).sum(dim=0)
+
+
+@register("average", "mean of the fine-tuned weights: theta_base + mean_q tau_q")
+def average(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
+    """``mean_q tau_q``."""
+    return torch.stack(list(taus)).mean(dim=0)
+
+
+def ties_combine(
+    stacked: torch.Tensor, thresholds: Sequence[float] | None, merge: str
+) -> torch.Tensor:
+    """TIES trim / elect / disjoint merge of ``stacked`` (shape ``(N, ...)``), unscaled."""
+    if thresholds is not None:
+        thr = torch.tensor(thresholds, dtype=stacked.dtype).reshape(
+            -1, *([1] * (stacked.dim() - 1))
+        )
+        stacked = stacked * (stacked.abs() >= thr)
+    sign = torch.sign(stacked.sum(dim=0))
+    majority = torch.sign(sign.sum())
+    sign = torch.where(sign == 0, majority, sign)
+    agree = torch.where(sign > 0, stacked > 0, stacked < 0)
+    selected = stacked * agree
+    if merge == "sum":
+        return selected.sum(dim=0)
+    if merge == "max":
+        return selected.abs().max(dim=0).values * sign
+    count = agree.sum(dim=0).clamp(min=1)
+    return selected.sum(dim=0) / count
+
+
+@register(
+    "ties",
+    "trim top-density, elect sign, disjoint merge (Yadav et al. 2023)",
+    needs_thresholds=lambda c: c.density < 1.0,
+)
+def ties(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
+    """``lambda * disjoint_merge(elect(trim(tau_q)))``."""
+    combined = ties_combine(torch.stack(list(taus)), ctx.thresholds, ctx.config.ties_merge)
+    return ctx.config.scaling * combined
+
+
+def _dare_drop(tau: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    if p == 0.0:
+        return tau
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.rand(tau.shape, generator=gen) >= p
+    return tau * keep / (1.0 - p)
+
+
+def dare_seed(config: MergeConfig, task: int, name: str) -> int:
+    """Seed of the drop mask of one (task, parameter): stable across runs and orders."""
+    return (config.seed * 1_000_003 + task * 7919 + zlib.crc32(name.encode())) % (2**63)
+
+
+@register(
+    "dare",
+    "drop-and-rescale, then task arithmetic or TIES (Yu et al. 2024)",
+    needs_thresholds=lambda c: c.dare_combine == "ties" and c.density < 1.0,
+)
+def dare(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
+    """Drop with probability ``p``, rescale by ``1/(1-p)``, combine."""
+    cfg = ctx.config
+    dropped = [
+        _dare_drop(t, cfg.drop_rate, dare_seed(cfg, i, ctx.name)) for i, t in enumerate(taus)
+    ]
+    if cfg.dare_combine == "ties":
+        return cfg.scaling * ties_combine(torch.stack(dropped), ctx.thresholds, cfg.ties_merge)
+    return cfg.scaling * torch.stack(dropped).sum(dim=0)
+
+
+def ties_threshold(magnitudes: torch.Tensor, density: float) -> float:
+    """The magnitude at or above which TIES keeps an entry: the ``(d - floor(d * density))``-th
+    smallest of ``d`` magnitudes, as in the TIES reference code and FusionBench's
+    ``topk_values_mask`` (so ``floor(d * density) + 1`` entries survive, ties aside)."""
+    d = magnitudes.numel()
+    k = d - int(d * density)
+    if density >= 1.0 or k <= 0 or d == 0:
+        return 0.0
+    return float(magnitudes.reshape(-1).kthvalue(k).values)
+
+
+def merge_task_vectors(
+    base: Mapping[str, torch.Tensor],
+    task_vectors: Sequence[TaskVector],
+    config: MergeConfig,
+    param_filter: ParamFilter = ALL_PARAMS,
+) -> dict[str, torch.Tensor]:
+    """Merge in memory: every task-vector parameter selected by ``param_filter`` gets
+    ``base + delta``; everything else (unselected, integer buffers) is the base's, unchanged."""
+    if not task_vectors:
+        raise InputError("no task vectors to merge; give at least one")
+    method = get_method(config.method)
+    names = [k for k in task_vectors[0].tensors if param_filter.matches(k)]
+    for tv in task_vectors[1:]:
+        task_vectors[0]._check_same(tv)
+    thresholds = None
+    if method.needs_thresholds(config):
+        thresholds = tuple(
+            ties_threshold(
+                torch.cat([tv.tensors[k].abs().reshape(-1) for k in names]), config.density
+            )
+            for tv in task_vectors
+        )
+    out = {k: v.clone() for k, v in base.items()}
+    for k in names:
+        if k not in base:
+            raise InputError(f"the base model lacks parameter {k!r} of the task vectors")
+        delta = method.fn(
+            [tv.tensors[k] for tv in task_vectors], TensorContext(k, config, thresholds)
+        )
+        out[k] = (base[k].to(torch.float32) + delta).to(base[k].dtype)
+    return out
+
+
+def merge_checkpoints(
+    base: ModelSource,
+    finetuned: Sequence[ModelSource],
+    out: str | Path,
+    config: MergeConfig,
+    param_filter: ParamFilter = ALL_PARAMS,
+    *,
+    allow_pickle: bool = False,
+) -> None:
+    """Merge checkpoints from disk into a safetensors file, streaming one tensor per model.
+
+    The output has exactly the base's keys, shapes and dtypes; parameters not selected (and all
+    integer buffers) are copied from the base.
+    """
+    if not finetuned:
+        raise InputError("no fine-tuned models to merge; give at least one (--models ...)")
+    method = get_method(config.method)
+    b = _Source(base, allow_pickle)
+    fts = [_Source(f, allow_pickle) for f in finetuned]
+    try:
+        keys = set(selected_keys(b, fts[0], param_filter, "fine-tuned model"))
+        for i, f in enumerate(fts[1:], start=2):
+            selected_keys(b, f, param_filter, f"fine-tuned model #{i}")
+        order = b.keys()
+        merged = [k for k in order if k in keys]
+        thresholds = None
+        if method.needs_thresholds(config):
+            thresholds = tuple(
+                ties_threshold(
+                    torch.cat(
+                        [(f.get(k).float() - b.get(k).float()).abs().reshape(-1) for k in merged]
+                    ),
+                    config.density,
+                )
+                for f in fts
+            )
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            for k in order:
+                base_t = b.get(k)
+                if k in keys:
+                    taus = [f.get(k).float() - base_t.float() for f in fts]
+                    delta = method.fn(taus, TensorContext(k, config, thresholds))
+                    yield k, (base_t.float() + delta).to(base_t.dtype)
+                else:
+                    yield k, base_t
+
+        layout = [(k, *b.meta(k)) for k in order]
+        write_safetensors_streaming(
+            out, layout, tensors(), {"format": "pt", "rmtllmf_merge": config.model_dump_json()}
+        )
+    finally:
+        b.close()
+        for f in fts:
+            f.close()
+
+
+@dataclass(frozen=True)
+class LambdaSearch:
+    """Result of a validation grid search over ``lambda``."""
+
+    best: float
+    grid: NDArray[np.float64]
+    scores: NDArray[np.float64]
+
+
+def select_lambda(
+    score: Callable[[float], float], grid: Sequence[float] | None = None
+) -> LambdaSearch:
+    """Pick ``lambda`` maximising ``score`` (a validation metric; never test data) over ``grid``
+    (default ``linspace(0, 1, 21)``); ties go to the smallest ``lambda``."""
+    values = np.linspace(0.0, 1.0, 21) if grid is None else np.asarray(grid, dtype=np.float64)
+    if values.size == 0:
+        raise InputError("the lambda grid is empty")
+    scores = np.array([float(score(float(lam))) for lam in values])
+    return LambdaSearch(float(values[int(np.argmax(scores))]), values, scores)

@@ -1,0 +1,273 @@
+"""Task vectors (paper eq. 1): ``tau_q = theta_ft,q - theta_base``, and their arithmetic.
+
+A :class:`TaskVector` maps parameter names to float32 tensors. It is built from a base and a
+fine-tuned model given as state dicts, ``.safetensors`` files or Hugging Face directories, one
+tensor at a time (the two models are never both fully in memory). Construction is strict: the
+selected floating-point key sets, shapes and dtypes of both models must agree, and every
+disagreement is reported by name.
+
+The channel sends flat arrays: :meth:`TaskVector.flatten` concatenates the tensors in a fixed
+order described by :class:`VectorLayout`, whose ``segments`` are the tensor boundaries the
+per-tensor quantiser and power normalisation of :mod:`rmtllmf.channel` use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from rmtllmf.errors import InputError
+from rmtllmf.fusion.checkpoint import LazyCheckpoint, load_state_dict, save_state_dict
+from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter, is_floating
+
+ModelSource = str | Path | Mapping[str, torch.Tensor]
+
+
+def _names(keys: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(k) for k in list(keys)[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+@dataclass(frozen=True)
+class VectorLayout:
+    """Order, names and shapes of the tensors in a flattened task vector."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def sizes(self) -> NDArray[np.int64]:
+        """Number of elements of each tensor."""
+        return np.array([int(np.prod(s)) for s in self.shapes], dtype=np.int64)
+
+    @property
+    def segments(self) -> NDArray[np.int64]:
+        """Tensor boundaries ``[0, n_1, n_1 + n_2, ..., total]`` in the flat vector."""
+        return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+    @property
+    def total(self) -> int:
+        """Length of the flat vector."""
+        return int(self.sizes.sum())
+
+
+class _Source:
+    """Uniform per-tensor access to an in-memory state dict or a lazy checkpoint."""
+
+    def __init__(self, source: ModelSource, allow_pickle: bool) -> None:
+        self._dict: Mapping[str, torch.Tensor] | None = None
+        self._lazy: LazyCheckpoint | None = None
+        if isinstance(source, Mapping):
+            self._dict = source
+            self.label = "state dict"
+        else:
+            self._lazy = LazyCheckpoint(source, allow_pickle=allow_pickle)
+            self.label = str(source)
+
+    def keys(self) -> list[str]:
+        if self._lazy is not None:
+            return self._lazy.keys()
+        assert self._dict is not None
+        return list(self._dict)
+
+    def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+        if self._lazy is not None:
+            return self._lazy.meta(key)
+        assert self._dict is not None
+        t = self._dict[key]
+        return tuple(t.shape), t.dtype
+
+    def get(self, key: str) -> torch.Tensor:
+        if self._lazy is not None:
+            return self._lazy.get(key)
+        assert self._dict is not None
+        return self._dict[key]
+
+    def close(self) -> None:
+        if self._lazy is not None:
+            self._lazy.close()
+
+
+def selected_keys(base: _Source, other: _Source, param_filter: ParamFilter, what: str) -> list[str]:
+    """Floating-point keys selected by the filter, checked to agree between the two models."""
+
+    def pick(src: _Source) -> list[str]:
+        keys = src.keys()
+        return [k for k in keys if param_filter.matches(k) and is_floating(src.meta(k)[1])]
+
+    keys_base, keys_other = pick(base), pick(other)
+    missing = [k for k in keys_base if k not in set(keys_other)]
+    extra = [k for k in keys_other if k not in set(keys_base)]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing from the {what} ({other.label}): {_names(missing)}")
+        if extra:
+            parts.append(f"not in the base ({base.label}): {_names(extra)}")
+        raise InputError(
+            "the models do not have the same parameters; " + "; ".join(parts) + ". Different "
+            "architectures cannot be merged; to use a common part, select it with a parameter "
+            "filter (e.g. include=('vision_model.*',))."
+        )
+    bad = [
+        f"{k!r}: {base.meta(k)} vs {other.meta(k)}"
+        for k in keys_base
+        if base.meta(k) != other.meta(k)
+    ]
+    if bad:
+        raise InputError(
+            f"shape/dtype mismatch between base and {what}: "
+            + "; ".join(bad[:5])
+            + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        )
+    return keys_base
+
+
+class TaskVector:
+    """A task vector: float32 tensors keyed by parameter name (insertion order is the layout)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.tensors: dict[str, torch.Tensor] = {
+            k: v.detach().to(torch.float32) for k, v in tensors.items()
+        }
+
+    # construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_models(
+        cls,
+        base: ModelSource,
+        finetuned: ModelSource,
+        *,
+        param_filter: ParamFilter = ALL_PARAMS,
+        allow_pickle: bool = False,
+    ) -> TaskVector:
+        """``tau = theta_ft - theta_base`` (eq. 1) over the selected floating-point parameters,
+        computed in float32 one tensor at a time."""
+        b, f = _Source(base, allow_pickle), _Source(finetuned, allow_pickle)
+        try:
+            keys = selected_keys(b, f, param_filter, "fine-tuned model")
+            return cls({k: f.get(k).to(torch.float32) - b.get(k).to(torch.float32) for k in keys})
+        finally:
+            b.close()
+            f.close()
+
+    @classmethod
+    def load(cls, path: str | Path) -> TaskVector:
+        """Read a task vector saved by :meth:`save` (safetensors)."""
+        return cls(load_state_dict(path))
+
+    def save(self, path: str | Path) -> None:
+        """Write as safetensors (tensor order preserved)."""
+        save_state_dict(self.tensors, path, {"format": "rmtllmf-task-vector"})
+
+    # arithmetic ------------------------------------------------------------------------------
+    def _check_same(self, other: TaskVector) -> None:
+        if list(self.tensors) != list(other.tensors):
+            a, b = set(self.tensors), set(other.tensors)
+            raise InputError(
+                "task vectors have different parameters: only in the left: "
+                f"{_names(sorted(a - b)) or '-'}; only in the right: {_names(sorted(b - a)) or '-'}"
+            )
+        for k, v in self.tensors.items():
+            if v.shape != other.tensors[k].shape:
+                raise InputError(f"task vectors disagree on the shape of {k!r}")
+
+    def __add__(self, other: TaskVector) -> TaskVector:
+        self._check_same(other)
+        return TaskVector({k: v + other.tensors[k] for k, v in self.tensors.items()})
+
+    def __sub__(self, other: TaskVector) -> TaskVector:
+        self._check_same(other)
+        return TaskVector({k: v - other.tensors[k] for k, v in self.tensors.items()})
+
+    def __mul__(self, scale: float) -> TaskVector:
+        return TaskVector({k: v * float(scale) for k, v in self.tensors.items()})
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> TaskVector:
+        return self * -1.0
+
+    def dot(self, other: TaskVector) -> float:
+        """``<tau_a, tau_b>`` accumulated in float64."""
+        self._check_same(other)
+        return float(
+            sum(
+                torch.dot(v.reshape(-1).double(), other.tensors[k].reshape(-1).double())
+                for k, v in self.tensors.items()
+            )
+        )
+
+    def norm(self) -> float:
+        """Euclidean norm ``||tau||``."""
+        return float(np.sqrt(sum(float(v.double().pow(2).sum()) for v in self.tensors.values())))
+
+    def cosine(self, other: TaskVector) -> float:
+        """Cosine similarity ``<a, b> / (||a|| ||b||)`` (0 when either is zero)."""
+        denom = self.norm() * other.norm()
+        return self.dot(other) / denom if denom > 0 else 0.0
+
+    # flat view for the channel ---------------------------------------------------------------
+    @property
+    def layout(self) -> VectorLayout:
+        """The order and shapes used by :meth:`flatten`."""
+        return VectorLayout(
+            tuple(self.tensors), tuple(tuple(v.shape) for v in self.tensors.values())
+        )
+
+    def flatten(self) -> NDArray[np.float32]:
+        """All tensors concatenated into one float32 array (order of :attr:`layout`)."""
+        if not self.tensors:
+            return np.zeros(0, dtype=np.float32)
+        return torch.cat([v.reshape(-1) for v in self.tensors.values()]).numpy()
+
+    @classmethod
+    def from_flat(cls, flat: NDArray[np.floating], layout: VectorLayout) -> TaskVector:
+        """Inverse of :meth:`flatten` (e.g. for a vector received over the channel)."""
+        arr = np.asarray(flat)
+        if arr.ndim != 1 or arr.size != layout.total:
+            raise InputError(
+                f"flat vector has shape {arr.shape}, the layout needs ({layout.total},)"
+            )
+        seg = layout.segments
+        data = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        return cls(
+            {
+                name: data[seg[i] : seg[i + 1]].reshape(shape).clone()
+                for i, (name, shape) in enumerate(zip(layout.names, layout.shapes, strict=True))
+            }
+        )
+
+    def apply(
+        self, base: Mapping[str, torch.Tensor], scale: float = 1.0
+    ) -> dict[str, torch.Tensor]:
+        """``theta_base + scale * tau``; parameters outside the vector are copied from the base,
+        every tensor keeps the base's dtype."""
+        out = {}
+        for k, v in base.items():
+            if k in self.tensors:
+                out[k] = (v.to(torch.float32) + scale * self.tensors[k]).to(v.dtype)
+            else:
+                out[k] = v.clone()
+        missing = [k for k in self.tensors if k not in base]
+        if missing:
+            raise InputError(f"the base model lacks task-vector parameters {_names(missing)}")
+        return out
+
+
+def cosine_matrix(vectors: Sequence[TaskVector]) -> NDArray[np.float64]:
+    """Pairwise cosine similarities ``C[i, j] = cos(tau_i, tau_j)`` (Figs. 3-4 of the paper)."""
+    n = len(vectors)
+    gram = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            gram[i, j] = gram[j, i] = vectors[i].dot(vectors[j])
+    norms = np.sqrt(np.clip(np.diag(gram), 0, None))
+    denom = np.outer(norms, norms)
+    result: NDArray[np.float64] = np.divide(gram, denom, out=np.zeros_like(gram), where=denom > 0)
+    return result
