@@ -65,7 +65,7 @@ def test_mismatched_models_name_the_offending_keys():
         TaskVector.from_models(base, ft)
     ft = _finetune(base, 1)
     ft["head.weight"] = torch.zeros(5, 8)
-    with pytest.raises(InputError, match="head.weight"):
+    with pytest.raises(InputError, match=r"head\.weight"):
         TaskVector.from_models(base, ft)
     with pytest.raises(InputError, match="dtype"):
         TaskVector.from_models(base, _model(1, dtype=torch.float16))
