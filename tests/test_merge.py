@@ -209,3 +209,22 @@ def test_agrees_with_fusionbench(tmp_path, method):
     assert fb is not None
     for k, v in expected.items():
         torch.testing.assert_close(ours[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch):
+    """The bandwidth fast path (memory-mapped, blocked) equals the per-tensor formula."""
+    import rmtllmf.fusion.merge as merge_module
+
+    monkeypatch.setattr(merge_module, "_BLOCK", 37)
+    base, fts = _models(3)
+    save_file(base, tmp_path / "base.safetensors")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for p, ft in zip(paths, fts, strict=True):
+        save_file(ft, p)
+    out = tmp_path / "m.safetensors"
+    cfg = MergeConfig(scaling=0.45)
+    merge_checkpoints(tmp_path / "base.safetensors", paths, out, cfg)
+    got = load_file(out)
+    expected = merge_task_vectors(base, [TaskVector.from_models(base, ft) for ft in fts], cfg)
+    for k in base:  # float32 exact to rounding; bf16 within one ulp (default tolerances)
+        torch.testing.assert_close(got[k], expected[k])

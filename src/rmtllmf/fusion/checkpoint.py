@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -153,6 +154,32 @@ class LazyCheckpoint:
         return {k: self.get(k) for k in self.keys()}
 
 
+def mmap_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Zero-copy tensors backed by a copy-on-write memory map of one safetensors file.
+
+    Reading them reads the page cache directly (no intermediate copy), which is what makes the
+    linear merge fast path bandwidth-bound. Writes to the tensors never reach the file.
+    """
+    file = Path(path)
+    try:
+        with file.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, struct.error) as exc:
+        raise CheckpointError(f"cannot read the safetensors header of {file}: {exc}") from exc
+    header.pop("__metadata__", None)
+    raw = np.memmap(file, dtype=np.uint8, mode="c")
+    names = {v: k for k, v in _DTYPE_NAMES.items()}
+    out = {}
+    for key, info in header.items():
+        start, stop = info["data_offsets"]
+        if 8 + n + stop > raw.size:
+            raise CheckpointError(f"{file} is truncated: tensor {key!r} runs past the end")
+        buf = torch.from_numpy(raw[8 + n + start : 8 + n + stop])
+        out[key] = buf.view(names[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
 def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
     obj = torch.load(file, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -222,5 +249,5 @@ def write_safetensors_streaming(
                     f"streamed tensor {got_name!r} {tuple(tensor.shape)} {tensor.dtype} does not "
                     f"match the announced {name!r} {shape} {dtype}"
                 )
-            fh.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            fh.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
     tmp.replace(out)

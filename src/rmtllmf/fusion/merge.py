@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmtllmf.errors import InputError
-from rmtllmf.fusion.checkpoint import write_safetensors_streaming
+from rmtllmf.fusion.checkpoint import mmap_safetensors, resolve_files, write_safetensors_streaming
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
 from rmtllmf.fusion.task_vector import ModelSource, TaskVector, _Source, selected_keys
 
@@ -217,6 +217,41 @@ def merge_task_vectors(
     return out
 
 
+def linear_weights(config: MergeConfig, n_models: int) -> list[float] | None:
+    """Per-model weights ``w_q`` when the method is linear in the models, i.e.
+    ``merged = (1 - sum_q w_q) theta_base + sum_q w_q theta_q`` (task arithmetic: ``w = lambda``;
+    average: ``w = 1/N``); ``None`` for non-linear methods."""
+    if config.method == "task-arithmetic":
+        return [config.scaling] * n_models
+    if config.method == "average":
+        return [1.0 / n_models] * n_models
+    return None
+
+
+_BLOCK = 1 << 18  # elements per fused block: inputs and output of a block stay in cache
+
+
+def _fused_linear(
+    base: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequence[float]
+) -> torch.Tensor:
+    """``(1 - sum w) base + sum_q w_q models[q]`` in float32, block by block (one read of every
+    input and one write of the output), cast to the base's dtype."""
+    out = torch.empty(base.shape, dtype=base.dtype)
+    flat_out = out.reshape(-1)
+    flat_in = [m.reshape(-1) for m in models]
+    flat_base = base.reshape(-1)
+    acc = torch.empty(min(_BLOCK, flat_base.numel()), dtype=torch.float32)
+    w0 = 1.0 - float(sum(weights))
+    for start in range(0, flat_base.numel(), _BLOCK):
+        stop = min(start + _BLOCK, flat_base.numel())
+        a = acc[: stop - start]
+        torch.mul(flat_base[start:stop], w0, out=a)
+        for m, w in zip(flat_in, weights, strict=True):
+            a.add_(m[start:stop], alpha=w)
+        flat_out[start:stop] = a
+    return out
+
+
 def merge_checkpoints(
     base: ModelSource,
     finetuned: Sequence[ModelSource],
@@ -254,8 +289,14 @@ def merge_checkpoints(
                 for f in fts
             )
 
+        weights = linear_weights(config, len(fts))
+        maps = _memory_maps(base, finetuned) if weights is not None else None
+
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
             for k in order:
+                if maps is not None and weights is not None and k in keys:
+                    yield k, _fused_linear(maps[0][k], [m[k] for m in maps[1:]], weights)
+                    continue
                 base_t = b.get(k)
                 if k in keys:
                     taus = [f.get(k).float() - base_t.float() for f in fts]
@@ -272,6 +313,22 @@ def merge_checkpoints(
         b.close()
         for f in fts:
             f.close()
+
+
+def _memory_maps(
+    base: ModelSource, finetuned: Sequence[ModelSource]
+) -> list[dict[str, torch.Tensor]] | None:
+    """Zero-copy views of every model when each is a single safetensors file, else ``None``."""
+    sources = [base, *finetuned]
+    files: list[Path] = []
+    for s in sources:
+        if isinstance(s, Mapping):
+            return None
+        found = resolve_files(s)
+        if len(found) != 1 or found[0].suffix != ".safetensors":
+            return None
+        files.append(found[0])
+    return [mmap_safetensors(f) for f in files]
 
 
 @dataclass(frozen=True)
