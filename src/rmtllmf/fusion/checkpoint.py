@@ -16,6 +16,7 @@ writes a safetensors file from a generator of tensors, without holding the whole
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -23,7 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -154,30 +154,49 @@ class LazyCheckpoint:
         return {k: self.get(k) for k in self.keys()}
 
 
-def mmap_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Zero-copy tensors backed by a copy-on-write memory map of one safetensors file.
+class MappedSafetensors:
+    """Zero-copy tensors of one safetensors file over a copy-on-write memory map.
 
-    Reading them reads the page cache directly (no intermediate copy), which is what makes the
-    linear merge fast path bandwidth-bound. Writes to the tensors never reach the file.
+    Reading a tensor reads the page cache directly (no intermediate copy), which makes the
+    linear-merge fast path bandwidth-bound; :meth:`release` drops a tensor's pages from this
+    process once it is used, so resident memory stays at about one tensor per file. Writes to the
+    tensors never reach the file.
     """
-    file = Path(path)
-    try:
-        with file.open("rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-    except (OSError, ValueError, struct.error) as exc:
-        raise CheckpointError(f"cannot read the safetensors header of {file}: {exc}") from exc
-    header.pop("__metadata__", None)
-    raw = np.memmap(file, dtype=np.uint8, mode="c")
-    names = {v: k for k, v in _DTYPE_NAMES.items()}
-    out = {}
-    for key, info in header.items():
-        start, stop = info["data_offsets"]
-        if 8 + n + stop > raw.size:
-            raise CheckpointError(f"{file} is truncated: tensor {key!r} runs past the end")
-        buf = torch.from_numpy(raw[8 + n + start : 8 + n + stop])
-        out[key] = buf.view(names[info["dtype"]]).reshape(info["shape"])
-    return out
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            with self.path.open("rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError, struct.error) as exc:
+            raise CheckpointError(f"cannot map {self.path} as safetensors: {exc}") from exc
+        header.pop("__metadata__", None)
+        names = {v: k for k, v in _DTYPE_NAMES.items()}
+        self._spans: dict[str, tuple[int, int]] = {}
+        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        for key, info in header.items():
+            start, stop = (8 + n + o for o in info["data_offsets"])
+            if stop > len(self._map):
+                raise CheckpointError(f"{self.path} is truncated: tensor {key!r} runs past the end")
+            self._spans[key] = (start, stop)
+            self.entries[key] = (names[info["dtype"]], tuple(info["shape"]))
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """A zero-copy view of tensor ``key``."""
+        start, stop = self._spans[key]
+        dtype, shape = self.entries[key]
+        raw = torch.frombuffer(self._map, dtype=torch.uint8, count=stop - start, offset=start)
+        return raw.view(dtype).reshape(shape)
+
+    def release(self, key: str) -> None:
+        """Drop the whole pages of tensor ``key`` from this process (they stay in page cache)."""
+        start, stop = self._spans[key]
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, stop // page * page
+        if last > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
@@ -211,13 +230,14 @@ def save_state_dict(
 def write_safetensors_streaming(
     path: str | Path,
     layout: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
-    tensors: Iterator[tuple[str, torch.Tensor]],
+    tensors: Iterator[tuple[str, torch.Tensor | Iterator[torch.Tensor]]],
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Write a safetensors file whose header is known up front, one tensor at a time.
 
     ``layout`` lists ``(name, shape, dtype)`` in file order; ``tensors`` must then yield exactly
-    those tensors in that order. Memory stays at one tensor. The format: an 8-byte little-endian
+    those tensors in that order, each either whole or as an iterator of consecutive flat chunks
+    (so that not even one whole tensor needs to exist). The format: an 8-byte little-endian
     header length, a JSON header of dtype/shape/data_offsets, then the raw bytes.
     """
     entries = list(layout)
@@ -243,11 +263,25 @@ def write_safetensors_streaming(
     with tmp.open("wb") as fh:
         fh.write(struct.pack("<Q", len(blob)))
         fh.write(blob)
-        for (name, shape, dtype), (got_name, tensor) in zip(entries, tensors, strict=True):
-            if got_name != name or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+        for (name, shape, dtype), (got_name, item) in zip(entries, tensors, strict=True):
+            expected = int(header[name]["data_offsets"][1] - header[name]["data_offsets"][0])
+            chunks = [item] if isinstance(item, torch.Tensor) else item
+            written = 0
+            for chunk in chunks:
+                if got_name != name or chunk.dtype != dtype:
+                    raise CheckpointError(
+                        f"streamed tensor {got_name!r} ({chunk.dtype}) does not match the "
+                        f"announced {name!r} {shape} {dtype}"
+                    )
+                data = chunk.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+                fh.write(data.data)
+                written += data.size
+            if isinstance(item, torch.Tensor) and tuple(item.shape) != shape:
                 raise CheckpointError(
-                    f"streamed tensor {got_name!r} {tuple(tensor.shape)} {tensor.dtype} does not "
-                    f"match the announced {name!r} {shape} {dtype}"
+                    f"streamed tensor {name!r} has shape {tuple(item.shape)}, announced {shape}"
                 )
-            fh.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            if written != expected:
+                raise CheckpointError(
+                    f"streamed tensor {name!r}: {written} bytes, announced {expected}"
+                )
     tmp.replace(out)

@@ -37,7 +37,11 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmtllmf.errors import InputError
-from rmtllmf.fusion.checkpoint import mmap_safetensors, resolve_files, write_safetensors_streaming
+from rmtllmf.fusion.checkpoint import (
+    MappedSafetensors,
+    resolve_files,
+    write_safetensors_streaming,
+)
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
 from rmtllmf.fusion.task_vector import ModelSource, TaskVector, _Source, selected_keys
 
@@ -228,28 +232,29 @@ def linear_weights(config: MergeConfig, n_models: int) -> list[float] | None:
     return None
 
 
-_BLOCK = 1 << 18  # elements per fused block: inputs and output of a block stay in cache
+_BLOCK = 1 << 16  # elements per fused block: every input block and the output stay in cache
 
 
-def _fused_linear(
-    base: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequence[float]
-) -> torch.Tensor:
-    """``(1 - sum w) base + sum_q w_q models[q]`` in float32, block by block (one read of every
-    input and one write of the output), cast to the base's dtype."""
-    out = torch.empty(base.shape, dtype=base.dtype)
-    flat_out = out.reshape(-1)
-    flat_in = [m.reshape(-1) for m in models]
-    flat_base = base.reshape(-1)
-    acc = torch.empty(min(_BLOCK, flat_base.numel()), dtype=torch.float32)
+def _fused_linear_blocks(
+    files: Sequence[MappedSafetensors], key: str, weights: Sequence[float]
+) -> Iterator[torch.Tensor]:
+    """Flat blocks of ``(1 - sum w) base + sum_q w_q model_q`` for tensor ``key`` (``files[0]`` is
+    the base): zero-copy reads of every input, float32 accumulation in a cache-resident block,
+    cast to the base's dtype. Each input's pages are released once the tensor is done."""
+    inputs = [f.tensor(key).reshape(-1) for f in files]
+    total = inputs[0].numel()
+    acc = torch.empty(min(_BLOCK, max(total, 1)), dtype=torch.float32)
     w0 = 1.0 - float(sum(weights))
-    for start in range(0, flat_base.numel(), _BLOCK):
-        stop = min(start + _BLOCK, flat_base.numel())
+    for start in range(0, total, _BLOCK):
+        stop = min(start + _BLOCK, total)
         a = acc[: stop - start]
-        torch.mul(flat_base[start:stop], w0, out=a)
-        for m, w in zip(flat_in, weights, strict=True):
-            a.add_(m[start:stop], alpha=w)
-        flat_out[start:stop] = a
-    return out
+        torch.mul(inputs[0][start:stop], w0, out=a)
+        for x, w in zip(inputs[1:], weights, strict=True):
+            a.add_(x[start:stop], alpha=w)
+        yield a if inputs[0].dtype == torch.float32 else a.to(inputs[0].dtype)
+    del inputs
+    for f in files:
+        f.release(key)
 
 
 def merge_checkpoints(
@@ -271,6 +276,7 @@ def merge_checkpoints(
     method = get_method(config.method)
     b = _Source(base, allow_pickle)
     fts = [_Source(f, allow_pickle) for f in finetuned]
+    raw: list[MappedSafetensors] | None = None
     try:
         keys = set(selected_keys(b, fts[0], param_filter, "fine-tuned model"))
         for i, f in enumerate(fts[1:], start=2):
@@ -290,12 +296,12 @@ def merge_checkpoints(
             )
 
         weights = linear_weights(config, len(fts))
-        maps = _memory_maps(base, finetuned) if weights is not None else None
+        raw = _raw_files(base, finetuned) if weights is not None else None
 
-        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        def tensors() -> Iterator[tuple[str, torch.Tensor | Iterator[torch.Tensor]]]:
             for k in order:
-                if maps is not None and weights is not None and k in keys:
-                    yield k, _fused_linear(maps[0][k], [m[k] for m in maps[1:]], weights)
+                if raw is not None and weights is not None and k in keys:
+                    yield k, _fused_linear_blocks(raw, k, weights)
                     continue
                 base_t = b.get(k)
                 if k in keys:
@@ -315,10 +321,10 @@ def merge_checkpoints(
             f.close()
 
 
-def _memory_maps(
+def _raw_files(
     base: ModelSource, finetuned: Sequence[ModelSource]
-) -> list[dict[str, torch.Tensor]] | None:
-    """Zero-copy views of every model when each is a single safetensors file, else ``None``."""
+) -> list[MappedSafetensors] | None:
+    """Zero-copy maps of every model when each is a single safetensors file, else ``None``."""
     sources = [base, *finetuned]
     files: list[Path] = []
     for s in sources:
@@ -328,7 +334,7 @@ def _memory_maps(
         if len(found) != 1 or found[0].suffix != ".safetensors":
             return None
         files.append(found[0])
-    return [mmap_safetensors(f) for f in files]
+    return [MappedSafetensors(f) for f in files]
 
 
 @dataclass(frozen=True)

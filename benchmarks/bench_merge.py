@@ -1,0 +1,218 @@
+"""Task-arithmetic merge of 8 CLIP ViT-B/16-sized models: rmtllmf vs FusionBench vs mergekit,
+against the machine's memory-bandwidth bound, measured in one run.
+
+Models: a CLIPVisionModel ViT-B/16 state dict (85.8M float32 parameters, random weights made
+here) plus 8 fine-tuned copies (base + small noise), each an HF directory (config.json +
+model.safetensors). Every contender runs in a fresh subprocess on warm page cache and reports its
+merge wall time (imports excluded) and peak resident memory (VmHWM, which counts the pages of
+memory-mapped files while they are mapped):
+
+* rmtllmf: ``merge_checkpoints`` (streaming; fused memory-mapped fast path for linear merges);
+* FusionBench: its state-dict arithmetic (``state_dict_sub/add/mul``, the body of
+  ``task_arithmetic_merge``) on state dicts loaded with safetensors, then saved;
+* mergekit: ``run_merge`` with ``merge_method: task_arithmetic`` (architecture inferred).
+
+Bound = (bytes read + bytes written) / copy bandwidth, where the bandwidth is the best of three
+1 GiB ``numpy.copyto`` runs counting read + written bytes.
+
+    python benchmarks/bench_merge.py [--models 8] [--workdir DIR] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCALING = 0.3
+
+
+def make_models(root: Path, n_models: int) -> tuple[Path, list[Path], int]:
+    """Base + fine-tuned CLIPVisionModel ViT-B/16 checkpoints with the installed transformers'
+    own key names (built on the meta device, so only the layout is taken from it)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=16,
+    )
+    config.architectures = ["CLIPVisionModel"]
+    with torch.device("meta"):
+        layout = [
+            (k, tuple(v.shape))
+            for k, v in CLIPVisionModel(config).state_dict().items()
+            if v.is_floating_point()
+        ]
+    gen = torch.Generator().manual_seed(0)
+    base = {name: torch.randn(shape, generator=gen) * 0.02 for name, shape in layout}
+    dirs = []
+    for i in range(n_models + 1):
+        d = root / ("base" if i == 0 else f"ft{i}")
+        d.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(d)
+        tensors = (
+            base
+            if i == 0
+            else {k: v + 1e-3 * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+        )
+        save_file(tensors, d / "model.safetensors")
+        dirs.append(d)
+    n_params = sum(int(np.prod(s)) for _, s in layout)
+    return dirs[0], dirs[1:], n_params
+
+
+RUNNERS = {
+    "rmtllmf": """
+from rmtllmf.fusion import MergeConfig, merge_checkpoints
+t = time.perf_counter()
+merge_checkpoints(base, fts, out / "merged.safetensors", MergeConfig(scaling=SCALING))
+seconds = time.perf_counter() - t
+""",
+    "fusion_bench": """
+from safetensors.torch import load_file, save_file
+from fusion_bench.utils.state_dict_arithmetic import state_dict_add, state_dict_mul, state_dict_sub
+t = time.perf_counter()
+pre = load_file(base / "model.safetensors")
+tv = None
+for f in fts:
+    d = state_dict_sub(load_file(f / "model.safetensors"), pre)
+    tv = d if tv is None else state_dict_add(tv, d)
+merged = state_dict_add(pre, state_dict_mul(tv, SCALING))
+save_file(merged, out / "merged.safetensors")
+seconds = time.perf_counter() - t
+""",
+    "mergekit": """
+import logging
+logging.disable(logging.WARNING)
+from mergekit.config import MergeConfiguration
+from mergekit.merge import MergeOptions, run_merge
+cfg = MergeConfiguration.model_validate({
+    "merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+    "models": [{"model": str(f), "parameters": {"weight": SCALING}} for f in fts],
+})
+t = time.perf_counter()
+run_merge(cfg, str(out / "mk"), options=MergeOptions(copy_tokenizer=False, lazy_unpickle=True))
+seconds = time.perf_counter() - t
+""",
+}
+
+CHILD = """
+import json, sys, time
+from pathlib import Path
+SCALING = {scaling}
+base = Path({base!r}); fts = [Path(p) for p in {fts!r}]; out = Path({out!r})
+{body}
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({{"seconds": seconds, "peak_rss_gib": hwm / 2**20}}))
+"""
+
+
+def run_contender(name: str, base: Path, fts: list[Path], out: Path) -> dict[str, object]:
+    out.mkdir(parents=True, exist_ok=True)
+    code = CHILD.format(
+        scaling=SCALING, base=str(base), fts=[str(f) for f in fts], out=str(out), body=RUNNERS[name]
+    )
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": reason[:300]}
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = wall
+    return result
+
+
+def copy_bandwidth() -> float:
+    src = np.ones(1 << 28, dtype=np.float32)  # 1 GiB
+    dst = np.empty_like(src)
+    best = np.inf
+    for _ in range(3):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best  # bytes read + bytes written per second
+
+
+def check_agreement(outs: dict[str, Path]) -> dict[str, float]:
+    from safetensors.torch import load_file
+
+    ours = load_file(outs["rmtllmf"] / "merged.safetensors")
+    diffs = {}
+    for name, path in outs.items():
+        if name == "rmtllmf":
+            continue
+        files = sorted(path.rglob("*.safetensors"))
+        peer: dict = {}
+        for f in files:
+            peer.update(load_file(f))
+        common = [k for k in ours if k in peer]
+        if len(common) != len(ours):
+            diffs[name + "_missing_tensors"] = float(len(ours) - len(common))
+        if common:
+            diffs[name] = max(float((ours[k] - peer[k]).abs().max()) for k in common)
+    return diffs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--models", type=int, default=8)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        root = Path(tmp)
+        base, fts, n_params = make_models(root / "models", args.models)
+        for f in [base, *fts]:  # warm the page cache
+            (f / "model.safetensors").read_bytes()
+        bandwidth = copy_bandwidth()
+        size = 4 * n_params
+        bound = ((args.models + 1) * size + size) / bandwidth
+        report: dict[str, object] = {
+            "models": args.models,
+            "parameters": n_params,
+            "copy_bandwidth_gbs": bandwidth / 1e9,
+            "bound_seconds": bound,
+            "cpus": os.cpu_count(),
+        }
+        print(
+            f"{args.models} models x {n_params / 1e6:.1f}M float32; copy bandwidth "
+            f"{bandwidth / 1e9:.1f} GB/s -> bound {bound:.2f} s"
+        )
+        outs = {}
+        for name in RUNNERS:
+            outs[name] = root / f"out_{name}"
+            res = run_contender(name, base, fts, outs[name])
+            report[name] = res
+            if "error" in res:
+                print(f"{name:>12}: not run ({res['error']})")
+            else:
+                secs = float(res["seconds"])  # type: ignore[arg-type]
+                print(
+                    f"{name:>12}: {secs:6.2f} s merge ({secs / bound:4.1f}x bound), "
+                    f"process {float(res['process_seconds']):5.1f} s, "  # type: ignore[arg-type]
+                    f"peak RSS {float(res['peak_rss_gib']):.2f} GiB"
+                )  # type: ignore[arg-type]
+        report["max_abs_difference_vs_rmtllmf"] = check_agreement(outs)
+        print("max |difference| vs rmtllmf:", report["max_abs_difference_vs_rmtllmf"])
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
