@@ -37,3 +37,42 @@ def test_bad_arguments_exit_with_a_message(capsys):
     assert "n_users" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["channel", "--scenario", "nonsense"])
+
+
+def test_merge_command_writes_model_and_config(tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    base = {"w": torch.zeros(3, 2), "ids": torch.arange(3)}
+    fts = [{"w": torch.full((3, 2), float(i + 1)), "ids": torch.arange(3)} for i in range(2)]
+    save_file(base, tmp_path / "base.safetensors")
+    paths = []
+    for i, ft in enumerate(fts):
+        paths.append(str(tmp_path / f"ft{i}.safetensors"))
+        save_file(ft, paths[-1])
+    out = tmp_path / "merged.safetensors"
+    args = ["merge", "--base", str(tmp_path / "base.safetensors"), "--models", *paths]
+    assert main([*args, "--lambda", "0.5", "--out", str(out)]) == 0
+    merged = load_file(out)
+    torch.testing.assert_close(merged["w"], torch.full((3, 2), 1.5))  # 0.5 * (1 + 2)
+    assert torch.equal(merged["ids"], base["ids"])
+    record = json.loads((tmp_path / "merged.safetensors.json").read_text())
+    assert record["merge"]["scaling"] == 0.5
+    assert main([*args, "--method", "bogus", "--out", str(out)]) == 2
+    assert "unknown merge method" in capsys.readouterr().err
+    torch.save(base, tmp_path / "legacy.bin")
+    assert (
+        main(
+            [
+                *args[:1],
+                "--base",
+                str(tmp_path / "legacy.bin"),
+                "--models",
+                *paths,
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "pickle" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -110,6 +111,54 @@ def _print_summary(summary: ChannelSummary, qam: int) -> None:
     )
 
 
+def _add_merge_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="merge fine-tuned checkpoints into one model (task arithmetic, average, TIES, DARE)",
+        description="Streaming merge: one tensor per model in memory; writes safetensors with the "
+        "base's keys, shapes and dtypes, and the resolved config as OUT.json.",
+    )
+    p.add_argument("--method", default="task-arithmetic", help="a registered merge method")
+    p.add_argument("--base", required=True, help="base model: .safetensors file or HF directory")
+    p.add_argument("--models", nargs="+", required=True, help="fine-tuned models (same format)")
+    p.add_argument("--lambda", dest="scaling", type=float, default=0.3, help="scaling lambda_N")
+    p.add_argument("--density", type=float, default=0.2, help="TIES: fraction of entries kept")
+    p.add_argument("--ties-merge", choices=["mean", "sum", "max"], default="mean")
+    p.add_argument("--drop-rate", type=float, default=0.5, help="DARE: drop probability p")
+    p.add_argument("--dare-combine", choices=["task-arithmetic", "ties"], default="task-arithmetic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--include", nargs="*", default=["*"], help="parameter name globs to merge")
+    p.add_argument("--exclude", nargs="*", default=[], help="globs kept at the base's values")
+    p.add_argument("--allow-pickle", action="store_true", help="accept trusted pickle checkpoints")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from rmtllmf.fusion import MergeConfig, ParamFilter, merge_checkpoints
+
+    config = MergeConfig(
+        method=args.method,
+        scaling=args.scaling,
+        density=args.density,
+        ties_merge=args.ties_merge,
+        drop_rate=args.drop_rate,
+        dare_combine=args.dare_combine,
+        seed=args.seed,
+    )
+    params = ParamFilter(include=tuple(args.include), exclude=tuple(args.exclude))
+    out = Path(args.out)
+    merge_checkpoints(args.base, args.models, out, config, params, allow_pickle=args.allow_pickle)
+    record = {
+        "base": str(args.base),
+        "models": [str(m) for m in args.models],
+        "merge": config.model_dump(),
+        "params": params.model_dump(),
+    }
+    out.with_suffix(out.suffix + ".json").write_text(json.dumps(record, indent=2))
+    print(f"merged {len(args.models)} models with {config.method} into {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -117,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_channel_parser(sub)
+    _add_merge_parser(sub)
     return parser
 
 
@@ -126,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "channel":
             return _channel(args)
+        if args.command == "merge":
+            return _merge(args)
     except (RmtllmfError, ValueError) as exc:
         print(f"rmtllmf: error: {exc}", file=sys.stderr)
         return 2
