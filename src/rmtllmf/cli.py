@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Shared 2-core machines: spinning OpenMP workers make torch several times slower under
+# contention; passive waiting is set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import sys
@@ -159,6 +165,92 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_cache() -> Path:
+    """Where built zoos live: ``$RMTLLMF_CACHE`` or ``~/.cache/rmtllmf``."""
+    return Path(os.environ.get("RMTLLMF_CACHE", "~/.cache/rmtllmf")).expanduser()
+
+
+def _add_zoo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("zoo", help="build the embedded model zoo (tiny base + 8 fine-tunes)")
+    zsub = p.add_subparsers(dest="zoo_command", required=True)
+    b = zsub.add_parser("build", help="build or reuse the zoo and report the clean merge")
+    b.add_argument("--root", type=Path, default=None, help="cache directory (default ~/.cache)")
+    b.add_argument("--tasks", nargs="+", default=None, help="subset of the embedded tasks")
+    b.add_argument("--steps", type=int, default=None, help="fine-tuning steps per task")
+    b.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
+    b.add_argument("--n-train", type=int, default=None)
+    b.add_argument("--base", default=None, help="tiny base checkpoint (default: shipped)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    b.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    import torch
+
+    from rmtllmf.evaluation import evaluate_clean_merge
+    from rmtllmf.zoo import ZooConfig, build_zoo
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    updates = {
+        k: v
+        for k, v in {
+            "tasks": tuple(args.tasks) if args.tasks else None,
+            "steps": args.steps,
+            "lr": args.lr,
+            "n_train": args.n_train,
+            "base": args.base,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
+    cfg = ZooConfig(**updates)
+    zoo = build_zoo(args.root or default_cache() / "zoo", cfg, progress=not args.json)
+    report = evaluate_clean_merge(zoo, cfg.tasks)
+    base = {t: zoo.record["base"][t]["test"] for t in cfg.tasks}
+    ft = {t: zoo.record["finetuned"][t]["test"] for t in cfg.tasks}
+    off = report.cosine[~np.eye(len(cfg.tasks), dtype=bool)]
+    summary = {
+        "root": str(zoo.root),
+        "config": cfg.model_dump(),
+        "base_test": base,
+        "finetuned_test": ft,
+        "merged_test": report.test_accuracy,
+        "mean_base": float(np.mean(list(base.values()))),
+        "mean_finetuned": float(np.mean(list(ft.values()))),
+        "mean_merged": float(np.mean(list(report.test_accuracy.values()))),
+        "lambda": report.scaling,
+        "normalized_accuracy": report.normalized,
+        "gap_recovery": report.gap_recovery,
+        "cosine_offdiag_mean": float(off.mean()) if off.size else float("nan"),
+        "cosine_offdiag_max": float(off.max()) if off.size else float("nan"),
+        "cosine": report.cosine.tolist(),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    table = Table(title=f"Embedded zoo ({zoo.root})")
+    for name in ("task", "base", "fine-tuned", "merged (TA)"):
+        table.add_column(name, justify="right")
+    for t in cfg.tasks:
+        table.add_row(t, f"{base[t]:.3f}", f"{ft[t]:.3f}", f"{report.test_accuracy[t]:.3f}")
+    table.add_row(
+        "mean",
+        f"{summary['mean_base']:.3f}",
+        f"{summary['mean_finetuned']:.3f}",
+        f"{summary['mean_merged']:.3f}",
+    )
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    console.print(table)
+    console.print(
+        f"task arithmetic, lambda={report.scaling:.2f} (chosen on validation): normalized accuracy "
+        f"{report.normalized:.3f}, gap recovery {report.gap_recovery:.2f}; task-vector cosine "
+        f"off-diagonal mean {summary['cosine_offdiag_mean']:.3f}, max "
+        f"{summary['cosine_offdiag_max']:.3f}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -167,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_channel_parser(sub)
     _add_merge_parser(sub)
+    _add_zoo_parser(sub)
     return parser
 
 
@@ -178,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _channel(args)
         if args.command == "merge":
             return _merge(args)
+        if args.command == "zoo":
+            return _zoo(args)
     except (RmtllmfError, ValueError) as exc:
         print(f"rmtllmf: error: {exc}", file=sys.stderr)
         return 2

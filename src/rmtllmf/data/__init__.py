@@ -1,0 +1,1 @@
+"""Task suites: the embedded synthetic suite (:mod:`rmtllmf.data.synthetic`)."""

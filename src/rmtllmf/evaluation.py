@@ -1,0 +1,64 @@
+"""Judging merged models on the embedded zoo: task arithmetic with lambda chosen on validation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rmtllmf.fusion import MergeConfig, TaskVector, cosine_matrix, merge_task_vectors, select_lambda
+from rmtllmf.metrics import gap_recovery, normalized_accuracy
+from rmtllmf.zoo import Zoo
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """A clean merge of ``tasks``: lambda from validation, accuracies on test."""
+
+    tasks: tuple[str, ...]
+    scaling: float
+    val_normalized: dict[float, float]
+    test_accuracy: dict[str, float]
+    normalized: float
+    gap_recovery: float
+    cosine: np.ndarray
+
+
+def task_vectors(zoo: Zoo, tasks: Sequence[str]) -> list[TaskVector]:
+    """Clean task vectors (eq. 1) of the zoo's fine-tuned models."""
+    base = zoo.base_state
+    return [TaskVector.from_models(base, zoo.finetuned[t]) for t in tasks]
+
+
+def evaluate_clean_merge(
+    zoo: Zoo,
+    tasks: Sequence[str],
+    method: str = "task-arithmetic",
+    grid: Sequence[float] | None = None,
+) -> MergeReport:
+    """Merge the clean task vectors of ``tasks``; pick lambda on validation, report test."""
+    tvs = task_vectors(zoo, tasks)
+    base = zoo.base_state
+    ft_val = {t: zoo.finetuned_accuracy(t, "val") for t in tasks}
+    scores: dict[float, float] = {}
+
+    def score(lam: float) -> float:
+        merged = merge_task_vectors(base, tvs, MergeConfig(method=method, scaling=lam))
+        scores[lam] = normalized_accuracy(zoo.task_accuracy(merged, tasks, "val"), ft_val)
+        return scores[lam]
+
+    search = select_lambda(score, grid)
+    merged = merge_task_vectors(base, tvs, MergeConfig(method=method, scaling=search.best))
+    test = zoo.task_accuracy(merged, tasks, "test")
+    ft_test = {t: zoo.finetuned_accuracy(t, "test") for t in tasks}
+    base_test = {t: float(zoo.record["base"][t]["test"]) for t in tasks}
+    return MergeReport(
+        tasks=tuple(tasks),
+        scaling=search.best,
+        val_normalized=scores,
+        test_accuracy=test,
+        normalized=normalized_accuracy(test, ft_test),
+        gap_recovery=gap_recovery(test, base_test, ft_test),
+        cosine=cosine_matrix(tvs),
+    )

@@ -1,0 +1,1 @@
+"""Model families behind a small interface: ``tiny-vit`` (embedded default)."""

@@ -1,0 +1,165 @@
+"""Training loops: pretraining the tiny base, fixed prototype heads, fine-tuning, evaluation.
+
+* :func:`pretrain`: multi-head supervised pretraining on the pretext (one linear head per factor
+  on the embedding; heads are discarded afterwards).
+* :func:`prototype_head`: a task's fixed classifier from the *base* model's embeddings.
+* :func:`finetune`: full fine-tuning of the encoder against a fixed head (heads never enter task
+  vectors), AdamW with warm-up and cosine decay, seeded.
+* :func:`accuracy`: batched evaluation under ``torch.inference_mode``.
+
+Progress is shown with rich progress bars when ``progress=True``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from rich.progress import Progress
+from torch import nn
+
+from rmtllmf.models.tiny_vit import PrototypeHead, normalise_images
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def cosine_lr(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _batches(n: int, batch: int, steps: int, gen: torch.Generator) -> list[torch.Tensor]:
+    order: list[torch.Tensor] = []
+    while sum(len(o) for o in order) < steps * batch:
+        order.append(torch.randperm(n, generator=gen))
+    flat = torch.cat(order)[: steps * batch]
+    return list(flat.view(steps, batch))
+
+
+def pretrain(
+    model: nn.Module,
+    images: NDArray[np.uint8],
+    labels: NDArray[np.int64],
+    head_sizes: Sequence[int],
+    *,
+    steps: int,
+    batch: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    loss_weights: Sequence[float] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """Supervised multi-factor pretraining; returns the loss per step."""
+    embed_dim = int(model.visual_projection.out_features)  # type: ignore[union-attr, arg-type]
+    heads = nn.ModuleList(nn.Linear(embed_dim, k) for k in head_sizes)
+    params = list(model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    weights = list(loss_weights or [1.0] * len(head_sizes))
+    gen = torch.Generator().manual_seed(seed)
+    x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
+    losses = []
+    model.train()
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("pretraining", total=steps)
+        for step, idx in enumerate(_batches(len(images), batch, steps, gen)):
+            for group in opt.param_groups:
+                group["lr"] = lr * cosine_lr(step, steps, max(1, steps // 20))
+            z = model(normalise_images(x_all[idx]))
+            y = y_all[idx]
+            terms = [
+                w * F.cross_entropy(h(z), y[:, j])
+                for j, (h, w) in enumerate(zip(heads, weights, strict=True))
+            ]
+            loss = torch.stack(terms).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.update(task, advance=1, description=f"pretraining loss {losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+@torch.inference_mode()
+def embed(model: Encoder, images: NDArray[np.uint8], batch: int = 512) -> torch.Tensor:
+    """Embeddings of uint8 images, batched, in inference mode."""
+    out = []
+    for i in range(0, len(images), batch):
+        out.append(model(normalise_images(torch.from_numpy(images[i : i + batch]))))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def prototype_head(
+    model: Encoder, images: NDArray[np.uint8], labels: NDArray[np.int64], n_classes: int
+) -> PrototypeHead:
+    """Fixed head whose rows are the mean normalised embeddings of each class."""
+    z = F.normalize(embed(model, images), dim=-1)
+    y = torch.from_numpy(labels)
+    rows = []
+    for c in range(n_classes):
+        members = z[y == c]
+        rows.append(members.mean(0) if len(members) else torch.zeros(z.shape[1]))
+    return PrototypeHead(torch.stack(rows))
+
+
+def finetune(
+    model: nn.Module,
+    head: nn.Module,
+    images: NDArray[np.uint8],
+    labels: NDArray[np.int64],
+    *,
+    steps: int,
+    batch: int = 128,
+    lr: float = 1e-4,
+    weight_decay: float = 0.1,
+    trainable: Callable[[str], bool] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    description: str = "fine-tuning",
+) -> list[float]:
+    """Fine-tune ``model`` (parameters selected by ``trainable``, default all) against the fixed
+    ``head``; returns the loss per step."""
+    params = [p for n, p in model.named_parameters() if trainable is None or trainable(n)]
+    for n, p in model.named_parameters():
+        p.requires_grad_(trainable is None or trainable(n))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
+    losses = []
+    model.train()
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task(description, total=steps)
+        for step, idx in enumerate(_batches(len(images), batch, steps, gen)):
+            for group in opt.param_groups:
+                group["lr"] = lr * cosine_lr(step, steps, max(1, steps // 10))
+            loss = F.cross_entropy(head(model(normalise_images(x_all[idx]))), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.update(task, advance=1)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return losses
+
+
+@torch.inference_mode()
+def accuracy(
+    model: Encoder, head: nn.Module, images: NDArray[np.uint8], labels: NDArray[np.int64]
+) -> float:
+    """Top-1 accuracy of ``head(model(images))``."""
+    if len(images) == 0:
+        return float("nan")
+    pred = head(embed(model, images)).argmax(dim=-1).numpy()
+    return float(np.mean(pred == labels))

@@ -1,0 +1,215 @@
+"""The embedded model zoo: the tiny base, its task heads and eight fine-tuned models, cached.
+
+``build_zoo(root, ZooConfig())`` makes (or reuses) under ``root/<key>/`` (``key`` hashes the
+config and the base checkpoint, so different settings never collide):
+
+* ``data/<task>.npz``: train / val / test / head splits of the embedded suite;
+* ``heads.safetensors``: each task's fixed prototype head from the base model;
+* ``finetuned/<task>.safetensors``: full fine-tunes against the fixed heads;
+* ``zoo.json``: the resolved config, seeds, base and fine-tuned accuracy per task and split.
+
+Finished pieces are never recomputed; an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+
+from rmtllmf.data.synthetic import TASK_NAMES, TASKS, make_task
+from rmtllmf.errors import InputError
+from rmtllmf.fusion.checkpoint import load_state_dict
+from rmtllmf.models.tiny_vit import PrototypeHead, TinyVit, TinyVitConfig
+from rmtllmf.train import accuracy, finetune, prototype_head
+
+Split = tuple[NDArray[np.uint8], NDArray[np.int64]]
+
+
+def shipped_base_path() -> Path:
+    """The tiny base checkpoint shipped inside the package."""
+    return Path(str(resources.files("rmtllmf.models") / "assets" / "tiny_vit_base.safetensors"))
+
+
+class ZooConfig(BaseModel):
+    """How the zoo is built (frozen); part of the cache key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tasks: tuple[str, ...] = TASK_NAMES
+    n_train: int = Field(6000, ge=10)
+    n_val: int = Field(500, ge=10)
+    n_test: int = Field(1000, ge=10)
+    head_per_class: int = Field(32, ge=1, description="labelled examples per class for heads")
+    steps: int = Field(200, ge=1, description="fine-tuning steps per task")
+    batch: int = Field(128, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    seed: int = 0
+    base: str | None = Field(None, description="base checkpoint; None = the shipped one")
+
+
+def load_base(path: str | Path | None = None) -> TinyVit:
+    """The tiny base model (architecture read from the checkpoint's metadata)."""
+    file = Path(path) if path is not None else shipped_base_path()
+    if not file.exists():
+        raise InputError(
+            f"tiny base checkpoint {file} not found; run scripts/pretrain_tiny_base.py to make it"
+        )
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as fh:
+        meta = json.loads((fh.metadata() or {}).get("rmtllmf", "{}"))
+    model = TinyVit(TinyVitConfig(**meta.get("config", {})))
+    model.load_state_dict(load_state_dict(file))
+    return model.eval()
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+@dataclass
+class Zoo:
+    """A built zoo: data, heads, base and fine-tuned state dicts, and the measured accuracies."""
+
+    root: Path
+    config: ZooConfig
+    base: TinyVit
+    heads: dict[str, PrototypeHead]
+    data: dict[str, dict[str, Split]]
+    finetuned: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the base model's parameters."""
+        return {k: v.detach().clone() for k, v in self.base.state_dict().items()}
+
+    def model_from_state(self, state: Mapping[str, torch.Tensor]) -> TinyVit:
+        """A model of the base's architecture with ``state`` loaded."""
+        model = TinyVit(self.base.config)
+        model.load_state_dict(dict(state))
+        return model.eval()
+
+    def task_accuracy(
+        self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test"
+    ) -> dict[str, float]:
+        """Accuracy of the model ``state`` on each task's split, with that task's head."""
+        model = self.model_from_state(state)
+        return {t: accuracy(model, self.heads[t], *self.data[t][split]) for t in tasks}
+
+    def finetuned_accuracy(self, task: str, split: str = "test") -> float:
+        """The task's own fine-tuned accuracy (the normaliser of normalized accuracy)."""
+        return float(self.record["finetuned"][task][split])
+
+
+def _make_data(cfg: ZooConfig, task: str) -> dict[str, Split]:
+    n_classes = len(TASKS[task][1])
+    sizes = {
+        "train": cfg.n_train,
+        "val": cfg.n_val,
+        "test": cfg.n_test,
+        "head": cfg.head_per_class * n_classes * 3,
+    }
+    data = {s: make_task(task, s, n, cfg.seed) for s, n in sizes.items()}
+    hx, hy = data["head"]  # keep exactly head_per_class examples of each class
+    keep = np.concatenate([np.flatnonzero(hy == c)[: cfg.head_per_class] for c in range(n_classes)])
+    data["head"] = (hx[keep], hy[keep])
+    return data
+
+
+def build_zoo(root: str | Path, cfg: ZooConfig | None = None, *, progress: bool = False) -> Zoo:
+    """Build or reuse the zoo under ``root`` (see module docs)."""
+    cfg = cfg or ZooConfig()
+    unknown = [t for t in cfg.tasks if t not in TASKS]
+    if unknown:
+        raise InputError(f"unknown tasks {unknown}; the embedded suite has {', '.join(TASK_NAMES)}")
+    base_file = Path(cfg.base) if cfg.base else shipped_base_path()
+    base = load_base(base_file)
+    key = _digest(cfg.model_dump_json().encode() + base_file.read_bytes())
+    home = Path(root) / key
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    (home / "finetuned").mkdir(exist_ok=True)
+    record_file = home / "zoo.json"
+    record: dict[str, Any] = (
+        json.loads(record_file.read_text())
+        if record_file.exists()
+        else {
+            "config": cfg.model_dump(),
+            "base_file": str(base_file),
+            "base": {},
+            "finetuned": {},
+            "seconds": {},
+        }
+    )
+
+    data: dict[str, dict[str, Split]] = {}
+    for task in cfg.tasks:
+        file = home / "data" / f"{task}.npz"
+        if not file.exists():
+            splits = _make_data(cfg, task)
+            arrays: dict[str, Any] = {}
+            for s_name, (x, y) in splits.items():
+                arrays[f"{s_name}_x"], arrays[f"{s_name}_y"] = x, y
+            np.savez(file.with_suffix(".tmp.npz"), **arrays)
+            file.with_suffix(".tmp.npz").replace(file)
+        with np.load(file) as z:
+            data[task] = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "val", "test", "head")}
+
+    heads_file = home / "heads.safetensors"
+    stored = load_file(heads_file) if heads_file.exists() else {}
+    heads = {}
+    for task in cfg.tasks:
+        if task not in stored:
+            head = prototype_head(base, *data[task]["head"], len(TASKS[task][1]))
+            stored[task] = head.weight  # type: ignore[assignment]
+        heads[task] = PrototypeHead(stored[task])
+    save_file({k: v.contiguous() for k, v in stored.items()}, heads_file)
+
+    zoo = Zoo(home, cfg, base, heads, data, record=record)
+    base_state = zoo.base_state
+    for i, task in enumerate(cfg.tasks):
+        if task not in record["base"]:
+            record["base"][task] = {
+                s: accuracy(base, heads[task], *data[task][s]) for s in ("val", "test")
+            }
+        file = home / "finetuned" / f"{task}.safetensors"
+        if not file.exists():
+            torch.manual_seed(cfg.seed * 1000 + i)
+            model = zoo.model_from_state(base_state)
+            t0 = time.perf_counter()
+            finetune(
+                model,
+                heads[task],
+                *data[task]["train"],
+                steps=cfg.steps,
+                batch=cfg.batch,
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                seed=cfg.seed * 1000 + i,
+                progress=progress,
+                description=f"fine-tuning {task}",
+            )
+            record["seconds"][task] = time.perf_counter() - t0
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, file)
+            record["finetuned"].pop(task, None)
+        zoo.finetuned[task] = load_file(file)
+        if task not in record["finetuned"]:
+            model = zoo.model_from_state(zoo.finetuned[task])
+            record["finetuned"][task] = {
+                s: accuracy(model, heads[task], *data[task][s]) for s in ("val", "test")
+            }
+        record_file.write_text(json.dumps(record, indent=2))
+    return zoo

@@ -1,0 +1,76 @@
+"""The tiny CLIP-shaped ViT, prototype heads and the training loops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rmtllmf.models.tiny_vit import EMBEDDING_PARAMS, PrototypeHead, TinyVit, TinyVitConfig
+from rmtllmf.train import accuracy, cosine_lr, embed, finetune, prototype_head
+
+TINY = TinyVitConfig(patch_size=8, hidden=16, layers=1, heads=2, mlp=32, embed_dim=8)
+
+
+def test_parameter_names_follow_clip():
+    names = dict(TinyVit(TINY).named_parameters())
+    for name in EMBEDDING_PARAMS:
+        assert name in names
+    assert "encoder.layers.0.self_attn.q_proj.weight" in names
+    assert names["embeddings.position_embedding.weight"].shape == (TINY.n_patches + 1, 16)
+
+
+def test_forward_shape_and_batch_independence():
+    torch.manual_seed(0)
+    model = TinyVit(TINY).eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        z = model(x)
+        z1 = model(x[:1])
+    assert z.shape == (5, 8)
+    torch.testing.assert_close(z[:1], z1, rtol=1e-5, atol=1e-5)
+
+
+def test_prototype_head_is_class_mean_of_normalised_embeddings():
+    torch.manual_seed(0)
+    model = TinyVit(TINY).eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2] * 4)
+    head = prototype_head(model, images, labels, 3)
+    z = F.normalize(embed(model, images), dim=-1)
+    expected = F.normalize(z[torch.from_numpy(labels) == 1].mean(0), dim=0)
+    torch.testing.assert_close(head.weight[1], expected)
+    logits = head(embed(model, images))
+    torch.testing.assert_close(logits, 30.0 * z @ head.weight.T)
+
+
+def test_cosine_schedule_closed_form():
+    assert cosine_lr(0, 100, 10) == pytest.approx(0.1)
+    assert cosine_lr(9, 100, 10) == pytest.approx(1.0)
+    assert cosine_lr(55, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert cosine_lr(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_finetuning_against_a_fixed_head_learns():
+    """A head whose prototypes are swapped starts near 0 accuracy; fine-tuning the encoder
+    (never the head) must move the embeddings to it."""
+    torch.manual_seed(0)
+    model = TinyVit(TINY)
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 256)
+    images = np.zeros((256, 32, 32, 3), np.uint8)
+    images[labels == 0, ..., 0] = 220
+    images[labels == 1, ..., 2] = 220
+    images = np.clip(images + rng.integers(0, 30, images.shape), 0, 255).astype(np.uint8)
+    head = PrototypeHead(prototype_head(model, images, 1 - labels, 2).weight)
+    before = accuracy(model, head, images, labels)
+    assert before < 0.2
+    head_before = head.weight.clone()
+    losses = finetune(model, head, images, labels, steps=60, batch=32, lr=3e-3)
+    assert losses[-1] < losses[0]
+    assert accuracy(model, head, images, labels) > 0.9
+    torch.testing.assert_close(head.weight, head_before)  # heads stay fixed

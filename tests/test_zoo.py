@@ -1,0 +1,64 @@
+"""Building and reusing the embedded zoo with a tiny base made in the test."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import save_file
+
+from rmtllmf.models.tiny_vit import TinyVit, TinyVitConfig
+from rmtllmf.zoo import ZooConfig, build_zoo, load_base
+
+
+def _tiny_base(path):
+    cfg = TinyVitConfig(patch_size=8, hidden=16, layers=1, heads=2, mlp=32, embed_dim=8)
+    torch.manual_seed(0)
+    model = TinyVit(cfg)
+    meta = json.dumps({"config": cfg.model_dump()})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, {"rmtllmf": meta})
+    return path
+
+
+def test_zoo_builds_caches_and_resumes(tmp_path):
+    base = _tiny_base(tmp_path / "base.safetensors")
+    assert load_base(base).config.hidden == 16
+    cfg = ZooConfig(
+        tasks=("signs", "counting"),
+        n_train=64,
+        n_val=32,
+        n_test=32,
+        head_per_class=2,
+        steps=2,
+        batch=16,
+        base=str(base),
+    )
+    zoo = build_zoo(tmp_path / "zoo", cfg)
+    record = json.loads((zoo.root / "zoo.json").read_text())
+    assert set(record["finetuned"]) == {"signs", "counting"}
+    assert record["config"]["steps"] == 2
+    for task in cfg.tasks:
+        assert 0.0 <= zoo.finetuned_accuracy(task) <= 1.0
+        assert zoo.heads[task].weight.shape[0] == {"signs": 12, "counting": 8}[task]
+        assert len(zoo.data[task]["head"][0]) == 2 * zoo.heads[task].weight.shape[0]
+    stamp = (zoo.root / "finetuned" / "signs.safetensors").stat().st_mtime_ns
+    again = build_zoo(tmp_path / "zoo", cfg)
+    assert (again.root / "finetuned" / "signs.safetensors").stat().st_mtime_ns == stamp
+    accs = again.task_accuracy(again.finetuned["signs"], ["signs"])
+    assert accs["signs"] == zoo.finetuned_accuracy("signs")
+    other = build_zoo(tmp_path / "zoo", cfg.model_copy(update={"steps": 3}))
+    assert other.root != zoo.root  # a different config never reuses another's files
+
+
+def test_zoo_cli_reports_the_clean_merge(tmp_path, capsys):
+    from rmtllmf.cli import main
+
+    base = _tiny_base(tmp_path / "base.safetensors")
+    args = ["zoo", "build", "--root", str(tmp_path / "z"), "--tasks", "signs", "textures",
+            "--steps", "2", "--n-train", "64", "--base", str(base), "--threads", "1", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0.0 <= out["lambda"] <= 1.0
+    assert set(out["merged_test"]) == {"signs", "textures"}
+    assert len(out["cosine"]) == 2
+    assert out["cosine"][0][0] == 1.0 or out["cosine"][0][0] > 0.999
