@@ -54,8 +54,24 @@ def test_zoo_cli_reports_the_clean_merge(tmp_path, capsys):
     from rmtllmf.cli import main
 
     base = _tiny_base(tmp_path / "base.safetensors")
-    args = ["zoo", "build", "--root", str(tmp_path / "z"), "--tasks", "signs", "textures",
-            "--steps", "2", "--n-train", "64", "--base", str(base), "--threads", "1", "--json"]
+    args = [
+        "zoo",
+        "build",
+        "--root",
+        str(tmp_path / "z"),
+        "--tasks",
+        "signs",
+        "textures",
+        "--steps",
+        "2",
+        "--n-train",
+        "64",
+        "--base",
+        str(base),
+        "--threads",
+        "1",
+        "--json",
+    ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert 0.0 <= out["lambda"] <= 1.0

@@ -174,7 +174,7 @@ def build_zoo(root: str | Path, cfg: ZooConfig | None = None, *, progress: bool 
     for task in cfg.tasks:
         if task not in stored:
             head = prototype_head(base, *data[task]["head"], len(TASKS[task][1]))
-            stored[task] = head.weight  # type: ignore[assignment]
+            stored[task] = head.weight
         heads[task] = PrototypeHead(stored[task])
     save_file({k: v.contiguous() for k, v in stored.items()}, heads_file)
 

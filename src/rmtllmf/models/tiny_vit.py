@@ -138,13 +138,20 @@ class TinyVit(nn.Module):
 class PrototypeHead(nn.Module):
     """Fixed classifier: ``logits = scale * normalise(z) @ W^T`` with unit-norm rows ``W``."""
 
+    weight: torch.Tensor
+
     def __init__(self, weight: torch.Tensor, scale: float = 30.0) -> None:
         super().__init__()
         self.register_buffer("weight", F.normalize(weight.detach().float(), dim=-1))
         self.scale = scale
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(z, dim=-1) @ self.weight.T  # type: ignore[operator]
+        return self.scale * F.normalize(z, dim=-1) @ self.weight.T
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes (rows)."""
+        return int(self.weight.shape[0])
 
 
 def normalise_images(images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,165 @@
+"""hf-clip end to end on a tiny random CLIP written to disk by the test (no network)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+transformers = pytest.importorskip("transformers", reason="hf-clip needs transformers")
+
+from rmtllmf.data.real import load_hf_dataset, load_image_folder  # noqa: E402
+from rmtllmf.errors import CheckpointError, InputError  # noqa: E402
+from rmtllmf.fusion import MergeConfig, TaskVector, merge_task_vectors  # noqa: E402
+from rmtllmf.models.hf_clip import EMBEDDING_PARAMS, HfClip, finetuned_id, vision_state  # noqa: E402
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-to-unicode table (written from its definition)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clip")
+    chars = sorted(set(_bytes_to_unicode().values()))
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    bos, eos = len(vocab), len(vocab) + 1
+    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    config = transformers.CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    base = transformers.CLIPModel(config)
+    base.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    fts = []
+    for i in range(2):
+        model = transformers.CLIPModel(config)
+        model.load_state_dict(
+            {
+                k: v + 0.01 * torch.randn_like(v)
+                if v.is_floating_point() and k.startswith("vision")
+                else v
+                for k, v in base.state_dict().items()
+            }
+        )
+        if i == 0:  # full CLIPModel directory
+            model.save_pretrained(root / "ft0")
+            fts.append(root / "ft0")
+        else:  # CLIPVisionModel saved by transformers < 5: 'vision_model.' prefix, one file
+            state = {
+                k: v.contiguous()
+                for k, v in model.state_dict().items()
+                if k.startswith("vision_model.")
+            }
+            save_file(state, root / "ft1.safetensors")
+            fts.append(root / "ft1.safetensors")
+    folder = root / "images"
+    rng = np.random.default_rng(0)
+    for name, channel in (("red", 0), ("blue", 2)):
+        (folder / name).mkdir(parents=True)
+        for j in range(4):
+            arr = rng.integers(0, 60, (40, 40, 3)).astype(np.uint8)
+            arr[..., channel] = 220
+            Image.fromarray(arr).save(folder / name / f"{j}.png")
+    return root, fts, folder
+
+
+def test_end_to_end_merge_and_zero_shot_evaluation(tiny_clip):
+    root, fts, folder = tiny_clip
+    clip = HfClip.from_pretrained(root / "base", offline=True)
+    data = load_image_folder(folder, clip.image_size)
+    assert data.classnames == ("blue", "red")
+    assert data.images.shape == (8, 32, 32, 3)
+    head = clip.zero_shot_head(data.classnames)
+    assert head.n_classes == 2
+    assert head.scale == pytest.approx(float(clip.model.logit_scale.exp()))
+    base_acc = clip.accuracy(head, data.images, data.labels)
+    assert 0.0 <= base_acc <= 1.0
+
+    base_vision = clip.vision_state()
+    for name in EMBEDDING_PARAMS:
+        assert name in base_vision
+    tvs = [TaskVector.from_models(base_vision, vision_state(f)) for f in fts]
+    assert "embeddings.position_ids" not in tvs[0].tensors  # integer buffer never enters
+    merged = merge_task_vectors(base_vision, tvs, MergeConfig(scaling=0.5))
+    clip.load_vision_state(merged)
+    loaded = clip.vision_state()
+    key = "encoder.layers.0.mlp.fc1.weight"
+    expected = base_vision[key] + 0.5 * (tvs[0].tensors[key] + tvs[1].tensors[key])
+    torch.testing.assert_close(loaded[key], expected)
+    assert 0.0 <= clip.accuracy(head, data.images, data.labels) <= 1.0
+
+
+def test_bad_inputs_are_clear(tiny_clip, tmp_path):
+    root, _, folder = tiny_clip
+    clip = HfClip.from_pretrained(root / "base")
+    data = load_image_folder(folder, clip.image_size)
+    with pytest.raises(InputError, match="class names and the dataset disagree"):
+        clip.accuracy(clip.zero_shot_head(["only one"]), data.images, data.labels)
+    with pytest.raises(CheckpointError, match="offline"):
+        HfClip.from_pretrained(tmp_path / "missing", offline=True)
+    with pytest.raises(CheckpointError, match="vision-tower"):
+        vision_state({"foo.weight": torch.zeros(2)})
+    with pytest.raises(InputError, match="does not exist"):
+        load_image_folder(tmp_path / "nope", 32)
+    assert finetuned_id("vit-b-16", "mnist") == "tanganke/clip-vit-base-patch16_mnist"
+
+
+def test_hf_dataset_from_disk_with_carved_validation(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(20)]
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])}
+    )
+    ds = datasets.Dataset.from_dict(
+        {"image": images, "label": [i % 3 for i in range(20)]}, features=features
+    )
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "ds"))
+    train = load_hf_dataset(tmp_path / "ds", "train", 16)
+    val = load_hf_dataset(tmp_path / "ds", "validation", 16)
+    assert val.classnames == ("a", "b", "c")
+    assert len(train.labels) + len(val.labels) == 20
+    assert len(val.labels) == 2  # 10% of train, fixed seed
+    assert train.images.shape[1:] == (16, 16, 3)
+    again = load_hf_dataset(tmp_path / "ds", "validation", 16)
+    np.testing.assert_array_equal(again.images, val.images)
+    with pytest.raises(InputError, match="no split 'test'"):
+        load_hf_dataset(tmp_path / "ds", "test", 16)
