@@ -163,3 +163,44 @@ def test_hf_dataset_from_disk_with_carved_validation(tmp_path):
     np.testing.assert_array_equal(again.images, val.images)
     with pytest.raises(InputError, match="no split 'test'"):
         load_hf_dataset(tmp_path / "ds", "test", 16)
+
+
+def test_finetune_command_full_and_lora(tiny_clip, tmp_path):
+    pytest.importorskip("peft", reason="LoRA needs peft")
+    from rmtllmf.cli import main
+
+    root, _, folder = tiny_clip
+    common = [
+        "finetune",
+        "--family",
+        "hf-clip",
+        "--base",
+        str(root / "base"),
+        "--train-folder",
+        str(folder),
+        "--steps",
+        "3",
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+    ]
+    assert main([*common, "--lr", "1e-3", "--out", str(tmp_path / "full")]) == 0
+    full = TaskVector.load(tmp_path / "full" / "task_vector.safetensors")
+    assert full.norm() > 0
+    record = json.loads((tmp_path / "full" / "finetune.json").read_text())
+    assert record["finetune"]["steps"] == 3
+    state = vision_state(tmp_path / "full" / "model.safetensors")  # FusionBench-style keys
+    assert "embeddings.patch_embedding.weight" in state
+
+    assert (
+        main(
+            [*common, "--lora", "--lora-rank", "2", "--lr", "1e-2", "--out", str(tmp_path / "lora")]
+        )
+        == 0
+    )
+    lora = TaskVector.load(tmp_path / "lora" / "task_vector.safetensors")
+    q = lora.tensors["encoder.layers.0.self_attn.q_proj.weight"]
+    assert q.abs().max() > 0
+    assert torch.linalg.matrix_rank(q, rtol=1e-4) <= 2  # a merged rank-2 adapter
+    assert lora.tensors["encoder.layers.0.mlp.fc1.weight"].abs().max() == 0  # not a LoRA target

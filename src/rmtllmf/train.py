@@ -25,6 +25,8 @@ from torch import nn
 from rmtllmf.models.tiny_vit import PrototypeHead, normalise_images
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
+#: uint8 ``(B, H, W, 3)`` batch to the encoder's input tensor
+Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:
@@ -90,11 +92,16 @@ def pretrain(
 
 
 @torch.inference_mode()
-def embed(model: Encoder, images: NDArray[np.uint8], batch: int = 512) -> torch.Tensor:
+def embed(
+    model: Encoder,
+    images: NDArray[np.uint8],
+    batch: int = 512,
+    preprocess: Preprocess = normalise_images,
+) -> torch.Tensor:
     """Embeddings of uint8 images, batched, in inference mode."""
     out = []
     for i in range(0, len(images), batch):
-        out.append(model(normalise_images(torch.from_numpy(images[i : i + batch]))))
+        out.append(model(preprocess(torch.from_numpy(images[i : i + batch]))))
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -125,12 +132,14 @@ def finetune(
     seed: int = 0,
     progress: bool = False,
     description: str = "fine-tuning",
+    preprocess: Preprocess = normalise_images,
 ) -> list[float]:
     """Fine-tune ``model`` (parameters selected by ``trainable``, default all) against the fixed
     ``head``; returns the loss per step."""
-    params = [p for n, p in model.named_parameters() if trainable is None or trainable(n)]
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
-        p.requires_grad_(trainable is None or trainable(n))
+        p.requires_grad_(flags[n] and (trainable is None or trainable(n)))
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
@@ -141,7 +150,7 @@ def finetune(
         for step, idx in enumerate(_batches(len(images), batch, steps, gen)):
             for group in opt.param_groups:
                 group["lr"] = lr * cosine_lr(step, steps, max(1, steps // 10))
-            loss = F.cross_entropy(head(model(normalise_images(x_all[idx]))), y_all[idx])
+            loss = F.cross_entropy(head(model(preprocess(x_all[idx]))), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(params, 1.0)
@@ -149,17 +158,21 @@ def finetune(
             losses.append(float(loss.detach()))
             bar.update(task, advance=1)
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    for n, p in model.named_parameters():
+        p.requires_grad_(flags[n])
     return losses
 
 
 @torch.inference_mode()
 def accuracy(
-    model: Encoder, head: nn.Module, images: NDArray[np.uint8], labels: NDArray[np.int64]
+    model: Encoder,
+    head: nn.Module,
+    images: NDArray[np.uint8],
+    labels: NDArray[np.int64],
+    preprocess: Preprocess = normalise_images,
 ) -> float:
     """Top-1 accuracy of ``head(model(images))``."""
     if len(images) == 0:
         return float("nan")
-    pred = head(embed(model, images)).argmax(dim=-1).numpy()
+    pred = head(embed(model, images, preprocess=preprocess)).argmax(dim=-1).numpy()
     return float(np.mean(pred == labels))

@@ -68,6 +68,19 @@ def vision_state(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str, t
     return bare
 
 
+class ClipImageEncoder(torch.nn.Module):
+    """``visual_projection(vision_model(x).pooler_output)`` over a CLIPModel's own modules."""
+
+    def __init__(self, clip_model: Any) -> None:
+        super().__init__()
+        self.vision_model = clip_model.vision_model
+        self.visual_projection = clip_model.visual_projection
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        return self.visual_projection(pooled)
+
+
 class HfClip:
     """A CLIP model with its tokenizer; encodes images and builds zero-shot heads."""
 
@@ -112,9 +125,10 @@ class HfClip:
         self.model.vision_model.load_state_dict(merged)
 
     # inference -------------------------------------------------------------------------------
-    def preprocess(self, images: NDArray[np.uint8]) -> torch.Tensor:
+    def preprocess(self, images: NDArray[np.uint8] | torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, H, W, 3)`` to CLIP-normalised ``(B, 3, S, S)`` (bicubic resize to ``S``)."""
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        batch = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
+        x = batch.permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(
                 x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False
@@ -122,6 +136,10 @@ class HfClip:
         mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         return (x - mean) / std
+
+    def image_encoder(self) -> torch.nn.Module:
+        """The trainable image path (vision tower + projection) as one module."""
+        return ClipImageEncoder(self.model)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Image embeddings: vision tower, pooled output, ``visual_projection``."""

@@ -142,7 +142,9 @@ class PrototypeHead(nn.Module):
 
     def __init__(self, weight: torch.Tensor, scale: float = 30.0) -> None:
         super().__init__()
-        self.register_buffer("weight", F.normalize(weight.detach().float(), dim=-1))
+        with torch.inference_mode(False):  # a head built under inference mode must still train
+            rows = F.normalize(weight.detach().float().clone(), dim=-1)
+        self.register_buffer("weight", rows)
         self.scale = scale
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

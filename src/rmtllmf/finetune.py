@@ -1,0 +1,114 @@
+"""Fine-tuning one task for a user: full fine-tuning or LoRA, against the task's fixed head.
+
+The result is a checkpoint and its task vector (eq. 1), written as safetensors with the resolved
+config beside them:
+
+* ``model.safetensors``: the fine-tuned weights that enter task vectors (hf-clip: the vision
+  tower with ``vision_model.`` keys, the layout of FusionBench's checkpoints; tiny-vit: the whole
+  model);
+* ``task_vector.safetensors``: ``theta_ft - theta_base`` over floating-point parameters;
+* ``finetune.json``: config, seed, losses and accuracies.
+
+With ``lora=True`` (hf-clip) only low-rank adapters on the attention projections train (``peft``);
+they are merged into the weights afterwards, so the task vector is the merged LoRA delta.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from rmtllmf.data.real import LabelledImages
+from rmtllmf.fusion import TaskVector, save_state_dict
+from rmtllmf.models.hf_clip import HfClip
+from rmtllmf.models.tiny_vit import PrototypeHead
+from rmtllmf.train import accuracy, finetune
+
+
+class FinetuneConfig(BaseModel):
+    """Optimisation settings of one fine-tune (frozen)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(200, ge=1)
+    batch: int = Field(32, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    seed: int = 0
+    lora: bool = False
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, gt=0)
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def finetune_clip(
+    clip: HfClip,
+    train: LabelledImages,
+    head: PrototypeHead,
+    cfg: FinetuneConfig,
+    *,
+    progress: bool = False,
+) -> list[float]:
+    """Fine-tune ``clip``'s image path in place against ``head``; returns the losses."""
+    torch.manual_seed(cfg.seed)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            target_modules=list(cfg.lora_targets),
+            lora_dropout=0.0,
+        )
+        wrapped = get_peft_model(clip.model.vision_model, lora)
+        clip.model.vision_model = wrapped
+        for p in clip.model.visual_projection.parameters():
+            p.requires_grad_(False)
+    encoder = clip.image_encoder()
+    losses = finetune(
+        encoder,
+        head,
+        train.images,
+        train.labels,
+        steps=cfg.steps,
+        batch=cfg.batch,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        progress=progress,
+        preprocess=clip.preprocess,
+    )
+    if cfg.lora:
+        clip.model.vision_model = clip.model.vision_model.merge_and_unload()
+        for p in clip.model.visual_projection.parameters():
+            p.requires_grad_(True)
+    return losses
+
+
+def write_result(
+    out: str | Path,
+    base_state: dict[str, torch.Tensor],
+    tuned_state: dict[str, torch.Tensor],
+    record: dict[str, Any],
+    prefix: str = "",
+) -> Path:
+    """Write ``model.safetensors``, ``task_vector.safetensors`` and ``finetune.json`` to ``out``."""
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    save_state_dict({prefix + k: v for k, v in tuned_state.items()}, root / "model.safetensors")
+    TaskVector.from_models(base_state, tuned_state).save(root / "task_vector.safetensors")
+    record = {**record, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (root / "finetune.json").write_text(json.dumps(record, indent=2))
+    return root
+
+
+def clip_accuracy(clip: HfClip, head: PrototypeHead, data: LabelledImages) -> float:
+    """Accuracy of ``clip`` with ``head`` on ``data``."""
+    return accuracy(
+        clip.image_encoder(), head, data.images, data.labels, preprocess=clip.preprocess
+    )
