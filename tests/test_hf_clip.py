@@ -204,3 +204,31 @@ def test_finetune_command_full_and_lora(tiny_clip, tmp_path):
     assert q.abs().max() > 0
     assert torch.linalg.matrix_rank(q, rtol=1e-4) <= 2  # a merged rank-2 adapter
     assert lora.tensors["encoder.layers.0.mlp.fc1.weight"].abs().max() == 0  # not a LoRA target
+
+
+def test_evaluate_command_reports_normalized_accuracy(tiny_clip, capsys):
+    from rmtllmf.cli import main
+
+    root, fts, folder = tiny_clip
+    args = [
+        "evaluate",
+        "--family",
+        "hf-clip",
+        "--base",
+        str(root / "base"),
+        "--model",
+        str(fts[1]),
+        "--data",
+        f"colours={folder}",
+        "--finetuned",
+        f"colours={fts[0]}",
+        "--threads",
+        "1",
+        "--json",
+    ]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    acc, ft = out["accuracy"]["colours"], out["finetuned_accuracy"]["colours"]
+    assert out["normalized_accuracy"] == pytest.approx(acc / ft)
+    assert main([*args[:-1], "--data", "broken"]) == 2
+    assert "TASK=PATH" in capsys.readouterr().err

@@ -20,6 +20,9 @@ def normalized_accuracy(merged: Mapping[str, float], finetuned: Mapping[str, flo
     missing = [t for t in merged if t not in finetuned]
     if missing:
         raise InputError(f"no fine-tuned accuracy for tasks {missing}")
+    zero = [t for t in merged if finetuned[t] <= 0]
+    if zero:
+        raise InputError(f"fine-tuned accuracy of {zero} is 0: normalized accuracy is undefined")
     return float(np.mean([merged[t] / finetuned[t] for t in merged]))
 
 
