@@ -13,7 +13,10 @@ Progress is shown with rich progress bars when ``progress=True``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -27,6 +30,38 @@ from rmtllmf.models.tiny_vit import PrototypeHead, normalise_images
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 #: uint8 ``(B, H, W, 3)`` batch to the encoder's input tensor
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def progress_bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar on a terminal; plain log lines every 5% otherwise (CI, files).
+
+    Yields ``advance(description)``; does nothing when ``enabled`` is false.
+    """
+    if not enabled:
+        yield lambda _desc: None
+        return
+    if sys.stderr.isatty():
+        with Progress() as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda desc: bar.update(task, advance=1, description=desc)
+        return
+    start, done = time.perf_counter(), 0
+    every = max(1, total // 20)
+
+    def advance(desc: str) -> None:
+        nonlocal done
+        done += 1
+        if done % every == 0 or done == total:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            eta = (total - done) / rate
+            print(
+                f"{desc}: {done}/{total} ({rate:.1f}/s, ETA {eta:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    yield advance
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:
@@ -69,8 +104,7 @@ def pretrain(
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
     losses = []
     model.train()
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("pretraining", total=steps)
+    with progress_bar(progress, "pretraining", steps) as advance:
         for step, idx in enumerate(_batches(len(images), batch, steps, gen)):
             for group in opt.param_groups:
                 group["lr"] = lr * cosine_lr(step, steps, max(1, steps // 20))
@@ -86,7 +120,7 @@ def pretrain(
             nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(float(loss.detach()))
-            bar.update(task, advance=1, description=f"pretraining loss {losses[-1]:.3f}")
+            advance(f"pretraining loss {losses[-1]:.3f}")
     model.eval()
     return losses
 
@@ -145,8 +179,7 @@ def finetune(
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
     losses = []
     model.train()
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task(description, total=steps)
+    with progress_bar(progress, description, steps) as advance:
         for step, idx in enumerate(_batches(len(images), batch, steps, gen)):
             for group in opt.param_groups:
                 group["lr"] = lr * cosine_lr(step, steps, max(1, steps // 10))
@@ -156,7 +189,7 @@ def finetune(
             nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(float(loss.detach()))
-            bar.update(task, advance=1)
+            advance(description)
     model.eval()
     for n, p in model.named_parameters():
         p.requires_grad_(flags[n])
