@@ -62,21 +62,6 @@ def main() -> None:
         progress=True,
     )
     train_s = time.perf_counter() - t1
-    # held-out pretext accuracy per factor: a linear probe on frozen embeddings
-    z_tr, z_te = embed(model, images[:20000]), embed(model, test_x)
-    probe_acc = {}
-    for j, (name, k) in enumerate(PRETEXT_HEADS.items()):
-        probe = torch.nn.Linear(z_tr.shape[1], k)
-        opt = torch.optim.Adam(probe.parameters(), 1e-2)
-        y = torch.from_numpy(labels[:20000, j])
-        for _ in range(200):
-            loss = torch.nn.functional.cross_entropy(probe(z_tr), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            probe_acc[name] = float((probe(z_te).argmax(1).numpy() == test_y[:, j]).mean())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "config": cfg.model_dump(),
         "seed": args.seed,
@@ -86,15 +71,48 @@ def main() -> None:
         "lr": args.lr,
         "train_seconds": train_s,
         "final_loss": float(np.mean(losses[-50:])),
-        "pretext_probe_accuracy": probe_acc,
     }
+    save(model, meta, args.out)  # first, so that nothing after training can lose it
+    meta["pretext_probe_accuracy"] = probe_accuracy(
+        model, images[:20000], labels[:20000], test_x, test_y
+    )
+    save(model, meta, args.out)
+    print(json.dumps(meta, indent=2))
+
+
+def save(model: TinyVit, meta: dict[str, object], out: Path) -> None:
+    """Write the checkpoint (config in its metadata) and the JSON record beside it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()},
-        args.out,
+        out,
         {"format": "pt", "rmtllmf": json.dumps(meta)},
     )
-    args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-    print(json.dumps(meta, indent=2))
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+
+
+def probe_accuracy(
+    model: TinyVit,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+) -> dict[str, float]:
+    """Held-out accuracy per pretext factor of a linear probe on frozen embeddings."""
+    z_tr, z_te = embed(model, train_x).clone(), embed(model, test_x).clone()
+    out = {}
+    for j, (name, k) in enumerate(PRETEXT_HEADS.items()):
+        probe = torch.nn.Linear(z_tr.shape[1], k)
+        opt = torch.optim.Adam(probe.parameters(), 1e-2)
+        y = torch.from_numpy(train_y[:, j])
+        for _ in range(200):
+            loss = torch.nn.functional.cross_entropy(probe(z_tr), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out[name] = float((probe(z_te).argmax(1).numpy() == test_y[:, j]).mean())
+    return out
 
 
 if __name__ == "__main__":
