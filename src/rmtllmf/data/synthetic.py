@@ -255,27 +255,32 @@ def land_cover(rng: np.random.Generator, n: int) -> tuple[Images, Labels]:
     return out, labels
 
 
+def _glyph_on_field(
+    rng: np.random.Generator,
+    char: str,
+    sizes: tuple[int, int],
+    angle: float,
+    shift: int,
+    smooth: int,
+    noise: float,
+) -> NDArray[np.uint8]:
+    """``char`` in a random font, size in ``sizes``, rotated by ``angle`` and shifted by up to
+    ``shift`` pixels, in a contrasting colour on a smooth random field, plus pixel noise."""
+    canvas = Image.fromarray(noise_background(rng, smooth))
+    bg = canvas.getpixel((16, 16))
+    mask = glyph_layer(char, int(rng.integers(len(font_paths()))), int(rng.integers(*sizes)), angle)
+    offset = (int(rng.integers(-shift, shift + 1)), int(rng.integers(-shift, shift + 1)))
+    paste_mask(canvas, mask, contrasting(rng, bg), offset)  # type: ignore[arg-type]
+    return add_noise(rng, to_array(canvas), noise)
+
+
 def letters(rng: np.random.Generator, n: int) -> tuple[Images, Labels]:
     """Upper-case A-T (20 classes) in 18 fonts, rotated and scaled, on noisy colour fields."""
-    n_fonts = len(font_paths())
     labels = rng.integers(0, 20, n)
     out = np.empty((n, SIZE, SIZE, 3), np.uint8)
     for i, label in enumerate(labels):
-        canvas = Image.fromarray(noise_background(rng, 2))
-        bg = canvas.getpixel((16, 16))
-        mask = glyph_layer(
-            chr(ord("A") + int(label)),
-            int(rng.integers(n_fonts)),
-            int(rng.integers(16, 26)),
-            float(rng.uniform(-30, 30)),
-        )
-        paste_mask(
-            canvas,
-            mask,
-            contrasting(rng, bg),  # type: ignore[arg-type]
-            (int(rng.integers(-3, 4)), int(rng.integers(-3, 4))),
-        )
-        out[i] = add_noise(rng, to_array(canvas), 15.0)
+        char = chr(ord("A") + int(label))
+        out[i] = _glyph_on_field(rng, char, (16, 26), float(rng.uniform(-30, 30)), 3, 2, 15.0)
     return out, labels
 
 
@@ -309,17 +314,12 @@ _ORIENTATION_GLYPHS = ("F", "R", "P", "L", "J", "G", "4", "7")
 
 def orientation(rng: np.random.Generator, n: int) -> tuple[Images, Labels]:
     """An asymmetric glyph rotated by ``label * 45`` degrees (8 classes)."""
-    n_fonts = len(font_paths())
     labels = rng.integers(0, 8, n)
     out = np.empty((n, SIZE, SIZE, 3), np.uint8)
     for i, label in enumerate(labels):
-        canvas = Image.fromarray(noise_background(rng, 3))
-        bg = canvas.getpixel((16, 16))
         char = _ORIENTATION_GLYPHS[int(rng.integers(len(_ORIENTATION_GLYPHS)))]
         angle = 45.0 * float(label) + float(rng.uniform(-8, 8))
-        mask = glyph_layer(char, int(rng.integers(n_fonts)), int(rng.integers(18, 26)), angle)
-        paste_mask(canvas, mask, contrasting(rng, bg), (0, 0))  # type: ignore[arg-type]
-        out[i] = add_noise(rng, to_array(canvas), 12.0)
+        out[i] = _glyph_on_field(rng, char, (18, 26), angle, 0, 3, 12.0)
     return out, labels
 
 
