@@ -74,3 +74,17 @@ def test_finetuning_against_a_fixed_head_learns():
     assert losses[-1] < losses[0]
     assert accuracy(model, head, images, labels) > 0.9
     torch.testing.assert_close(head.weight, head_before)  # heads stay fixed
+
+
+def test_progress_logs_plain_lines_off_a_terminal(capsys):
+    from rmtllmf.train import progress_bar
+
+    with progress_bar(True, "work", 40) as advance:
+        for _ in range(40):
+            advance("work")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("work:")]
+    assert len(lines) == 20  # every 5%
+    assert lines[-1].startswith("work: 40/40")
+    with progress_bar(False, "quiet", 5) as advance:
+        advance("quiet")
+    assert capsys.readouterr().err == ""
