@@ -78,3 +78,30 @@ def test_zoo_cli_reports_the_clean_merge(tmp_path, capsys):
     assert set(out["merged_test"]) == {"signs", "textures"}
     assert len(out["cosine"]) == 2
     assert out["cosine"][0][0] == 1.0 or out["cosine"][0][0] > 0.999
+
+
+def test_zoo_pretrains_and_caches_a_base_when_none_is_shipped(tmp_path, monkeypatch):
+    import rmtllmf.zoo as zoo_module
+    from rmtllmf.pretrain import PretrainConfig
+
+    monkeypatch.setattr(zoo_module, "shipped_base_path", lambda: tmp_path / "not-shipped")
+    tiny = TinyVitConfig(patch_size=8, hidden=16, layers=1, heads=2, mlp=32, embed_dim=8)
+    cfg = ZooConfig(
+        tasks=("textures",),
+        n_train=32,
+        n_val=16,
+        n_test=16,
+        head_per_class=2,
+        steps=1,
+        batch=8,
+        pretrain=PretrainConfig(model=tiny, images=64, held_out=32, steps=2, batch=16),
+    )
+    zoo = build_zoo(tmp_path / "zoo", cfg)
+    bases = list((tmp_path / "zoo" / "base").glob("tiny_vit_base-*.safetensors"))
+    assert len(bases) == 1
+    record = json.loads(bases[0].with_suffix(".json").read_text())
+    assert set(record["pretext_probe_accuracy"]) >= {"glyph", "texture", "count"}
+    assert zoo.base.config.hidden == 16
+    stamp = bases[0].stat().st_mtime_ns
+    build_zoo(tmp_path / "zoo", cfg)
+    assert bases[0].stat().st_mtime_ns == stamp  # pretrained once, then reused

@@ -32,6 +32,7 @@ from rmtllmf.data.synthetic import TASK_NAMES, TASKS, make_task
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.checkpoint import load_state_dict
 from rmtllmf.models.tiny_vit import PrototypeHead, TinyVit, TinyVitConfig
+from rmtllmf.pretrain import PretrainConfig, pretrain_tiny_base
 from rmtllmf.train import accuracy, finetune, prototype_head
 
 Split = tuple[NDArray[np.uint8], NDArray[np.int64]]
@@ -57,7 +58,10 @@ class ZooConfig(BaseModel):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     seed: int = 0
-    base: str | None = Field(None, description="base checkpoint; None = the shipped one")
+    base: str | None = Field(
+        None, description="base checkpoint; None = the shipped one, else pretrain and cache one"
+    )
+    pretrain: PretrainConfig = PretrainConfig()
 
 
 def load_base(path: str | Path | None = None) -> TinyVit:
@@ -74,6 +78,25 @@ def load_base(path: str | Path | None = None) -> TinyVit:
     model = TinyVit(TinyVitConfig(**meta.get("config", {})))
     model.load_state_dict(load_state_dict(file))
     return model.eval()
+
+
+def resolve_base(cfg: ZooConfig, cache: Path, *, progress: bool = False) -> Path:
+    """The base checkpoint: ``cfg.base``, else the shipped one, else one pretrained with
+    ``cfg.pretrain`` into ``cache`` (once; reused afterwards)."""
+    if cfg.base:
+        return Path(cfg.base)
+    if shipped_base_path().exists():
+        return shipped_base_path()
+    path = cache / f"tiny_vit_base-{_digest(cfg.pretrain.model_dump_json().encode())}.safetensors"
+    if not path.exists():
+        if progress:
+            print(
+                f"no tiny base is shipped: pretraining one into {path} (cached; on 2 CPU cores "
+                "the default takes about 20 minutes)",
+                flush=True,
+            )
+        pretrain_tiny_base(path, cfg.pretrain, progress=progress)
+    return path
 
 
 def _digest(data: bytes) -> str:
@@ -136,7 +159,7 @@ def build_zoo(root: str | Path, cfg: ZooConfig | None = None, *, progress: bool 
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown:
         raise InputError(f"unknown tasks {unknown}; the embedded suite has {', '.join(TASK_NAMES)}")
-    base_file = Path(cfg.base) if cfg.base else shipped_base_path()
+    base_file = resolve_base(cfg, Path(root) / "base", progress=progress)
     base = load_base(base_file)
     key = _digest(cfg.model_dump_json().encode() + base_file.read_bytes())
     home = Path(root) / key
