@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import json
 
-import torch
-from safetensors.torch import save_file
-
-from rmtllmf.models.tiny_vit import TinyVit, TinyVitConfig
+from conftest import make_tiny_base
+from rmtllmf.models.tiny_vit import TinyVitConfig
 from rmtllmf.zoo import ZooConfig, build_zoo, load_base
 
 
 def _tiny_base(path):
-    cfg = TinyVitConfig(patch_size=8, hidden=16, layers=1, heads=2, mlp=32, embed_dim=8)
-    torch.manual_seed(0)
-    model = TinyVit(cfg)
-    meta = json.dumps({"config": cfg.model_dump()})
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, {"rmtllmf": meta})
-    return path
+    return make_tiny_base(path)
 
 
 def test_zoo_builds_caches_and_resumes(tmp_path):

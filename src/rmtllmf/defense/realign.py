@@ -1,0 +1,145 @@
+"""Realign (paper sec. III, second module): few-shot multi-task fine-tuning of the merged model
+at the BS on ``k`` labelled samples per class of every task in the subset (10 by default, as the
+paper), drawn from the *training* split, never from test.
+
+Each step draws a batch from the union of the few-shot sets and minimises the cross-entropy of
+every sample under its own task's fixed head. With ``freeze`` active, the embedding parameters
+are re-loaded from the base first and excluded from training, so realignment works on the
+attention and MLP weights only — the combination the paper calls R-MTLLMF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from rmtllmf.defense.freeze import reload_embeddings
+from rmtllmf.errors import InputError
+from rmtllmf.models.tiny_vit import normalise_images
+from rmtllmf.train import Preprocess, cosine_lr
+
+DEFENSES = ("none", "freeze", "realign", "r-mtllmf")
+
+
+class RealignConfig(BaseModel):
+    """Few-shot realignment settings (frozen)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    k_per_class: int = Field(10, ge=1)
+    steps: int = Field(50, ge=0)
+    batch: int = Field(64, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FewShotSet:
+    """``k`` labelled training examples per class of one task."""
+
+    task: str
+    images: NDArray[np.uint8]
+    labels: NDArray[np.int64]
+
+
+def few_shot_set(
+    task: str,
+    images: NDArray[np.uint8],
+    labels: NDArray[np.int64],
+    k: int,
+    n_classes: int,
+    seed: int = 0,
+) -> FewShotSet:
+    """Draw ``k`` examples of each class from a task's *training* split (seeded)."""
+    rng = np.random.default_rng([seed, sum(map(ord, task))])
+    picks = []
+    for c in range(n_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) < k:
+            raise InputError(
+                f"task {task!r}: class {c} has {len(members)} training examples, fewer than "
+                f"k={k}; lower k_per_class"
+            )
+        picks.append(rng.choice(members, size=k, replace=False))
+    idx = np.concatenate(picks)
+    return FewShotSet(task, images[idx], labels[idx])
+
+
+def realign(
+    model: nn.Module,
+    heads: Mapping[str, nn.Module],
+    sets: Sequence[FewShotSet],
+    cfg: RealignConfig,
+    *,
+    frozen: Sequence[str] = (),
+    preprocess: Preprocess = normalise_images,
+) -> list[float]:
+    """Multi-task few-shot fine-tuning in place; parameters in ``frozen`` do not train."""
+    if cfg.steps == 0 or not sets:
+        return []
+    x = np.concatenate([s.images for s in sets])
+    y = torch.from_numpy(np.concatenate([s.labels for s in sets]))
+    owner = torch.from_numpy(
+        np.concatenate([np.full(len(s.labels), i) for i, s in enumerate(sets)])
+    )
+    params = [p for n, p in model.named_parameters() if n not in set(frozen)]
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in set(frozen))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images = torch.from_numpy(x)
+    losses = []
+    model.train()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * cosine_lr(step, cfg.steps, max(1, cfg.steps // 10))
+        idx = torch.randint(0, len(y), (min(cfg.batch, len(y)),), generator=gen)
+        z = model(preprocess(images[idx]))
+        loss = torch.zeros(())
+        for i, s in enumerate(sets):
+            mask = owner[idx] == i
+            if mask.any():
+                loss = loss + F.cross_entropy(heads[s.task](z[mask]), y[idx][mask], reduction="sum")
+        loss = loss / len(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    for n, p in model.named_parameters():
+        p.requires_grad_(flags[n])
+    return losses
+
+
+def apply_defense(
+    defense: str,
+    model: nn.Module,
+    base_state: Mapping[str, torch.Tensor],
+    embedding_names: Sequence[str],
+    heads: Mapping[str, nn.Module],
+    sets: Sequence[FewShotSet],
+    cfg: RealignConfig,
+    *,
+    preprocess: Preprocess = normalise_images,
+) -> list[float]:
+    """Apply a named defense to ``model`` (its state is the merged model) in place."""
+    if defense not in DEFENSES:
+        raise InputError(f"unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}")
+    freeze = defense in ("freeze", "r-mtllmf")
+    if freeze:
+        model.load_state_dict(reload_embeddings(model.state_dict(), base_state, embedding_names))
+    if defense in ("realign", "r-mtllmf"):
+        return realign(
+            model, heads, sets, cfg, frozen=embedding_names if freeze else (), preprocess=preprocess
+        )
+    return []

@@ -1,0 +1,125 @@
+"""The defense modules and one experiment run, on a tiny zoo built here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import rmtllmf.experiment as experiment
+from conftest import make_tiny_base
+from rmtllmf.defense import RealignConfig, apply_defense, few_shot_set, reload_embeddings
+from rmtllmf.errors import InputError
+from rmtllmf.evaluation import task_vectors
+from rmtllmf.experiment import ExperimentConfig, run_experiment
+from rmtllmf.fusion import MergeConfig, merge_task_vectors
+from rmtllmf.models.tiny_vit import EMBEDDING_PARAMS
+from rmtllmf.zoo import ZooConfig, build_zoo
+
+TASKS = ("signs", "textures")
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    cfg = ZooConfig(
+        tasks=TASKS,
+        n_train=96,
+        n_val=32,
+        n_test=48,
+        head_per_class=2,
+        steps=3,
+        batch=16,
+        base=str(make_tiny_base(root / "base.safetensors")),
+    )
+    return build_zoo(root / "zoo", cfg)
+
+
+def test_noiseless_run_is_the_clean_merge(zoo):
+    cfg = ExperimentConfig(tasks=TASKS, link="noiseless", merge=MergeConfig(scaling=0.4))
+    result = run_experiment(zoo, cfg)
+    merged = merge_task_vectors(zoo.base_state, task_vectors(zoo, TASKS), cfg.merge)
+    assert result.accuracy == zoo.task_accuracy(merged, TASKS)
+    assert result.received_cosine.shape == (2, 2)
+    assert result.nonfinite_entries == 0
+
+
+def test_paper_presets_and_physical_scenarios(zoo):
+    preset = run_experiment(zoo, ExperimentConfig(tasks=TASKS, scenario="paper-sum-rate"))
+    np.testing.assert_allclose(preset.mse, [0.21, 0.21])
+    physical = run_experiment(
+        zoo, ExperimentConfig(tasks=TASKS, scenario="strongest-user", link="relative")
+    )
+    assert physical.mse.shape == (2,)
+    assert np.all((physical.mse > 0) & (physical.mse <= 1))
+    with pytest.raises(InputError, match="symbol link needs a physical scenario"):
+        run_experiment(zoo, ExperimentConfig(tasks=TASKS, scenario="paper-ideal", link="symbol"))
+    digital = run_experiment(zoo, ExperimentConfig(tasks=TASKS, link="symbol"))
+    assert digital.normalized >= 0.0
+
+
+def test_strong_absolute_noise_destroys_the_merge(zoo):
+    clean = run_experiment(zoo, ExperimentConfig(tasks=TASKS, link="noiseless"))
+    noisy = run_experiment(zoo, ExperimentConfig(tasks=TASKS, scenario="paper-sum-rate"))
+    assert noisy.normalized < clean.normalized
+    # the received vectors are dominated by the shared-variance noise: nearly orthogonal
+    assert abs(noisy.received_cosine[0, 1]) < 0.05
+
+
+def test_nan_policies(zoo, monkeypatch):
+    real_send = experiment._send
+
+    def poisoned(*args):
+        out = real_send(*args)
+        out[1][:5] = np.nan
+        return out
+
+    monkeypatch.setattr(experiment, "_send", poisoned)
+    base = ExperimentConfig(tasks=TASKS, link="noiseless")
+    with pytest.raises(InputError, match="NaN/Inf"):
+        run_experiment(zoo, base.model_copy(update={"nan_policy": "error"}))
+    zeroed = run_experiment(zoo, base)
+    assert zeroed.nonfinite_entries == 5
+    dropped = run_experiment(zoo, base.model_copy(update={"nan_policy": "drop-user"}))
+    assert dropped.dropped_users == [1]
+
+
+def test_defenses_touch_the_right_parameters(zoo):
+    base = zoo.base_state
+    merged = merge_task_vectors(base, task_vectors(zoo, TASKS), MergeConfig(scaling=1.0))
+    noisy = {
+        k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in merged.items()
+    }
+    sets = [few_shot_set(t, *zoo.data[t]["train"], 2, zoo.heads[t].n_classes) for t in TASKS]
+    cfg = RealignConfig(k_per_class=2, steps=5, lr=1e-2)
+    key = "encoder.layers.0.mlp.fc1.weight"
+    results = {}
+    for defense in ("none", "freeze", "realign", "r-mtllmf"):
+        model = zoo.model_from_state(noisy)
+        apply_defense(defense, model, base, EMBEDDING_PARAMS, zoo.heads, sets, cfg)
+        results[defense] = model.state_dict()
+    for name in EMBEDDING_PARAMS:
+        assert torch.equal(results["freeze"][name], base[name])
+        assert torch.equal(results["r-mtllmf"][name], base[name])  # re-loaded, then frozen
+        assert not torch.equal(results["realign"][name], base[name])
+    assert torch.equal(results["freeze"][key], noisy[key])
+    assert not torch.equal(results["r-mtllmf"][key], noisy[key])
+    assert torch.equal(results["none"][key], noisy[key])
+    with pytest.raises(InputError, match="unknown defense"):
+        apply_defense(
+            "magic", zoo.model_from_state(noisy), base, EMBEDDING_PARAMS, zoo.heads, sets, cfg
+        )
+    with pytest.raises(InputError, match="not in both models"):
+        reload_embeddings(noisy, base, ["nope"])
+
+
+def test_few_shot_sets_come_from_training_data(zoo):
+    x, y = zoo.data["signs"]["train"]
+    fs = few_shot_set("signs", x, y, 2, 12)
+    assert np.bincount(fs.labels, minlength=12).tolist() == [2] * 12
+    train_rows = {img.tobytes() for img in x}
+    assert all(img.tobytes() in train_rows for img in fs.images)
+    with pytest.raises(InputError, match="fewer than"):
+        few_shot_set("signs", x, y, 1000, 12)
+    with pytest.raises(InputError, match="not in this zoo"):
+        run_experiment(zoo, ExperimentConfig(tasks=("letters",)))
