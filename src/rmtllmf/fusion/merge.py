@@ -25,8 +25,10 @@ tangent task arithmetic, ``lambda in linspace(0, 1, 21)`` by default.
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -235,26 +237,39 @@ def linear_weights(config: MergeConfig, n_models: int) -> list[float] | None:
 _BLOCK = 1 << 16  # elements per fused block: every input block and the output stay in cache
 
 
-def _fused_linear_blocks(
-    files: Sequence[MappedSafetensors], key: str, weights: Sequence[float]
-) -> Iterator[torch.Tensor]:
-    """Flat blocks of ``(1 - sum w) base + sum_q w_q model_q`` for tensor ``key`` (``files[0]`` is
-    the base): zero-copy reads of every input, float32 accumulation in a cache-resident block,
-    cast to the base's dtype. Each input's pages are released once the tensor is done."""
+def _fused_linear(
+    files: Sequence[MappedSafetensors],
+    key: str,
+    weights: Sequence[float],
+    pool: ThreadPoolExecutor | None,
+) -> torch.Tensor:
+    """``(1 - sum w) base + sum_q w_q model_q`` for tensor ``key`` (``files[0]`` is the base).
+
+    Zero-copy reads of every input; each block of ``_BLOCK`` elements is accumulated in float32
+    in a cache-resident scratch buffer and written once into the output, blocks spread over the
+    thread pool (torch releases the GIL). Each input's pages are released afterwards.
+    """
     inputs = [f.tensor(key).reshape(-1) for f in files]
     total = inputs[0].numel()
-    acc = torch.empty(min(_BLOCK, max(total, 1)), dtype=torch.float32)
+    out = torch.empty(total, dtype=inputs[0].dtype)
     w0 = 1.0 - float(sum(weights))
-    for start in range(0, total, _BLOCK):
+
+    def block(start: int) -> None:
         stop = min(start + _BLOCK, total)
-        a = acc[: stop - start]
-        torch.mul(inputs[0][start:stop], w0, out=a)
+        acc = torch.mul(inputs[0][start:stop], w0, out=torch.empty(stop - start))
         for x, w in zip(inputs[1:], weights, strict=True):
-            a.add_(x[start:stop], alpha=w)
-        yield a if inputs[0].dtype == torch.float32 else a.to(inputs[0].dtype)
-    del inputs
+            acc.add_(x[start:stop], alpha=w)
+        out[start:stop] = acc
+
+    starts = range(0, total, _BLOCK)
+    if pool is None or len(starts) < 2:
+        for start in starts:
+            block(start)
+    else:
+        list(pool.map(block, starts))
     for f in files:
         f.release(key)
+    return out.reshape(files[0].entries[key][1])
 
 
 def merge_checkpoints(
@@ -277,6 +292,7 @@ def merge_checkpoints(
     b = _Source(base, allow_pickle)
     fts = [_Source(f, allow_pickle) for f in finetuned]
     raw: list[MappedSafetensors] | None = None
+    pool: ThreadPoolExecutor | None = None
     try:
         keys = set(selected_keys(b, fts[0], param_filter, "fine-tuned model"))
         for i, f in enumerate(fts[1:], start=2):
@@ -297,11 +313,13 @@ def merge_checkpoints(
 
         weights = linear_weights(config, len(fts))
         raw = _raw_files(base, finetuned) if weights is not None else None
+        threads = min(4, os.cpu_count() or 1)
+        pool = ThreadPoolExecutor(threads) if raw is not None and threads > 1 else None
 
         def tensors() -> Iterator[tuple[str, torch.Tensor | Iterator[torch.Tensor]]]:
             for k in order:
                 if raw is not None and weights is not None and k in keys:
-                    yield k, _fused_linear_blocks(raw, k, weights)
+                    yield k, _fused_linear(raw, k, weights, pool)
                     continue
                 base_t = b.get(k)
                 if k in keys:
@@ -316,6 +334,8 @@ def merge_checkpoints(
             out, layout, tensors(), {"format": "pt", "rmtllmf_merge": config.model_dump_json()}
         )
     finally:
+        if pool is not None:
+            pool.shutdown()
         b.close()
         for f in fts:
             f.close()
