@@ -121,5 +121,31 @@ def test_few_shot_sets_come_from_training_data(zoo):
     assert all(img.tobytes() in train_rows for img in fs.images)
     with pytest.raises(InputError, match="fewer than"):
         few_shot_set("signs", x, y, 1000, 12)
-    with pytest.raises(InputError, match="not in this zoo"):
+    with pytest.raises(InputError, match="not in this model pool"):
         run_experiment(zoo, ExperimentConfig(tasks=("letters",)))
+
+
+def test_analysis_measures_channel_interference(zoo):
+    from rmtllmf.analysis import AnalysisConfig
+
+    analysis = AnalysisConfig(samples=16, probes=2)
+    clean = run_experiment(
+        zoo, ExperimentConfig(tasks=TASKS, link="noiseless", analysis=analysis)
+    ).analysis
+    assert clean is not None
+    # a noiseless link: received == clean, so nothing is rejected and the WDEs coincide
+    assert clean.sum_mu == 0.0
+    assert clean.wde_received.per_task == clean.wde_clean.per_task
+    assert all(r == 0.0 for r in clean.rejection_robust.values())
+    hit = run_experiment(
+        zoo,
+        ExperimentConfig(tasks=TASKS, scenario="paper-sum-rate", analysis=analysis),
+    )
+    assert hit.analysis is not None
+    # absolute link: the measured per-entry error is the injected MSE
+    np.testing.assert_allclose(hit.error_mse, [0.21, 0.21], rtol=0.05)
+    assert hit.analysis.sum_mu == pytest.approx(0.42, rel=0.05)
+    assert hit.analysis.sum_mu_ref == pytest.approx(2 * 0.013)
+    summary = hit.analysis.summary()
+    assert summary["reject_robust"] > 0.5  # 16x the reference noise
+    assert 0.0 <= summary["wde_received"] <= 1.0

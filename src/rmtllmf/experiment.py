@@ -26,6 +26,7 @@ import torch
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from rmtllmf.analysis import Analysis, AnalysisConfig, interference_analysis
 from rmtllmf.channel import (
     ChannelRealization,
     LargeScale,
@@ -37,14 +38,11 @@ from rmtllmf.channel import (
     transmit_symbols,
     user_mse,
 )
-from rmtllmf.data.synthetic import TASKS
 from rmtllmf.defense import DEFENSES, RealignConfig, apply_defense, few_shot_set
 from rmtllmf.errors import InputError
-from rmtllmf.evaluation import task_vectors
 from rmtllmf.fusion import MergeConfig, TaskVector, cosine_matrix, merge_task_vectors
 from rmtllmf.metrics import normalized_accuracy
-from rmtllmf.models.tiny_vit import EMBEDDING_PARAMS
-from rmtllmf.zoo import Zoo
+from rmtllmf.pool import ModelPool
 
 Scenario = Literal[
     "ideal", "sum-rate", "strongest-user", "paper-ideal", "paper-sum-rate", "paper-strongest-user"
@@ -68,6 +66,7 @@ class ExperimentConfig(BaseModel):
     symbol: SymbolLinkConfig = SymbolLinkConfig()
     nan_policy: Literal["zero", "drop-user", "error"] = "zero"
     split: Literal["val", "test"] = "test"
+    analysis: AnalysisConfig | None = None
     seed: int = Field(0, ge=0)
 
 
@@ -80,8 +79,10 @@ class ExperimentResult:
     accuracy: dict[str, float]
     normalized: float
     received_cosine: NDArray[np.float64]
+    error_mse: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     dropped_users: list[int] = field(default_factory=list)
     nonfinite_entries: int = 0
+    analysis: Analysis | None = None
 
 
 @dataclass(frozen=True)
@@ -141,21 +142,12 @@ def _send(
     ).received
 
 
-def run_experiment(zoo: Zoo, cfg: ExperimentConfig) -> ExperimentResult:
-    """Run ``cfg`` on the zoo and measure per-task and normalized accuracy."""
-    unknown = [t for t in cfg.tasks if t not in zoo.finetuned]
-    if unknown:
-        raise InputError(f"tasks {unknown} are not in this zoo ({sorted(zoo.finetuned)})")
-    if len(set(cfg.tasks)) != len(cfg.tasks) or not cfg.tasks:
-        raise InputError("give each task once, at least one task")
-    if cfg.defense not in DEFENSES:
-        raise InputError(f"unknown defense {cfg.defense!r}; choose one of {', '.join(DEFENSES)}")
-    rng = np.random.default_rng([cfg.seed, 7])
-    base = zoo.base_state
-    clean = task_vectors(zoo, cfg.tasks)
-    mu, channel = channel_mse(cfg, rng)
-    received = _send(cfg, clean, base, mu, channel, rng)
+def _received_vectors(
+    cfg: ExperimentConfig, received: list[NDArray[np.float32]], clean: list[TaskVector]
+) -> tuple[list[tuple[int, TaskVector]], int]:
+    """Apply the NaN policy: the (user, vector) pairs that enter the merge and the bad count."""
     keep, bad_total = [], 0
+    layout = clean[0].layout
     for q, vec in enumerate(received):
         bad = ~np.isfinite(vec)
         if bad.any():
@@ -168,27 +160,66 @@ def run_experiment(zoo: Zoo, cfg: ExperimentConfig) -> ExperimentResult:
             if cfg.nan_policy == "drop-user":
                 continue
             vec = np.where(bad, 0.0, vec).astype(np.float32)
-        keep.append((q, vec))
-    layout = clean[0].layout
-    vectors = [TaskVector.from_flat(v, layout) for _, v in keep]
+        keep.append((q, TaskVector.from_flat(vec, layout)))
+    return keep, bad_total
+
+
+def _validate(pool: ModelPool, cfg: ExperimentConfig) -> None:
+    unknown = [t for t in cfg.tasks if t not in pool.finetuned]
+    if unknown:
+        raise InputError(f"tasks {unknown} are not in this model pool ({sorted(pool.finetuned)})")
+    if len(set(cfg.tasks)) != len(cfg.tasks) or not cfg.tasks:
+        raise InputError("give each task once, at least one task")
+    if cfg.defense not in DEFENSES:
+        raise InputError(f"unknown defense {cfg.defense!r}; choose one of {', '.join(DEFENSES)}")
+
+
+def run_experiment(pool: ModelPool, cfg: ExperimentConfig) -> ExperimentResult:
+    """Run ``cfg`` on the model pool and measure per-task and normalized accuracy (and, with
+    ``cfg.analysis``, WDE and the hypothesis test of the undefended merge)."""
+    _validate(pool, cfg)
+    rng = np.random.default_rng([cfg.seed, 7])
+    base = pool.base_state
+    clean = [TaskVector.from_models(base, pool.finetuned[t]) for t in cfg.tasks]
+    mu, channel = channel_mse(cfg, rng)
+    received = _send(cfg, clean, base, mu, channel, rng)
+    keep, bad_total = _received_vectors(cfg, received, clean)
+    error_mse = np.array(
+        [float(np.nanmean((r - c.flatten()) ** 2)) for r, c in zip(received, clean, strict=True)]
+    )
+    vectors = [v for _, v in keep]
     merged = merge_task_vectors(base, vectors, cfg.merge) if vectors else dict(base)
-    model = zoo.model_from_state(merged)
+    analysis = interference_analysis(pool, cfg, clean, vectors, error_mse) if cfg.analysis else None
+    model = pool.model_from_state(merged)
     sets = []
     if cfg.defense in ("realign", "r-mtllmf"):
         k = cfg.realign.k_per_class
         sets = [
-            few_shot_set(t, *zoo.data[t]["train"], k, len(TASKS[t][1]), cfg.seed) for t in cfg.tasks
+            few_shot_set(t, *pool.data[t]["train"], k, pool.n_classes(t), cfg.seed)
+            for t in cfg.tasks
         ]
     torch.manual_seed(cfg.seed)
-    apply_defense(cfg.defense, model, base, EMBEDDING_PARAMS, zoo.heads, sets, cfg.realign)
-    acc = zoo.task_accuracy(model.state_dict(), cfg.tasks, cfg.split)
-    ft = {t: zoo.finetuned_accuracy(t, cfg.split) for t in cfg.tasks}
+    apply_defense(
+        cfg.defense,
+        model,
+        base,
+        pool.embedding_names,
+        pool.heads,
+        sets,
+        cfg.realign,
+        preprocess=pool.preprocess,
+    )
+    acc = pool.task_accuracy(model.state_dict(), cfg.tasks, cfg.split)
+    ft = {t: pool.finetuned_accuracy(t, cfg.split) for t in cfg.tasks}
+    kept = {q for q, _ in keep}
     return ExperimentResult(
         config=cfg,
         mse=mu,
+        error_mse=error_mse,
         accuracy=acc,
         normalized=normalized_accuracy(acc, ft),
         received_cosine=cosine_matrix(vectors) if vectors else np.zeros((0, 0)),
-        dropped_users=[q for q in range(len(received)) if q not in {k for k, _ in keep}],
+        dropped_users=[q for q in range(len(received)) if q not in kept],
         nonfinite_entries=bad_total,
+        analysis=analysis,
     )

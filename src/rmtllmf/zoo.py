@@ -24,18 +24,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
 from rmtllmf.data.synthetic import TASK_NAMES, TASKS, make_task
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.checkpoint import load_state_dict
-from rmtllmf.models.tiny_vit import PrototypeHead, TinyVit, TinyVitConfig
+from rmtllmf.models.tiny_vit import (
+    EMBEDDING_PARAMS,
+    PrototypeHead,
+    TinyVit,
+    TinyVitConfig,
+    normalise_images,
+)
+from rmtllmf.pool import Split
 from rmtllmf.pretrain import PretrainConfig, pretrain_tiny_base
 from rmtllmf.train import accuracy, finetune, prototype_head
-
-Split = tuple[NDArray[np.uint8], NDArray[np.int64]]
 
 
 def shipped_base_path() -> Path:
@@ -136,6 +140,23 @@ class Zoo:
     def finetuned_accuracy(self, task: str, split: str = "test") -> float:
         """The task's own fine-tuned accuracy (the normaliser of normalized accuracy)."""
         return float(self.record["finetuned"][task][split])
+
+    def base_accuracy(self, task: str, split: str = "test") -> float:
+        """The base model's accuracy on the task (with the task's head)."""
+        return float(self.record["base"][task][split])
+
+    @property
+    def embedding_names(self) -> tuple[str, ...]:
+        """The patch, class and position embeddings (the *freeze* module's parameters)."""
+        return EMBEDDING_PARAMS
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` images to the model's input."""
+        return normalise_images(images)
+
+    def n_classes(self, task: str) -> int:
+        """Number of classes of ``task``."""
+        return len(TASKS[task][1])
 
 
 def _make_data(cfg: ZooConfig, task: str) -> dict[str, Split]:

@@ -355,6 +355,8 @@ def make_task(name: str, split: str, n: int, seed: int = 0) -> tuple[Images, Lab
 
 # --- pretext --------------------------------------------------------------------------------
 
+#: share of pretext glyphs drawn upright (the rest take the rotation factor)
+UPRIGHT_GLYPHS = 0.6
 PRETEXT_GLYPHS = tuple("abcdefghijkmnpqrstuvwxyzUVWXYZ#@&%?$+=<>")
 PRETEXT_HEADS = {
     "glyph": len(PRETEXT_GLYPHS) + 1,
@@ -405,6 +407,8 @@ def pretext(rng: np.random.Generator, n: int) -> tuple[Images, NDArray[np.int64]
         count = 0
         if mode < 0.45:
             glyph = int(rng.integers(len(PRETEXT_GLYPHS))) + 1
+            if rng.random() < UPRIGHT_GLYPHS:
+                rot = 0  # identity is ambiguous under rotation (b/q, n/u): mostly upright
             mask = glyph_layer(
                 PRETEXT_GLYPHS[glyph - 1],
                 int(rng.integers(n_fonts)),

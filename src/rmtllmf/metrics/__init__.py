@@ -1,0 +1,31 @@
+"""The paper's metrics.
+
+* :mod:`~rmtllmf.metrics.accuracy`: normalized accuracy and gap recovery;
+* :mod:`~rmtllmf.metrics.disentanglement`: the weight disentanglement error ξ(λ), eqs. 7-8;
+* :mod:`~rmtllmf.metrics.hypothesis`: the logit hypothesis test of eqs. 9-12.
+
+Pairwise cosine similarity of task vectors lives with the vectors
+(:func:`rmtllmf.fusion.cosine_matrix`).
+"""
+
+from rmtllmf.metrics.accuracy import gap_recovery, normalized_accuracy
+from rmtllmf.metrics.disentanglement import WdeResult, weight_disentanglement_error
+from rmtllmf.metrics.hypothesis import (
+    HypothesisTest,
+    jacobian_sq_norm,
+    logit_hypothesis_test,
+    paper_ratio_statistic,
+    relative_logit_deviation,
+)
+
+__all__ = [
+    "HypothesisTest",
+    "WdeResult",
+    "gap_recovery",
+    "jacobian_sq_norm",
+    "logit_hypothesis_test",
+    "normalized_accuracy",
+    "paper_ratio_statistic",
+    "relative_logit_deviation",
+    "weight_disentanglement_error",
+]

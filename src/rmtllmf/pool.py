@@ -1,0 +1,57 @@
+"""What the experiment needs from a model family and its task suite (FusionBench's *model
+pool* and *task pool* in one small interface).
+
+:class:`rmtllmf.zoo.Zoo` (the embedded ``tiny-vit``) and
+:class:`rmtllmf.clip_pool.ClipPool` (``hf-clip``) implement it; the channel, the merge, the
+defense and the metrics only ever see this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from rmtllmf.train import Preprocess
+
+Split = tuple[NDArray[np.uint8], NDArray[np.int64]]
+
+
+class ModelPool(Protocol):
+    """A base model, one fine-tuned model per task, fixed task heads and task data.
+
+    State dicts share one key set (``base_state``'s); ``model_from_state`` returns a module
+    whose ``state_dict()`` has exactly those keys and maps preprocessed images to embeddings
+    that ``heads[task]`` turns into logits.
+    """
+
+    finetuned: Mapping[str, Mapping[str, torch.Tensor]]
+    heads: Mapping[str, nn.Module]
+    data: Mapping[str, Mapping[str, Split]]
+
+    @property
+    def base_state(self) -> dict[str, torch.Tensor]: ...
+
+    @property
+    def embedding_names(self) -> tuple[str, ...]: ...
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def n_classes(self, task: str) -> int: ...
+
+    def model_from_state(self, state: Mapping[str, torch.Tensor]) -> nn.Module: ...
+
+    def task_accuracy(
+        self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test"
+    ) -> dict[str, float]: ...
+
+    def finetuned_accuracy(self, task: str, split: str = "test") -> float: ...
+
+    def base_accuracy(self, task: str, split: str = "test") -> float: ...
+
+
+__all__ = ["ModelPool", "Preprocess", "Split"]
