@@ -34,3 +34,26 @@ def make_tiny_base(path: Path) -> Path:
         {"rmtllmf": json.dumps({"config": cfg.model_dump()})},
     )
     return path
+
+
+def build_tiny_zoo(root: Path, tasks: tuple[str, ...]):
+    """A zoo of the tiny random base with a few fine-tuning steps per task (seconds)."""
+    from rmtllmf.zoo import ZooConfig, build_zoo
+
+    cfg = ZooConfig(
+        tasks=tasks,
+        n_train=96,
+        n_val=32,
+        n_test=48,
+        head_per_class=2,
+        steps=3,
+        batch=16,
+        base=str(make_tiny_base(root / "base.safetensors")),
+    )
+    return build_zoo(root / "zoo", cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """Three tasks of the embedded suite on the tiny random base."""
+    return build_tiny_zoo(tmp_path_factory.mktemp("tiny_zoo"), ("signs", "textures", "counting"))

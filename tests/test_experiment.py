@@ -7,32 +7,20 @@ import pytest
 import torch
 
 import rmtllmf.experiment as experiment
-from conftest import make_tiny_base
+from conftest import build_tiny_zoo
 from rmtllmf.defense import RealignConfig, apply_defense, few_shot_set, reload_embeddings
 from rmtllmf.errors import InputError
 from rmtllmf.evaluation import task_vectors
 from rmtllmf.experiment import ExperimentConfig, run_experiment
 from rmtllmf.fusion import MergeConfig, merge_task_vectors
 from rmtllmf.models.tiny_vit import EMBEDDING_PARAMS
-from rmtllmf.zoo import ZooConfig, build_zoo
 
 TASKS = ("signs", "textures")
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    cfg = ZooConfig(
-        tasks=TASKS,
-        n_train=96,
-        n_val=32,
-        n_test=48,
-        head_per_class=2,
-        steps=3,
-        batch=16,
-        base=str(make_tiny_base(root / "base.safetensors")),
-    )
-    return build_zoo(root / "zoo", cfg)
+    return build_tiny_zoo(tmp_path_factory.mktemp("zoo"), TASKS)
 
 
 def test_noiseless_run_is_the_clean_merge(zoo):

@@ -174,9 +174,32 @@ def _validate(pool: ModelPool, cfg: ExperimentConfig) -> None:
         raise InputError(f"unknown defense {cfg.defense!r}; choose one of {', '.join(DEFENSES)}")
 
 
-def run_experiment(pool: ModelPool, cfg: ExperimentConfig) -> ExperimentResult:
-    """Run ``cfg`` on the model pool and measure per-task and normalized accuracy (and, with
-    ``cfg.analysis``, WDE and the hypothesis test of the undefended merge)."""
+@dataclass
+class Reception:
+    """What the BS holds after the uplink: shared by every defense of the same channel use."""
+
+    clean: list[TaskVector]
+    received: list[tuple[int, TaskVector]]
+    mse: NDArray[np.float64]
+    error_mse: NDArray[np.float64]
+    nonfinite_entries: int
+    n_users: int
+
+    @property
+    def vectors(self) -> list[TaskVector]:
+        """The received task vectors that enter the merge."""
+        return [v for _, v in self.received]
+
+
+def reception_key(cfg: ExperimentConfig) -> str:
+    """Identity of a run's channel use (everything but the defense and the analysis)."""
+    return cfg.model_copy(
+        update={"defense": "none", "realign": RealignConfig(), "analysis": None}
+    ).model_dump_json()
+
+
+def receive(pool: ModelPool, cfg: ExperimentConfig) -> Reception:
+    """Users -> channel -> BS: draw the channel, send every task vector, apply the NaN policy."""
     _validate(pool, cfg)
     rng = np.random.default_rng([cfg.seed, 7])
     base = pool.base_state
@@ -187,9 +210,26 @@ def run_experiment(pool: ModelPool, cfg: ExperimentConfig) -> ExperimentResult:
     error_mse = np.array(
         [float(np.nanmean((r - c.flatten()) ** 2)) for r, c in zip(received, clean, strict=True)]
     )
-    vectors = [v for _, v in keep]
+    return Reception(clean, keep, mu, error_mse, bad_total, len(received))
+
+
+def run_experiment(
+    pool: ModelPool, cfg: ExperimentConfig, reception: Reception | None = None
+) -> ExperimentResult:
+    """Run ``cfg`` on the model pool and measure per-task and normalized accuracy (and, with
+    ``cfg.analysis``, WDE and the hypothesis test of the undefended merge).
+
+    ``reception`` (from :func:`receive` with a config of the same :func:`reception_key`) skips
+    the channel: the sweep sends once and applies every defense to the same received vectors.
+    """
+    _validate(pool, cfg)
+    rx = reception if reception is not None else receive(pool, cfg)
+    base = pool.base_state
+    vectors = rx.vectors
     merged = merge_task_vectors(base, vectors, cfg.merge) if vectors else dict(base)
-    analysis = interference_analysis(pool, cfg, clean, vectors, error_mse) if cfg.analysis else None
+    analysis = (
+        interference_analysis(pool, cfg, rx.clean, vectors, rx.error_mse) if cfg.analysis else None
+    )
     model = pool.model_from_state(merged)
     sets = []
     if cfg.defense in ("realign", "r-mtllmf"):
@@ -211,15 +251,15 @@ def run_experiment(pool: ModelPool, cfg: ExperimentConfig) -> ExperimentResult:
     )
     acc = pool.task_accuracy(model.state_dict(), cfg.tasks, cfg.split)
     ft = {t: pool.finetuned_accuracy(t, cfg.split) for t in cfg.tasks}
-    kept = {q for q, _ in keep}
+    kept = {q for q, _ in rx.received}
     return ExperimentResult(
         config=cfg,
-        mse=mu,
-        error_mse=error_mse,
+        mse=rx.mse,
+        error_mse=rx.error_mse,
         accuracy=acc,
         normalized=normalized_accuracy(acc, ft),
         received_cosine=cosine_matrix(vectors) if vectors else np.zeros((0, 0)),
-        dropped_users=[q for q in range(len(received)) if q not in kept],
-        nonfinite_entries=bad_total,
+        dropped_users=[q for q in range(rx.n_users) if q not in kept],
+        nonfinite_entries=rx.nonfinite_entries,
         analysis=analysis,
     )

@@ -1,0 +1,127 @@
+"""The sweep: plan, SQLite store, resumption, determinism, code-version guard, CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+import rmtllmf.sweep as sweep
+from rmtllmf.analysis import AnalysisConfig
+from rmtllmf.defense import RealignConfig
+from rmtllmf.errors import InputError
+from rmtllmf.sweep import ResultsDB, SweepConfig, export_csv, plan_runs, run_sweep, subsets
+
+TASKS = ("signs", "textures", "counting")
+
+
+def small_config(**update) -> SweepConfig:
+    cfg = SweepConfig(
+        tasks=TASKS,
+        task_counts=(2, 3),
+        scenarios=("ideal", "sum-rate"),
+        links=("absolute", "symbol"),
+        k_values=(1, 2),
+        realign=RealignConfig(k_per_class=2, steps=2, batch=8),
+        analysis=AnalysisConfig(samples=8, probes=1),
+        lambda_grid=(0.0, 0.5, 1.0),
+    )
+    return cfg.model_copy(update=update)
+
+
+def test_subsets_all_combinations_or_a_seeded_sample():
+    cfg = SweepConfig(tasks=tuple("abcdefgh"), task_counts=(2, 3, 4, 5, 6, 7, 8))
+    assert sum(len(v) for v in subsets(cfg).values()) == 247
+    sample = SweepConfig(tasks=tuple("abcdefgh"), subsets_per_count=3)
+    picked = subsets(sample)
+    assert [len(v) for v in picked.values()] == [3, 3, 3, 3, 3, 3, 1]
+    assert picked == subsets(sample)  # seeded
+    assert all(len(set(s)) == n for n, subs in picked.items() for s in subs)
+
+
+def test_plan_counts_each_figure():
+    cfg = small_config()
+    runs = plan_runs(cfg, {2: 0.5, 3: 0.3})
+    roles = [r.role for r in runs]
+    # clean: 4 subsets x 2 defenses; fig2: 3 subsets (N=2) x 2 scen x 2 links x 2 defenses;
+    # ablation: 1 subset x 2 x 2 x 4; kshot: 2 scenarios x k=1 (k=2 is the ablation's run)
+    assert roles.count("clean") == 8
+    assert roles.count("fig2") == 24
+    assert roles.count("ablation") == 16
+    assert roles.count("kshot") == 2
+    assert all(r.config.merge.scaling == 0.5 for r in runs if len(r.config.tasks) == 2)
+    analysed = [r for r in runs if r.config.analysis is not None]
+    assert {(r.role, r.config.defense) for r in analysed} == {("ablation", "none")}
+    assert len({r.config.model_dump_json() for r in runs}) == len(runs)
+
+
+def test_bad_plans_are_clear_errors():
+    with pytest.raises(InputError, match="do not fit a suite of 3 tasks"):
+        plan_runs(small_config(task_counts=(2, 4)), {2: 0.5, 4: 0.5})
+    with pytest.raises(InputError, match="repeat"):
+        small_config(tasks=("signs", "signs")).check()
+
+
+def test_interrupted_sweep_resumes_to_identical_results(tiny_zoo, tmp_path, monkeypatch):
+    cfg = small_config()
+    full = ResultsDB(tmp_path / "full.db")
+    n_total = run_sweep(tiny_zoo, "zoo", cfg, full)
+    assert n_total == len(full.done()) == 50
+
+    db = ResultsDB(tmp_path / "resumed.db")
+    assert run_sweep(tiny_zoo, "zoo", cfg, db, max_runs=7) == 7
+    calls = {"n": 0}
+    real = sweep.run_experiment
+
+    def crash_on_fifth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "run_experiment", crash_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(tiny_zoo, "zoo", cfg, db)
+    assert len(db.done()) == 11  # nothing finished was lost
+    monkeypatch.setattr(sweep, "run_experiment", real)
+    ran = run_sweep(tiny_zoo, "zoo", cfg, db)
+    assert ran == n_total - 11  # finished runs are not recomputed
+    assert run_sweep(tiny_zoo, "zoo", cfg, db) == 0
+
+    def results(d):
+        return {
+            json.dumps(r["config"], sort_keys=True): json.dumps(r["result"], sort_keys=True)
+            for r in d.rows()
+        }
+
+    assert results(db) == results(full)
+
+
+def test_results_carry_analysis_and_export_to_csv(tiny_zoo, tmp_path):
+    db = ResultsDB(tmp_path / "r.db")
+    run_sweep(tiny_zoo, "zoo", small_config(links=("absolute",), k_values=(2,)), db)
+    rows = list(db.rows())
+    analysed = [r for r in rows if "analysis" in r["result"]]
+    assert analysed and all(0 <= r["result"]["analysis"]["reject_robust"] <= 1 for r in analysed)
+    out = export_csv(db, tmp_path / "runs.csv")
+    with out.open() as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == sum(len(r["config"]["tasks"]) for r in rows)
+    assert all(0.0 <= float(t["accuracy"]) <= 1.0 for t in table)
+    assert all(not math.isnan(float(t["normalized"])) for t in table)
+
+
+def test_database_from_other_code_version_is_refused(tmp_path, monkeypatch):
+    ResultsDB(tmp_path / "r.db").close()
+    monkeypatch.setattr(sweep, "code_version", lambda: "0000000000000000")
+    with pytest.raises(InputError, match="code version .* --reset"):
+        ResultsDB(tmp_path / "r.db")
+    ResultsDB(tmp_path / "r.db", reset=True).close()
+
+
+def test_unknown_tasks_are_refused(tiny_zoo, tmp_path):
+    db = ResultsDB(tmp_path / "r.db")
+    with pytest.raises(InputError, match="not in the model pool"):
+        run_sweep(tiny_zoo, "zoo", small_config(tasks=("signs", "letters"), task_counts=(2,)), db)
