@@ -116,7 +116,7 @@ def test_results_carry_analysis_and_export_to_csv(tiny_zoo, tmp_path):
 def test_database_from_other_code_version_is_refused(tmp_path, monkeypatch):
     ResultsDB(tmp_path / "r.db").close()
     monkeypatch.setattr(sweep, "code_version", lambda: "0000000000000000")
-    with pytest.raises(InputError, match="code version .* --reset"):
+    with pytest.raises(InputError, match=r"code version .* --reset"):
         ResultsDB(tmp_path / "r.db")
     ResultsDB(tmp_path / "r.db", reset=True).close()
 
