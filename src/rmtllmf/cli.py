@@ -178,6 +178,7 @@ def _add_zoo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("--tasks", nargs="+", default=None, help="subset of the embedded tasks")
     b.add_argument("--steps", type=int, default=None, help="fine-tuning steps per task")
     b.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
+    b.add_argument("--batch", type=int, default=None, help="fine-tuning batch size")
     b.add_argument("--n-train", type=int, default=None)
     b.add_argument("--base", default=None, help="tiny base checkpoint (default: shipped)")
     b.add_argument("--seed", type=int, default=0)
@@ -198,6 +199,7 @@ def _zoo(args: argparse.Namespace) -> int:
             "tasks": tuple(args.tasks) if args.tasks else None,
             "steps": args.steps,
             "lr": args.lr,
+            "batch": args.batch,
             "n_train": args.n_train,
             "base": args.base,
             "seed": args.seed,

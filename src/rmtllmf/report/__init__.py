@@ -1,0 +1,90 @@
+"""Report of a sweep: figures (PNG + PDF), ``report.md``, ``summary.json`` and ``runs.csv``.
+
+:func:`write_report` reads the sweep's database and writes, under ``out``:
+
+* ``fig2_accuracy_vs_tasks``, ``fig3_cosine_ideal``, ``fig4_cosine_worst``,
+  ``fig5_ablation``, ``hypothesis_rejection`` (``.png`` and ``.pdf``);
+* ``report.md`` with the tables behind each figure, the paper's orderings per link, the
+  channel per scenario, WDE and hypothesis-test results and the resolved config;
+* ``summary.json`` (``clean``, ``clean_realign``, ``by_link`` at the largest task count, the
+  orderings, code version, seeds and config) and ``runs.csv`` (one row per run and task).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rmtllmf.errors import InputError
+from rmtllmf.report import figures, markdown, tables
+from rmtllmf.sweep import ResultsDB, code_version, export_csv
+
+
+def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
+    """Write every artefact of the report under ``out``; returns ``summary.json``'s content."""
+    rows = list(db.rows())
+    if not rows:
+        raise InputError(f"the results database {db.path} holds no finished runs; run the sweep")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = json.loads(db.meta("sweep_config") or "{}")
+    summ = tables.summary(rows)
+    order = tables.orderings(summ)
+    fig2 = tables.fig2_series(rows)
+    kshot = tables.kshot_series(rows)
+    links = list(summ["by_link"])
+    scenarios = list(dict.fromkeys(s for d in summ["by_link"].values() for s in d))
+    tasks = next(r["config"]["tasks"] for r in rows if len(r["config"]["tasks"]) == summ["n_tasks"])
+    cosines = {"clean": tables.offdiag(tables.mean_cosine(rows, link="noiseless"))}
+    for link in links:
+        for scenario in scenarios:
+            cosines[f"{scenario}, {link}"] = tables.offdiag(
+                tables.mean_cosine(rows, link=link, scenario=scenario)
+            )
+    files = figures.save(figures.fig2(fig2), out, "fig2_accuracy_vs_tasks")
+    if links and scenarios:
+        ideal = next((s for s in scenarios if s.endswith("ideal")), scenarios[0])
+        worst = next((s for s in scenarios if s != ideal), ideal)
+        for name, scenario in (("fig3_cosine_ideal", ideal), ("fig4_cosine_worst", worst)):
+            m = tables.mean_cosine(rows, link=links[0], scenario=scenario)
+            if m.size:
+                title = f"received task vectors, {scenario}, {links[0]} link"
+                files += figures.save(figures.heatmap(m, tasks, title), out, name)
+        files += figures.save(
+            figures.fig5(summ["by_link"], kshot, summ["clean"]), out, "fig5_ablation"
+        )
+    analysis = tables.analysis_table(rows)
+    points = [r["result"]["analysis"] for r in rows if "analysis" in r["result"]]
+    if points:
+        files += figures.save(figures.rejection(points), out, "hypothesis_rejection")
+    meta = {
+        "runs": len(rows),
+        "code_version": code_version(),
+        "pool_id": db.meta("pool_id"),
+        "seeds": config.get("seeds"),
+        "config": json.dumps(config, indent=2),
+    }
+    text = markdown.render(
+        summ, order, tables.channel_table(rows), analysis, cosines, fig2, kshot, meta
+    )
+    (out / "report.md").write_text(text)
+    full = {
+        **summ,
+        "orderings": order,
+        "cosine_offdiag": {
+            k: dict(zip(("mean", "min", "max"), v, strict=True)) for k, v in cosines.items()
+        },
+        "analysis": analysis,
+        "code_version": meta["code_version"],
+        "pool_id": meta["pool_id"],
+        "seeds": meta["seeds"],
+        "config": config,
+        "figures": [p.name for p in files],
+    }
+    (out / "summary.json").write_text(json.dumps(full, indent=2))
+    export_csv(db, out / "runs.csv")
+    return full
+
+
+__all__ = ["write_report"]

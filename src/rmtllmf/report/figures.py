@@ -1,0 +1,120 @@
+"""The paper's figures from the report tables, as PNG and PDF (matplotlib, Agg backend).
+
+* Fig. 2: normalized accuracy vs number of tasks per link; one line per scenario ×
+  {unprotected, R-MTLLMF} plus the clean merge; the band spans the subsets.
+* Figs. 3-4: received-vector cosine heatmaps, ideal vs worst case (undefended reception).
+* Fig. 5: the ablation (none / freeze / realign / R-MTLLMF) per link and scenario, and
+  normalized accuracy vs few-shot samples per class ``k``.
+* Hypothesis test: rejection rate of H0 vs ``Σ μ_q``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+DEFENSE_ORDER = ("none", "freeze", "realign", "r-mtllmf")
+
+
+def save(fig: Figure, out: Path, name: str) -> list[Path]:
+    """Write ``name``.png and ``name``.pdf under ``out``; return both paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    for p in paths:
+        fig.savefig(p, bbox_inches="tight", dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def fig2(series: Mapping[str, Mapping[str, Sequence[tuple[int, float, float, float]]]]) -> Figure:
+    """Normalized accuracy vs task count, one panel per link."""
+    links = list(series)
+    fig, axes = plt.subplots(1, len(links), figsize=(4.2 * len(links), 3.6), squeeze=False)
+    for ax, link in zip(axes[0], links, strict=True):
+        for label, pts in series[link].items():
+            if not pts:
+                continue
+            n, mean, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
+            style = "k--" if label == "clean" else ("-" if "R-MTLLMF" in label else ":")
+            (line,) = ax.plot(n, mean, style, marker="o", ms=3, label=label)
+            ax.fill_between(n, lo, hi, color=line.get_color(), alpha=0.12)
+        ax.set_title(f"link: {link}")
+        ax.set_xlabel("number of tasks N")
+        ax.set_ylim(0, 1.1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("normalized accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Fig. 2: multi-task fusion over the uplink")
+    return fig
+
+
+def heatmap(matrix: np.ndarray, tasks: Sequence[str], title: str) -> Figure:
+    """Cosine-similarity heatmap with the values printed (Figs. 3-4)."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def fig5(
+    by_link: Mapping[str, Mapping[str, Mapping[str, float]]],
+    kshot: Mapping[str, Sequence[tuple[int, float]]],
+    clean: float,
+) -> Figure:
+    """Ablation bars (left) and normalized accuracy vs k (right)."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2.2, 1]})
+    groups = [(link, s) for link, d in by_link.items() for s in d]
+    width = 0.2
+    for i, defense in enumerate(DEFENSE_ORDER):
+        vals = [by_link[link][s].get(defense, np.nan) for link, s in groups]
+        ax.bar(np.arange(len(groups)) + (i - 1.5) * width, vals, width, label=defense)
+    ax.axhline(clean, color="k", ls="--", lw=1, label="clean")
+    ax.set_xticks(range(len(groups)), [f"{s}\n{link}" for link, s in groups], fontsize=7)
+    ax.set_ylabel("normalized accuracy")
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=7, ncol=5, loc="upper right")
+    ax.set_title("ablation at the largest N")
+    for label, pts in kshot.items():
+        if pts:
+            k, v = zip(*pts, strict=True)
+            bx.plot(k, v, marker="o", label=label)
+    bx.axhline(clean, color="k", ls="--", lw=1, label="clean")
+    bx.set_xscale("log")
+    bx.set_xlabel("samples per class k")
+    bx.set_ylim(0, 1.1)
+    bx.legend(fontsize=7)
+    bx.set_title("R-MTLLMF vs k")
+    fig.suptitle("Fig. 5: ablation and few-shot budget")
+    return fig
+
+
+def rejection(points: Sequence[Mapping[str, Any]]) -> Figure:
+    """Rejection rate of H0 (robust and paper statistics) vs ``Σ μ_q``."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for form, marker in (("reject_robust", "o"), ("reject_paper", "x")):
+        xs = [p["sum_mu"] for p in points if p["sum_mu"] > 0]
+        ys = [p[form] for p in points if p["sum_mu"] > 0]
+        ax.scatter(xs, ys, marker=marker, label=form.replace("reject_", "statistic: "))
+    if points:
+        ax.axvline(points[0]["sum_mu_ref"], color="k", ls="--", lw=1, label="Σμ_ref (sets T)")
+    ax.set_xscale("log")
+    ax.set_xlabel("Σ_q μ_q (measured per-entry error)")
+    ax.set_ylabel("rejection rate of H0")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title("Hypothesis test (eqs. 9-12)")
+    return fig

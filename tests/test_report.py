@@ -1,0 +1,111 @@
+"""The report: every artefact written, summary.json recomputed by hand from the database."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rmtllmf.errors import InputError
+from rmtllmf.report import write_report
+from rmtllmf.report.tables import orderings
+from rmtllmf.sweep import ResultsDB, run_sweep
+from test_sweep import small_config
+
+
+@pytest.fixture(scope="module")
+def report(tiny_zoo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    db = ResultsDB(root / "results.db")
+    run_sweep(tiny_zoo, "zoo", small_config(seeds=(0, 1)), db)
+    return db, root / "out", write_report(db, root / "out")
+
+
+def test_every_artefact_is_written(report):
+    _, out, summary = report
+    for name in (
+        "fig2_accuracy_vs_tasks",
+        "fig3_cosine_ideal",
+        "fig4_cosine_worst",
+        "fig5_ablation",
+        "hypothesis_rejection",
+    ):
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").stat().st_size > 1000
+    text = (out / "report.md").read_text()
+    for heading in (
+        "paper's ordering",
+        "Fig. 2 data",
+        "Fig. 5 data",
+        "cosine",
+        "Channel per scenario",
+        "hypothesis test",
+        "Configuration",
+    ):
+        assert heading in text
+    assert (out / "runs.csv").read_text().count("\n") > 10
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_summary_matches_a_hand_computation(report):
+    db, _, summary = report
+    rows = list(db.rows())
+    assert summary["n_tasks"] == 3
+    assert set(summary["by_link"]) == {"absolute", "symbol"}
+    assert set(summary["by_link"]["absolute"]) == {"ideal", "sum-rate"}
+    for link in ("absolute", "symbol"):
+        for scenario in ("ideal", "sum-rate"):
+            for defense in ("none", "freeze", "realign", "r-mtllmf"):
+                vals = []
+                for r in rows:
+                    c = r["config"]
+                    if (
+                        len(c["tasks"]),
+                        c["link"],
+                        c["scenario"],
+                        c["defense"],
+                        c["realign"]["k_per_class"],
+                    ) == (3, link, scenario, defense, 2) and r["role"] == "ablation":
+                        fts = r["result"]["accuracy"]
+                        vals.append(r["result"]["normalized"])
+                        assert 0 <= min(fts.values()) <= max(fts.values()) <= 1
+                assert len(vals) == 2  # two seeds
+                assert summary["by_link"][link][scenario][defense] == pytest.approx(np.mean(vals))
+    clean = [
+        r["result"]["normalized"]
+        for r in rows
+        if r["config"]["link"] == "noiseless"
+        and r["config"]["defense"] == "none"
+        and len(r["config"]["tasks"]) == 3
+    ]
+    assert summary["clean"] == pytest.approx(np.mean(clean))
+    assert 0.0 <= summary["clean_realign"]
+    assert {o["link"] for o in summary["orderings"]} == {"absolute", "symbol"}
+
+
+def test_orderings_read_the_claims():
+    good = {
+        "clean": 0.9,
+        "by_link": {
+            "absolute": {
+                "ideal": {"none": 0.7, "freeze": 0.75, "realign": 0.8, "r-mtllmf": 0.85},
+                "sum-rate": {"none": 0.1, "freeze": 0.2, "realign": 0.3, "r-mtllmf": 0.5},
+            }
+        },
+    }
+    (o,) = orderings(good)
+    assert (
+        o["clean_ge_rm_ideal"]
+        and o["rm_ideal_gt_rm_worst"]
+        and o["rm_worst_gg_none_worst"]
+        and o["both_beat_each"]
+    )
+    good["by_link"]["absolute"]["sum-rate"]["freeze"] = 0.6
+    (o,) = orderings(good)
+    assert not o["both_beat_each"]
+
+
+def test_empty_database_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="no finished runs"):
+        write_report(ResultsDB(tmp_path / "empty.db"), tmp_path / "out")
