@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -57,3 +58,92 @@ def build_tiny_zoo(root: Path, tasks: tuple[str, ...]):
 def tiny_zoo(tmp_path_factory):
     """Three tasks of the embedded suite on the tiny random base."""
     return build_tiny_zoo(tmp_path_factory.mktemp("tiny_zoo"), ("signs", "textures", "counting"))
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-to-unicode table (written from its definition)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIP saved in HF format, two perturbed fine-tunes, a tiny image folder."""
+    transformers = pytest.importorskip("transformers", reason="hf-clip needs transformers")
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("clip")
+    chars = sorted(set(_bytes_to_unicode().values()))
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    bos, eos = len(vocab), len(vocab) + 1
+    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    config = transformers.CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    base = transformers.CLIPModel(config)
+    base.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    fts = []
+    for i in range(2):
+        model = transformers.CLIPModel(config)
+        model.load_state_dict(
+            {
+                k: v + 0.01 * torch.randn_like(v)
+                if v.is_floating_point() and k.startswith("vision")
+                else v
+                for k, v in base.state_dict().items()
+            }
+        )
+        if i == 0:  # full CLIPModel directory
+            model.save_pretrained(root / "ft0")
+            fts.append(root / "ft0")
+        else:  # CLIPVisionModel saved by transformers < 5: 'vision_model.' prefix, one file
+            state = {
+                k: v.contiguous()
+                for k, v in model.state_dict().items()
+                if k.startswith("vision_model.")
+            }
+            save_file(state, root / "ft1.safetensors")
+            fts.append(root / "ft1.safetensors")
+    folder = root / "images"
+    rng = np.random.default_rng(0)
+    for name, channel in (("red", 0), ("blue", 2)):
+        (folder / name).mkdir(parents=True)
+        for j in range(4):
+            arr = rng.integers(0, 60, (40, 40, 3)).astype(np.uint8)
+            arr[..., channel] = 220
+            Image.fromarray(arr).save(folder / name / f"{j}.png")
+    return root, fts, folder

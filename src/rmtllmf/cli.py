@@ -454,6 +454,64 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reproduce_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="run the whole study (zoo, sweep, figures, report) on the embedded default",
+    )
+    p.add_argument("--quick", action="store_true", help="a sample of subsets (minutes)")
+    p.add_argument("--config", type=Path, default=None, help="YAML study config (configs/)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="results directory")
+    p.add_argument("--cache", type=Path, default=None, help="zoo / pool cache directory")
+    p.add_argument("--reset", action="store_true", help="discard an existing results database")
+    p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import torch
+
+    from rmtllmf.reproduce import load_config, quick_config, reproduce
+
+    if args.quick and args.config is not None:
+        raise InputError("--quick runs the embedded default; drop --config or --quick")
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    cfg = (
+        load_config(args.config)
+        if args.config is not None
+        else quick_config()
+        if args.quick
+        else None
+    )
+    if cfg is None:
+        from rmtllmf.reproduce import ReproduceConfig
+
+        cfg = ReproduceConfig()
+    summary = reproduce(
+        cfg, args.out, cache=args.cache or default_cache(), reset=args.reset, max_runs=args.max_runs
+    )
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    table = Table(title=f"Normalized accuracy at N = {summary['n_tasks']} ({args.out})")
+    for name in ("link", "scenario", "none", "freeze", "realign", "R-MTLLMF"):
+        table.add_column(name, justify="right")
+    for link, by_s in summary["by_link"].items():
+        for scenario, d in by_s.items():
+            table.add_row(
+                link,
+                scenario,
+                *(
+                    f"{d.get(k, float('nan')):.3f}"
+                    for k in ("none", "freeze", "realign", "r-mtllmf")
+                ),
+            )
+    console.print(table)
+    console.print(
+        f"clean {summary['clean']:.3f}, clean + realign {summary['clean_realign']:.3f}; "
+        f"report: {args.out / 'report.md'}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -465,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoo_parser(sub)
     _add_finetune_parser(sub)
     _add_evaluate_parser(sub)
+    _add_reproduce_parser(sub)
     return parser
 
 
@@ -482,6 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _finetune(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "reproduce":
+            return _reproduce(args)
     except (RmtllmfError, ValueError) as exc:
         print(f"rmtllmf: error: {exc}", file=sys.stderr)
         return 2

@@ -29,9 +29,17 @@ class ModelPool(Protocol):
     that ``heads[task]`` turns into logits.
     """
 
-    finetuned: Mapping[str, Mapping[str, torch.Tensor]]
-    heads: Mapping[str, nn.Module]
-    data: Mapping[str, Mapping[str, Split]]
+    @property
+    def finetuned(self) -> Mapping[str, Mapping[str, torch.Tensor]]: ...
+
+    @property
+    def heads(self) -> Mapping[str, nn.Module]: ...
+
+    @property
+    def data(self) -> Mapping[str, Mapping[str, Split]]: ...
+
+    @property
+    def pool_id(self) -> str: ...
 
     @property
     def base_state(self) -> dict[str, torch.Tensor]: ...

@@ -146,6 +146,11 @@ class Zoo:
         return float(self.record["base"][task][split])
 
     @property
+    def pool_id(self) -> str:
+        """Identity of this zoo in result databases (its cache key)."""
+        return f"tiny-vit-{self.root.name}"
+
+    @property
     def embedding_names(self) -> tuple[str, ...]:
         """The patch, class and position embeddings (the *freeze* module's parameters)."""
         return EMBEDDING_PARAMS

@@ -104,11 +104,12 @@ def realign(
             group["lr"] = cfg.lr * cosine_lr(step, cfg.steps, max(1, cfg.steps // 10))
         idx = torch.randint(0, len(y), (min(cfg.batch, len(y)),), generator=gen)
         z = model(preprocess(images[idx]))
-        loss = torch.zeros(())
+        y_b, owner_b = y[idx].to(z.device), owner[idx].to(z.device)
+        loss = torch.zeros((), device=z.device)
         for i, s in enumerate(sets):
-            mask = owner[idx] == i
+            mask = owner_b == i
             if mask.any():
-                loss = loss + F.cross_entropy(heads[s.task](z[mask]), y[idx][mask], reduction="sum")
+                loss = loss + F.cross_entropy(heads[s.task](z[mask]), y_b[mask], reduction="sum")
         loss = loss / len(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]

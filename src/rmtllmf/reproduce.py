@@ -1,0 +1,115 @@
+"""``rmtllmf reproduce``: the whole study in one command.
+
+Builds (or reuses) the model pool — the embedded ``tiny-vit`` zoo by default, or ``hf-clip``
+from a YAML config such as ``configs/paper-clip-vit-b16.yaml`` — runs the sweep into
+``OUT/results.db`` (resumable) and writes the report, figures, ``summary.json`` and
+``runs.csv`` under ``OUT``, with the fully resolved config in ``OUT/config.json``.
+
+``--quick`` is the embedded default on a sample: task counts 2, 4 and 8 with one subset each,
+one seed, every scenario, link and defense, a shorter few-shot realignment and a smaller
+interference analysis. The full grid is the default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rmtllmf.analysis import AnalysisConfig
+from rmtllmf.clip_pool import ClipPool, ClipPoolConfig
+from rmtllmf.defense import RealignConfig
+from rmtllmf.errors import InputError
+from rmtllmf.pool import ModelPool
+from rmtllmf.report import write_report
+from rmtllmf.sweep import ResultsDB, SweepConfig, run_sweep
+from rmtllmf.zoo import ZooConfig, build_zoo
+
+
+class ReproduceConfig(BaseModel):
+    """The study: a model pool and the sweep run on it (frozen)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: Literal["tiny-vit", "hf-clip"] = "tiny-vit"
+    zoo: ZooConfig = ZooConfig()
+    clip: ClipPoolConfig | None = None
+    sweep: dict[str, Any] = Field(
+        default_factory=dict, description="SweepConfig fields; tasks default to the pool's"
+    )
+
+
+def quick_config() -> ReproduceConfig:
+    """The README's main job: the embedded default on a sample of subsets."""
+    return ReproduceConfig(
+        sweep={
+            "task_counts": (2, 4, 8),
+            "subsets_per_count": 1,
+            "k_values": (1, 5, 10, 20),
+            "realign": RealignConfig(steps=30, batch=32).model_dump(),
+            "analysis": AnalysisConfig(samples=100, probes=2).model_dump(),
+        }
+    )
+
+
+def load_config(path: str | Path) -> ReproduceConfig:
+    """A :class:`ReproduceConfig` from YAML (safe loader); errors name the bad key."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"config file {file} does not exist")
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+        return ReproduceConfig.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{file} is not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        raise InputError(f"{file}: {exc}") from exc
+
+
+def build_pool(cfg: ReproduceConfig, cache: Path, *, progress: bool) -> ModelPool:
+    """The model pool of ``cfg``."""
+    if cfg.family == "hf-clip":
+        if cfg.clip is None:
+            raise InputError("family hf-clip needs a 'clip:' section (see configs/)")
+        return ClipPool(cfg.clip, cache_dir=cache / "clip")
+    return build_zoo(cache / "zoo", cfg.zoo, progress=progress)
+
+
+def sweep_config(cfg: ReproduceConfig) -> SweepConfig:
+    """The resolved sweep: the pool's tasks unless given, and every default filled in."""
+    tasks = list(cfg.clip.tasks) if cfg.family == "hf-clip" and cfg.clip else list(cfg.zoo.tasks)
+    fields = {"tasks": tasks, **cfg.sweep}
+    if "task_counts" not in cfg.sweep:
+        fields["task_counts"] = tuple(range(2, len(fields["tasks"]) + 1)) or (1,)
+    try:
+        return SweepConfig.model_validate(fields)
+    except ValidationError as exc:
+        raise InputError(f"sweep settings: {exc}") from exc
+
+
+def reproduce(
+    cfg: ReproduceConfig,
+    out: str | Path,
+    *,
+    cache: str | Path,
+    reset: bool = False,
+    progress: bool = True,
+    max_runs: int | None = None,
+) -> dict[str, Any]:
+    """Run the study of ``cfg`` into ``out`` and return ``summary.json``'s content."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    scfg = sweep_config(cfg)
+    db = ResultsDB(out / "results.db", reset=reset)
+    try:
+        pool = build_pool(cfg, Path(cache), progress=progress)
+        resolved = {"reproduce": cfg.model_dump(mode="json"), "sweep": scfg.model_dump(mode="json")}
+        (out / "config.json").write_text(json.dumps(resolved, indent=2))
+        run_sweep(pool, pool.pool_id, scfg, db, progress=progress, max_runs=max_runs)
+        return write_report(db, out)
+    finally:
+        db.close()
