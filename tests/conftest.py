@@ -37,21 +37,28 @@ def make_tiny_base(path: Path) -> Path:
     return path
 
 
-def build_tiny_zoo(root: Path, tasks: tuple[str, ...]):
-    """A zoo of the tiny random base with a few fine-tuning steps per task (seconds)."""
-    from rmtllmf.zoo import ZooConfig, build_zoo
+def tiny_zoo_config(root: Path, tasks: tuple[str, ...], **overrides):
+    """A zoo config on the tiny random base with a few fine-tuning steps per task (seconds)."""
+    from rmtllmf.zoo import ZooConfig
 
-    cfg = ZooConfig(
-        tasks=tasks,
-        n_train=96,
-        n_val=32,
-        n_test=48,
-        head_per_class=2,
-        steps=3,
-        batch=16,
-        base=str(make_tiny_base(root / "base.safetensors")),
-    )
-    return build_zoo(root / "zoo", cfg)
+    fields = {
+        "tasks": tasks,
+        "n_train": 96,
+        "n_val": 32,
+        "n_test": 48,
+        "head_per_class": 2,
+        "steps": 3,
+        "batch": 16,
+        "base": str(make_tiny_base(root / "base.safetensors")),
+    }
+    return ZooConfig(**{**fields, **overrides})
+
+
+def build_tiny_zoo(root: Path, tasks: tuple[str, ...]):
+    """The zoo of :func:`tiny_zoo_config`, built under ``root``."""
+    from rmtllmf.zoo import build_zoo
+
+    return build_zoo(root / "zoo", tiny_zoo_config(root, tasks))
 
 
 @pytest.fixture(scope="session")

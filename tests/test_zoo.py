@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import json
 
-from conftest import make_tiny_base
+from conftest import make_tiny_base, tiny_zoo_config
 from rmtllmf.models.tiny_vit import TinyVitConfig
 from rmtllmf.zoo import ZooConfig, build_zoo, load_base
 
 
-def _tiny_base(path):
-    return make_tiny_base(path)
-
-
 def test_zoo_builds_caches_and_resumes(tmp_path):
-    base = _tiny_base(tmp_path / "base.safetensors")
-    assert load_base(base).config.hidden == 16
-    cfg = ZooConfig(
-        tasks=("signs", "counting"),
-        n_train=64,
-        n_val=32,
-        n_test=32,
-        head_per_class=2,
-        steps=2,
-        batch=16,
-        base=str(base),
-    )
+    cfg = tiny_zoo_config(tmp_path, ("signs", "counting"), n_train=64, n_test=32, steps=2)
+    assert cfg.base is not None and load_base(cfg.base).config.hidden == 16
     zoo = build_zoo(tmp_path / "zoo", cfg)
     record = json.loads((zoo.root / "zoo.json").read_text())
     assert set(record["finetuned"]) == {"signs", "counting"}
@@ -46,7 +32,7 @@ def test_zoo_builds_caches_and_resumes(tmp_path):
 def test_zoo_cli_reports_the_clean_merge(tmp_path, capsys):
     from rmtllmf.cli import main
 
-    base = _tiny_base(tmp_path / "base.safetensors")
+    base = make_tiny_base(tmp_path / "base.safetensors")
     args = [
         "zoo",
         "build",

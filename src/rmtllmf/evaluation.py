@@ -9,6 +9,7 @@ import numpy as np
 
 from rmtllmf.fusion import MergeConfig, TaskVector, cosine_matrix, merge_task_vectors, select_lambda
 from rmtllmf.metrics import gap_recovery, normalized_accuracy
+from rmtllmf.pool import ModelPool
 from rmtllmf.zoo import Zoo
 
 
@@ -31,6 +32,27 @@ def task_vectors(zoo: Zoo, tasks: Sequence[str]) -> list[TaskVector]:
     return [TaskVector.from_models(base, zoo.finetuned[t]) for t in tasks]
 
 
+def choose_lambda(
+    pool: ModelPool,
+    tasks: Sequence[str],
+    method: str = "task-arithmetic",
+    grid: Sequence[float] | None = None,
+) -> tuple[float, dict[float, float]]:
+    """``λ`` maximising the clean merge's normalized accuracy on *validation* data (tangent
+    task arithmetic's protocol; ``grid`` defaults to ``linspace(0, 1, 21)``) and every score."""
+    base = pool.base_state
+    tvs = [TaskVector.from_models(base, pool.finetuned[t]) for t in tasks]
+    ft_val = {t: pool.finetuned_accuracy(t, "val") for t in tasks}
+    scores: dict[float, float] = {}
+
+    def score(lam: float) -> float:
+        merged = merge_task_vectors(base, tvs, MergeConfig(method=method, scaling=lam))
+        scores[lam] = normalized_accuracy(pool.task_accuracy(merged, tasks, "val"), ft_val)
+        return scores[lam]
+
+    return select_lambda(score, grid).best, scores
+
+
 def evaluate_clean_merge(
     zoo: Zoo,
     tasks: Sequence[str],
@@ -40,22 +62,14 @@ def evaluate_clean_merge(
     """Merge the clean task vectors of ``tasks``; pick lambda on validation, report test."""
     tvs = task_vectors(zoo, tasks)
     base = zoo.base_state
-    ft_val = {t: zoo.finetuned_accuracy(t, "val") for t in tasks}
-    scores: dict[float, float] = {}
-
-    def score(lam: float) -> float:
-        merged = merge_task_vectors(base, tvs, MergeConfig(method=method, scaling=lam))
-        scores[lam] = normalized_accuracy(zoo.task_accuracy(merged, tasks, "val"), ft_val)
-        return scores[lam]
-
-    search = select_lambda(score, grid)
-    merged = merge_task_vectors(base, tvs, MergeConfig(method=method, scaling=search.best))
+    best, scores = choose_lambda(zoo, tasks, method, grid)
+    merged = merge_task_vectors(base, tvs, MergeConfig(method=method, scaling=best))
     test = zoo.task_accuracy(merged, tasks, "test")
     ft_test = {t: zoo.finetuned_accuracy(t, "test") for t in tasks}
     base_test = {t: float(zoo.record["base"][t]["test"]) for t in tasks}
     return MergeReport(
         tasks=tuple(tasks),
-        scaling=search.best,
+        scaling=best,
         val_normalized=scores,
         test_accuracy=test,
         normalized=normalized_accuracy(test, ft_test),

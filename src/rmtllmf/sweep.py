@@ -29,7 +29,7 @@ import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from importlib import resources
@@ -43,6 +43,7 @@ from rmtllmf.analysis import AnalysisConfig
 from rmtllmf.channel import ScenarioConfig, SymbolLinkConfig
 from rmtllmf.defense import DEFENSES, RealignConfig
 from rmtllmf.errors import InputError
+from rmtllmf.evaluation import choose_lambda
 from rmtllmf.experiment import (
     ExperimentConfig,
     ExperimentResult,
@@ -53,8 +54,7 @@ from rmtllmf.experiment import (
     reception_key,
     run_experiment,
 )
-from rmtllmf.fusion import MergeConfig, TaskVector, merge_task_vectors, select_lambda
-from rmtllmf.metrics import normalized_accuracy
+from rmtllmf.fusion import MergeConfig
 from rmtllmf.pool import ModelPool
 from rmtllmf.train import progress_bar
 
@@ -319,23 +319,6 @@ def result_record(result: ExperimentResult) -> dict[str, Any]:
             "reject_paper_per_task": a.rejection_paper,
         }
     return out
-
-
-def choose_lambda(
-    pool: ModelPool, tasks: Sequence[str], method: str, grid: Sequence[float]
-) -> tuple[float, dict[float, float]]:
-    """``λ`` maximising the clean merge's normalized accuracy on *validation* data."""
-    base = pool.base_state
-    tvs = [TaskVector.from_models(base, pool.finetuned[t]) for t in tasks]
-    ft_val = {t: pool.finetuned_accuracy(t, "val") for t in tasks}
-    scores: dict[float, float] = {}
-
-    def score(lam: float) -> float:
-        merged = merge_task_vectors(base, tvs, MergeConfig(method=method, scaling=lam))
-        scores[lam] = normalized_accuracy(pool.task_accuracy(merged, tasks, "val"), ft_val)
-        return scores[lam]
-
-    return select_lambda(score, grid).best, scores
 
 
 def run_sweep(
