@@ -84,3 +84,21 @@ def test_zoo_pretrains_and_caches_a_base_when_none_is_shipped(tmp_path, monkeypa
     stamp = bases[0].stat().st_mtime_ns
     build_zoo(tmp_path / "zoo", cfg)
     assert bases[0].stat().st_mtime_ns == stamp  # pretrained once, then reused
+
+
+def test_shipped_base_is_what_the_pretraining_script_makes():
+    """The package ships the tiny base; its recorded config is PretrainConfig's defaults, so
+    `python scripts/pretrain_tiny_base.py` (1 thread, seeded) reproduces it."""
+    from safetensors import safe_open
+
+    from rmtllmf.pretrain import PretrainConfig
+    from rmtllmf.zoo import shipped_base_path
+
+    path = shipped_base_path()
+    assert path.exists(), "run scripts/pretrain_tiny_base.py to make the shipped base"
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads((fh.metadata() or {})["rmtllmf"])
+    assert meta["pretrain"] == PretrainConfig().model_dump()
+    model = load_base()
+    assert model.config == PretrainConfig().model.model_copy()
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000

@@ -53,13 +53,13 @@ class ZooConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     tasks: tuple[str, ...] = TASK_NAMES
-    n_train: int = Field(6000, ge=10)
-    n_val: int = Field(500, ge=10)
-    n_test: int = Field(1000, ge=10)
+    n_train: int = Field(3000, ge=10)
+    n_val: int = Field(300, ge=10)
+    n_test: int = Field(500, ge=10)
     head_per_class: int = Field(32, ge=1, description="labelled examples per class for heads")
-    steps: int = Field(200, ge=1, description="fine-tuning steps per task")
-    batch: int = Field(128, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    steps: int = Field(150, ge=1, description="fine-tuning steps per task")
+    batch: int = Field(64, ge=1)
+    lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     seed: int = 0
     base: str | None = Field(
