@@ -465,6 +465,13 @@ def _add_reproduce_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--cache", type=Path, default=None, help="zoo / pool cache directory")
     p.add_argument("--reset", action="store_true", help="discard an existing results database")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="single-threaded processes for the zoo and the sweep (default: cores for "
+        "tiny-vit, 1 for hf-clip)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
 
 
@@ -487,8 +494,14 @@ def _reproduce(args: argparse.Namespace) -> int:
         from rmtllmf.reproduce import ReproduceConfig
 
         cfg = ReproduceConfig()
+    workers = args.workers or ((os.cpu_count() or 1) if cfg.family == "tiny-vit" else 1)
     summary = reproduce(
-        cfg, args.out, cache=args.cache or default_cache(), reset=args.reset, max_runs=args.max_runs
+        cfg,
+        args.out,
+        cache=args.cache or default_cache(),
+        reset=args.reset,
+        max_runs=args.max_runs,
+        workers=workers,
     )
     console = Console(width=None if sys.stdout.isatty() else 120)
     table = Table(title=f"Normalized accuracy at N = {summary['n_tasks']} ({args.out})")

@@ -13,6 +13,9 @@ interference analysis. The full grid is the default.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +27,8 @@ from rmtllmf.defense import RealignConfig
 from rmtllmf.errors import InputError
 from rmtllmf.pool import ModelPool
 from rmtllmf.report import write_report
-from rmtllmf.sweep import ResultsDB, SweepConfig, run_sweep
+from rmtllmf.sweep import ResultsDB, SweepConfig, ensure_lambdas, pending_runs, run_sweep
+from rmtllmf.train import progress_bar
 from rmtllmf.zoo import ZooConfig, build_zoo
 
 
@@ -91,6 +95,42 @@ def sweep_config(cfg: ReproduceConfig) -> SweepConfig:
         raise InputError(f"sweep settings: {exc}") from exc
 
 
+def _sweep_shard(cfg_json: str, db_path: str, cache: str, shard: int, n_shards: int) -> int:
+    """Worker process: one shard of the sweep, single-threaded, into the shared database."""
+    import torch
+
+    torch.set_num_threads(1)
+    cfg = ReproduceConfig.model_validate_json(cfg_json)
+    pool = build_pool(cfg, Path(cache), progress=False)
+    db = ResultsDB(db_path)
+    try:
+        return run_sweep(pool, pool.pool_id, sweep_config(cfg), db, shard=(shard, n_shards))
+    finally:
+        db.close()
+
+
+def _run_parallel(
+    cfg: ReproduceConfig, db: ResultsDB, cache: Path, total: int, workers: int, progress: bool
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    start = len(db.done())
+    with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+        futures = [
+            ex.submit(_sweep_shard, cfg.model_dump_json(), str(db.path), str(cache), i, workers)
+            for i in range(workers)
+        ]
+        with progress_bar(progress and total > 0, "sweep", total) as advance:
+            seen = 0
+            while not all(f.done() for f in futures):
+                time.sleep(1.0)
+                now = len(db.done()) - start
+                for _ in range(now - seen):
+                    advance(f"sweep ({workers} processes)")
+                seen = now
+        for f in futures:
+            f.result()  # re-raise a worker's error
+
+
 def reproduce(
     cfg: ReproduceConfig,
     out: str | Path,
@@ -99,17 +139,34 @@ def reproduce(
     reset: bool = False,
     progress: bool = True,
     max_runs: int | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Run the study of ``cfg`` into ``out`` and return ``summary.json``'s content."""
+    """Run the study of ``cfg`` into ``out`` and return ``summary.json``'s content.
+
+    ``workers > 1`` runs the sweep in that many single-threaded processes sharing the database
+    (CPU pools; the zoo is built in parallel too).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scfg = sweep_config(cfg)
     db = ResultsDB(out / "results.db", reset=reset)
     try:
-        pool = build_pool(cfg, Path(cache), progress=progress)
+        if cfg.family == "tiny-vit":
+            pool: ModelPool = build_zoo(
+                Path(cache) / "zoo", cfg.zoo, progress=progress, workers=workers
+            )
+        else:
+            pool = build_pool(cfg, Path(cache), progress=progress)
         resolved = {"reproduce": cfg.model_dump(mode="json"), "sweep": scfg.model_dump(mode="json")}
         (out / "config.json").write_text(json.dumps(resolved, indent=2))
-        run_sweep(pool, pool.pool_id, scfg, db, progress=progress, max_runs=max_runs)
+        if workers > 1 and max_runs is None:
+            db.set_meta("sweep_config", scfg.model_dump_json())
+            db.set_meta("pool_id", pool.pool_id)
+            lambdas = ensure_lambdas(pool, pool.pool_id, scfg, db)
+            total = sum(len(g) for g in pending_runs(pool.pool_id, scfg, db, lambdas))
+            _run_parallel(cfg, db, Path(cache), total, workers, progress)
+        else:
+            run_sweep(pool, pool.pool_id, scfg, db, progress=progress, max_runs=max_runs)
         return write_report(db, out)
     finally:
         db.close()

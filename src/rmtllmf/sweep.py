@@ -211,7 +211,7 @@ class ResultsDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if reset and self.path.exists():
             self.path.unlink()
-        self.conn = sqlite3.connect(self.path)
+        self.conn = sqlite3.connect(self.path, timeout=120)  # shards share the file
         self.conn.executescript(
             """
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -321,6 +321,32 @@ def result_record(result: ExperimentResult) -> dict[str, Any]:
     return out
 
 
+def ensure_lambdas(
+    pool: ModelPool, pool_id: str, cfg: SweepConfig, db: ResultsDB
+) -> dict[int, float]:
+    """``λ_N`` per task count: stored ones, else chosen on validation and stored."""
+    lambdas = {}
+    for n, combos in subsets(cfg).items():
+        stored = db.lambda_for(pool_id, n)
+        if stored is None:
+            stored, scores = choose_lambda(pool, combos[0], cfg.merge_method, cfg.lambda_grid)
+            db.set_lambda(pool_id, n, stored, scores)
+        lambdas[n] = stored
+    return lambdas
+
+
+def pending_runs(
+    pool_id: str, cfg: SweepConfig, db: ResultsDB, lambdas: dict[int, float]
+) -> list[list[PlannedRun]]:
+    """The unfinished runs, grouped by channel use (one reception serves a whole group)."""
+    done = db.done()
+    groups: dict[str, list[PlannedRun]] = {}
+    for run in plan_runs(cfg, lambdas):
+        if run_key(pool_id, run.config) not in done:
+            groups.setdefault(reception_key(run.config), []).append(run)
+    return list(groups.values())
+
+
 def run_sweep(
     pool: ModelPool,
     pool_id: str,
@@ -329,10 +355,13 @@ def run_sweep(
     *,
     progress: bool = False,
     max_runs: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> int:
     """Run every planned run that is not in ``db`` yet; returns how many ran.
 
     ``max_runs`` stops early (the rest run on the next call): the resumption path, tested.
+    ``shard = (i, n)`` runs only the channel-use groups ``g`` with ``g % n == i``, so ``n``
+    processes can share one database.
     """
     cfg.check()
     unknown = [t for t in cfg.tasks if t not in pool.finetuned]
@@ -340,15 +369,9 @@ def run_sweep(
         raise InputError(f"tasks {unknown} are not in the model pool ({sorted(pool.finetuned)})")
     db.set_meta("sweep_config", cfg.model_dump_json())
     db.set_meta("pool_id", pool_id)
-    lambdas = {}
-    for n, combos in subsets(cfg).items():
-        stored = db.lambda_for(pool_id, n)
-        if stored is None:
-            stored, scores = choose_lambda(pool, combos[0], cfg.merge_method, cfg.lambda_grid)
-            db.set_lambda(pool_id, n, stored, scores)
-        lambdas[n] = stored
-    done = db.done()
-    todo = [r for r in plan_runs(cfg, lambdas) if run_key(pool_id, r.config) not in done]
+    lambdas = ensure_lambdas(pool, pool_id, cfg, db)
+    groups = pending_runs(pool_id, cfg, db, lambdas)
+    todo = [run for g, group in enumerate(groups) if g % shard[1] == shard[0] for run in group]
     if max_runs is not None:
         todo = todo[:max_runs]
     cache: tuple[str, Reception] | None = None

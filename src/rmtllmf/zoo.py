@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -39,7 +41,9 @@ from rmtllmf.models.tiny_vit import (
 )
 from rmtllmf.pool import Split
 from rmtllmf.pretrain import PretrainConfig, pretrain_tiny_base
-from rmtllmf.train import accuracy, finetune, prototype_head
+from rmtllmf.train import accuracy, finetune, progress_bar, prototype_head
+
+_T = TypeVar("_T")
 
 
 def shipped_base_path() -> Path:
@@ -179,8 +183,83 @@ def _make_data(cfg: ZooConfig, task: str) -> dict[str, Split]:
     return data
 
 
-def build_zoo(root: str | Path, cfg: ZooConfig | None = None, *, progress: bool = False) -> Zoo:
-    """Build or reuse the zoo under ``root`` (see module docs)."""
+def _write_data(cfg_json: str, task: str, file: str) -> None:
+    """Worker: generate and store one task's splits (written atomically)."""
+    splits = _make_data(ZooConfig.model_validate_json(cfg_json), task)
+    arrays: dict[str, Any] = {}
+    for s_name, (x, y) in splits.items():
+        arrays[f"{s_name}_x"], arrays[f"{s_name}_y"] = x, y
+    tmp = Path(file).with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(file)
+
+
+def _finetune_task(
+    cfg_json: str, base_file: str, home: str, task: str, index: int, progress: bool
+) -> float:
+    """Worker: fine-tune the base on one task against its stored head; returns seconds."""
+    cfg = ZooConfig.model_validate_json(cfg_json)
+    model = load_base(base_file).train()
+    head = PrototypeHead(load_file(Path(home) / "heads.safetensors")[task])
+    with np.load(Path(home) / "data" / f"{task}.npz") as z:
+        images, labels = z["train_x"], z["train_y"]
+    seed = cfg.seed * 1000 + index
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    finetune(
+        model,
+        head,
+        images,
+        labels,
+        steps=cfg.steps,
+        batch=cfg.batch,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+        progress=progress,
+        description=f"fine-tuning {task}",
+    )
+    seconds = time.perf_counter() - t0
+    out = Path(home) / "finetuned" / f"{task}.safetensors"
+    tmp = out.with_suffix(".partial")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(out)
+    return seconds
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _in_workers(
+    fn: Callable[..., _T], jobs: Sequence[tuple[Any, ...]], workers: int, progress: bool, what: str
+) -> list[_T]:
+    """``fn(*job)`` for every job: in this process when ``workers == 1``, else in ``workers``
+    single-threaded processes (on small models, two 1-thread processes beat one 2-thread one
+    on these shared cores)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(*job) for job in jobs]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        min(workers, len(jobs)), mp_context=ctx, initializer=_one_thread
+    ) as ex:
+        futures = [ex.submit(fn, *job) for job in jobs]
+        with progress_bar(progress, what, len(futures)) as advance:
+            for future in as_completed(futures):
+                future.result()
+                advance(what)
+        return [f.result() for f in futures]
+
+
+def build_zoo(
+    root: str | Path,
+    cfg: ZooConfig | None = None,
+    *,
+    progress: bool = False,
+    workers: int = 1,
+) -> Zoo:
+    """Build or reuse the zoo under ``root`` (see module docs); ``workers`` processes generate
+    data and fine-tune in parallel."""
     cfg = cfg or ZooConfig()
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown:
@@ -204,16 +283,11 @@ def build_zoo(root: str | Path, cfg: ZooConfig | None = None, *, progress: bool 
         }
     )
 
+    data_files = {t: home / "data" / f"{t}.npz" for t in cfg.tasks}
+    pending = [(cfg.model_dump_json(), t, str(f)) for t, f in data_files.items() if not f.exists()]
+    _in_workers(_write_data, pending, workers, progress, "generating data")
     data: dict[str, dict[str, Split]] = {}
-    for task in cfg.tasks:
-        file = home / "data" / f"{task}.npz"
-        if not file.exists():
-            splits = _make_data(cfg, task)
-            arrays: dict[str, Any] = {}
-            for s_name, (x, y) in splits.items():
-                arrays[f"{s_name}_x"], arrays[f"{s_name}_y"] = x, y
-            np.savez(file.with_suffix(".tmp.npz"), **arrays)
-            file.with_suffix(".tmp.npz").replace(file)
+    for task, file in data_files.items():
         with np.load(file) as z:
             data[task] = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "val", "test", "head")}
 
@@ -227,34 +301,27 @@ def build_zoo(root: str | Path, cfg: ZooConfig | None = None, *, progress: bool 
         heads[task] = PrototypeHead(stored[task])
     save_file({k: v.contiguous() for k, v in stored.items()}, heads_file)
 
+    ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
+    jobs = [
+        (cfg.model_dump_json(), str(base_file), str(home), t, i, progress and workers == 1)
+        for i, (t, f) in enumerate(ft_files.items())
+        if not f.exists()
+    ]
+    for task, seconds in zip(
+        [j[3] for j in jobs],
+        _in_workers(_finetune_task, jobs, workers, progress, "fine-tuning"),
+        strict=True,
+    ):
+        record["seconds"][task] = seconds
+        record["finetuned"].pop(task, None)
+
     zoo = Zoo(home, cfg, base, heads, data, record=record)
-    base_state = zoo.base_state
-    for i, task in enumerate(cfg.tasks):
+    for task in cfg.tasks:
         if task not in record["base"]:
             record["base"][task] = {
                 s: accuracy(base, heads[task], *data[task][s]) for s in ("val", "test")
             }
-        file = home / "finetuned" / f"{task}.safetensors"
-        if not file.exists():
-            torch.manual_seed(cfg.seed * 1000 + i)
-            model = zoo.model_from_state(base_state)
-            t0 = time.perf_counter()
-            finetune(
-                model,
-                heads[task],
-                *data[task]["train"],
-                steps=cfg.steps,
-                batch=cfg.batch,
-                lr=cfg.lr,
-                weight_decay=cfg.weight_decay,
-                seed=cfg.seed * 1000 + i,
-                progress=progress,
-                description=f"fine-tuning {task}",
-            )
-            record["seconds"][task] = time.perf_counter() - t0
-            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, file)
-            record["finetuned"].pop(task, None)
-        zoo.finetuned[task] = load_file(file)
+        zoo.finetuned[task] = load_file(ft_files[task])
         if task not in record["finetuned"]:
             model = zoo.model_from_state(zoo.finetuned[task])
             record["finetuned"][task] = {
