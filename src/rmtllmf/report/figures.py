@@ -39,13 +39,16 @@ def fig2(series: Mapping[str, Mapping[str, Sequence[tuple[int, float, float, flo
     links = list(series)
     fig, axes = plt.subplots(1, len(links), figsize=(4.2 * len(links), 3.6), squeeze=False)
     for ax, link in zip(axes[0], links, strict=True):
+        scenarios = list(dict.fromkeys(lab.split(",")[0] for lab in series[link] if "," in lab))
+        colours = {s: f"C{i}" for i, s in enumerate(scenarios)}
         for label, pts in series[link].items():
             if not pts:
                 continue
             n, mean, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
-            style = "k--" if label == "clean" else ("-" if "R-MTLLMF" in label else ":")
-            (line,) = ax.plot(n, mean, style, marker="o", ms=3, label=label)
-            ax.fill_between(n, lo, hi, color=line.get_color(), alpha=0.12)
+            colour = "k" if label == "clean" else colours[label.split(",")[0]]
+            style = "--" if label == "clean" else ("-" if "R-MTLLMF" in label else ":")
+            ax.plot(n, mean, style, color=colour, marker="o", ms=3, label=label)
+            ax.fill_between(n, lo, hi, color=colour, alpha=0.12)
         ax.set_title(f"link: {link}")
         ax.set_xlabel("number of tasks N")
         ax.set_ylim(0, 1.1)
@@ -64,7 +67,8 @@ def heatmap(matrix: np.ndarray, tasks: Sequence[str], title: str) -> Figure:
     ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
+            colour = "k" if matrix[i, j] > 0.6 else "w"
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color=colour)
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=9)
     return fig
@@ -83,7 +87,13 @@ def fig5(
         vals = [by_link[link][s].get(defense, np.nan) for link, s in groups]
         ax.bar(np.arange(len(groups)) + (i - 1.5) * width, vals, width, label=defense)
     ax.axhline(clean, color="k", ls="--", lw=1, label="clean")
-    ax.set_xticks(range(len(groups)), [f"{s}\n{link}" for link, s in groups], fontsize=7)
+    ax.set_xticks(
+        range(len(groups)),
+        [f"{link}: {s}" for link, s in groups],
+        fontsize=7,
+        rotation=40,
+        ha="right",
+    )
     ax.set_ylabel("normalized accuracy")
     ax.set_ylim(0, 1.1)
     ax.legend(fontsize=7, ncol=5, loc="upper right")
