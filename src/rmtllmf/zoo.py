@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -63,8 +63,11 @@ class ZooConfig(BaseModel):
     head_per_class: int = Field(32, ge=1, description="labelled examples per class for heads")
     steps: int = Field(150, ge=1, description="fine-tuning steps per task")
     batch: int = Field(64, ge=1)
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
+    trainable: Literal["all", "blocks"] = Field(
+        "all", description="fine-tune every parameter, or only the transformer blocks"
+    )
     seed: int = 0
     base: str | None = Field(
         None, description="base checkpoint; None = the shipped one, else pretrain and cache one"
@@ -215,6 +218,7 @@ def _finetune_task(
         batch=cfg.batch,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
+        trainable=None if cfg.trainable == "all" else lambda n: n.startswith("encoder.layers."),
         seed=seed,
         progress=progress,
         description=f"fine-tuning {task}",
