@@ -6,8 +6,9 @@ from a YAML config such as ``configs/paper-clip-vit-b16.yaml`` — runs the swee
 ``runs.csv`` under ``OUT``, with the fully resolved config in ``OUT/config.json``.
 
 ``--quick`` is the embedded default on a sample: task counts 2, 4 and 8 with one subset each,
-one seed, every scenario, link and defense, a shorter few-shot realignment and a smaller
-interference analysis. The full grid is the default.
+one seed, every scenario, link and defense, a shorter few-shot realignment (30 steps of 32), a
+smaller interference analysis (48 images per task) and ``λ`` on an 11-point grid. The full grid
+is the default.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def quick_config() -> ReproduceConfig:
             "subsets_per_count": 1,
             "k_values": (1, 5, 10, 20),
             "realign": RealignConfig(steps=30, batch=32).model_dump(),
-            "analysis": AnalysisConfig(samples=100, probes=2).model_dump(),
+            "analysis": AnalysisConfig(samples=48, probes=2).model_dump(),
+            "lambda_grid": tuple(round(0.1 * i, 1) for i in range(11)),
         }
     )
 
