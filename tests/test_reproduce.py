@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import make_tiny_base
+from conftest import tiny_zoo_config
 from rmtllmf.cli import main
 from rmtllmf.reproduce import quick_config, sweep_config
 from rmtllmf.sweep import ResultsDB
@@ -17,16 +17,7 @@ from rmtllmf.sweep import ResultsDB
 def study(tmp_path):
     cfg = {
         "family": "tiny-vit",
-        "zoo": {
-            "tasks": ["signs", "textures"],
-            "n_train": 96,
-            "n_val": 32,
-            "n_test": 48,
-            "head_per_class": 2,
-            "steps": 3,
-            "batch": 16,
-            "base": str(make_tiny_base(tmp_path / "base.safetensors")),
-        },
+        "zoo": tiny_zoo_config(tmp_path, ("signs", "textures")).model_dump(mode="json"),
         "sweep": {
             "task_counts": [1, 2],
             "scenarios": ["ideal", "strongest-user"],
