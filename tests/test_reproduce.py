@@ -66,3 +66,41 @@ def test_reproduce_bad_input(study, tmp_path, capsys):
     assert "drop --config or --quick" in capsys.readouterr().err
     assert main(["reproduce", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_sigkill_mid_sweep_then_rerun_gives_the_same_numbers(study, tmp_path):
+    """Kill -9 the process while it writes results; the rerun finishes to identical numbers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def argv(out):
+        return [sys.executable, "-m", "rmtllmf.cli", "reproduce", "--config", str(study),
+                "--out", str(out), "--cache", str(tmp_path / "cache"), "--workers", "1",
+                "--threads", "1"]  # fmt: skip
+
+    subprocess.run(argv(tmp_path / "reference"), check=True, capture_output=True)
+    proc = subprocess.Popen(
+        argv(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    db_file = tmp_path / "killed" / "results.db"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if db_file.exists() and len(ResultsDB(db_file).done()) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+    kept = len(ResultsDB(db_file).done())
+    assert kept >= 3
+    subprocess.run(argv(tmp_path / "killed"), check=True, capture_output=True)
+
+    def numbers(out):
+        return {
+            json.dumps(r["config"], sort_keys=True): r["result"]
+            for r in ResultsDB(out / "results.db").rows()
+        }
+
+    assert numbers(tmp_path / "killed") == numbers(tmp_path / "reference")
