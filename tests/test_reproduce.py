@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import tiny_zoo_config
 from rmtllmf.cli import main
-from rmtllmf.reproduce import quick_config, sweep_config
+from rmtllmf.reproduce import load_config, quick_config, reproduce, sweep_config
 from rmtllmf.sweep import ResultsDB
+
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 @pytest.fixture
@@ -104,3 +107,25 @@ def test_sigkill_mid_sweep_then_rerun_gives_the_same_numbers(study, tmp_path):
         }
 
     assert numbers(tmp_path / "killed") == numbers(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_resolves(name):
+    cfg = load_config(CONFIGS / name)
+    sweep = sweep_config(cfg)
+    assert sweep.tasks and sweep.task_counts and sweep.links
+
+
+def test_paper_mse_config_runs_on_a_tiny_zoo(tmp_path):
+    paper = load_config(CONFIGS / "embedded-paper-mse.yaml")
+    zoo = tiny_zoo_config(tmp_path, ("signs", "textures"))
+    tiny = {"task_counts": [2], "k_values": [1], "lambda_grid": [0.0, 0.5]}
+    tiny |= {"realign": {"k_per_class": 2, "steps": 2, "batch": 8}}
+    tiny |= {"analysis": {"samples": 4, "probes": 1}}
+    cfg = paper.model_copy(update={"zoo": zoo, "sweep": {**paper.sweep, **tiny}})
+    summary = reproduce(cfg, tmp_path / "out", cache=tmp_path / "cache", progress=False)
+    assert set(summary["by_link"]["absolute"]) == {
+        "paper-ideal",
+        "paper-sum-rate",
+        "paper-strongest-user",
+    }
