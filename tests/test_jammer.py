@@ -6,7 +6,7 @@ from decimal import Decimal, getcontext
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
@@ -144,11 +144,25 @@ def test_waterfill_with_floor_leaves_weak_directions_unjammed():
     st.floats(1e-9, 1e6),
     st.floats(0.0, 1e3),
 )
+@example(u=[5e-324], budget=0.25, floor=1.0)  # a subnormal eigenvalue (found by hypothesis)
+@example(u=[5e-324], budget=1.0, floor=1.0)
 def test_reverse_waterfill_spends_exactly_the_budget(u, budget, floor):
     s, _ = reverse_waterfill(np.array(u), budget, floor)
     assert np.all(s >= 0)
     if max(u) > 0:
         assert s.sum() == pytest.approx(budget, rel=1e-12)
+
+
+def test_reverse_waterfill_small_signal_limit():
+    """As u -> 0 the KKT condition x(x + u) = u / nu gives x_i = sqrt(u_i / nu): the total noise
+    splits in proportion to sqrt(u_i), down to subnormal eigenvalues."""
+    for u in ([1e-320, 4e-320], [3e-308, 1e-310], [1e-12, 9e-12]):
+        u = np.array(u)
+        budget, floor = 1e6, 1e3
+        s, _ = reverse_waterfill(u, budget, floor)
+        x = floor + s
+        expected = np.sqrt(u) / np.sqrt(u).sum() * (budget + 2 * floor)
+        np.testing.assert_allclose(x, expected, rtol=1e-9)
 
 
 def test_p2_closed_form_and_optimality(rng):

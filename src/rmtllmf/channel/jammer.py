@@ -52,14 +52,19 @@ def waterfill_level(upsilon: NDArray[np.float64], nu: float) -> NDArray[np.float
 
     ``x = 0`` where ``u = 0`` (no signal, no jamming).
     """
-    u = np.asarray(upsilon, dtype=np.float64)
+    return _waterfill_level_log(np.asarray(upsilon, dtype=np.float64), float(np.log(nu)))
+
+
+def _waterfill_level_log(u: NDArray[np.float64], log_nu: float) -> NDArray[np.float64]:
+    """:func:`waterfill_level` from ``log(nu)``: ``sqrt(nu)`` stays a normal float even where
+    ``nu`` itself would underflow (subnormal eigenvalues put ``nu`` below 1e-308)."""
     out = np.zeros_like(u)
-    root_u, root_nu = np.sqrt(u), np.sqrt(nu)
+    root_u, root_nu = np.sqrt(u), float(np.exp(0.5 * log_nu))
     root_t = root_u * root_nu
     high = root_t >= 1.0
     low = (u > 0) & ~high
     t_high = root_t[high] ** 2
-    out[high] = 2.0 / (nu * (1.0 + np.sqrt(1.0 + 4.0 / t_high)))
+    out[high] = 2.0 / (root_nu**2 * (1.0 + np.sqrt(1.0 + 4.0 / t_high)))
     out[low] = (root_u[low] / root_nu) * (np.sqrt(1.0 + root_t[low] ** 2 / 4.0) - root_t[low] / 2.0)
     return out
 
@@ -94,22 +99,24 @@ def reverse_waterfill(
         # No budget, or no signal to jam: the caller decides where the (irrelevant) power goes.
         return np.zeros_like(u), float("inf")
 
-    def jammed(nu: float) -> float:
-        return float(np.sum(np.clip(waterfill_level(u, nu) - sigma2, 0.0, None)))
+    def jammed(log_nu: float) -> float:
+        return float(np.sum(np.clip(_waterfill_level_log(u, log_nu) - sigma2, 0.0, None)))
 
     u_max = float(u.max())
-    log_lo = np.log(u_max / (budget + sigma2 + 0.5 * u_max) ** 2)
-    log_hi = np.log(rank / budget)
+    # the bracket in the log domain: u_max / (...)^2 underflows for subnormal eigenvalues
+    log_lo = float(np.log(u_max) - 2.0 * np.log(budget + sigma2 + 0.5 * u_max))
+    log_hi = float(np.log(rank / budget))
     for _ in range(_BISECTION_MAX_STEPS):
         if log_hi - log_lo <= _BISECTION_LOG_WIDTH:
             break
         mid = 0.5 * (log_lo + log_hi)
-        if jammed(float(np.exp(mid))) > budget:
+        if jammed(mid) > budget:
             log_lo = mid
         else:
             log_hi = mid
-    nu = float(np.exp(0.5 * (log_lo + log_hi)))
-    s = np.clip(waterfill_level(u, nu) - sigma2, 0.0, None)
+    log_nu = 0.5 * (log_lo + log_hi)
+    nu = float(np.exp(log_nu))
+    s = np.clip(_waterfill_level_log(u, log_nu) - sigma2, 0.0, None)
     total = float(s.sum())
     if total > 0:
         s *= budget / total  # remove the last ~1e-14 of bisection error so tr(C_jam) = P_N exactly
