@@ -102,8 +102,8 @@ def resolve_base(cfg: ZooConfig, cache: Path, *, progress: bool = False) -> Path
     if not path.exists():
         if progress:
             print(
-                f"no tiny base is shipped: pretraining one into {path} (cached; on 2 CPU cores "
-                "the default takes about 20 minutes)",
+                f"no tiny base is shipped: pretraining one into {path} (cached; on one CPU core "
+                "the default took 27 minutes here)",
                 flush=True,
             )
         pretrain_tiny_base(path, cfg.pretrain, progress=progress)
