@@ -3,11 +3,11 @@ against the machine's memory-bandwidth bound, measured in one run.
 
 Models: a CLIPVisionModel ViT-B/16 state dict (85.8M float32 parameters, random weights made
 here) plus 8 fine-tuned copies (base + small noise), each an HF directory (config.json +
-model.safetensors). Every contender runs in a fresh subprocess on warm page cache and reports its
-merge wall time (imports excluded) and peak resident memory (VmHWM, which counts the pages of
-memory-mapped files while they are mapped):
+model.safetensors). Every contender runs ``--repeats`` times, each in a fresh subprocess on warm
+page cache, and reports its best and median merge wall time (imports excluded) and peak resident
+memory (VmHWM, which counts the pages of memory-mapped files while they are mapped):
 
-* rmtllmf: ``merge_checkpoints`` (streaming; fused memory-mapped fast path for linear merges);
+* rmtllmf: ``merge_checkpoints`` (linear merges take the blocked ``pread``/BLAS/``pwrite`` path);
 * FusionBench: its state-dict arithmetic (``state_dict_sub/add/mul``, the body of
   ``task_arithmetic_merge``) on state dicts loaded with safetensors, then saved;
 * mergekit: ``run_merge`` with ``merge_method: task_arithmetic`` (architecture inferred).
@@ -15,7 +15,7 @@ memory-mapped files while they are mapped):
 Bound = (bytes read + bytes written) / copy bandwidth, where the bandwidth is the best of three
 1 GiB ``numpy.copyto`` runs counting read + written bytes.
 
-    python benchmarks/bench_merge.py [--models 8] [--workdir DIR] [--json out.json]
+    python benchmarks/bench_merge.py [--models 8] [--repeats 3] [--workdir DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,20 +121,36 @@ print(json.dumps({{"seconds": seconds, "peak_rss_gib": hwm / 2**20}}))
 """
 
 
-def run_contender(name: str, base: Path, fts: list[Path], out: Path) -> dict[str, object]:
-    out.mkdir(parents=True, exist_ok=True)
+def run_contender(
+    name: str, base: Path, fts: list[Path], out: Path, repeats: int
+) -> dict[str, object]:
+    """``repeats`` fresh-process runs of one contender: best and median merge seconds, and the
+    largest peak RSS and process wall time seen."""
     code = CHILD.format(
         scaling=SCALING, base=str(base), fts=[str(f) for f in fts], out=str(out), body=RUNNERS[name]
     )
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": reason[:300]}
-    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["process_seconds"] = wall
-    return result
+    seconds, walls, peaks = [], [], []
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        )
+        walls.append(time.perf_counter() - start)
+        if proc.returncode != 0:
+            reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            return {"error": reason[:300]}
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        seconds.append(float(result["seconds"]))
+        peaks.append(float(result["peak_rss_gib"]))
+    return {
+        "seconds": min(seconds),
+        "median_seconds": float(np.median(seconds)),
+        "all_seconds": seconds,
+        "peak_rss_gib": max(peaks),
+        "process_seconds": max(walls),
+    }
 
 
 def copy_bandwidth() -> float:
@@ -173,6 +190,7 @@ def main() -> None:
     )
     parser.add_argument("--models", type=int, default=8)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per contender")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -197,14 +215,16 @@ def main() -> None:
         outs = {}
         for name in RUNNERS:
             outs[name] = root / f"out_{name}"
-            res = run_contender(name, base, fts, outs[name])
+            res = run_contender(name, base, fts, outs[name], args.repeats)
             report[name] = res
             if "error" in res:
                 print(f"{name:>12}: not run ({res['error']})")
             else:
                 secs = float(res["seconds"])  # type: ignore[arg-type]
+                median = float(res["median_seconds"])  # type: ignore[arg-type]
                 print(
-                    f"{name:>12}: {secs:6.2f} s merge ({secs / bound:4.1f}x bound), "
+                    f"{name:>12}: {secs:6.2f} s merge ({secs / bound:4.2f}x bound; median "
+                    f"{median:.2f} s = {median / bound:.2f}x), "
                     f"process {float(res['process_seconds']):5.1f} s, "  # type: ignore[arg-type]
                     f"peak RSS {float(res['peak_rss_gib']):.2f} GiB"
                 )  # type: ignore[arg-type]

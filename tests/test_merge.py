@@ -211,11 +211,52 @@ def test_agrees_with_fusionbench(tmp_path, method):
         torch.testing.assert_close(ours[k], v, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch):
-    """The bandwidth fast path (memory-mapped, blocked) equals the per-tensor formula."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threads):
+    """The bandwidth path (blocked pread, one BLAS product per block, pwrite) equals the
+    per-tensor formula for every dtype, across block edges, in one thread or several."""
+    import rmtllmf.fusion.fused as fused_module
+    from rmtllmf.fusion.checkpoint import RawSafetensors
+
+    monkeypatch.setattr(fused_module, "BLOCK", 37)
+    base, fts = _models(3)
+    g = torch.Generator().manual_seed(1)
+    base["c.f64"] = torch.randn(50, generator=g).double()
+    base["d.f16"] = torch.randn(90, generator=g).half()
+    for ft in fts:
+        ft["c.f64"] = base["c.f64"] + 0.05 * torch.randn(50, generator=g).double()
+        ft["d.f16"] = (base["d.f16"].float() + 0.05 * torch.randn(90, generator=g)).half()
+    save_file(base, tmp_path / "base.safetensors")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for p, ft in zip(paths, fts, strict=True):
+        save_file(ft, p)
+    out = tmp_path / "m.safetensors"
+    files = [tmp_path / "base.safetensors", *paths]
+    with RawSafetensors(files[0]) as raw:
+        order = list(raw.entries)
+    selected = {k for k, v in base.items() if v.is_floating_point()} - {"a.bias"}
+    fused_module.fused_linear_merge(files, out, order, selected, [0.45] * 3, {}, threads)
+    got = load_file(out)
+    assert set(got) == set(order)
+    for k, v in base.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape
+        if k not in selected:  # copied byte for byte
+            assert torch.equal(got[k], v), k
+            continue
+        expected = v.double() + 0.45 * sum(ft[k].double() - v.double() for ft in fts)
+        torch.testing.assert_close(got[k], expected.to(v.dtype))
+
+
+def test_merge_checkpoints_takes_the_fused_path(tmp_path, monkeypatch):
+    """A task-arithmetic merge of safetensors files runs the fused path and equals the
+    in-memory merge."""
     import rmtllmf.fusion.merge as merge_module
 
-    monkeypatch.setattr(merge_module, "_BLOCK", 37)
+    calls = []
+    real = merge_module.fused_linear_merge
+    monkeypatch.setattr(
+        merge_module, "fused_linear_merge", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     base, fts = _models(3)
     save_file(base, tmp_path / "base.safetensors")
     paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
@@ -224,6 +265,7 @@ def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch):
     out = tmp_path / "m.safetensors"
     cfg = MergeConfig(scaling=0.45)
     merge_checkpoints(tmp_path / "base.safetensors", paths, out, cfg)
+    assert calls == [1]
     got = load_file(out)
     expected = merge_task_vectors(base, [TaskVector.from_models(base, ft) for ft in fts], cfg)
     for k in base:  # float32 exact to rounding; bf16 within one ulp (default tolerances)

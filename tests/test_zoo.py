@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import make_tiny_base, tiny_zoo_config
@@ -106,9 +107,13 @@ def test_shipped_base_is_what_the_pretraining_script_makes():
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
 
 
-def test_blocks_only_fine_tuning_leaves_the_rest_at_the_base(tmp_path):
-    cfg = tiny_zoo_config(tmp_path, ("signs",), trainable="blocks", lr=1e-2)
+@pytest.mark.parametrize(
+    ("trainable", "part"),
+    [("blocks", "encoder.layers."), ("attention", ".self_attn."), ("mlp", ".mlp.")],
+)
+def test_partial_fine_tuning_leaves_the_rest_at_the_base(tmp_path, trainable, part):
+    cfg = tiny_zoo_config(tmp_path, ("signs",), trainable=trainable, lr=1e-2)
     zoo = build_zoo(tmp_path / "zoo", cfg)
     base, ft = zoo.base_state, zoo.finetuned["signs"]
     changed = {k for k in base if not torch.equal(base[k], ft[k])}
-    assert changed and all(k.startswith("encoder.layers.") for k in changed)
+    assert changed and all(k.startswith("encoder.layers.") and part in k for k in changed)

@@ -65,14 +65,25 @@ class ZooConfig(BaseModel):
     batch: int = Field(64, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
-    trainable: Literal["all", "blocks"] = Field(
-        "all", description="fine-tune every parameter, or only the transformer blocks"
+    trainable: Literal["all", "blocks", "attention", "mlp"] = Field(
+        "all",
+        description="fine-tune every parameter, only the transformer blocks, only their "
+        "attention projections or only their MLPs",
     )
     seed: int = 0
     base: str | None = Field(
         None, description="base checkpoint; None = the shipped one, else pretrain and cache one"
     )
     pretrain: PretrainConfig = PretrainConfig()
+
+
+TRAINABLE: dict[str, Callable[[str], bool] | None] = {
+    "all": None,
+    "blocks": lambda n: n.startswith("encoder.layers."),
+    "attention": lambda n: n.startswith("encoder.layers.") and ".self_attn." in n,
+    "mlp": lambda n: n.startswith("encoder.layers.") and ".mlp." in n,
+}
+"""Which parameters a zoo fine-tune trains (``ZooConfig.trainable``)."""
 
 
 def load_base(path: str | Path | None = None) -> TinyVit:
@@ -218,7 +229,7 @@ def _finetune_task(
         batch=cfg.batch,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
-        trainable=None if cfg.trainable == "all" else lambda n: n.startswith("encoder.layers."),
+        trainable=TRAINABLE[cfg.trainable],
         seed=seed,
         progress=progress,
         description=f"fine-tuning {task}",

@@ -16,7 +16,7 @@ writes a safetensors file from a generator of tensors, without holding the whole
 from __future__ import annotations
 
 import json
-import mmap
+import os
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -154,49 +154,103 @@ class LazyCheckpoint:
         return {k: self.get(k) for k in self.keys()}
 
 
-class MappedSafetensors:
-    """Zero-copy tensors of one safetensors file over a copy-on-write memory map.
+class RawSafetensors:
+    """Positional reads of one safetensors file's tensor bytes (``pread``; no memory map).
 
-    Reading a tensor reads the page cache directly (no intermediate copy), which makes the
-    linear-merge fast path bandwidth-bound; :meth:`release` drops a tensor's pages from this
-    process once it is used, so resident memory stays at about one tensor per file. Writes to the
-    tensors never reach the file.
+    The header is parsed once; :meth:`read_into` copies a byte range of one tensor straight from
+    the page cache into a caller's buffer, so a blocked merge touches every input byte exactly
+    once and its resident memory is only its buffers. Use as a context manager.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            with self.path.open("rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(n))
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
-        except (OSError, ValueError, struct.error) as exc:
-            raise CheckpointError(f"cannot map {self.path} as safetensors: {exc}") from exc
-        header.pop("__metadata__", None)
-        names = {v: k for k, v in _DTYPE_NAMES.items()}
-        self._spans: dict[str, tuple[int, int]] = {}
-        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
-        for key, info in header.items():
-            start, stop = (8 + n + o for o in info["data_offsets"])
-            if stop > len(self._map):
-                raise CheckpointError(f"{self.path} is truncated: tensor {key!r} runs past the end")
-            self._spans[key] = (start, stop)
-            self.entries[key] = (names[info["dtype"]], tuple(info["shape"]))
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise CheckpointError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            size = os.fstat(self._fd).st_size
+            (n,) = struct.unpack("<Q", os.pread(self._fd, 8, 0))
+            if 8 + n > size:
+                raise ValueError(f"header of {n} bytes runs past the end of the file")
+            header = json.loads(os.pread(self._fd, n, 8))
+            header.pop("__metadata__", None)
+            names = {v: k for k, v in _DTYPE_NAMES.items()}
+            self.spans: dict[str, tuple[int, int]] = {}
+            self.entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+            for key, info in header.items():
+                start, stop = (8 + n + o for o in info["data_offsets"])
+                if stop > size:
+                    raise CheckpointError(
+                        f"{self.path} is truncated: tensor {key!r} runs past the end; "
+                        "re-download or re-save it"
+                    )
+                self.spans[key] = (start, stop)
+                self.entries[key] = (names[info["dtype"]], tuple(info["shape"]))
+        except (OSError, ValueError, KeyError, struct.error) as exc:
+            os.close(self._fd)
+            raise CheckpointError(f"cannot read {self.path} as safetensors: {exc}") from exc
+        except CheckpointError:
+            os.close(self._fd)
+            raise
 
-    def tensor(self, key: str) -> torch.Tensor:
-        """A zero-copy view of tensor ``key``."""
-        start, stop = self._spans[key]
-        dtype, shape = self.entries[key]
-        raw = torch.frombuffer(self._map, dtype=torch.uint8, count=stop - start, offset=start)
-        return raw.view(dtype).reshape(shape)
+    def __enter__(self) -> Self:
+        return self
 
-    def release(self, key: str) -> None:
-        """Drop the whole pages of tensor ``key`` from this process (they stay in page cache)."""
-        start, stop = self._spans[key]
-        page = mmap.PAGESIZE
-        first, last = -(-start // page) * page, stop // page * page
-        if last > first:
-            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def read_into(self, key: str, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with tensor ``key``'s bytes from byte ``offset`` on."""
+        start, stop = self.spans[key]
+        if start + offset + len(buffer) > stop:
+            raise CheckpointError(f"read past the end of tensor {key!r} in {self.path}")
+        got = os.preadv(self._fd, [buffer], start + offset)
+        if got != len(buffer):
+            raise CheckpointError(f"{self.path} shrank while tensor {key!r} was being read")
+
+
+def safetensors_prefix(
+    layout: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
+    metadata: dict[str, str] | None = None,
+) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """The bytes before a safetensors file's data (8-byte little-endian header length, then
+    the JSON header padded to 8 bytes) and each tensor's ``(start, stop)`` byte span in the
+    file, for ``(name, shape, dtype)`` entries in file order."""
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, shape, dtype in layout:
+        if dtype not in _DTYPE_NAMES:
+            raise CheckpointError(f"tensor {name!r}: dtype {dtype} cannot be stored in safetensors")
+        size = dtype.itemsize
+        for dim in shape:
+            size *= dim
+        header[name] = {
+            "dtype": _DTYPE_NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * ((-len(blob)) % 8)
+    prefix = struct.pack("<Q", len(blob)) + blob
+    spans = {
+        k: (len(prefix) + v["data_offsets"][0], len(prefix) + v["data_offsets"][1])
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
+    return prefix, spans
 
 
 def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
@@ -241,30 +295,14 @@ def write_safetensors_streaming(
     header length, a JSON header of dtype/shape/data_offsets, then the raw bytes.
     """
     entries = list(layout)
-    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for name, shape, dtype in entries:
-        if dtype not in _DTYPE_NAMES:
-            raise CheckpointError(f"tensor {name!r}: dtype {dtype} cannot be stored in safetensors")
-        size = dtype.itemsize
-        for dim in shape:
-            size *= dim
-        header[name] = {
-            "dtype": _DTYPE_NAMES[dtype],
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * ((-len(blob)) % 8)
+    prefix, spans = safetensors_prefix(entries, metadata)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".partial")
     with tmp.open("wb") as fh:
-        fh.write(struct.pack("<Q", len(blob)))
-        fh.write(blob)
+        fh.write(prefix)
         for (name, shape, dtype), (got_name, item) in zip(entries, tensors, strict=True):
-            expected = int(header[name]["data_offsets"][1] - header[name]["data_offsets"][0])
+            expected = spans[name][1] - spans[name][0]
             chunks = [item] if isinstance(item, torch.Tensor) else item
             written = 0
             for chunk in chunks:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,11 +38,8 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmtllmf.errors import InputError
-from rmtllmf.fusion.checkpoint import (
-    MappedSafetensors,
-    resolve_files,
-    write_safetensors_streaming,
-)
+from rmtllmf.fusion.checkpoint import resolve_files, write_safetensors_streaming
+from rmtllmf.fusion.fused import fused_linear_merge
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
 from rmtllmf.fusion.task_vector import ModelSource, TaskVector, _Source, selected_keys
 
@@ -234,44 +230,6 @@ def linear_weights(config: MergeConfig, n_models: int) -> list[float] | None:
     return None
 
 
-_BLOCK = 1 << 16  # elements per fused block: every input block and the output stay in cache
-
-
-def _fused_linear(
-    files: Sequence[MappedSafetensors],
-    key: str,
-    weights: Sequence[float],
-    pool: ThreadPoolExecutor | None,
-) -> torch.Tensor:
-    """``(1 - sum w) base + sum_q w_q model_q`` for tensor ``key`` (``files[0]`` is the base).
-
-    Zero-copy reads of every input; each block of ``_BLOCK`` elements is accumulated in float32
-    in a cache-resident scratch buffer and written once into the output, blocks spread over the
-    thread pool (torch releases the GIL). Each input's pages are released afterwards.
-    """
-    inputs = [f.tensor(key).reshape(-1) for f in files]
-    total = inputs[0].numel()
-    out = torch.empty(total, dtype=inputs[0].dtype)
-    w0 = 1.0 - float(sum(weights))
-
-    def block(start: int) -> None:
-        stop = min(start + _BLOCK, total)
-        acc = torch.mul(inputs[0][start:stop], w0, out=torch.empty(stop - start))
-        for x, w in zip(inputs[1:], weights, strict=True):
-            acc.add_(x[start:stop], alpha=w)
-        out[start:stop] = acc
-
-    starts = range(0, total, _BLOCK)
-    if pool is None or len(starts) < 2:
-        for start in starts:
-            block(start)
-    else:
-        list(pool.map(block, starts))
-    for f in files:
-        f.release(key)
-    return out.reshape(files[0].entries[key][1])
-
-
 def merge_checkpoints(
     base: ModelSource,
     finetuned: Sequence[ModelSource],
@@ -291,8 +249,6 @@ def merge_checkpoints(
     method = get_method(config.method)
     b = _Source(base, allow_pickle)
     fts = [_Source(f, allow_pickle) for f in finetuned]
-    raw: list[MappedSafetensors] | None = None
-    pool: ThreadPoolExecutor | None = None
     try:
         keys = set(selected_keys(b, fts[0], param_filter, "fine-tuned model"))
         for i, f in enumerate(fts[1:], start=2):
@@ -311,16 +267,16 @@ def merge_checkpoints(
                 for f in fts
             )
 
+        metadata = {"format": "pt", "rmtllmf_merge": config.model_dump_json()}
         weights = linear_weights(config, len(fts))
-        raw = _raw_files(base, finetuned) if weights is not None else None
-        threads = min(4, os.cpu_count() or 1)
-        pool = ThreadPoolExecutor(threads) if raw is not None and threads > 1 else None
+        files = _single_safetensors(base, finetuned) if weights is not None else None
+        if weights is not None and files is not None:
+            threads = min(4, os.cpu_count() or 1)
+            fused_linear_merge(files, Path(out), order, keys, weights, metadata, threads)
+            return
 
-        def tensors() -> Iterator[tuple[str, torch.Tensor | Iterator[torch.Tensor]]]:
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
             for k in order:
-                if raw is not None and weights is not None and k in keys:
-                    yield k, _fused_linear(raw, k, weights, pool)
-                    continue
                 base_t = b.get(k)
                 if k in keys:
                     taus = [f.get(k).float() - base_t.float() for f in fts]
@@ -330,31 +286,24 @@ def merge_checkpoints(
                     yield k, base_t
 
         layout = [(k, *b.meta(k)) for k in order]
-        write_safetensors_streaming(
-            out, layout, tensors(), {"format": "pt", "rmtllmf_merge": config.model_dump_json()}
-        )
+        write_safetensors_streaming(out, layout, tensors(), metadata)
     finally:
-        if pool is not None:
-            pool.shutdown()
         b.close()
         for f in fts:
             f.close()
 
 
-def _raw_files(
-    base: ModelSource, finetuned: Sequence[ModelSource]
-) -> list[MappedSafetensors] | None:
-    """Zero-copy maps of every model when each is a single safetensors file, else ``None``."""
-    sources = [base, *finetuned]
+def _single_safetensors(base: ModelSource, finetuned: Sequence[ModelSource]) -> list[Path] | None:
+    """The one safetensors file behind each model, or ``None`` if any model is not one."""
     files: list[Path] = []
-    for s in sources:
+    for s in [base, *finetuned]:
         if isinstance(s, Mapping):
             return None
         found = resolve_files(s)
         if len(found) != 1 or found[0].suffix != ".safetensors":
             return None
         files.append(found[0])
-    return [MappedSafetensors(f) for f in files]
+    return files
 
 
 @dataclass(frozen=True)

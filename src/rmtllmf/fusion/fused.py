@@ -1,0 +1,192 @@
+"""The bandwidth-bound path of linear merges (task arithmetic, averaging) between files.
+
+A linear merge is ``theta = w_0 theta_base + sum_q w_q theta_q`` per entry, with
+``w_0 = 1 - sum_q w_q`` (task arithmetic, eq. 6: ``w_q = lambda_N``). Its cost is memory traffic:
+every input byte is read once and every output byte written once, so the floor on a machine is
+``(bytes read + bytes written) / copy bandwidth``.
+
+The work goes in blocks of :data:`BLOCK_BYTES` per input. Each block is read (``pread``) from the
+page cache into a per-thread buffer that stays in cache, accumulated in (at least) float32, and
+written (``pwrite``) to its place in the output. Nothing is memory-mapped, so resident memory is
+only the buffers and page faults never enter the cost. Threads take interleaved blocks
+(``pread``, ``pwrite`` and torch's kernels release the GIL). Tensors outside the merge
+(unselected parameters, integer buffers) are copied from the base byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
+
+from rmtllmf.errors import CheckpointError
+from rmtllmf.fusion.checkpoint import RawSafetensors, safetensors_prefix
+
+BLOCK = 1 << 17
+"""Elements of one tensor per block (0.5 MB of float32 per input: few enough system calls, and
+all inputs' blocks stay in the shared cache)."""
+
+_MAX_ITEMSIZE = 8
+_Array = NDArray[np.floating]
+
+
+@dataclass(frozen=True)
+class _Job:
+    key: str
+    first: int  # first element of the block
+    count: int  # elements in the block
+    merged: bool  # False: copy the base's bytes
+
+
+def _jobs(base: RawSafetensors, order: Sequence[str], selected: set[str]) -> list[_Job]:
+    jobs: list[_Job] = []
+    for key in order:
+        n = 1
+        for dim in base.entries[key][1]:
+            n *= dim
+        jobs.extend(_Job(key, i, min(BLOCK, n - i), key in selected) for i in range(0, n, BLOCK))
+    return jobs
+
+
+class _Worker:
+    """One thread's buffers: a ``(inputs, BLOCK)`` stack, a conversion scratch and the output,
+    with their byte views and typed views made once (slicing them per block is cheap)."""
+
+    def __init__(self, n_inputs: int, coefficients: Sequence[float]) -> None:
+        width = BLOCK * _MAX_ITEMSIZE
+        self.stack = torch.empty(n_inputs, width, dtype=torch.uint8)
+        self.rows = [_bytes(r) for r in self.stack]
+        self.scratch = torch.empty(width, dtype=torch.uint8)
+        self.scratch_bytes = _bytes(self.scratch)
+        self.acc = torch.empty(1, width, dtype=torch.uint8)
+        self.acc_bytes = _bytes(self.acc)
+        self.out = torch.empty(width, dtype=torch.uint8)
+        self.out_bytes = _bytes(self.out)
+        self.coefficients = coefficients
+        self.typed: dict[torch.dtype, tuple[torch.Tensor, _Array, _Array, _Array]] = {}
+
+    def views(self, dtype: torch.dtype) -> tuple[torch.Tensor, _Array, _Array, _Array]:
+        """The stack as a ``dtype`` tensor and array, the accumulator array and the
+        coefficients row, for a ``dtype`` that numpy has (float32 or float64)."""
+        if dtype not in self.typed:
+            stack = self.stack.view(dtype)
+            acc = self.acc.view(dtype).numpy()
+            w = np.asarray([self.coefficients], dtype=acc.dtype)
+            self.typed[dtype] = (stack, stack.numpy(), acc, w)
+        return self.typed[dtype]
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        done = os.pwrite(fd, data, offset)
+        data, offset = data[done:], offset + done
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the output file its final size; allocating its blocks up front makes the
+    concurrent block writes cheaper (plain truncation where the filesystem cannot)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:
+        os.ftruncate(fd, size)
+
+
+def _bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous tensor, writable in place."""
+    return t.view(torch.uint8).reshape(-1).numpy().data
+
+
+def fused_linear_merge(
+    files: Sequence[Path],
+    out: Path,
+    order: Sequence[str],
+    selected: set[str],
+    weights: Sequence[float],
+    metadata: dict[str, str],
+    threads: int = 1,
+) -> None:
+    """Write ``out`` (safetensors, the base's keys, shapes, dtypes and order) with
+    ``w_0 base + sum_q w_q model_q`` for the ``selected`` keys and the base's bytes elsewhere.
+
+    ``files[0]`` is the base and ``files[1:]`` the fine-tuned models (single safetensors files
+    whose keys and shapes the caller has checked); ``weights`` are ``w_1..w_N``. Each block is
+    one ``(1, N+1) @ (N+1, BLOCK)`` BLAS product in ``promote(dtype, float32)``, rounded once to the
+    base's dtype. ``threads`` workers take interleaved blocks; torch and BLAS run
+    single-threaded inside them.
+    """
+    if len(weights) != len(files) - 1:
+        raise ValueError(f"{len(weights)} weights for {len(files) - 1} fine-tuned models")
+    coefficients = [1.0 - float(sum(weights)), *map(float, weights)]
+    raws = [RawSafetensors(f) for f in files]
+    torch_threads = torch.get_num_threads()
+    try:
+        base = raws[0]
+        layout = [(k, base.entries[k][1], base.entries[k][0]) for k in order]
+        prefix, spans = safetensors_prefix(layout, metadata)
+        jobs = _jobs(base, order, selected)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".partial")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.pwrite(fd, prefix, 0)
+            _allocate(fd, max((stop for _, stop in spans.values()), default=len(prefix)))
+            local = threading.local()
+
+            def run(job: _Job) -> None:
+                worker: _Worker | None = getattr(local, "worker", None)
+                if worker is None:
+                    worker = local.worker = _Worker(len(raws), coefficients)
+                dtype = base.entries[job.key][0]
+                dst = spans[job.key][0] + job.first * dtype.itemsize
+                size = job.count * dtype.itemsize
+                if not job.merged:
+                    base.read_into(job.key, job.first * dtype.itemsize, worker.rows[0][:size])
+                    _pwrite_all(fd, worker.rows[0][:size], dst)
+                    return
+                acc_dtype = torch.promote_types(dtype, torch.float32)
+                stack, stack_np, acc, w = worker.views(acc_dtype)
+                width = job.count * acc_dtype.itemsize
+                for i, f in enumerate(raws):
+                    in_dtype = f.entries[job.key][0]
+                    start = job.first * in_dtype.itemsize
+                    if in_dtype == acc_dtype:
+                        f.read_into(job.key, start, worker.rows[i][:width])
+                    else:
+                        n_bytes = job.count * in_dtype.itemsize
+                        f.read_into(job.key, start, worker.scratch_bytes[:n_bytes])
+                        stack[i, : job.count].copy_(worker.scratch[:n_bytes].view(in_dtype))
+                result = acc[:, : job.count]
+                np.matmul(w, stack_np[:, : job.count], out=result)
+                if dtype == acc_dtype:
+                    _pwrite_all(fd, worker.acc_bytes[:width], dst)
+                else:
+                    worker.out[:size].view(dtype).copy_(torch.from_numpy(result[0]))
+                    _pwrite_all(fd, worker.out_bytes[:size], dst)
+
+            def run_share(share: int) -> None:
+                torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
+                for job in jobs[share::threads]:
+                    run(job)
+
+            if threads <= 1:
+                run_share(0)
+            else:
+                with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:
+                    list(pool.map(run_share, range(threads)))
+        finally:
+            os.close(fd)
+        tmp.replace(out)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the merged model to {out}: {exc}") from exc
+    finally:
+        torch.set_num_threads(torch_threads)
+        for r in raws:
+            r.close()
