@@ -133,6 +133,7 @@ def run_contender(
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
+        os.sync()  # no writeback of earlier files (models, last output) during the run
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=False
@@ -196,6 +197,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         base, fts, n_params = make_models(root / "models", args.models)
+        os.sync()
         for f in [base, *fts]:  # warm the page cache
             (f / "model.safetensors").read_bytes()
         bandwidth = copy_bandwidth()

@@ -117,3 +117,17 @@ def test_partial_fine_tuning_leaves_the_rest_at_the_base(tmp_path, trainable, pa
     base, ft = zoo.base_state, zoo.finetuned["signs"]
     changed = {k for k in base if not torch.equal(base[k], ft[k])}
     assert changed and all(k.startswith("encoder.layers.") and part in k for k in changed)
+
+
+def test_head_scale_reaches_heads_and_fine_tuning(tmp_path):
+    """The prototype heads carry ``head_scale`` and the fine-tune trains against it."""
+    zoos = {
+        scale: build_zoo(
+            tmp_path / f"zoo{scale}", tiny_zoo_config(tmp_path, ("signs",), head_scale=scale)
+        )
+        for scale in (7.0, 30.0)
+    }
+    assert zoos[7.0].heads["signs"].scale == 7.0
+    assert torch.equal(zoos[7.0].heads["signs"].weight, zoos[30.0].heads["signs"].weight)
+    ft7, ft30 = zoos[7.0].finetuned["signs"], zoos[30.0].finetuned["signs"]
+    assert any(not torch.equal(ft7[k], ft30[k]) for k in ft7)

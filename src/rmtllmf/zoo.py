@@ -61,6 +61,9 @@ class ZooConfig(BaseModel):
     n_val: int = Field(300, ge=10)
     n_test: int = Field(500, ge=10)
     head_per_class: int = Field(32, ge=1, description="labelled examples per class for heads")
+    head_scale: float = Field(
+        30.0, gt=0, description="logit scale of the prototype heads (fine-tuning temperature)"
+    )
     steps: int = Field(150, ge=1, description="fine-tuning steps per task")
     batch: int = Field(64, ge=1)
     lr: float = Field(1e-4, gt=0)
@@ -214,7 +217,7 @@ def _finetune_task(
     """Worker: fine-tune the base on one task against its stored head; returns seconds."""
     cfg = ZooConfig.model_validate_json(cfg_json)
     model = load_base(base_file).train()
-    head = PrototypeHead(load_file(Path(home) / "heads.safetensors")[task])
+    head = PrototypeHead(load_file(Path(home) / "heads.safetensors")[task], cfg.head_scale)
     with np.load(Path(home) / "data" / f"{task}.npz") as z:
         images, labels = z["train_x"], z["train_y"]
     seed = cfg.seed * 1000 + index
@@ -313,7 +316,7 @@ def build_zoo(
         if task not in stored:
             head = prototype_head(base, *data[task]["head"], len(TASKS[task][1]))
             stored[task] = head.weight
-        heads[task] = PrototypeHead(stored[task])
+        heads[task] = PrototypeHead(stored[task], cfg.head_scale)
     save_file({k: v.contiguous() for k, v in stored.items()}, heads_file)
 
     ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
