@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -79,7 +80,26 @@ def resolve_files(path: str | Path) -> list[Path]:
     )
 
 
-class LazyCheckpoint:
+class _Closing(ABC):
+    """Context-manager protocol for readers that hold files: ``with`` closes them."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the files."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LazyCheckpoint(_Closing):
     """Read-only, per-tensor access to a checkpoint. Use as a context manager."""
 
     def __init__(self, path: str | Path, *, allow_pickle: bool = False) -> None:
@@ -103,17 +123,6 @@ class LazyCheckpoint:
                 ) from exc
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                 self._where[key] = handle
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the open files."""
@@ -154,7 +163,7 @@ class LazyCheckpoint:
         return {k: self.get(k) for k in self.keys()}
 
 
-class RawSafetensors:
+class RawSafetensors(_Closing):
     """Positional reads of one safetensors file's tensor bytes (``pread``; no memory map).
 
     The header is parsed once; :meth:`read_into` copies a byte range of one tensor straight from
@@ -193,17 +202,6 @@ class RawSafetensors:
         except CheckpointError:
             os.close(self._fd)
             raise
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the file."""
