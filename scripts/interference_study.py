@@ -11,22 +11,32 @@ averaged over tasks before the ratio):
 3. *Function space*: on task ``i``'s images, the embedding shift caused by the other tasks'
    vectors relative to the shift caused by ``tau_i``, the non-additivity of the two, and how far
    each shift is from its first-order (JVP) prediction.
+4. *Tangent fine-tuning* (``--tangent``; Ortiz-Jimenez et al. 2023): each task fine-tuned in the
+   base's tangent space, ``f(x; theta_0) + J(x; theta_0) delta``, merged as
+   ``delta = lambda sum_q delta_q``, lambda chosen on validation and reported on test. The
+   model is then exactly linear in the task vectors, which tells whether their non-linearity
+   or their function-space overlap costs the gain.
 
-    python scripts/interference_study.py [--root DIR] [--config '{"lr": 3e-4}'] [--json out.json]
+    python scripts/interference_study.py [--root DIR] [--config '{"lr": 3e-4}'] [--tangent]
+        [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from rmtllmf.train import accuracy, finetune
 from rmtllmf.zoo import Zoo, ZooConfig, build_zoo
 
 State = dict[str, torch.Tensor]
@@ -173,6 +183,97 @@ class Study:
         }
 
 
+class Tangent(nn.Module):
+    """``f(x; theta_0) + J(x; theta_0) delta``: the model linearised at the base, trainable in
+    ``delta`` only."""
+
+    def __init__(self, model: nn.Module, delta: State | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.names = [n for n, _ in model.named_parameters()]
+        self.p0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.delta = nn.ParameterList(
+            nn.Parameter(torch.zeros_like(self.p0[n]) if delta is None else delta[n].clone())
+            for n in self.names
+        )
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def f(params: State) -> torch.Tensor:
+            out: torch.Tensor = functional_call(self.model, params, (x,))
+            return out
+
+        tangent = dict(zip(self.names, self.delta, strict=True))
+        with sdpa_kernel(SDPBackend.MATH):  # the fused kernels have no forward-mode AD
+            out, jv = jvp(f, (self.p0,), (tangent,))
+        return out + jv
+
+    def vector(self) -> State:
+        """The tangent task vector ``delta``."""
+        return {n: d.detach().clone() for n, d in zip(self.names, self.delta, strict=True)}
+
+
+def _tangent_finetune(root: str, config: str, task: str, index: int) -> State:
+    """Worker: one task's tangent fine-tune with the zoo's own settings and seed."""
+    torch.set_num_threads(1)
+    zoo = build_zoo(root, ZooConfig.model_validate_json(config))
+    cfg = zoo.config
+    model = Tangent(zoo.model_from_state(zoo.base_state))
+    x, y = zoo.data[task]["train"]
+    seed = cfg.seed * 1000 + index
+    torch.manual_seed(seed)
+    finetune(
+        model,
+        zoo.heads[task],
+        x,
+        y,
+        steps=cfg.steps,
+        batch=cfg.batch,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+    )
+    return model.vector()
+
+
+def tangent_study(root: Path, zoo: Zoo, workers: int) -> dict[str, object]:
+    """Tangent fine-tunes of every task, their task-arithmetic merge, lambda on validation."""
+    tasks = list(zoo.config.tasks)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+        futures = [
+            ex.submit(_tangent_finetune, str(root), zoo.config.model_dump_json(), t, i)
+            for i, t in enumerate(tasks)
+        ]
+        deltas = {t: f.result() for t, f in zip(tasks, futures, strict=True)}
+    base = zoo.model_from_state(zoo.base_state)
+
+    def acc(delta: State, task: str, split: str) -> float:
+        return accuracy(Tangent(base, delta).eval(), zoo.heads[task], *zoo.data[task][split])
+
+    def merged(lam: float, split: str) -> float:
+        delta = {n: lam * sum(deltas[t][n] for t in tasks) for n in deltas[tasks[0]]}
+        return float(np.mean([acc(delta, t, split) for t in tasks]))
+
+    ft = {s: float(np.mean([acc(deltas[t], t, s) for t in tasks])) for s in ("val", "test")}
+    base_acc = {
+        s: float(np.mean([zoo.base_accuracy(t, s) for t in tasks])) for s in ("val", "test")
+    }
+    grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0]
+    val = {lam: merged(lam, "val") for lam in grid}
+    best = max(grid, key=lambda lam: val[lam])
+    test = merged(best, "test")
+    return {
+        "finetuned": ft,
+        "base": base_acc,
+        "merged_val": val,
+        "lambda": best,
+        "merged_test": test,
+        "gap_recovery_test": (test - base_acc["test"]) / (ft["test"] - base_acc["test"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,6 +282,7 @@ def main() -> None:
     parser.add_argument("--config", default="{}", help="ZooConfig overrides as JSON")
     parser.add_argument("--group-lambda", type=float, default=0.4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tangent", action="store_true", help="add the tangent fine-tuning run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -194,6 +296,8 @@ def main() -> None:
         "groups": study.groups(args.group_lambda),
         "function_space": [study.function_space(lam) for lam in (0.3, 0.5)],
     }
+    if args.tangent:
+        report["tangent"] = tangent_study(args.root, zoo, args.workers)
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
