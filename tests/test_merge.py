@@ -270,3 +270,24 @@ def test_merge_checkpoints_takes_the_fused_path(tmp_path, monkeypatch):
     expected = merge_task_vectors(base, [TaskVector.from_models(base, ft) for ft in fts], cfg)
     for k in base:  # float32 exact to rounding; bf16 within one ulp (default tolerances)
         torch.testing.assert_close(got[k], expected[k])
+
+
+def test_merge_without_positional_io_streams_instead(tmp_path, monkeypatch):
+    """Where the OS has no ``preadv`` (Windows), linear merges take the streaming path."""
+    import os
+
+    import rmtllmf.fusion.merge as merge_module
+
+    monkeypatch.delattr(os, "preadv")
+    monkeypatch.setattr(merge_module, "fused_linear_merge", None)  # would fail if called
+    base, fts = _models(2)
+    save_file(base, tmp_path / "base.safetensors")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(2)]
+    for p, ft in zip(paths, fts, strict=True):
+        save_file(ft, p)
+    cfg = MergeConfig(scaling=0.3)
+    merge_checkpoints(tmp_path / "base.safetensors", paths, tmp_path / "m.safetensors", cfg)
+    got = load_file(tmp_path / "m.safetensors")
+    expected = merge_task_vectors(base, [TaskVector.from_models(base, ft) for ft in fts], cfg)
+    for k in base:
+        torch.testing.assert_close(got[k], expected[k])

@@ -269,7 +269,10 @@ def merge_checkpoints(
 
         metadata = {"format": "pt", "rmtllmf_merge": config.model_dump_json()}
         weights = linear_weights(config, len(fts))
-        files = _single_safetensors(base, finetuned) if weights is not None else None
+        positional_io = hasattr(os, "preadv") and hasattr(os, "pwrite")  # not on Windows
+        files = (
+            _single_safetensors(base, finetuned) if weights is not None and positional_io else None
+        )
         if weights is not None and files is not None:
             threads = min(4, os.cpu_count() or 1)
             fused_linear_merge(files, Path(out), order, keys, weights, metadata, threads)
