@@ -11,6 +11,8 @@ averaged over tasks before the ratio):
 3. *Function space*: on task ``i``'s images, the embedding shift caused by the other tasks'
    vectors relative to the shift caused by ``tau_i``, the non-additivity of the two, and how far
    each shift is from its first-order (JVP) prediction.
+   Per pair: the shift that ``tau_j`` alone causes on task ``i``'s images over the shift
+   ``tau_i`` causes there (at lambda = 1; an 8 x 8 matrix, rows ``i``).
 4. *Tangent fine-tuning* (``--tangent``; Ortiz-Jimenez et al. 2023): each task fine-tuned in the
    base's tangent space, ``f(x; theta_0) + J(x; theta_0) delta``, merged as
    ``delta = lambda sum_q delta_q``, lambda chosen on validation and reported on test. The
@@ -183,6 +185,22 @@ class Study:
         }
 
 
+def pairwise_shift(study: Study, n_images: int = 200) -> dict[str, dict[str, float]]:
+    """``||f_j(x_i) - f_0(x_i)|| / ||f_i(x_i) - f_0(x_i)||`` for every pair, where ``f_q`` is the
+    model ``theta_0 + tau_q`` and ``x_i`` are task ``i``'s validation images."""
+    zoo = study.zoo
+    models = {t: zoo.model_from_state(zoo.finetuned[t]) for t in study.tasks}
+    base = zoo.model_from_state(study.base)
+    out: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        for i in study.tasks:
+            x = zoo.preprocess(torch.from_numpy(zoo.data[i]["val"][0][:n_images]))
+            z0 = base(x)
+            own = float((models[i](x) - z0).norm())
+            out[i] = {j: float((models[j](x) - z0).norm()) / own for j in study.tasks}
+    return out
+
+
 class Tangent(nn.Module):
     """``f(x; theta_0) + J(x; theta_0) delta``: the model linearised at the base, trainable in
     ``delta`` only."""
@@ -295,6 +313,7 @@ def main() -> None:
         "curves": study.curves([0.1, 0.2, 0.3, 0.5, 0.7, 1.0]),
         "groups": study.groups(args.group_lambda),
         "function_space": [study.function_space(lam) for lam in (0.3, 0.5)],
+        "pairwise_shift": pairwise_shift(study),
     }
     if args.tangent:
         report["tangent"] = tangent_study(args.root, zoo, args.workers)
