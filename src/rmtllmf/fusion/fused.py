@@ -5,11 +5,12 @@ A linear merge is ``theta = w_0 theta_base + sum_q w_q theta_q`` per entry, with
 every input byte is read once and every output byte written once, so the floor on a machine is
 ``(bytes read + bytes written) / copy bandwidth``.
 
-The work goes in blocks of :data:`BLOCK_BYTES` per input. Each block is read (``pread``) from the
-page cache into a per-thread buffer that stays in cache, accumulated in (at least) float32, and
-written (``pwrite``) to its place in the output. Nothing is memory-mapped, so resident memory is
-only the buffers and page faults never enter the cost. Threads take interleaved blocks
-(``pread``, ``pwrite`` and torch's kernels release the GIL). Tensors outside the merge
+The work goes in blocks of :data:`BLOCK` elements. Each input's block is read (``pread``) from
+the page cache into one row of a per-thread buffer that stays in cache; the block of the result
+is one BLAS product of the coefficient row with those rows, in (at least) float32, written
+(``pwrite``) to its place in the output. Nothing is memory-mapped, so resident memory is only the
+buffers and page faults never enter the cost. Threads take interleaved blocks (``pread``,
+``pwrite`` and BLAS release the GIL). Tensors outside the merge
 (unselected parameters, integer buffers) are copied from the base byte for byte.
 """
 
@@ -136,7 +137,7 @@ def fused_linear_merge(
         tmp = out.with_suffix(out.suffix + ".partial")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.pwrite(fd, prefix, 0)
+            _pwrite_all(fd, memoryview(prefix), 0)
             _allocate(fd, max((stop for _, stop in spans.values()), default=len(prefix)))
             local = threading.local()
 
