@@ -168,6 +168,8 @@ def copy_bandwidth() -> float:
 def check_agreement(outs: dict[str, Path]) -> dict[str, float]:
     from safetensors.torch import load_file
 
+    if not (outs["rmtllmf"] / "merged.safetensors").exists():
+        return {}
     ours = load_file(outs["rmtllmf"] / "merged.safetensors")
     diffs = {}
     for name, path in outs.items():

@@ -31,9 +31,10 @@ from threadpoolctl import threadpool_limits
 from rmtllmf.errors import CheckpointError
 from rmtllmf.fusion.checkpoint import RawSafetensors, safetensors_prefix
 
-BLOCK = 1 << 17
-"""Elements of one tensor per block (0.5 MB of float32 per input: few enough system calls, and
-all inputs' blocks stay in the shared cache)."""
+BLOCK = 1 << 16
+"""Elements of one tensor per block: 256 KB of float32 per input, few enough system calls, and
+nine inputs' blocks fit the shared cache. On 2 cores merging 9 x 343 MB, blocks of 2**15, 2**16
+and 2**17 elements took 0.53, 0.48 and 0.51 s; 2**14 and 2**18 took 0.70 s."""
 
 _MAX_ITEMSIZE = 8
 _Array = NDArray[np.floating]
