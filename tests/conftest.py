@@ -49,6 +49,8 @@ def tiny_zoo_config(root: Path, tasks: tuple[str, ...], **overrides):
         "head_per_class": 2,
         "steps": 3,
         "batch": 16,
+        "anchor_images": 24,
+        "anchor_batch": 8,
         "base": str(make_tiny_base(root / "base.safetensors")),
     }
     return ZooConfig(**{**fields, **overrides})

@@ -122,6 +122,39 @@ def test_finetune_command_full_and_lora(tiny_clip, tmp_path):
     assert lora.tensors["encoder.layers.0.mlp.fc1.weight"].abs().max() == 0  # not a LoRA target
 
 
+def test_finetune_command_anchored(tiny_clip, tmp_path, capsys):
+    """An anchored fine-tune records its anchor; asking for one without images is an error
+    that names the fix."""
+    from rmtllmf.cli import main
+
+    root, _, folder = tiny_clip
+    common = [
+        "finetune",
+        "--family",
+        "hf-clip",
+        "--base",
+        str(root / "base"),
+        "--train-folder",
+        str(folder),
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+        "--lr",
+        "1e-3",
+        "--anchor-weight",
+        "5",
+    ]
+    assert main([*common, "--out", str(tmp_path / "no-anchor")]) == 2
+    assert "--anchor-folder" in capsys.readouterr().err
+    assert main([*common, "--anchor-folder", str(folder), "--out", str(tmp_path / "a")]) == 0
+    record = json.loads((tmp_path / "a" / "finetune.json").read_text())
+    assert record["finetune"]["anchor_weight"] == 5.0
+    assert TaskVector.load(tmp_path / "a" / "task_vector.safetensors").norm() > 0
+
+
 def test_evaluate_command_reports_normalized_accuracy(tiny_clip, capsys):
     from rmtllmf.cli import main
 

@@ -9,8 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rmtllmf.models.tiny_vit import EMBEDDING_PARAMS, PrototypeHead, TinyVit, TinyVitConfig
-from rmtllmf.train import accuracy, cosine_lr, embed, finetune, prototype_head
+from rmtllmf.models.tiny_vit import (
+    EMBEDDING_PARAMS,
+    PrototypeHead,
+    TinyVit,
+    TinyVitConfig,
+    normalise_images,
+)
+from rmtllmf.train import Anchor, accuracy, cosine_lr, embed, finetune, prototype_head
 
 TINY = TinyVitConfig(patch_size=8, hidden=16, layers=1, heads=2, mlp=32, embed_dim=8)
 
@@ -74,6 +80,43 @@ def test_finetuning_against_a_fixed_head_learns():
     assert losses[-1] < losses[0]
     assert accuracy(model, head, images, labels) > 0.9
     torch.testing.assert_close(head.weight, head_before)  # heads stay fixed
+
+
+def test_anchor_penalty_is_zero_at_the_base_and_the_distance_elsewhere():
+    """At theta_0 the anchor adds nothing, so the first step's loss is plain cross-entropy;
+    on another model it is beta times the mean squared distance of normalised embeddings."""
+    torch.manual_seed(0)
+    model, other = TinyVit(TINY), TinyVit(TINY)
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (40, 32, 32, 3)).astype(np.uint8)
+    labels = rng.integers(0, 3, 40)
+    anchor = Anchor.from_base(model, images[:8], weight=5.0, batch=8)
+    head = PrototypeHead(torch.randn(3, TINY.embed_dim))
+    plain = finetune(TinyVit(TINY), head, images, labels, steps=1, batch=16)[0]
+    twin = TinyVit(TINY)
+    twin.load_state_dict(model.state_dict())
+    anchored = finetune(twin, head, images, labels, steps=1, batch=16, anchor=anchor)[0]
+    reference = TinyVit(TINY)
+    reference.load_state_dict(model.state_dict())
+    first = finetune(reference, head, images, labels, steps=1, batch=16)[0]
+    assert anchored == pytest.approx(first, rel=1e-6)
+    assert plain != pytest.approx(first)  # a different initialisation: the check has teeth
+    other.eval()
+    with torch.no_grad():
+        penalty = anchor.penalty(other, torch.Generator().manual_seed(0), normalise_images)
+    z0 = F.normalize(embed(model, images[:8]), dim=-1)
+    z1 = F.normalize(embed(other, images[:8]), dim=-1)
+    idx = torch.randint(0, 8, (8,), generator=torch.Generator().manual_seed(0))
+    expected = 5.0 * (z1[idx] - z0[idx]).pow(2).sum(-1).mean()
+    assert float(penalty) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_anchor_rejects_mismatched_targets():
+    images = np.zeros((4, 32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="one target per image"):
+        Anchor(images, torch.zeros(3, 8), 1.0, 2)
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        Anchor(images, torch.zeros(4, 8), -1.0, 2)
 
 
 def test_progress_logs_plain_lines_off_a_terminal(capsys):

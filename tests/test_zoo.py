@@ -76,6 +76,7 @@ def test_zoo_pretrains_and_caches_a_base_when_none_is_shipped(tmp_path, monkeypa
         head_per_class=2,
         steps=1,
         batch=8,
+        anchor_images=8,
         pretrain=PretrainConfig(model=tiny, images=64, held_out=32, steps=2, batch=16),
     )
     zoo = build_zoo(tmp_path / "zoo", cfg)
@@ -131,3 +132,36 @@ def test_head_scale_reaches_heads_and_fine_tuning(tmp_path):
     assert torch.equal(zoos[7.0].heads["signs"].weight, zoos[30.0].heads["signs"].weight)
     ft7, ft30 = zoos[7.0].finetuned["signs"], zoos[30.0].finetuned["signs"]
     assert any(not torch.equal(ft7[k], ft30[k]) for k in ft7)
+
+
+def test_anchor_is_built_once_and_keeps_the_shared_function(tmp_path):
+    """The anchor set is pretext images with the base's normalised embeddings as targets; a
+    heavier anchor leaves the anchor images' embeddings closer to the base's, and weight 0 is
+    plain fine-tuning with no anchor files."""
+    import numpy as np
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from rmtllmf.train import embed
+
+    shifts = {}
+    for weight in (100.0, 0.0):
+        cfg = tiny_zoo_config(tmp_path, ("signs",), lr=1e-2, steps=6, anchor_weight=weight)
+        zoo = build_zoo(tmp_path / "zoo", cfg)
+        anchor_file = zoo.root / "data" / "anchor.npz"
+        assert anchor_file.exists() == (weight > 0)
+        if weight == 0:
+            with np.load(tmp_path / "a.npz") as z:
+                images = z["images"]
+        else:
+            with np.load(anchor_file) as z:
+                images = z["images"]
+            np.savez(tmp_path / "a.npz", images=images)
+            targets = load_file(zoo.root / "anchor.safetensors")["targets"]
+            expected = F.normalize(embed(zoo.base, images), dim=-1)
+            torch.testing.assert_close(targets, expected)
+            assert images.shape == (24, 32, 32, 3)
+        z0 = F.normalize(embed(zoo.base, images), dim=-1)
+        z1 = F.normalize(embed(zoo.model_from_state(zoo.finetuned["signs"]), images), dim=-1)
+        shifts[weight] = float((z1 - z0).pow(2).sum(-1).mean())
+    assert shifts[100.0] < 0.5 * shifts[0.0]

@@ -180,6 +180,12 @@ def _add_zoo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
     b.add_argument("--batch", type=int, default=None, help="fine-tuning batch size")
     b.add_argument("--n-train", type=int, default=None)
+    b.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=None,
+        help="beta of the function-space anchor on pretext images (0: plain fine-tuning)",
+    )
     b.add_argument("--base", default=None, help="tiny base checkpoint (default: shipped)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
@@ -201,6 +207,7 @@ def _zoo(args: argparse.Namespace) -> int:
             "lr": args.lr,
             "batch": args.batch,
             "n_train": args.n_train,
+            "anchor_weight": args.anchor_weight,
             "base": args.base,
             "seed": args.seed,
         }.items()
@@ -271,6 +278,15 @@ def _add_finetune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--lr", type=float, default=None, help="default 1e-5 (full), 1e-4 (LoRA)")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (hf-clip, peft)")
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=None,
+        help="beta of the function-space anchor (tiny-vit default 10, hf-clip 0)",
+    )
+    p.add_argument(
+        "--anchor-folder", default=None, help="hf-clip: public anchor images (an image folder)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -293,6 +309,7 @@ def _finetune(args: argparse.Namespace) -> int:
             seed=args.seed,
             base=args.base,
             **({"lr": args.lr} if args.lr else {}),
+            **({"anchor_weight": args.anchor_weight} if args.anchor_weight is not None else {}),
         )
         zoo = build_zoo(default_cache() / "zoo", cfg, progress=True)
         record = {
@@ -330,10 +347,16 @@ def _finetune(args: argparse.Namespace) -> int:
         lora=args.lora,
         lora_rank=args.lora_rank,
         lr=args.lr or (1e-4 if args.lora else 1e-5),
+        anchor_weight=args.anchor_weight or 0.0,
+    )
+    anchor_images = (
+        load_image_folder(args.anchor_folder, clip.image_size).images
+        if args.anchor_folder
+        else None
     )
     base_state = clip.vision_state()
     before = clip_accuracy(clip, head, val)
-    losses = finetune_clip(clip, train, head, ft_cfg, progress=True)
+    losses = finetune_clip(clip, train, head, ft_cfg, progress=True, anchor_images=anchor_images)
     after = clip_accuracy(clip, head, val)
     record = {
         "family": "hf-clip",

@@ -11,6 +11,10 @@ config beside them:
 
 With ``lora=True`` (hf-clip) only low-rank adapters on the attention projections train (``peft``);
 they are merged into the weights afterwards, so the task vector is the merged LoRA delta.
+
+With ``anchor_weight > 0`` the fine-tune also keeps the base's normalised embeddings on a set of
+public anchor images (:class:`rmtllmf.train.Anchor`), which makes task vectors interfere less
+when they are merged.
 """
 
 from __future__ import annotations
@@ -20,14 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmtllmf.data.real import LabelledImages
+from rmtllmf.errors import InputError
 from rmtllmf.fusion import TaskVector, save_state_dict
 from rmtllmf.models.hf_clip import HfClip
 from rmtllmf.models.tiny_vit import PrototypeHead
-from rmtllmf.train import accuracy, finetune
+from rmtllmf.train import Anchor, accuracy, finetune
 
 
 class FinetuneConfig(BaseModel):
@@ -44,6 +51,10 @@ class FinetuneConfig(BaseModel):
     lora_rank: int = Field(8, ge=1)
     lora_alpha: int = Field(16, gt=0)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    anchor_weight: float = Field(
+        0.0, ge=0, description="beta of the function-space anchor (0: plain fine-tuning)"
+    )
+    anchor_batch: int = Field(32, ge=1, description="anchor images per step")
 
 
 def finetune_clip(
@@ -53,9 +64,25 @@ def finetune_clip(
     cfg: FinetuneConfig,
     *,
     progress: bool = False,
+    anchor_images: NDArray[np.uint8] | None = None,
 ) -> list[float]:
-    """Fine-tune ``clip``'s image path in place against ``head``; returns the losses."""
+    """Fine-tune ``clip``'s image path in place against ``head``, anchored on ``anchor_images``
+    when ``cfg.anchor_weight > 0``; returns the losses."""
     torch.manual_seed(cfg.seed)
+    anchor = None
+    if cfg.anchor_weight > 0:
+        if anchor_images is None or len(anchor_images) == 0:
+            raise InputError(
+                "anchor_weight > 0 needs anchor images: give a folder of public images "
+                "(--anchor-folder DIR), or set --anchor-weight 0"
+            )
+        anchor = Anchor.from_base(
+            clip.image_encoder(),
+            anchor_images,
+            cfg.anchor_weight,
+            cfg.anchor_batch,
+            clip.preprocess,
+        )
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -82,6 +109,7 @@ def finetune_clip(
         seed=cfg.seed,
         progress=progress,
         preprocess=clip.preprocess,
+        anchor=anchor,
     )
     if cfg.lora:
         clip.model.vision_model = clip.model.vision_model.merge_and_unload()

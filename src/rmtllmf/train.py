@@ -4,7 +4,8 @@
   on the embedding; heads are discarded afterwards).
 * :func:`prototype_head`: a task's fixed classifier from the *base* model's embeddings.
 * :func:`finetune`: full fine-tuning of the encoder against a fixed head (heads never enter task
-  vectors), AdamW with warm-up and cosine decay, seeded.
+  vectors), AdamW with warm-up and cosine decay, seeded; optionally anchored in function space
+  (:class:`Anchor`).
 * :func:`accuracy`: batched evaluation under ``torch.inference_mode``.
 
 Progress is shown with rich progress bars when ``progress=True``.
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -152,6 +154,60 @@ def prototype_head(
     return PrototypeHead(torch.stack(rows))
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """A function-space anchor for fine-tuning: public images and the base's embeddings of them.
+
+    Fine-tuning with an anchor minimises
+
+        L(theta) = CE(head(f(x; theta)), y) + beta * E_a || n(f(a; theta)) - n(f(a; theta_0)) ||^2,
+
+    ``n(z) = z / ||z||`` (the embedding the fixed heads read), ``a`` a batch of ``batch`` anchor
+    images drawn per step, ``theta_0`` the base. A user fits its own task while keeping the
+    base's function on public data that every user shares (an L2-SP / LwF-style regulariser in
+    function space; no other user's data is needed). Task arithmetic (eq. 6) adds
+    ``lambda sum_q tau_q``: every ``tau_q`` that leaves the shared function alone leaves the other
+    tasks' inputs alone too, so the merge keeps more of each task's gain.
+    """
+
+    images: NDArray[np.uint8]
+    targets: torch.Tensor
+    weight: float
+    batch: int
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.targets) or len(self.images) == 0:
+            raise ValueError(
+                f"an anchor needs one target per image and at least one image; got "
+                f"{len(self.images)} images and {len(self.targets)} targets"
+            )
+        if self.weight < 0 or self.batch < 1:
+            raise ValueError(
+                f"anchor weight must be >= 0 and batch >= 1, got {self.weight} and {self.batch}"
+            )
+
+    @classmethod
+    def from_base(
+        cls,
+        base: Encoder,
+        images: NDArray[np.uint8],
+        weight: float,
+        batch: int,
+        preprocess: Preprocess = normalise_images,
+    ) -> Anchor:
+        """The anchor whose targets are ``base``'s normalised embeddings of ``images``."""
+        targets = F.normalize(embed(base, images, preprocess=preprocess), dim=-1).clone()
+        return cls(images, targets, weight, batch)
+
+    def penalty(
+        self, model: Encoder, gen: torch.Generator, preprocess: Preprocess
+    ) -> torch.Tensor:
+        """``beta`` times the mean squared distance on one random batch of anchor images."""
+        idx = torch.randint(0, len(self.images), (self.batch,), generator=gen)
+        z = F.normalize(model(preprocess(torch.from_numpy(self.images[idx.numpy()]))), dim=-1)
+        return self.weight * (z - self.targets[idx]).pow(2).sum(-1).mean()
+
+
 def finetune(
     model: nn.Module,
     head: nn.Module,
@@ -167,15 +223,17 @@ def finetune(
     progress: bool = False,
     description: str = "fine-tuning",
     preprocess: Preprocess = normalise_images,
+    anchor: Anchor | None = None,
 ) -> list[float]:
     """Fine-tune ``model`` (parameters selected by ``trainable``, default all) against the fixed
-    ``head``; returns the loss per step."""
+    ``head``, plus the ``anchor``'s penalty when given; returns the loss per step."""
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
         p.requires_grad_(flags[n] and (trainable is None or trainable(n)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
+    anchor_gen = torch.Generator().manual_seed(seed + 1)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
     losses = []
     model.train()
@@ -184,6 +242,8 @@ def finetune(
             for group in opt.param_groups:
                 group["lr"] = lr * cosine_lr(step, steps, max(1, steps // 10))
             loss = F.cross_entropy(head(model(preprocess(x_all[idx]))), y_all[idx])
+            if anchor is not None and anchor.weight > 0:
+                loss = loss + anchor.penalty(model, anchor_gen, preprocess)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(params, 1.0)

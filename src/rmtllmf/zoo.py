@@ -5,6 +5,9 @@ config and the base checkpoint, so different settings never collide):
 
 * ``data/<task>.npz``: train / val / test / head splits of the embedded suite;
 * ``heads.safetensors``: each task's fixed prototype head from the base model;
+* ``data/anchor.npz`` and ``anchor.safetensors``: public pretext images and the base's
+  normalised embeddings of them, the function-space anchor of the fine-tunes
+  (:class:`rmtllmf.train.Anchor`; absent when ``anchor_weight`` is 0);
 * ``finetuned/<task>.safetensors``: full fine-tunes against the fixed heads;
 * ``zoo.json``: the resolved config, seeds, base and fine-tuned accuracy per task and split.
 
@@ -29,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
-from rmtllmf.data.synthetic import TASK_NAMES, TASKS, make_task
+from rmtllmf.data.synthetic import TASK_NAMES, TASKS, make_task, pretext
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.checkpoint import load_state_dict
 from rmtllmf.models.tiny_vit import (
@@ -41,7 +44,7 @@ from rmtllmf.models.tiny_vit import (
 )
 from rmtllmf.pool import Split
 from rmtllmf.pretrain import PretrainConfig, pretrain_tiny_base
-from rmtllmf.train import accuracy, finetune, progress_bar, prototype_head
+from rmtllmf.train import Anchor, accuracy, finetune, progress_bar, prototype_head
 
 _T = TypeVar("_T")
 
@@ -66,8 +69,16 @@ class ZooConfig(BaseModel):
     )
     steps: int = Field(150, ge=1, description="fine-tuning steps per task")
     batch: int = Field(64, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
+    anchor_weight: float = Field(
+        10.0,
+        ge=0,
+        description="beta of the function-space anchor on public pretext images (0: plain "
+        "fine-tuning, the protocol of the paper's CLIP checkpoints)",
+    )
+    anchor_images: int = Field(3000, ge=1, description="pretext images in the anchor set")
+    anchor_batch: int = Field(32, ge=1, description="anchor images per fine-tuning step")
     trainable: Literal["all", "blocks", "attention", "mlp"] = Field(
         "all",
         description="fine-tune every parameter, only the transformer blocks, only their "
@@ -180,6 +191,10 @@ class Zoo:
         """uint8 ``(B, H, W, 3)`` images to the model's input."""
         return normalise_images(images)
 
+    def anchor(self) -> Anchor | None:
+        """The function-space anchor the fine-tunes were trained with (``None``: plain)."""
+        return _load_anchor(self.config, self.root)
+
     def n_classes(self, task: str) -> int:
         """Number of classes of ``task``."""
         return len(TASKS[task][1])
@@ -211,6 +226,38 @@ def _write_data(cfg_json: str, task: str, file: str) -> None:
     tmp.replace(file)
 
 
+ANCHOR_STREAM = 200
+"""``default_rng([seed, ANCHOR_STREAM])`` draws the anchor images: the pretext distribution the
+base was pretrained on (streams 100 and 101), images it has not seen."""
+
+
+def _write_anchor(cfg_json: str, file: str) -> None:
+    """Worker: generate and store the anchor's pretext images (written atomically)."""
+    cfg = ZooConfig.model_validate_json(cfg_json)
+    images, _ = pretext(np.random.default_rng([cfg.seed, ANCHOR_STREAM]), cfg.anchor_images)
+    tmp = Path(file).with_suffix(".tmp.npz")
+    np.savez(tmp, images=images)
+    tmp.replace(file)
+
+
+def _load_anchor(cfg: ZooConfig, home: Path) -> Anchor | None:
+    """The zoo's anchor (``None`` for plain fine-tuning)."""
+    if cfg.anchor_weight == 0:
+        return None
+    with np.load(home / "data" / "anchor.npz") as z:
+        images = z["images"]
+    targets = load_file(home / "anchor.safetensors")["targets"]
+    return Anchor(images, targets, cfg.anchor_weight, cfg.anchor_batch)
+
+
+def _write_task_or_anchor(cfg_json: str, task: str, file: str) -> None:
+    """Worker: one task's splits, or the anchor images when ``task`` is empty."""
+    if task:
+        _write_data(cfg_json, task, file)
+    else:
+        _write_anchor(cfg_json, file)
+
+
 def _finetune_task(
     cfg_json: str, base_file: str, home: str, task: str, index: int, progress: bool
 ) -> float:
@@ -236,6 +283,7 @@ def _finetune_task(
         seed=seed,
         progress=progress,
         description=f"fine-tuning {task}",
+        anchor=_load_anchor(cfg, Path(home)),
     )
     seconds = time.perf_counter() - t0
     out = Path(home) / "finetuned" / f"{task}.safetensors"
@@ -303,7 +351,10 @@ def build_zoo(
 
     data_files = {t: home / "data" / f"{t}.npz" for t in cfg.tasks}
     pending = [(cfg.model_dump_json(), t, str(f)) for t, f in data_files.items() if not f.exists()]
-    _in_workers(_write_data, pending, workers, progress, "generating data")
+    anchor_file = home / "data" / "anchor.npz"
+    if cfg.anchor_weight > 0 and not anchor_file.exists():
+        pending.append((cfg.model_dump_json(), "", str(anchor_file)))
+    _in_workers(_write_task_or_anchor, pending, workers, progress, "generating data")
     data: dict[str, dict[str, Split]] = {}
     for task, file in data_files.items():
         with np.load(file) as z:
@@ -318,6 +369,11 @@ def build_zoo(
             stored[task] = head.weight
         heads[task] = PrototypeHead(stored[task], cfg.head_scale)
     save_file({k: v.contiguous() for k, v in stored.items()}, heads_file)
+    targets_file = home / "anchor.safetensors"
+    if cfg.anchor_weight > 0 and not targets_file.exists():
+        with np.load(anchor_file) as z:
+            anchor = Anchor.from_base(base, z["images"], cfg.anchor_weight, cfg.anchor_batch)
+        save_file({"targets": anchor.targets.contiguous()}, targets_file)
 
     ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
     jobs = [
