@@ -199,9 +199,7 @@ class Anchor:
         targets = F.normalize(embed(base, images, preprocess=preprocess), dim=-1).clone()
         return cls(images, targets, weight, batch)
 
-    def penalty(
-        self, model: Encoder, gen: torch.Generator, preprocess: Preprocess
-    ) -> torch.Tensor:
+    def penalty(self, model: Encoder, gen: torch.Generator, preprocess: Preprocess) -> torch.Tensor:
         """``beta`` times the mean squared distance on one random batch of anchor images."""
         idx = torch.randint(0, len(self.images), (self.batch,), generator=gen)
         z = F.normalize(model(preprocess(torch.from_numpy(self.images[idx.numpy()]))), dim=-1)
