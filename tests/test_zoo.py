@@ -52,6 +52,8 @@ def test_zoo_cli_reports_the_clean_merge(tmp_path, capsys):
         str(base),
         "--threads",
         "1",
+        "--workers",
+        "2",
         "--json",
     ]
     assert main(args) == 0
@@ -165,3 +167,21 @@ def test_anchor_is_built_once_and_keeps_the_shared_function(tmp_path):
         z1 = F.normalize(embed(zoo.model_from_state(zoo.finetuned["signs"]), images), dim=-1)
         shifts[weight] = float((z1 - z0).pow(2).sum(-1).mean())
     assert shifts[100.0] < 0.5 * shifts[0.0]
+
+
+def test_parallel_build_equals_the_serial_one(tmp_path):
+    """Worker processes (spawned, one thread each) generate the same data and anchor and
+    fine-tune to the same weights as one single-threaded process."""
+    cfg = tiny_zoo_config(tmp_path, ("signs", "textures"), steps=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = build_zoo(tmp_path / "serial", cfg)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = build_zoo(tmp_path / "parallel", cfg, workers=2)
+    for task in cfg.tasks:
+        for split in ("train", "test"):
+            assert (serial.data[task][split][0] == parallel.data[task][split][0]).all()
+        for key, value in serial.finetuned[task].items():
+            torch.testing.assert_close(parallel.finetuned[task][key], value, rtol=1e-5, atol=1e-6)
