@@ -81,12 +81,9 @@ def test_hf_dataset_from_disk_with_carved_validation(tmp_path):
         load_hf_dataset(tmp_path / "ds", "test", 16)
 
 
-def test_finetune_command_full_and_lora(tiny_clip, tmp_path):
-    pytest.importorskip("peft", reason="LoRA needs peft")
-    from rmtllmf.cli import main
-
-    root, _, folder = tiny_clip
-    common = [
+def _finetune_args(root, folder, steps):
+    """``rmtllmf finetune`` on the tiny CLIP and its image folder, one thread, batch 4."""
+    return [
         "finetune",
         "--family",
         "hf-clip",
@@ -95,12 +92,20 @@ def test_finetune_command_full_and_lora(tiny_clip, tmp_path):
         "--train-folder",
         str(folder),
         "--steps",
-        "3",
+        str(steps),
         "--batch",
         "4",
         "--threads",
         "1",
     ]
+
+
+def test_finetune_command_full_and_lora(tiny_clip, tmp_path):
+    pytest.importorskip("peft", reason="LoRA needs peft")
+    from rmtllmf.cli import main
+
+    root, _, folder = tiny_clip
+    common = _finetune_args(root, folder, steps=3)
     assert main([*common, "--lr", "1e-3", "--out", str(tmp_path / "full")]) == 0
     full = TaskVector.load(tmp_path / "full" / "task_vector.safetensors")
     assert full.norm() > 0
@@ -128,25 +133,7 @@ def test_finetune_command_anchored(tiny_clip, tmp_path, capsys):
     from rmtllmf.cli import main
 
     root, _, folder = tiny_clip
-    common = [
-        "finetune",
-        "--family",
-        "hf-clip",
-        "--base",
-        str(root / "base"),
-        "--train-folder",
-        str(folder),
-        "--steps",
-        "2",
-        "--batch",
-        "4",
-        "--threads",
-        "1",
-        "--lr",
-        "1e-3",
-        "--anchor-weight",
-        "5",
-    ]
+    common = [*_finetune_args(root, folder, steps=2), "--lr", "1e-3", "--anchor-weight", "5"]
     assert main([*common, "--out", str(tmp_path / "no-anchor")]) == 2
     assert "--anchor-folder" in capsys.readouterr().err
     assert main([*common, "--anchor-folder", str(folder), "--out", str(tmp_path / "a")]) == 0
