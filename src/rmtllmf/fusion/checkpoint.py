@@ -45,6 +45,7 @@ _DTYPE_NAMES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+_DTYPES_BY_NAME = {v: k for k, v in _DTYPE_NAMES.items()}
 
 
 def _pickle_refusal(path: Path) -> CheckpointError:
@@ -107,6 +108,7 @@ class LazyCheckpoint(_Closing):
         self._stack = ExitStack()
         self._where: dict[str, Any] = {}
         self._eager: dict[str, torch.Tensor] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         for file in resolve_files(path):
             if file.suffix in PICKLE_SUFFIXES:
                 if not allow_pickle:
@@ -154,9 +156,10 @@ class LazyCheckpoint(_Closing):
             return tuple(t.shape), t.dtype
         if key not in self._where:
             raise CheckpointError(f"tensor {key!r} is missing from {self.path}")
-        sl = self._where[key].get_slice(key)
-        names = {v: k for k, v in _DTYPE_NAMES.items()}
-        return tuple(sl.get_shape()), names[sl.get_dtype()]
+        if key not in self._meta:
+            sl = self._where[key].get_slice(key)
+            self._meta[key] = (tuple(sl.get_shape()), _DTYPES_BY_NAME[sl.get_dtype()])
+        return self._meta[key]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor, loaded (for small models)."""
@@ -184,7 +187,6 @@ class RawSafetensors(_Closing):
                 raise ValueError(f"header of {n} bytes runs past the end of the file")
             header = json.loads(os.pread(self._fd, n, 8))
             header.pop("__metadata__", None)
-            names = {v: k for k, v in _DTYPE_NAMES.items()}
             self.spans: dict[str, tuple[int, int]] = {}
             self.entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
             for key, info in header.items():
@@ -195,7 +197,7 @@ class RawSafetensors(_Closing):
                         "re-download or re-save it"
                     )
                 self.spans[key] = (start, stop)
-                self.entries[key] = (names[info["dtype"]], tuple(info["shape"]))
+                self.entries[key] = (_DTYPES_BY_NAME[info["dtype"]], tuple(info["shape"]))
         except (OSError, ValueError, KeyError, struct.error) as exc:
             os.close(self._fd)
             raise CheckpointError(f"cannot read {self.path} as safetensors: {exc}") from exc

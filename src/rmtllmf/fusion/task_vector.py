@@ -101,8 +101,9 @@ def selected_keys(base: _Source, other: _Source, param_filter: ParamFilter, what
         return [k for k in keys if param_filter.matches(k) and is_floating(src.meta(k)[1])]
 
     keys_base, keys_other = pick(base), pick(other)
-    missing = [k for k in keys_base if k not in set(keys_other)]
-    extra = [k for k in keys_other if k not in set(keys_base)]
+    set_base, set_other = set(keys_base), set(keys_other)
+    missing = [k for k in keys_base if k not in set_other]
+    extra = [k for k in keys_other if k not in set_base]
     if missing or extra:
         parts = []
         if missing:
