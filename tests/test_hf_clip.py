@@ -136,6 +136,9 @@ def test_finetune_command_anchored(tiny_clip, tmp_path, capsys):
     common = [*_finetune_args(root, folder, steps=2), "--lr", "1e-3", "--anchor-weight", "5"]
     assert main([*common, "--out", str(tmp_path / "no-anchor")]) == 2
     assert "--anchor-folder" in capsys.readouterr().err
+    plain = _finetune_args(root, folder, steps=2)
+    assert main([*plain, "--anchor-folder", str(folder), "--out", str(tmp_path / "b")]) == 2
+    assert "--anchor-weight" in capsys.readouterr().err
     assert main([*common, "--anchor-folder", str(folder), "--out", str(tmp_path / "a")]) == 0
     record = json.loads((tmp_path / "a" / "finetune.json").read_text())
     assert record["finetune"]["anchor_weight"] == 5.0

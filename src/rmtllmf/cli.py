@@ -358,6 +358,8 @@ def _finetune(args: argparse.Namespace) -> int:
         lr=args.lr or (1e-4 if args.lora else 1e-5),
         anchor_weight=args.anchor_weight or 0.0,
     )
+    if args.anchor_folder and not args.anchor_weight:
+        raise InputError("--anchor-folder is used only with --anchor-weight B > 0; give both")
     anchor_images = (
         load_image_folder(args.anchor_folder, clip.image_size).images
         if args.anchor_folder
