@@ -7,7 +7,10 @@ model.safetensors). Every contender runs ``--repeats`` times, each in a fresh su
 page cache, and reports its best and median merge wall time (imports excluded) and peak resident
 memory (VmHWM, which counts the pages of memory-mapped files while they are mapped):
 
-* rmtllmf: ``merge_checkpoints`` (linear merges take the blocked ``pread``/BLAS/``pwrite`` path);
+* rmtllmf: ``merge_checkpoints`` (linear merges run the compiled kernel: inputs memory-mapped and
+  read in place, sums in registers, ``pwrite``);
+* rmtllmf-numpy: the same call with ``RMTLLMF_NO_KERNEL=1``, the path taken where no C compiler
+  was found at install (blocked ``pread``, one BLAS product per block, ``pwrite``);
 * FusionBench: its state-dict arithmetic (``state_dict_sub/add/mul``, the body of
   ``task_arithmetic_merge``) on state dicts loaded with safetensors, then saved;
 * mergekit: ``run_merge`` with ``merge_method: task_arithmetic`` (architecture inferred).
@@ -75,13 +78,17 @@ def make_models(root: Path, n_models: int) -> tuple[Path, list[Path], int]:
     return dirs[0], dirs[1:], n_params
 
 
-RUNNERS = {
-    "rmtllmf": """
-from rmtllmf.fusion import MergeConfig, merge_checkpoints
+RMTLLMF = """
+from rmtllmf.fusion import MergeConfig, kernel, merge_checkpoints
+extra = {"kernel": kernel.KERNEL is not None}
 t = time.perf_counter()
 merge_checkpoints(base, fts, out / "merged.safetensors", MergeConfig(scaling=SCALING))
 seconds = time.perf_counter() - t
-""",
+"""
+
+RUNNERS = {
+    "rmtllmf": RMTLLMF,
+    "rmtllmf-numpy": 'import os\nos.environ["RMTLLMF_NO_KERNEL"] = "1"\n' + RMTLLMF,
     "fusion_bench": """
 from safetensors.torch import load_file, save_file
 from fusion_bench.utils.state_dict_arithmetic import state_dict_add, state_dict_mul, state_dict_sub
@@ -117,7 +124,8 @@ SCALING = {scaling}
 base = Path({base!r}); fts = [Path(p) for p in {fts!r}]; out = Path({out!r})
 {body}
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({{"seconds": seconds, "peak_rss_gib": hwm / 2**20}}))
+extra = globals().get("extra", {{}})
+print(json.dumps({{"seconds": seconds, "peak_rss_gib": hwm / 2**20, **extra}}))
 """
 
 
@@ -143,9 +151,10 @@ def run_contender(
             reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
             return {"error": reason[:300]}
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-        seconds.append(float(result["seconds"]))
-        peaks.append(float(result["peak_rss_gib"]))
+        seconds.append(float(result.pop("seconds")))
+        peaks.append(float(result.pop("peak_rss_gib")))
     return {
+        **result,
         "seconds": min(seconds),
         "median_seconds": float(np.median(seconds)),
         "all_seconds": seconds,
@@ -222,16 +231,26 @@ def main() -> None:
             res = run_contender(name, base, fts, outs[name], args.repeats)
             report[name] = res
             if "error" in res:
-                print(f"{name:>12}: not run ({res['error']})")
+                print(f"{name:>13}: not run ({res['error']})")
             else:
                 secs = float(res["seconds"])  # type: ignore[arg-type]
                 median = float(res["median_seconds"])  # type: ignore[arg-type]
                 print(
-                    f"{name:>12}: {secs:6.2f} s merge ({secs / bound:4.2f}x bound; median "
+                    f"{name:>13}: {secs:6.2f} s merge ({secs / bound:4.2f}x bound; median "
                     f"{median:.2f} s = {median / bound:.2f}x), "
                     f"process {float(res['process_seconds']):5.1f} s, "  # type: ignore[arg-type]
                     f"peak RSS {float(res['peak_rss_gib']):.2f} GiB"
                 )  # type: ignore[arg-type]
+        ours = report["rmtllmf"]
+        if isinstance(ours, dict) and "seconds" in ours:
+            print(f"rmtllmf's compiled kernel loaded: {ours.get('kernel')}")
+            for name in RUNNERS:
+                res = report[name]
+                if name != "rmtllmf" and isinstance(res, dict) and "seconds" in res:
+                    print(
+                        f"{name:>13} / rmtllmf: {res['seconds'] / ours['seconds']:.2f}x best, "
+                        f"{res['median_seconds'] / ours['median_seconds']:.2f}x median"
+                    )
         report["max_abs_difference_vs_rmtllmf"] = check_agreement(outs)
         print("max |difference| vs rmtllmf:", report["max_abs_difference_vs_rmtllmf"])
         if args.json:

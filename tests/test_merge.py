@@ -211,14 +211,24 @@ def test_agrees_with_fusionbench(tmp_path, method):
         torch.testing.assert_close(ours[k], v, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("use_kernel", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threads):
-    """The bandwidth path (blocked pread, one BLAS product per block, pwrite) equals the
-    per-tensor formula for every dtype, across block edges, in one thread or several."""
+def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threads, use_kernel):
+    """The bandwidth path (the compiled kernel, or blocked pread with one BLAS product per
+    block) equals the per-tensor formula for every dtype, across job edges, in one thread or
+    several."""
     import rmtllmf.fusion.fused as fused_module
+    from rmtllmf.fusion import kernel
     from rmtllmf.fusion.checkpoint import RawSafetensors
 
+    if use_kernel and kernel.KERNEL is None:
+        pytest.skip("the C kernel is not loaded (not built at install, or RMTLLMF_NO_KERNEL set)")
     monkeypatch.setattr(fused_module, "BLOCK", 37)
+    monkeypatch.setattr(fused_module, "KERNEL_CHUNK_BYTES", 200)  # 50 float32 elements
+    calls = []
+    if kernel.KERNEL is not None:
+        real = kernel.KERNEL.merge
+        monkeypatch.setattr(kernel.KERNEL, "merge", lambda *a: calls.append(a[-1]) or real(*a))
     base, fts = _models(3)
     g = torch.Generator().manual_seed(1)
     base["c.f64"] = torch.randn(50, generator=g).double()
@@ -235,7 +245,14 @@ def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threa
     with RawSafetensors(files[0]) as raw:
         order = list(raw.entries)
     selected = {k for k, v in base.items() if v.is_floating_point()} - {"a.bias"}
-    fused_module.fused_linear_merge(files, out, order, selected, [0.45] * 3, {}, threads)
+    fused_module.fused_linear_merge(
+        files, out, order, selected, [0.45] * 3, {}, threads, use_kernel=use_kernel
+    )
+    if use_kernel:  # every merged dtype went through the kernel, in 50-element jobs or less
+        assert set(calls) == {torch.float32, torch.float64, torch.float16, torch.bfloat16}
+        assert calls.count(torch.float32) == 3  # a.weight: 128 elements, jobs of 50, 50, 28
+    else:
+        assert calls == []
     got = load_file(out)
     assert set(got) == set(order)
     for k, v in base.items():

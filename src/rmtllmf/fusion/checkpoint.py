@@ -211,6 +211,10 @@ class RawSafetensors(_Closing):
             os.close(self._fd)
             self._fd = -1
 
+    def fileno(self) -> int:
+        """The open file's descriptor (valid until :meth:`close`)."""
+        return self._fd
+
     def read_into(self, key: str, offset: int, buffer: memoryview) -> None:
         """Fill ``buffer`` with tensor ``key``'s bytes from byte ``offset`` on."""
         start, stop = self.spans[key]

@@ -5,13 +5,21 @@ A linear merge is ``theta = w_0 theta_base + sum_q w_q theta_q`` per entry, with
 every input byte is read once and every output byte written once, so the floor on a machine is
 ``(bytes read + bytes written) / copy bandwidth``.
 
-The work goes in blocks of :data:`BLOCK` elements. Each input's block is read (``pread``) from
-the page cache into one row of a per-thread buffer that stays in cache; the block of the result
-is one BLAS product of the coefficient row with those rows, in (at least) float32, written
-(``pwrite``) to its place in the output. Nothing is memory-mapped, so resident memory is only the
-buffers and page faults never enter the cost. Threads take interleaved blocks (``pread``,
-``pwrite`` and BLAS release the GIL). Tensors outside the merge
-(unselected parameters, integer buffers) are copied from the base byte for byte.
+Each tensor is cut into jobs that worker threads take in turn:
+
+* kernel jobs (the compiled :mod:`rmtllmf.fusion.kernel`, for float32 / float64 / bfloat16 /
+  float16 tensors whose inputs share the base's dtype): :data:`KERNEL_CHUNK_BYTES` of every
+  input, memory-mapped and read in place, summed in registers and written with ``pwrite``; the
+  call runs without the GIL;
+* numpy jobs (no kernel built, or mixed dtypes): :data:`BLOCK` elements of each input are read
+  (``pread``) into one row of a per-thread buffer that stays in cache; the block of the result is
+  one BLAS product of the coefficient row with those rows, in (at least) float32, written with
+  ``pwrite``;
+* copy jobs: tensors outside the merge (unselected parameters, integer buffers) are copied from
+  the base byte for byte.
+
+A file truncated by another process while it is mapped ends the process (``SIGBUS``); the sizes
+are checked when the files are opened.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,12 +38,17 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from rmtllmf.errors import CheckpointError
+from rmtllmf.fusion import kernel
 from rmtllmf.fusion.checkpoint import RawSafetensors, safetensors_prefix
 
 BLOCK = 1 << 16
 """Elements of one tensor per block: 256 KB of float32 per input, few enough system calls, and
 nine inputs' blocks fit the shared cache. On 2 cores merging 9 x 343 MB, blocks of 2**15, 2**16
 and 2**17 elements took 0.53, 0.48 and 0.51 s; 2**14 and 2**18 took 0.70 s."""
+
+KERNEL_CHUNK_BYTES = 1 << 21
+"""Bytes of each input per kernel call (2 MiB): windows of 2**17 to 2**21 float32 elements
+merged 9 x 343 MB on 2 cores in about the same time, larger ones were slower."""
 
 _MAX_ITEMSIZE = 8
 _Array = NDArray[np.floating]
@@ -43,18 +57,32 @@ _Array = NDArray[np.floating]
 @dataclass(frozen=True)
 class _Job:
     key: str
-    first: int  # first element of the block
-    count: int  # elements in the block
-    merged: bool  # False: copy the base's bytes
+    first: int  # first element of the job
+    count: int  # elements in the job
+    kind: Literal["kernel", "numpy", "copy"]
 
 
-def _jobs(base: RawSafetensors, order: Sequence[str], selected: set[str]) -> list[_Job]:
+def _jobs(
+    raws: Sequence[RawSafetensors], order: Sequence[str], selected: set[str], use_kernel: bool
+) -> list[_Job]:
+    base = raws[0]
     jobs: list[_Job] = []
     for key in order:
+        dtype, shape = base.entries[key]
         n = 1
-        for dim in base.entries[key][1]:
+        for dim in shape:
             n *= dim
-        jobs.extend(_Job(key, i, min(BLOCK, n - i), key in selected) for i in range(0, n, BLOCK))
+        kind: Literal["kernel", "numpy", "copy"] = "numpy" if key in selected else "copy"
+        step = BLOCK
+        if (
+            kind == "numpy"
+            and use_kernel
+            and dtype in kernel.DTYPE_CODES
+            and len(raws) <= kernel.MAX_INPUTS
+            and all(r.entries[key][0] == dtype for r in raws)
+        ):
+            kind, step = "kernel", KERNEL_CHUNK_BYTES // dtype.itemsize
+        jobs.extend(_Job(key, i, min(step, n - i), kind) for i in range(0, n, step))
     return jobs
 
 
@@ -114,26 +142,30 @@ def fused_linear_merge(
     weights: Sequence[float],
     metadata: dict[str, str],
     threads: int = 1,
+    use_kernel: bool = True,
 ) -> None:
     """Write ``out`` (safetensors, the base's keys, shapes, dtypes and order) with
     ``w_0 base + sum_q w_q model_q`` for the ``selected`` keys and the base's bytes elsewhere.
 
     ``files[0]`` is the base and ``files[1:]`` the fine-tuned models (single safetensors files
-    whose keys and shapes the caller has checked); ``weights`` are ``w_1..w_N``. Each block is
-    one ``(1, N+1) @ (N+1, BLOCK)`` BLAS product in ``promote(dtype, float32)``, rounded once to the
-    base's dtype. ``threads`` workers take interleaved blocks; torch and BLAS run
-    single-threaded inside them.
+    whose keys and shapes the caller has checked); ``weights`` are ``w_1..w_N``. Sums run in
+    ``promote(dtype, float32)`` and are rounded once to the base's dtype: in the compiled kernel
+    (where built, and unless ``use_kernel`` is false) in the order ``w_0 x_0 + w_1 x_1 + ...``,
+    otherwise as one ``(1, N+1) @ (N+1, BLOCK)`` BLAS product per block. ``threads`` workers
+    take the next job as they finish one; torch and BLAS run single-threaded inside them.
     """
     if len(weights) != len(files) - 1:
         raise ValueError(f"{len(weights)} weights for {len(files) - 1} fine-tuned models")
     coefficients = [1.0 - float(sum(weights)), *map(float, weights)]
     raws = [RawSafetensors(f) for f in files]
+    fds = [r.fileno() for r in raws]
     torch_threads = torch.get_num_threads()
+    compiled = kernel.KERNEL if use_kernel else None
     try:
         base = raws[0]
         layout = [(k, base.entries[k][1], base.entries[k][0]) for k in order]
         prefix, spans = safetensors_prefix(layout, metadata)
-        jobs = _jobs(base, order, selected)
+        jobs = _jobs(raws, order, selected, compiled is not None)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(out.suffix + ".partial")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -143,13 +175,18 @@ def fused_linear_merge(
             local = threading.local()
 
             def run(job: _Job) -> None:
-                worker: _Worker | None = getattr(local, "worker", None)
-                if worker is None:
-                    worker = local.worker = _Worker(len(raws), coefficients)
                 dtype = base.entries[job.key][0]
                 dst = spans[job.key][0] + job.first * dtype.itemsize
                 size = job.count * dtype.itemsize
-                if not job.merged:
+                if job.kind == "kernel" and compiled is not None:
+                    first = job.first * dtype.itemsize
+                    starts = [r.spans[job.key][0] + first for r in raws]
+                    compiled.merge(fds, starts, fd, dst, job.count, coefficients, dtype)
+                    return
+                worker: _Worker | None = getattr(local, "worker", None)
+                if worker is None:
+                    worker = local.worker = _Worker(len(raws), coefficients)
+                if job.kind == "copy":
                     base.read_into(job.key, job.first * dtype.itemsize, worker.rows[0][:size])
                     _pwrite_all(fd, worker.rows[0][:size], dst)
                     return
@@ -173,9 +210,16 @@ def fused_linear_merge(
                     worker.out[:size].view(dtype).copy_(torch.from_numpy(result[0]))
                     _pwrite_all(fd, worker.out_bytes[:size], dst)
 
-            def run_share(share: int) -> None:
+            pending = iter(jobs)
+            lock = threading.Lock()
+
+            def run_share(_: int) -> None:
                 torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
-                for job in jobs[share::threads]:
+                while True:
+                    with lock:
+                        job = next(pending, None)
+                    if job is None:
+                        return
                     run(job)
 
             if threads <= 1:

@@ -1,0 +1,207 @@
+/*
+ * rmtllmf's compiled linear merge: theta = sum_q w_q theta_q over byte ranges of files.
+ *
+ * One call merges `count` elements of one tensor. Each input's range is memory-mapped (a window
+ * of the page cache, read in place: no copy into a buffer), the weighted sum is formed tile by
+ * tile in registers and the result is written with pwrite from a buffer that stays in cache.
+ * Python (rmtllmf.fusion.fused) loads this library with ctypes, which releases the GIL for the
+ * whole call, so its worker threads run calls in parallel.
+ *
+ * Arithmetic, per element, in the accumulation type A (float for float32 / bfloat16 / float16,
+ * double for float64): s = w_0 x_0, then s = s + w_q x_q for q = 1..n-1, every product and sum
+ * rounded to A (built with -ffp-contract=off: no fused multiply-add), then s rounded to nearest
+ * even in the tensor's dtype. The result is therefore the same bits on every machine, and equal
+ * to numpy doing the same steps in A.
+ *
+ * Plain C with POSIX calls only: no Python C API.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define RMT_MAX_INPUTS 256
+#define TILE 64               /* elements summed over all inputs at once */
+#define OUT_ELEMS (1 << 16)   /* elements per pwrite */
+
+enum { RMT_F32 = 0, RMT_F64 = 1, RMT_BF16 = 2, RMT_F16 = 3 };
+
+static int write_all(int fd, const char *buf, size_t size, int64_t offset) {
+    while (size) {
+        ssize_t done = pwrite(fd, buf, size, (off_t)offset);
+        if (done < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        buf += done;
+        size -= (size_t)done;
+        offset += done;
+    }
+    return 0;
+}
+
+static float bits_to_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static uint32_t float_to_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* bfloat16 is the top half of a float32. */
+static float bf16_to_float(uint16_t h) { return bits_to_float((uint32_t)h << 16); }
+
+/* Round to nearest even; NaN becomes the quiet NaN 0x7FC0 (as torch does). */
+static uint16_t float_to_bf16(float f) {
+    uint32_t u = float_to_bits(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* IEEE binary16 -> binary32, exact (subnormals, infinities and NaN payloads kept). */
+static float f16_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exponent = (h >> 10) & 0x1Fu;
+    uint32_t mantissa = h & 0x3FFu;
+    if (exponent == 0x1Fu) return bits_to_float(sign | 0x7F800000u | (mantissa << 13));
+    if (exponent != 0) return bits_to_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+    float magnitude = (float)mantissa * 0x1p-24f; /* subnormal or zero, exact */
+    return sign ? -magnitude : magnitude;
+}
+
+/* IEEE binary32 -> binary16, round to nearest even; overflow gives infinity, NaN stays NaN. */
+static uint16_t float_to_f16(float f) {
+    uint32_t u = float_to_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7FFFFFFFu;
+    if (a > 0x7F800000u) return sign | 0x7E00u; /* quiet NaN, as torch */
+    if (a >= 0x477FF000u) return sign | 0x7C00u; /* |f| >= 65520 rounds to infinity */
+    if (a < 0x38800000u) {                       /* below 2^-14: a multiple of 2^-24 */
+        float scaled = bits_to_float(a) * 0x1p24f; /* exact: a power-of-two scaling */
+        return sign | (uint16_t)nearbyintf(scaled); /* 1024 is the smallest normal, correctly */
+    }
+    uint32_t half = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3FFu);
+    uint32_t rest = a & 0x1FFFu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) half += 1u; /* carries into exponent */
+    return sign | (uint16_t)half;
+}
+
+/* The tile: TILE sums held in VEC-byte vectors (GCC/Clang vector extensions, so the sums are
+ * vectorized on every target; on x86-64 without AVX a 32-byte vector is two SSE registers). */
+#define VEC 32
+typedef float vfloat __attribute__((vector_size(VEC)));
+typedef double vdouble __attribute__((vector_size(VEC)));
+
+/* out[j] = sum_q w[q] x[q][j] for j < m, in the order above, for T = ACC (float32, float64). */
+#define DEFINE_SUM_NATIVE(NAME, T, V)                                                          \
+    static void NAME(int n, const T *const *x, const T *w, int64_t m, T *out) {                \
+        enum { LANES = VEC / sizeof(T), VECS = TILE / LANES };                                 \
+        int64_t j = 0;                                                                         \
+        for (; j + TILE <= m; j += TILE) {                                                     \
+            V t[VECS], v;                                                                      \
+            for (int u = 0; u < VECS; u++) {                                                   \
+                memcpy(&v, x[0] + j + u * LANES, VEC);                                         \
+                t[u] = v * w[0];                                                               \
+            }                                                                                  \
+            for (int q = 1; q < n; q++) {                                                      \
+                const T *xq = x[q] + j;                                                        \
+                T wq = w[q];                                                                   \
+                for (int u = 0; u < VECS; u++) {                                               \
+                    memcpy(&v, xq + u * LANES, VEC);                                           \
+                    t[u] = t[u] + v * wq;                                                      \
+                }                                                                              \
+            }                                                                                  \
+            memcpy(out + j, t, sizeof t);                                                      \
+        }                                                                                      \
+        for (; j < m; j++) {                                                                   \
+            T s = w[0] * x[0][j];                                                              \
+            for (int q = 1; q < n; q++) s = s + w[q] * x[q][j];                                \
+            out[j] = s;                                                                        \
+        }                                                                                      \
+    }
+
+/* The same for 16-bit T accumulated in float: LOAD widens an element, STORE rounds back. */
+#define DEFINE_SUM_HALF(NAME, LOAD, STORE)                                                     \
+    static void NAME(int n, const uint16_t *const *x, const float *w, int64_t m,               \
+                     uint16_t *out) {                                                          \
+        int64_t j = 0;                                                                         \
+        float t[TILE];                                                                         \
+        for (; j < m; j += TILE) {                                                             \
+            int64_t width = m - j < TILE ? m - j : TILE;                                       \
+            for (int64_t k = 0; k < width; k++) t[k] = w[0] * LOAD(x[0][j + k]);               \
+            for (int q = 1; q < n; q++)                                                        \
+                for (int64_t k = 0; k < width; k++) t[k] = t[k] + w[q] * LOAD(x[q][j + k]);    \
+            for (int64_t k = 0; k < width; k++) out[j + k] = STORE(t[k]);                      \
+        }                                                                                      \
+    }
+
+DEFINE_SUM_NATIVE(sum_f32, float, vfloat)
+DEFINE_SUM_NATIVE(sum_f64, double, vdouble)
+DEFINE_SUM_HALF(sum_bf16, bf16_to_float, float_to_bf16)
+DEFINE_SUM_HALF(sum_f16, f16_to_float, float_to_f16)
+
+static size_t itemsize(int dtype) {
+    switch (dtype) {
+    case RMT_F32: return 4;
+    case RMT_F64: return 8;
+    case RMT_BF16:
+    case RMT_F16: return 2;
+    default: return 0;
+    }
+}
+
+/*
+ * Merge `count` elements of dtype `dtype`: input q's elements start at byte starts[q] of file
+ * fds[q]; the result goes to byte out_start of out_fd. Returns 0, or -errno (-EINVAL for a bad
+ * argument) with nothing left mapped.
+ */
+int rmt_linear_merge(int n, const int *fds, const int64_t *starts, int out_fd, int64_t out_start,
+                     int64_t count, const double *weights, int dtype) {
+    size_t size = itemsize(dtype);
+    if (n < 1 || n > RMT_MAX_INPUTS || count < 0 || size == 0) return -EINVAL;
+    if (count == 0) return 0;
+    int64_t page = (int64_t)sysconf(_SC_PAGESIZE);
+    void *maps[RMT_MAX_INPUTS];
+    size_t lengths[RMT_MAX_INPUTS];
+    const char *first[RMT_MAX_INPUTS];
+    float wf[RMT_MAX_INPUTS];
+    int rc = 0, mapped = 0;
+    for (; mapped < n; mapped++) {
+        int64_t start = starts[mapped], aligned = start - start % page;
+        lengths[mapped] = (size_t)(start - aligned) + (size_t)count * size;
+        maps[mapped] = mmap(NULL, lengths[mapped], PROT_READ, MAP_SHARED, fds[mapped], (off_t)aligned);
+        if (maps[mapped] == MAP_FAILED) {
+            rc = -errno;
+            break;
+        }
+        madvise(maps[mapped], lengths[mapped], MADV_SEQUENTIAL);
+        first[mapped] = (const char *)maps[mapped] + (start - aligned);
+        wf[mapped] = (float)weights[mapped];
+    }
+    char *out = rc ? NULL : aligned_alloc(64, OUT_ELEMS * size);
+    if (!rc && !out) rc = -ENOMEM;
+    for (int64_t b = 0; !rc && b < count; b += OUT_ELEMS) {
+        int64_t m = count - b < OUT_ELEMS ? count - b : OUT_ELEMS;
+        const void *x[RMT_MAX_INPUTS];
+        for (int q = 0; q < n; q++) x[q] = first[q] + b * (int64_t)size;
+        switch (dtype) {
+        case RMT_F32: sum_f32(n, (const float *const *)x, wf, m, (float *)out); break;
+        case RMT_F64: sum_f64(n, (const double *const *)x, weights, m, (double *)out); break;
+        case RMT_BF16: sum_bf16(n, (const uint16_t *const *)x, wf, m, (uint16_t *)out); break;
+        default: sum_f16(n, (const uint16_t *const *)x, wf, m, (uint16_t *)out); break;
+        }
+        rc = write_all(out_fd, out, (size_t)m * size, out_start + b * (int64_t)size);
+    }
+    free(out);
+    for (int q = 0; q < mapped; q++) munmap(maps[q], lengths[q]);
+    return rc;
+}
