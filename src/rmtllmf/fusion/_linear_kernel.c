@@ -1,5 +1,6 @@
 /*
- * rmtllmf's compiled linear merge: theta = sum_q w_q theta_q over byte ranges of files.
+ * rmtllmf's compiled linear merge: theta = sum_q w_q theta_q over byte ranges of files (task
+ * arithmetic, eq. 6 of the paper, is w_0 = 1 - N lambda for the base and w_q = lambda).
  *
  * One call merges `count` elements of one tensor. Each input's range is memory-mapped (a window
  * of the page cache, read in place: no copy into a buffer), the weighted sum is formed tile by
