@@ -16,7 +16,9 @@ memory (VmHWM, which counts the pages of memory-mapped files while they are mapp
 * mergekit: ``run_merge`` with ``merge_method: task_arithmetic`` (architecture inferred).
 
 Bound = (bytes read + bytes written) / copy bandwidth, where the bandwidth is the best of three
-1 GiB ``numpy.copyto`` runs counting read + written bytes.
+1 GiB ``numpy.copyto`` runs counting read + written bytes, measured once at the start and again
+just before every run: the machine's bandwidth drifts with load over minutes, so each run is
+also reported as a ratio to the bound measured next to it (best and median of those ratios).
 
     python benchmarks/bench_merge.py [--models 8] [--repeats 3] [--workdir DIR] [--json out.json]
 """
@@ -130,18 +132,20 @@ print(json.dumps({{"seconds": seconds, "peak_rss_gib": hwm / 2**20, **extra}}))
 
 
 def run_contender(
-    name: str, base: Path, fts: list[Path], out: Path, repeats: int
+    name: str, base: Path, fts: list[Path], out: Path, repeats: int, bound: CopyBound
 ) -> dict[str, object]:
-    """``repeats`` fresh-process runs of one contender: best and median merge seconds, and the
-    largest peak RSS and process wall time seen."""
+    """``repeats`` fresh-process runs of one contender: best and median merge seconds, the
+    largest peak RSS and process wall time seen, and each run's ratio to the bound measured
+    just before it (the machine's bandwidth drifts with load over minutes)."""
     code = CHILD.format(
         scaling=SCALING, base=str(base), fts=[str(f) for f in fts], out=str(out), body=RUNNERS[name]
     )
-    seconds, walls, peaks = [], [], []
+    seconds, walls, peaks, ratios = [], [], [], []
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         os.sync()  # no writeback of earlier files (models, last output) during the run
+        bound_now = bound.seconds()
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=False
@@ -153,8 +157,10 @@ def run_contender(
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         seconds.append(float(result.pop("seconds")))
         peaks.append(float(result.pop("peak_rss_gib")))
+        ratios.append(seconds[-1] / bound_now)
     return {
         **result,
+        "paired_bound_ratios": ratios,
         "seconds": min(seconds),
         "median_seconds": float(np.median(seconds)),
         "all_seconds": seconds,
@@ -163,15 +169,25 @@ def run_contender(
     }
 
 
-def copy_bandwidth() -> float:
-    src = np.ones(1 << 28, dtype=np.float32)  # 1 GiB
-    dst = np.empty_like(src)
-    best = np.inf
-    for _ in range(3):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * src.nbytes / best  # bytes read + bytes written per second
+class CopyBound:
+    """The bandwidth bound ``traffic / copy bandwidth``, where the bandwidth is the best of three
+    1 GiB ``numpy.copyto`` runs counting read + written bytes (buffers made once)."""
+
+    def __init__(self, traffic_bytes: int) -> None:
+        self.traffic = traffic_bytes
+        self.src = np.ones(1 << 28, dtype=np.float32)
+        self.dst = np.empty_like(self.src)
+
+    def bandwidth(self) -> float:
+        best = np.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            np.copyto(self.dst, self.src)
+            best = min(best, time.perf_counter() - t)
+        return 2 * self.src.nbytes / best
+
+    def seconds(self) -> float:
+        return self.traffic / self.bandwidth()
 
 
 def check_agreement(outs: dict[str, Path]) -> dict[str, float]:
@@ -211,9 +227,10 @@ def main() -> None:
         os.sync()
         for f in [base, *fts]:  # warm the page cache
             (f / "model.safetensors").read_bytes()
-        bandwidth = copy_bandwidth()
         size = 4 * n_params
-        bound = ((args.models + 1) * size + size) / bandwidth
+        copy_bound = CopyBound((args.models + 1) * size + size)
+        bandwidth = copy_bound.bandwidth()
+        bound = copy_bound.traffic / bandwidth
         report: dict[str, object] = {
             "models": args.models,
             "parameters": n_params,
@@ -228,7 +245,7 @@ def main() -> None:
         outs = {}
         for name in RUNNERS:
             outs[name] = root / f"out_{name}"
-            res = run_contender(name, base, fts, outs[name], args.repeats)
+            res = run_contender(name, base, fts, outs[name], args.repeats, copy_bound)
             report[name] = res
             if "error" in res:
                 print(f"{name:>13}: not run ({res['error']})")
@@ -241,6 +258,11 @@ def main() -> None:
                     f"process {float(res['process_seconds']):5.1f} s, "  # type: ignore[arg-type]
                     f"peak RSS {float(res['peak_rss_gib']):.2f} GiB"
                 )  # type: ignore[arg-type]
+                paired = res["paired_bound_ratios"]
+                print(
+                    f"{'':>13}  each run / the bound measured just before it: best "
+                    f"{min(paired):.2f}x, median {float(np.median(paired)):.2f}x"  # type: ignore
+                )
         ours = report["rmtllmf"]
         if isinstance(ours, dict) and "seconds" in ours:
             print(f"rmtllmf's compiled kernel loaded: {ours.get('kernel')}")
