@@ -34,11 +34,11 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 def _reference(xs: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     """The documented steps: accumulate in float32 (float64 for float64), round once."""
     dtype = xs[0].dtype
-    acc = np.float64 if dtype == torch.float64 else np.float32
-    w = [acc(v) for v in weights]
-    s = xs[0].to(torch.float64 if acc is np.float64 else torch.float32).numpy() * w[0]
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    w = np.asarray(weights, dtype=np.float64 if wide == torch.float64 else np.float32)
+    s = xs[0].to(wide).numpy() * w[0]
     for x, wq in zip(xs[1:], w[1:], strict=True):
-        s = s + x.to(torch.float64 if acc is np.float64 else torch.float32).numpy() * wq
+        s = s + x.to(wide).numpy() * wq
     if dtype == torch.float16:
         return torch.from_numpy(s.astype(np.float16))
     return torch.from_numpy(s).to(dtype)
