@@ -132,3 +132,12 @@ def test_kernel_reports_system_errors_and_bad_arguments(tmp_path):
         os.close(fd)
     with pytest.raises(OSError, match="Bad file descriptor"):  # a closed input
         kernel.KERNEL.merge([fd], [0], 1, 0, 16, [1.0], torch.float32)
+
+
+def test_a_library_that_does_not_load_warns_and_leaves_the_numpy_path(tmp_path):
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    assert kernel.load(tmp_path) is None  # nothing built there
+    (tmp_path / f"_linear_kernel{EXTENSION_SUFFIXES[0]}").write_bytes(b"not a shared library")
+    with pytest.warns(RuntimeWarning, match="Reinstall rmtllmf"):
+        assert kernel.load(tmp_path) is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import warnings
 from collections.abc import Sequence
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
@@ -76,14 +77,25 @@ class LinearKernel:
             raise OSError(-rc, os.strerror(-rc))
 
 
-def _load() -> LinearKernel | None:
-    here = Path(__file__).parent
+def load(folder: Path) -> LinearKernel | None:
+    """The kernel built into ``folder``, or ``None`` (with a warning if a library is there but
+    does not load, e.g. one built for another machine: merges then take the numpy path)."""
     for suffix in EXTENSION_SUFFIXES:
-        path = here / f"_linear_kernel{suffix}"
+        path = folder / f"_linear_kernel{suffix}"
         if path.exists():
-            return LinearKernel(path)
+            try:
+                return LinearKernel(path)
+            except (OSError, AttributeError) as exc:
+                warnings.warn(
+                    f"cannot load the merge kernel {path} ({exc}); merges take the slower numpy "
+                    "path. Reinstall rmtllmf on this machine to rebuild it.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     return None
 
 
-KERNEL: LinearKernel | None = None if os.environ.get("RMTLLMF_NO_KERNEL") else _load()
+KERNEL: LinearKernel | None = (
+    None if os.environ.get("RMTLLMF_NO_KERNEL") else load(Path(__file__).parent)
+)
 """The kernel, or ``None`` where it was not built or ``RMTLLMF_NO_KERNEL`` is set."""
