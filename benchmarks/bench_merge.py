@@ -16,7 +16,8 @@ memory (VmHWM, which counts the pages of memory-mapped files while they are mapp
 * mergekit: ``run_merge`` with ``merge_method: task_arithmetic`` (architecture inferred).
 
 Bound = (bytes read + bytes written) / copy bandwidth, where the bandwidth is the best of three
-1 GiB ``numpy.copyto`` runs counting read + written bytes, measured once at the start and again
+1 GiB ``numpy.copyto`` runs counting read + written bytes, made by one thread and by as many
+threads as rmtllmf merges with (``min(4, cpus)``), measured once at the start and again
 just before every run: the machine's bandwidth drifts with load over minutes, so each run is
 also reported as a ratio to the bound measured next to it (best and median of those ratios).
 
@@ -26,6 +27,7 @@ also reported as a ratio to the bound measured next to it (best and median of th
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -170,21 +173,37 @@ def run_contender(
 
 
 class CopyBound:
-    """The bandwidth bound ``traffic / copy bandwidth``, where the bandwidth is the best of three
-    1 GiB ``numpy.copyto`` runs counting read + written bytes (buffers made once)."""
+    """The bandwidth bound ``traffic / copy bandwidth``. The bandwidth is the best of three 1 GiB
+    ``numpy.copyto`` runs, counting read + written bytes, each run made both by one thread and by
+    ``threads`` threads copying one slice each (numpy releases the GIL), the highest figure
+    taken: a merge that runs on several cores is held to what those cores can copy (on 2 cores
+    here, two threads copy about twice as fast as one)."""
 
-    def __init__(self, traffic_bytes: int) -> None:
+    def __init__(self, traffic_bytes: int, threads: int) -> None:
         self.traffic = traffic_bytes
+        self.threads = threads
         self.src = np.ones(1 << 28, dtype=np.float32)
         self.dst = np.empty_like(self.src)
+        cuts = np.linspace(0, self.src.size, threads + 1).astype(int)
+        self.slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
+        self.pool = ThreadPoolExecutor(threads)
+        self.last: dict[int, float] = {}
+
+    def _copy(self, part: slice) -> None:
+        np.copyto(self.dst[part], self.src[part])
 
     def bandwidth(self) -> float:
-        best = np.inf
+        best = {1: np.inf, self.threads: np.inf}
         for _ in range(3):
-            t = time.perf_counter()
-            np.copyto(self.dst, self.src)
-            best = min(best, time.perf_counter() - t)
-        return 2 * self.src.nbytes / best
+            for threads in best:
+                t = time.perf_counter()
+                if threads == 1:
+                    np.copyto(self.dst, self.src)
+                else:
+                    list(self.pool.map(self._copy, self.slices))
+                best[threads] = min(best[threads], time.perf_counter() - t)
+        self.last = {threads: 2 * self.src.nbytes / t for threads, t in best.items()}
+        return max(self.last.values())
 
     def seconds(self) -> float:
         return self.traffic / self.bandwidth()
@@ -228,19 +247,24 @@ def main() -> None:
         for f in [base, *fts]:  # warm the page cache
             (f / "model.safetensors").read_bytes()
         size = 4 * n_params
-        copy_bound = CopyBound((args.models + 1) * size + size)
+        threads = min(4, os.cpu_count() or 1)  # as many as merge_checkpoints runs
+        copy_bound = CopyBound((args.models + 1) * size + size, threads)
         bandwidth = copy_bound.bandwidth()
         bound = copy_bound.traffic / bandwidth
+        by_threads = ", ".join(
+            f"{t} thread{'s' * (t > 1)} {b / 1e9:.1f}" for t, b in copy_bound.last.items()
+        )
         report: dict[str, object] = {
             "models": args.models,
             "parameters": n_params,
             "copy_bandwidth_gbs": bandwidth / 1e9,
+            "copy_bandwidth_gbs_by_threads": {t: b / 1e9 for t, b in copy_bound.last.items()},
             "bound_seconds": bound,
             "cpus": os.cpu_count(),
         }
         print(
             f"{args.models} models x {n_params / 1e6:.1f}M float32; copy bandwidth "
-            f"{bandwidth / 1e9:.1f} GB/s -> bound {bound:.2f} s"
+            f"{bandwidth / 1e9:.1f} GB/s ({by_threads}) -> bound {bound:.2f} s"
         )
         outs = {}
         for name in RUNNERS:
