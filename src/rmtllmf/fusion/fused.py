@@ -76,7 +76,7 @@ def _jobs(
         for dim in shape:
             n *= dim
         kind: Literal["kernel", "numpy", "copy"] = "numpy" if key in selected else "copy"
-        step = BLOCK
+        step, first = BLOCK, 0
         if (
             kind == "numpy"
             and use_kernel
@@ -84,14 +84,12 @@ def _jobs(
             and len(raws) <= kernel.MAX_INPUTS
             and all(r.entries[key][0] == dtype for r in raws)
         ):
-            step = KERNEL_CHUNK_BYTES // dtype.itemsize
+            kind, step = "kernel", KERNEL_CHUNK_BYTES // dtype.itemsize
             # cut where the base file crosses a multiple of KERNEL_CHUNK_BYTES (2 MiB, the size
             # of a huge page), so that each window is one huge page of the page cache
             first = (-base.spans[key][0]) % KERNEL_CHUNK_BYTES // dtype.itemsize
-            cuts = [0, *range(first or step, n, step), n] if n else []
-            jobs.extend(_Job(key, a, b - a, "kernel") for a, b in itertools.pairwise(cuts))
-            continue
-        jobs.extend(_Job(key, i, min(step, n - i), kind) for i in range(0, n, step))
+        cuts = [0, *range(first or step, n, step), n] if n else []
+        jobs.extend(_Job(key, a, b - a, kind) for a, b in itertools.pairwise(cuts))
     return jobs
 
 
