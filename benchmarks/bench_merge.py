@@ -22,6 +22,7 @@ just before every run: the machine's bandwidth drifts with load over minutes, so
 also reported as a ratio to the bound measured next to it (best and median of those ratios).
 
     python benchmarks/bench_merge.py [--models 8] [--repeats 3] [--workdir DIR] [--json out.json]
+                                     [--contenders rmtllmf fusion_bench ...]
 """
 
 from __future__ import annotations
@@ -239,7 +240,15 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per contender")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=list(RUNNERS),
+        default=list(RUNNERS),
+        help="which merges to run (default: all; rmtllmf is always run)",
+    )
     args = parser.parse_args()
+    contenders = ["rmtllmf", *(c for c in RUNNERS if c in args.contenders and c != "rmtllmf")]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         base, fts, n_params = make_models(root / "models", args.models)
@@ -267,7 +276,7 @@ def main() -> None:
             f"{bandwidth / 1e9:.1f} GB/s ({by_threads}) -> bound {bound:.2f} s"
         )
         outs = {}
-        for name in RUNNERS:
+        for name in contenders:
             outs[name] = root / f"out_{name}"
             res = run_contender(name, base, fts, outs[name], args.repeats, copy_bound)
             report[name] = res
@@ -290,7 +299,7 @@ def main() -> None:
         ours = report["rmtllmf"]
         if isinstance(ours, dict) and "seconds" in ours:
             print(f"rmtllmf's compiled kernel loaded: {ours.get('kernel')}")
-            for name in RUNNERS:
+            for name in contenders:
                 res = report[name]
                 if name != "rmtllmf" and isinstance(res, dict) and "seconds" in res:
                     print(

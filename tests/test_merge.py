@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from contextlib import ExitStack
+
 import numpy as np
 import pytest
 import torch
@@ -225,10 +228,10 @@ def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threa
         pytest.skip("the C kernel is not loaded (not built at install, or RMTLLMF_NO_KERNEL set)")
     monkeypatch.setattr(fused_module, "BLOCK", 37)
     monkeypatch.setattr(fused_module, "KERNEL_CHUNK_BYTES", 200)  # 50 float32 elements
-    calls = []
+    ran: list[kernel.Jobs] = []
     if kernel.KERNEL is not None:
-        real = kernel.KERNEL.merge
-        monkeypatch.setattr(kernel.KERNEL, "merge", lambda *a: calls.append(a[-1]) or real(*a))
+        real = kernel.KERNEL.run
+        monkeypatch.setattr(kernel.KERNEL, "run", lambda *a: ran.append(a[1]) or real(*a))
     base, fts = _models(3)
     g = torch.Generator().manual_seed(1)
     base["c.f64"] = torch.randn(50, generator=g).double()
@@ -242,17 +245,22 @@ def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threa
         save_file(ft, p)
     out = tmp_path / "m.safetensors"
     files = [tmp_path / "base.safetensors", *paths]
-    with RawSafetensors(files[0]) as raw:
-        order = list(raw.entries)
     selected = {k for k, v in base.items() if v.is_floating_point()} - {"a.bias"}
-    fused_module.fused_linear_merge(
-        files, out, order, selected, [0.45] * 3, {}, threads, use_kernel=use_kernel
-    )
-    if use_kernel:  # every merged dtype went through the kernel, in 50-element jobs or less
-        assert set(calls) == {torch.float32, torch.float64, torch.float16, torch.bfloat16}
-        assert calls.count(torch.float32) >= 3  # a.weight: 128 elements, jobs of 50 or less
+    with ExitStack() as stack:
+        raws = [stack.enter_context(RawSafetensors(f)) for f in files]
+        order = raws[0].keys()
+        fused_module.fused_linear_merge(
+            raws, out, order, selected, [0.45] * 3, {}, threads, use_kernel=use_kernel
+        )
+    if use_kernel:  # every merged dtype went through the kernel, in jobs of 200 bytes or less
+        jobs = ran[0]
+        assert all(j is jobs for j in ran)  # one job list, shared by the threads
+        codes = {kernel.DTYPE_CODES[d] for d in (torch.float32, torch.float64, torch.float16)}
+        assert set(jobs.dtypes.tolist()) == codes | {kernel.DTYPE_CODES[torch.bfloat16]}
+        assert all(n <= 200 for n in _job_bytes(jobs))
+        assert (jobs.dtypes == kernel.DTYPE_CODES[torch.float32]).sum() >= 3  # a.weight: 128
     else:
-        assert calls == []
+        assert ran == []
     got = load_file(out)
     assert set(got) == set(order)
     for k, v in base.items():
@@ -310,33 +318,95 @@ def test_merge_without_positional_io_streams_instead(tmp_path, monkeypatch):
         torch.testing.assert_close(got[k], expected[k])
 
 
-def test_kernel_jobs_cut_at_window_multiples_of_the_base_file(tmp_path, monkeypatch):
-    """Kernel jobs cover every tensor exactly once, hold at most KERNEL_CHUNK_BYTES, and start
-    (except a tensor's first) at a multiple of KERNEL_CHUNK_BYTES in the base file, so that each
-    job maps one huge page of the page cache."""
+def _job_bytes(jobs) -> list[int]:
+    """Bytes per element of each kernel job's dtype, times its count."""
+    from rmtllmf.fusion import kernel
+
+    size = {code: torch.empty(0, dtype=d).element_size() for d, code in kernel.DTYPE_CODES.items()}
+    return [int(c) * size[int(d)] for c, d in zip(jobs.counts, jobs.dtypes, strict=True)]
+
+
+def _covered(jobs, q: int) -> list[tuple[int, int]]:
+    """The byte ranges the jobs read from input ``q`` (``q = -1``: write to the output),
+    sorted."""
+    starts = jobs.out_starts if q < 0 else jobs.starts[:, q]
+    return sorted((int(a), int(a) + n) for a, n in zip(starts, _job_bytes(jobs), strict=True))
+
+
+def _merged_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Touching ranges joined."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        elif a < b:
+            out.append((a, b))
+    return out
+
+
+def test_kernel_jobs_cover_every_tensor_once_in_windows_of_the_base_file(tmp_path, monkeypatch):
+    """Kernel jobs read each selected tensor's bytes exactly once in every input and write them
+    once in the output, hold at most KERNEL_CHUNK_BYTES, join tensors that lie back to back in
+    every file (fewer jobs than tensors), and start, past a run's first job, at a multiple of
+    KERNEL_CHUNK_BYTES in the base file, so that each job maps one huge page."""
     import rmtllmf.fusion.fused as fused_module
-    from rmtllmf.fusion.checkpoint import RawSafetensors
+    from rmtllmf.fusion.checkpoint import RawSafetensors, safetensors_prefix
 
     chunk = 200
     monkeypatch.setattr(fused_module, "KERNEL_CHUNK_BYTES", chunk)
     g = torch.Generator().manual_seed(2)
     tensors = {
         "a": torch.randn(3, generator=g),  # shorter than one window
+        "a2": torch.randn(5, generator=g),  # joins "a"
         "b": torch.randn(301, generator=g).double(),
         "c": torch.randn(777, generator=g).half(),
         "d": torch.randn(129, generator=g),
         "e": torch.empty(0),
+        "ids": torch.arange(7),  # an integer buffer: copied, never a kernel job
     }
     save_file(tensors, tmp_path / "m.safetensors")
     with RawSafetensors(tmp_path / "m.safetensors") as raw:
-        order = list(raw.entries)
-        jobs = fused_module._jobs([raw, raw], order, set(order), use_kernel=True)
-        for key, tensor in tensors.items():
-            mine = [j for j in jobs if j.key == key]
-            assert all(j.kind == "kernel" and j.count > 0 for j in mine)
-            size = tensor.element_size()
-            assert [j.first for j in mine] == list(np.cumsum([0, *(j.count for j in mine)])[:-1])
-            assert sum(j.count for j in mine) == tensor.numel()
-            assert all(j.count * size <= chunk for j in mine)
-            start = raw.spans[key][0]
-            assert all((start + j.first * size) % chunk == 0 for j in mine[1:]), key
+        order = raw.keys()
+        _, spans = safetensors_prefix([(k, *raw.entries[k][::-1]) for k in order], {"x": "y"})
+        selected = set(order) - {"ids"}
+        jobs, others = fused_module._plan([raw, raw], order, selected, spans, use_kernel=True)
+        assert [j.key for j in others] == ["ids"]
+        assert all(0 < n <= chunk for n in _job_bytes(jobs))
+        for q, where in [(0, raw.spans), (1, raw.spans), (-1, spans)]:
+            covered = _covered(jobs, q)
+            assert all(a[1] <= b[0] for a, b in itertools.pairwise(covered))  # no overlap
+            assert _merged_spans(covered) == _merged_spans([where[k] for k in selected])
+        cut = [int(s) % chunk == 0 for s in jobs.starts[:, 0]]
+        # a job that starts off a multiple of the window begins a run: a dtype change here
+        run_starts = [raw.spans[k][0] for k in ("a", "b", "c", "d")]
+        assert all(c or int(s) in run_starts for c, s in zip(cut, jobs.starts[:, 0], strict=True))
+        per_tensor = sum(
+            1 + len(range(s // chunk + 1, -(-e // chunk)))  # a job per window a tensor touches
+            for s, e in (raw.spans[k] for k in selected - {"e"})
+        )
+        assert len(jobs) < per_tensor
+
+
+def test_fused_merge_of_files_with_different_layouts(tmp_path):
+    """Fine-tuned files that store the tensors in another order (so their runs do not line up
+    with the base's) merge to the per-tensor formula."""
+    base, fts = _models(3)
+    g = torch.Generator().manual_seed(5)
+    for extra in ("c.weight", "d.weight"):
+        base[extra] = torch.randn(40, 9, generator=g)
+        for ft in fts:
+            ft[extra] = base[extra] + 0.05 * torch.randn(40, 9, generator=g)
+    save_file(base, tmp_path / "base.safetensors")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for i, (p, ft) in enumerate(zip(paths, fts, strict=True)):
+        keys = sorted(ft, reverse=i == 1)  # the second file in reverse order
+        save_file({k: ft[k] for k in keys}, p, metadata={"pad": "x" * (13 * i)})
+    out = tmp_path / "m.safetensors"
+    merge_checkpoints(tmp_path / "base.safetensors", paths, out, MergeConfig(scaling=0.45))
+    got = load_file(out)
+    for k, v in base.items():
+        if not v.is_floating_point():
+            assert torch.equal(got[k], v)
+            continue
+        expected = v.double() + 0.45 * sum(ft[k].double() - v.double() for ft in fts)
+        torch.testing.assert_close(got[k], expected.to(v.dtype))

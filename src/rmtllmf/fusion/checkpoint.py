@@ -16,6 +16,7 @@ writes a safetensors file from a generator of tensors, without holding the whole
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from abc import ABC, abstractmethod
@@ -100,6 +101,41 @@ class _Closing(ABC):
         self.close()
 
 
+def _read_header(
+    fd: int, path: Path
+) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[torch.dtype, tuple[int, ...]]]]:
+    """The byte span (start, stop) in the file and the (dtype, shape) of every tensor of the open
+    safetensors file ``fd``, checked to lie inside the file."""
+    try:
+        size = os.fstat(fd).st_size
+        (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+        if 8 + n > size:
+            raise ValueError(f"header of {n} bytes runs past the end of the file")
+        header = json.loads(os.pread(fd, n, 8))
+        header.pop("__metadata__", None)
+        spans: dict[str, tuple[int, int]] = {}
+        entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        for key, info in header.items():
+            start, stop = (8 + n + o for o in info["data_offsets"])
+            if stop > size:
+                raise CheckpointError(
+                    f"{path} is truncated: tensor {key!r} runs past the end; "
+                    "re-download or re-save it"
+                )
+            dtype, shape = _DTYPES_BY_NAME[info["dtype"]], tuple(info["shape"])
+            need = math.prod(shape) * dtype.itemsize
+            if stop - start != need:
+                raise CheckpointError(
+                    f"{path} has a broken header: tensor {key!r} takes {stop - start} bytes, but "
+                    f"its shape {list(shape)} of {dtype} needs {need}; re-save the file"
+                )
+            spans[key] = (start, stop)
+            entries[key] = (dtype, shape)
+    except (OSError, ValueError, KeyError, struct.error) as exc:
+        raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from exc
+    return spans, entries
+
+
 class LazyCheckpoint(_Closing):
     """Read-only, per-tensor access to a checkpoint. Use as a context manager."""
 
@@ -181,26 +217,7 @@ class RawSafetensors(_Closing):
         except OSError as exc:
             raise CheckpointError(f"cannot open {self.path}: {exc}") from exc
         try:
-            size = os.fstat(self._fd).st_size
-            (n,) = struct.unpack("<Q", os.pread(self._fd, 8, 0))
-            if 8 + n > size:
-                raise ValueError(f"header of {n} bytes runs past the end of the file")
-            header = json.loads(os.pread(self._fd, n, 8))
-            header.pop("__metadata__", None)
-            self.spans: dict[str, tuple[int, int]] = {}
-            self.entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
-            for key, info in header.items():
-                start, stop = (8 + n + o for o in info["data_offsets"])
-                if stop > size:
-                    raise CheckpointError(
-                        f"{self.path} is truncated: tensor {key!r} runs past the end; "
-                        "re-download or re-save it"
-                    )
-                self.spans[key] = (start, stop)
-                self.entries[key] = (_DTYPES_BY_NAME[info["dtype"]], tuple(info["shape"]))
-        except (OSError, ValueError, KeyError, struct.error) as exc:
-            os.close(self._fd)
-            raise CheckpointError(f"cannot read {self.path} as safetensors: {exc}") from exc
+            self.spans, self.entries = _read_header(self._fd, self.path)
         except CheckpointError:
             os.close(self._fd)
             raise
@@ -214,6 +231,22 @@ class RawSafetensors(_Closing):
     def fileno(self) -> int:
         """The open file's descriptor (valid until :meth:`close`)."""
         return self._fd
+
+    @property
+    def label(self) -> str:
+        """The file, for messages."""
+        return str(self.path)
+
+    def keys(self) -> list[str]:
+        """Tensor names in file order."""
+        return list(self.entries)
+
+    def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype of a tensor (as :meth:`LazyCheckpoint.meta`)."""
+        if key not in self.entries:
+            raise CheckpointError(f"tensor {key!r} is missing from {self.path}")
+        dtype, shape = self.entries[key]
+        return shape, dtype
 
     def read_into(self, key: str, offset: int, buffer: memoryview) -> None:
         """Fill ``buffer`` with tensor ``key``'s bytes from byte ``offset`` on."""

@@ -24,11 +24,14 @@ are checked when the files are opened.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import math
 import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -62,35 +65,82 @@ class _Job:
     key: str
     first: int  # first element of the job
     count: int  # elements in the job
-    kind: Literal["kernel", "numpy", "copy"]
+    kind: Literal["numpy", "copy"]
 
 
-def _jobs(
-    raws: Sequence[RawSafetensors], order: Sequence[str], selected: set[str], use_kernel: bool
-) -> list[_Job]:
-    base = raws[0]
+@dataclass
+class _Run:
+    """Bytes ``starts[q]``.. of every input and ``out``.. of the output, ``size`` long: one tensor
+    or several that lie back to back, in the same order, in every file."""
+
+    dtype: torch.dtype
+    starts: list[int]
+    out: int
+    size: int
+
+    def extend(self, starts: Sequence[int], out: int, size: int, dtype: torch.dtype) -> bool:
+        """Take in the next tensor if it continues this run in every file."""
+        if dtype != self.dtype or out != self.out + self.size:
+            return False
+        if any(s != mine + self.size for s, mine in zip(starts, self.starts, strict=True)):
+            return False
+        self.size += size
+        return True
+
+
+def _kernel_eligible(raws: Sequence[RawSafetensors], key: str) -> bool:
+    dtype = raws[0].entries[key][0]
+    return (
+        dtype in kernel.DTYPE_CODES
+        and len(raws) <= kernel.MAX_INPUTS
+        and all(r.entries[key][0] == dtype for r in raws)
+    )
+
+
+def _plan(
+    raws: Sequence[RawSafetensors],
+    order: Sequence[str],
+    selected: set[str],
+    out_spans: dict[str, tuple[int, int]],
+    use_kernel: bool,
+) -> tuple[kernel.Jobs, list[_Job]]:
+    """The kernel's jobs and the others (numpy and copy jobs, per tensor).
+
+    Selected tensors that the kernel merges are joined into runs where they lie back to back in
+    every input and in the output (files written by one program usually share their layout), and
+    runs are cut where the base file crosses a multiple of :data:`KERNEL_CHUNK_BYTES`: a job is
+    then one huge page of the base file, and a run of small tensors (biases, norms) is one job
+    instead of one per tensor."""
+    runs: list[_Run] = []
     jobs: list[_Job] = []
     for key in order:
-        dtype, shape = base.entries[key]
-        n = 1
-        for dim in shape:
-            n *= dim
-        kind: Literal["kernel", "numpy", "copy"] = "numpy" if key in selected else "copy"
-        step, first = BLOCK, 0
-        if (
-            kind == "numpy"
-            and use_kernel
-            and dtype in kernel.DTYPE_CODES
-            and len(raws) <= kernel.MAX_INPUTS
-            and all(r.entries[key][0] == dtype for r in raws)
-        ):
-            kind, step = "kernel", KERNEL_CHUNK_BYTES // dtype.itemsize
-            # cut where the base file crosses a multiple of KERNEL_CHUNK_BYTES (2 MiB, the size
-            # of a huge page), so that each window is one huge page of the page cache
-            first = (-base.spans[key][0]) % KERNEL_CHUNK_BYTES // dtype.itemsize
-        cuts = [0, *range(first or step, n, step), n] if n else []
+        dtype, shape = raws[0].entries[key]
+        n = math.prod(shape)
+        if key in selected and use_kernel and _kernel_eligible(raws, key):
+            at = [r.spans[key][0] for r in raws]
+            size = n * dtype.itemsize
+            if size and not (runs and runs[-1].extend(at, out_spans[key][0], size, dtype)):
+                runs.append(_Run(dtype, at, out_spans[key][0], size))
+            continue
+        kind: Literal["numpy", "copy"] = "numpy" if key in selected else "copy"
+        cuts = [0, *range(BLOCK, n, BLOCK), n] if n else []
         jobs.extend(_Job(key, a, b - a, kind) for a, b in itertools.pairwise(cuts))
-    return jobs
+    starts: list[list[int]] = []
+    outs: list[int] = []
+    counts: list[int] = []
+    dtypes: list[torch.dtype] = []
+    for run in runs:
+        item = run.dtype.itemsize
+        # cut where the base file crosses a multiple of KERNEL_CHUNK_BYTES (2 MiB, the size of
+        # a huge page), so that each window is one huge page of the page cache
+        step, count = KERNEL_CHUNK_BYTES // item, run.size // item
+        first = (-run.starts[0]) % KERNEL_CHUNK_BYTES // item
+        for a, b in itertools.pairwise([0, *range(first or step, count, step), count]):
+            starts.append([s + a * item for s in run.starts])
+            outs.append(run.out + a * item)
+            counts.append(b - a)
+            dtypes.append(run.dtype)
+    return kernel.Jobs.of(len(raws), starts, outs, counts, dtypes), jobs
 
 
 class _Worker:
@@ -142,7 +192,7 @@ def _bytes(t: torch.Tensor) -> memoryview:
 
 
 def fused_linear_merge(
-    files: Sequence[Path],
+    raws: Sequence[RawSafetensors],
     out: Path,
     order: Sequence[str],
     selected: set[str],
@@ -154,17 +204,16 @@ def fused_linear_merge(
     """Write ``out`` (safetensors, the base's keys, shapes, dtypes and order) with
     ``w_0 base + sum_q w_q model_q`` for the ``selected`` keys and the base's bytes elsewhere.
 
-    ``files[0]`` is the base and ``files[1:]`` the fine-tuned models (single safetensors files
-    whose keys and shapes the caller has checked); ``weights`` are ``w_1..w_N``. Sums run in
-    ``promote(dtype, float32)`` and are rounded once to the base's dtype: in the compiled kernel
-    (where built, and unless ``use_kernel`` is false) in the order ``w_0 x_0 + w_1 x_1 + ...``,
-    otherwise as one ``(1, N+1) @ (N+1, BLOCK)`` BLAS product per block. ``threads`` workers
+    ``raws[0]`` is the base and ``raws[1:]`` the fine-tuned models (open safetensors files, whose
+    keys and shapes the caller has checked and which it closes); ``weights`` are ``w_1..w_N``. Sums
+    run in ``promote(dtype, float32)`` and are rounded once to the base's dtype: in the compiled
+    kernel (where built, and unless ``use_kernel`` is false) in the order ``w_0 x_0 + w_1 x_1 +
+    ...``, otherwise as one ``(1, N+1) @ (N+1, BLOCK)`` BLAS product per block. ``threads`` workers
     take the next job as they finish one; torch and BLAS run single-threaded inside them.
     """
-    if len(weights) != len(files) - 1:
-        raise ValueError(f"{len(weights)} weights for {len(files) - 1} fine-tuned models")
+    if len(weights) != len(raws) - 1:
+        raise ValueError(f"{len(weights)} weights for {len(raws) - 1} fine-tuned models")
     coefficients = [1.0 - float(sum(weights)), *map(float, weights)]
-    raws = [RawSafetensors(f) for f in files]
     fds = [r.fileno() for r in raws]
     torch_threads = torch.get_num_threads()
     compiled = kernel.KERNEL if use_kernel else None
@@ -172,7 +221,7 @@ def fused_linear_merge(
         base = raws[0]
         layout = [(k, base.entries[k][1], base.entries[k][0]) for k in order]
         prefix, spans = safetensors_prefix(layout, metadata)
-        jobs = _jobs(raws, order, selected, compiled is not None)
+        kernel_jobs, jobs = _plan(raws, order, selected, spans, compiled is not None)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(out.suffix + ".partial")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -180,16 +229,12 @@ def fused_linear_merge(
             _pwrite_all(fd, memoryview(prefix), 0)
             _allocate(fd, max((stop for _, stop in spans.values()), default=len(prefix)))
             local = threading.local()
+            next_kernel_job = ctypes.c_int64(0)
 
             def run(job: _Job) -> None:
                 dtype = base.entries[job.key][0]
                 dst = spans[job.key][0] + job.first * dtype.itemsize
                 size = job.count * dtype.itemsize
-                if job.kind == "kernel" and compiled is not None:
-                    first = job.first * dtype.itemsize
-                    starts = [r.spans[job.key][0] + first for r in raws]
-                    compiled.merge(fds, starts, fd, dst, job.count, coefficients, dtype)
-                    return
                 worker: _Worker | None = getattr(local, "worker", None)
                 if worker is None:
                     worker = local.worker = _Worker(len(raws), coefficients)
@@ -221,6 +266,8 @@ def fused_linear_merge(
             lock = threading.Lock()
 
             def run_share(_: int) -> None:
+                if compiled is not None and len(kernel_jobs):
+                    compiled.run(fds, kernel_jobs, fd, coefficients, next_kernel_job)
                 torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
                 while True:
                     with lock:
@@ -229,10 +276,12 @@ def fused_linear_merge(
                         return
                     run(job)
 
+            # BLAS single-threaded inside the workers, where they run numpy jobs
+            blas = threadpool_limits(1) if any(j.kind == "numpy" for j in jobs) else nullcontext()
             if threads <= 1:
                 run_share(0)
             else:
-                with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:
+                with blas, ThreadPoolExecutor(threads) as pool:
                     list(pool.map(run_share, range(threads)))
         finally:
             os.close(fd)
@@ -241,5 +290,3 @@ def fused_linear_merge(
         raise CheckpointError(f"cannot write the merged model to {out}: {exc}") from exc
     finally:
         torch.set_num_threads(torch_threads)
-        for r in raws:
-            r.close()

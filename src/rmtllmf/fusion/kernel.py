@@ -1,13 +1,14 @@
 """The compiled linear-merge kernel (``_linear_kernel.c``), loaded with ctypes.
 
-One call computes ``theta = sum_q w_q theta_q`` (eq. 6 written as a weighted sum, with
-``w_0 = 1 - sum_{q>=1} w_q`` for the base) over ``count`` elements of one tensor: the inputs'
-byte ranges are memory-mapped and read in place, the sum is formed in registers and written with
-``pwrite``. Per element it computes ``s = w_0 x_0``, then ``s = s + w_q x_q`` for ``q = 1..n-1``
-in float32 (float64 for float64 tensors), each product and sum rounded, then rounds ``s`` to the
-tensor's dtype (nearest even). The kernel is built at install time where a C compiler exists
-(``setup.py``); :data:`KERNEL` is ``None`` where it was not, and merges then take the numpy path.
-ctypes releases the GIL for the call, so Python threads run calls in parallel.
+A job computes ``theta = sum_q w_q theta_q`` (eq. 6 written as a weighted sum, with
+``w_0 = 1 - sum_{q>=1} w_q`` for the base) over ``count`` elements of one dtype: the inputs' byte
+ranges are memory-mapped and read in place, the sum is formed in registers and written with
+``pwrite``. One call runs a list of jobs, taking them in turn from a counter it shares with the
+other threads that call it. Per element it computes ``s = w_0 x_0``, then ``s = s + w_q x_q`` for
+``q = 1..n-1`` in float32 (float64 for float64 tensors), each product and sum rounded, then rounds
+``s`` to the tensor's dtype (nearest even). The kernel is built at install time where a C compiler
+exists (``setup.py``); :data:`KERNEL` is ``None`` where it was not, and merges then take the numpy
+path. ctypes releases the GIL for the call, so Python threads run calls in parallel.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import ctypes
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 """The dtypes the kernel merges (all inputs and the output in the same dtype)."""
@@ -28,24 +33,108 @@ MAX_INPUTS = 256
 """Inputs per call (base included), as compiled in (``RMT_MAX_INPUTS``)."""
 
 
+@dataclass(frozen=True)
+class Jobs:
+    """Kernel jobs: job ``j`` merges ``counts[j]`` elements of dtype ``dtypes[j]`` whose bytes
+    start at ``starts[j, q]`` in input ``q`` and go to ``out_starts[j]`` in the output."""
+
+    starts: NDArray[np.int64]  # (jobs, inputs)
+    out_starts: NDArray[np.int64]  # (jobs,)
+    counts: NDArray[np.int64]  # (jobs,)
+    dtypes: NDArray[np.int32]  # (jobs,): DTYPE_CODES
+
+    @classmethod
+    def of(
+        cls,
+        inputs: int,
+        starts: Sequence[Sequence[int]],
+        out_starts: Sequence[int],
+        counts: Sequence[int],
+        dtypes: Sequence[torch.dtype],
+    ) -> Jobs:
+        """Jobs over ``inputs`` files from per-job lists (``starts[j]`` holds one byte offset
+        per input)."""
+        n = len(counts)
+        if not len(starts) == len(out_starts) == len(dtypes) == n:
+            raise ValueError(
+                f"{len(starts)} starts, {len(out_starts)} output starts, {n} counts and "
+                f"{len(dtypes)} dtypes: give one of each per job"
+            )
+        return cls(
+            np.asarray(starts, dtype=np.int64).reshape(n, inputs),
+            np.asarray(out_starts, dtype=np.int64),
+            np.asarray(counts, dtype=np.int64),
+            np.asarray([DTYPE_CODES[d] for d in dtypes], dtype=np.int32),
+        )
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+
+def _pointer(a: NDArray[Any], ctype: type[Any]) -> Any:
+    return a.ctypes.data_as(ctypes.POINTER(ctype))
+
+
 class LinearKernel:
-    """The loaded library; :meth:`merge` is one kernel call."""
+    """The loaded library: :meth:`run` runs a job list, :meth:`merge` one range."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         lib = ctypes.CDLL(str(path))
-        self._merge = lib.rmt_linear_merge
-        self._merge.restype = ctypes.c_int
-        self._merge.argtypes = [
+        self._run = lib.rmt_linear_merge_jobs
+        self._run.restype = ctypes.c_int
+        i64 = ctypes.POINTER(ctypes.c_int64)
+        self._run.argtypes = [
             ctypes.c_int,
             ctypes.POINTER(ctypes.c_int),
-            ctypes.POINTER(ctypes.c_int64),
-            ctypes.c_int,
             ctypes.c_int64,
-            ctypes.c_int64,
+            i64,
+            i64,
+            i64,
+            ctypes.POINTER(ctypes.c_int32),
             ctypes.POINTER(ctypes.c_double),
             ctypes.c_int,
+            i64,
         ]
+
+    def run(
+        self,
+        fds: Sequence[int],
+        jobs: Jobs,
+        out_fd: int,
+        weights: Sequence[float],
+        next_job: ctypes.c_int64,
+    ) -> None:
+        """Run ``jobs`` (inputs ``fds``, output ``out_fd``) from job ``next_job`` on, taking
+        each next job from that shared counter: threads that call this with the same counter
+        split the jobs between them. Raises ``OSError`` with the system's reason when a map or
+        write fails (the counter is then moved past the last job, which stops the others)."""
+        n = len(fds)
+        if len(weights) != n or not 1 <= n <= MAX_INPUTS or jobs.starts.shape != (len(jobs), n):
+            raise ValueError(
+                f"{n} inputs, {len(weights)} weights and starts of shape {jobs.starts.shape}: "
+                f"give one weight and one start per job for each of 1..{MAX_INPUTS} inputs"
+            )
+        arrays = (
+            np.ascontiguousarray(jobs.starts, dtype=np.int64),
+            np.ascontiguousarray(jobs.out_starts, dtype=np.int64),
+            np.ascontiguousarray(jobs.counts, dtype=np.int64),
+            np.ascontiguousarray(jobs.dtypes, dtype=np.int32),
+        )
+        rc = self._run(
+            n,
+            (ctypes.c_int * n)(*fds),
+            len(jobs),
+            _pointer(arrays[0], ctypes.c_int64),
+            _pointer(arrays[1], ctypes.c_int64),
+            _pointer(arrays[2], ctypes.c_int64),
+            _pointer(arrays[3], ctypes.c_int32),
+            (ctypes.c_double * n)(*weights),
+            out_fd,
+            ctypes.byref(next_job),
+        )
+        if rc != 0:
+            raise OSError(-rc, os.strerror(-rc))
 
     def merge(
         self,
@@ -59,22 +148,11 @@ class LinearKernel:
     ) -> None:
         """Write ``sum_q weights[q] x_q`` for ``count`` elements of ``dtype`` to byte
         ``out_start`` of ``out_fd``, where input ``q``'s elements start at byte ``starts[q]`` of
-        ``fds[q]``. Raises ``OSError`` with the system's reason when a map or write fails."""
-        n = len(fds)
-        if not (len(starts) == len(weights) == n) or not 1 <= n <= MAX_INPUTS:
-            raise ValueError(f"{n} inputs, {len(starts)} starts, {len(weights)} weights")
-        rc = self._merge(
-            n,
-            (ctypes.c_int * n)(*fds),
-            (ctypes.c_int64 * n)(*starts),
-            out_fd,
-            out_start,
-            count,
-            (ctypes.c_double * n)(*weights),
-            DTYPE_CODES[dtype],
-        )
-        if rc != 0:
-            raise OSError(-rc, os.strerror(-rc))
+        ``fds[q]`` (one job of :meth:`run`)."""
+        if len(starts) != len(fds):
+            raise ValueError(f"{len(fds)} inputs and {len(starts)} starts")
+        jobs = Jobs.of(len(fds), [starts], [out_start], [count], [dtype])
+        self.run(fds, jobs, out_fd, weights, ctypes.c_int64(0))
 
 
 def load(folder: Path) -> LinearKernel | None:

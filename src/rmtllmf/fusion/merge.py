@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,7 +39,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmtllmf.errors import InputError
-from rmtllmf.fusion.checkpoint import resolve_files, write_safetensors_streaming
+from rmtllmf.fusion.checkpoint import RawSafetensors, resolve_files, write_safetensors_streaming
 from rmtllmf.fusion.fused import fused_linear_merge
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
 from rmtllmf.fusion.task_vector import ModelSource, TaskVector, _Source, selected_keys
@@ -247,12 +248,23 @@ def merge_checkpoints(
     if not finetuned:
         raise InputError("no fine-tuned models to merge; give at least one (--models ...)")
     method = get_method(config.method)
+    metadata = {"format": "pt", "rmtllmf_merge": config.model_dump_json()}
+    weights = linear_weights(config, len(finetuned))
+    positional_io = hasattr(os, "preadv") and hasattr(os, "pwrite")  # not on Windows
+    files = _single_safetensors(base, finetuned) if weights is not None and positional_io else None
+    if weights is not None and files is not None:
+        # a linear merge of safetensors files: the bandwidth path, whose file headers serve the
+        # checks too (each header is read once)
+        with ExitStack() as stack:
+            raws = [stack.enter_context(RawSafetensors(f)) for f in files]
+            keys = set(selected_keys(raws[0], raws[1:], param_filter, "fine-tuned model"))
+            threads = min(4, os.cpu_count() or 1)
+            fused_linear_merge(raws, Path(out), raws[0].keys(), keys, weights, metadata, threads)
+        return
     b = _Source(base, allow_pickle)
     fts = [_Source(f, allow_pickle) for f in finetuned]
     try:
-        keys = set(selected_keys(b, fts[0], param_filter, "fine-tuned model"))
-        for i, f in enumerate(fts[1:], start=2):
-            selected_keys(b, f, param_filter, f"fine-tuned model #{i}")
+        keys = set(selected_keys(b, fts, param_filter, "fine-tuned model"))
         order = b.keys()
         merged = [k for k in order if k in keys]
         thresholds = None
@@ -266,17 +278,6 @@ def merge_checkpoints(
                 )
                 for f in fts
             )
-
-        metadata = {"format": "pt", "rmtllmf_merge": config.model_dump_json()}
-        weights = linear_weights(config, len(fts))
-        positional_io = hasattr(os, "preadv") and hasattr(os, "pwrite")  # not on Windows
-        files = (
-            _single_safetensors(base, finetuned) if weights is not None and positional_io else None
-        )
-        if weights is not None and files is not None:
-            threads = min(4, os.cpu_count() or 1)
-            fused_linear_merge(files, Path(out), order, keys, weights, metadata, threads)
-            return
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
             for k in order:

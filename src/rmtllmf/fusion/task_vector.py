@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -93,39 +94,66 @@ class _Source:
             self._lazy.close()
 
 
-def selected_keys(base: _Source, other: _Source, param_filter: ParamFilter, what: str) -> list[str]:
-    """Floating-point keys selected by the filter, checked to agree between the two models."""
+class TensorIndex(Protocol):
+    """Names, shapes and dtypes of a model's tensors (:class:`_Source`, or a
+    :class:`~rmtllmf.fusion.checkpoint.RawSafetensors` file)."""
 
-    def pick(src: _Source) -> list[str]:
-        keys = src.keys()
-        return [k for k in keys if param_filter.matches(k) and is_floating(src.meta(k)[1])]
+    @property
+    def label(self) -> str:
+        """The model, for messages."""
+        ...
 
-    keys_base, keys_other = pick(base), pick(other)
-    set_base, set_other = set(keys_base), set(keys_other)
-    missing = [k for k in keys_base if k not in set_other]
-    extra = [k for k in keys_other if k not in set_base]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing from the {what} ({other.label}): {_names(missing)}")
-        if extra:
-            parts.append(f"not in the base ({base.label}): {_names(extra)}")
-        raise InputError(
-            "the models do not have the same parameters; " + "; ".join(parts) + ". Different "
-            "architectures cannot be merged; to use a common part, select it with a parameter "
-            "filter (e.g. include=('vision_model.*',))."
-        )
-    bad = [
-        f"{k!r}: {base.meta(k)} vs {other.meta(k)}"
-        for k in keys_base
-        if base.meta(k) != other.meta(k)
-    ]
-    if bad:
-        raise InputError(
-            f"shape/dtype mismatch between base and {what}: "
-            + "; ".join(bad[:5])
-            + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        )
+    def keys(self) -> list[str]:
+        """Tensor names in order."""
+        ...
+
+    def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype of one tensor."""
+        ...
+
+
+def selected_keys(
+    base: TensorIndex, others: Sequence[TensorIndex], param_filter: ParamFilter, what: str
+) -> list[str]:
+    """Floating-point keys of ``base`` selected by the filter, checked to be the same keys with
+    the same shapes and dtypes in each of ``others`` (called ``what``, numbered from the second
+    on: "fine-tuned model #2", ...)."""
+
+    keys_base = [k for k in base.keys() if param_filter.matches(k)]  # noqa: SIM118 (not a dict)
+    keys_base = [k for k in keys_base if is_floating(base.meta(k)[1])]
+    set_base = set(keys_base)
+    for i, other in enumerate(others, start=1):
+        label = what if i == 1 else f"{what} #{i}"
+        keys_other = other.keys()
+        set_other = set(keys_other)
+        missing = [k for k in keys_base if k not in set_other or not is_floating(other.meta(k)[1])]
+        extra = [
+            k
+            for k in keys_other
+            if k not in set_base and param_filter.matches(k) and is_floating(other.meta(k)[1])
+        ]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing from the {label} ({other.label}): {_names(missing)}")
+            if extra:
+                parts.append(f"not in the base ({base.label}): {_names(extra)}")
+            raise InputError(
+                "the models do not have the same parameters; " + "; ".join(parts) + ". Different "
+                "architectures cannot be merged; to use a common part, select it with a "
+                "parameter filter (e.g. include=('vision_model.*',))."
+            )
+        bad = [
+            f"{k!r}: {base.meta(k)} vs {other.meta(k)}"
+            for k in keys_base
+            if base.meta(k) != other.meta(k)
+        ]
+        if bad:
+            raise InputError(
+                f"shape/dtype mismatch between base and {label}: "
+                + "; ".join(bad[:5])
+                + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            )
     return keys_base
 
 
@@ -151,7 +179,7 @@ class TaskVector:
         computed in float32 one tensor at a time."""
         b, f = _Source(base, allow_pickle), _Source(finetuned, allow_pickle)
         try:
-            keys = selected_keys(b, f, param_filter, "fine-tuned model")
+            keys = selected_keys(b, [f], param_filter, "fine-tuned model")
             return cls({k: f.get(k).to(torch.float32) - b.get(k).to(torch.float32) for k in keys})
         finally:
             b.close()
