@@ -13,7 +13,8 @@ setup(
             sources=["src/rmtllmf/fusion/_linear_kernel.c"],
             # -O2: at -O3 GCC 12 fully unrolls the tile loops and runs ~10% slower here;
             # no contraction into fused multiply-adds, so results are the same on every CPU.
-            extra_compile_args=["-O2", "-ffp-contract=off"],
+            extra_compile_args=["-O2", "-ffp-contract=off", "-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         )
     ]

@@ -5,7 +5,9 @@ Models: a CLIPVisionModel ViT-B/16 state dict (85.8M float32 parameters, random 
 here) plus 8 fine-tuned copies (base + small noise), each an HF directory (config.json +
 model.safetensors). Every contender runs ``--repeats`` times, each in a fresh subprocess on warm
 page cache, and reports its best and median merge wall time (imports excluded) and peak resident
-memory (VmHWM, which counts the pages of memory-mapped files while they are mapped):
+memory (VmHWM, which counts the pages of memory-mapped files while they are mapped), and the
+page faults during the merge (those that read the disk apart: a file that fell out of the page
+cache makes a run slow for reasons the merge does not own):
 
 * rmtllmf: ``merge_checkpoints`` (linear merges run the compiled kernel: inputs memory-mapped and
   read in place, sums in registers, ``pwrite``);
@@ -87,9 +89,9 @@ def make_models(root: Path, n_models: int) -> tuple[Path, list[Path], int]:
 RMTLLMF = """
 from rmtllmf.fusion import MergeConfig, kernel, merge_checkpoints
 extra = {"kernel": kernel.KERNEL is not None}
-t = time.perf_counter()
+start()
 merge_checkpoints(base, fts, out / "merged.safetensors", MergeConfig(scaling=SCALING))
-seconds = time.perf_counter() - t
+stop()
 """
 
 RUNNERS = {
@@ -98,7 +100,7 @@ RUNNERS = {
     "fusion_bench": """
 from safetensors.torch import load_file, save_file
 from fusion_bench.utils.state_dict_arithmetic import state_dict_add, state_dict_mul, state_dict_sub
-t = time.perf_counter()
+start()
 pre = load_file(base / "model.safetensors")
 tv = None
 for f in fts:
@@ -106,7 +108,7 @@ for f in fts:
     tv = d if tv is None else state_dict_add(tv, d)
 merged = state_dict_add(pre, state_dict_mul(tv, SCALING))
 save_file(merged, out / "merged.safetensors")
-seconds = time.perf_counter() - t
+stop()
 """,
     "mergekit": """
 import logging
@@ -117,21 +119,30 @@ cfg = MergeConfiguration.model_validate({
     "merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
     "models": [{"model": str(f), "parameters": {"weight": SCALING}} for f in fts],
 })
-t = time.perf_counter()
+start()
 run_merge(cfg, str(out / "mk"), options=MergeOptions(copy_tokenizer=False, lazy_unpickle=True))
-seconds = time.perf_counter() - t
+stop()
 """,
 }
 
 CHILD = """
-import json, sys, time
+import json, resource, sys, time
 from pathlib import Path
 SCALING = {scaling}
 base = Path({base!r}); fts = [Path(p) for p in {fts!r}]; out = Path({out!r})
+marks = []
+def start():
+    marks.append((time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)))
+def stop():
+    start()
 {body}
+(t0, r0), (t1, r1) = marks
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 extra = globals().get("extra", {{}})
-print(json.dumps({{"seconds": seconds, "peak_rss_gib": hwm / 2**20, **extra}}))
+print(json.dumps({{
+    "seconds": t1 - t0, "peak_rss_gib": hwm / 2**20,
+    "faults": r1.ru_minflt - r0.ru_minflt, "disk_reads": r1.ru_majflt - r0.ru_majflt, **extra
+}}))
 """
 
 
@@ -144,7 +155,7 @@ def run_contender(
     code = CHILD.format(
         scaling=SCALING, base=str(base), fts=[str(f) for f in fts], out=str(out), body=RUNNERS[name]
     )
-    seconds, walls, peaks, ratios = [], [], [], []
+    seconds, walls, peaks, ratios, faults, disk_reads = [], [], [], [], [], []
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
@@ -161,6 +172,8 @@ def run_contender(
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         seconds.append(float(result.pop("seconds")))
         peaks.append(float(result.pop("peak_rss_gib")))
+        faults.append(int(result.pop("faults")))
+        disk_reads.append(int(result.pop("disk_reads")))
         ratios.append(seconds[-1] / bound_now)
     return {
         **result,
@@ -168,6 +181,8 @@ def run_contender(
         "seconds": min(seconds),
         "median_seconds": float(np.median(seconds)),
         "all_seconds": seconds,
+        "all_page_faults": faults,
+        "all_disk_reads": disk_reads,
         "peak_rss_gib": max(peaks),
         "process_seconds": max(walls),
     }
@@ -294,7 +309,8 @@ def main() -> None:
                 paired = res["paired_bound_ratios"]
                 print(
                     f"{'':>13}  each run / the bound measured just before it: best "
-                    f"{min(paired):.2f}x, median {float(np.median(paired)):.2f}x"  # type: ignore
+                    f"{min(paired):.2f}x, median {float(np.median(paired)):.2f}x; page faults "
+                    f"{res['all_page_faults']}, of which disk reads {res['all_disk_reads']}"
                 )
         ours = report["rmtllmf"]
         if isinstance(ours, dict) and "seconds" in ours:

@@ -8,6 +8,7 @@ kernel must match them bit for bit.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
@@ -93,12 +94,15 @@ def test_kernel_equals_the_stepwise_sum_bit_for_bit(
     np.testing.assert_array_equal(_bits(got), _bits(_reference(xs, weights)))
 
 
-def test_kernel_crosses_its_write_blocks(tmp_path):
-    """A length past the kernel's 65536-element write block, with a ragged end."""
+@pytest.mark.parametrize("out_pad", [0, 8, 4 * 65536 - 4 * 70, 4 * 65536 - 2])
+def test_kernel_crosses_its_write_blocks(tmp_path, out_pad):
+    """A length past the kernel's 65536-element write block, with a ragged end, written at
+    output offsets inside a block, just before a block's end, and off the elements' alignment
+    (no element boundary falls on a block boundary)."""
     g = torch.Generator().manual_seed(3)
     xs = [torch.randn(3 * 65536 + 77, generator=g) for _ in range(3)]
     weights = [-0.2, 0.7, 0.5]
-    got = _run_kernel(tmp_path, xs, weights, [0, 12, 4096], 8)
+    got = _run_kernel(tmp_path, xs, weights, [0, 12, 4096], out_pad)
     np.testing.assert_array_equal(_bits(got), _bits(_reference(xs, weights)))
 
 
@@ -141,3 +145,43 @@ def test_a_library_that_does_not_load_warns_and_leaves_the_numpy_path(tmp_path):
     (tmp_path / f"_linear_kernel{EXTENSION_SUFFIXES[0]}").write_bytes(b"not a shared library")
     with pytest.warns(RuntimeWarning, match="Reinstall rmtllmf"):
         assert kernel.load(tmp_path) is None
+
+
+def test_threads_share_the_jobs_and_a_set_counter_stops_them(tmp_path):
+    """Jobs run on 3 threads give the bits of the one-thread run, each job written once; a
+    counter already at the job count runs nothing."""
+    assert kernel.KERNEL is not None
+    g = torch.Generator().manual_seed(4)
+    count, n_jobs = 1000, 40
+    xs = [torch.randn(count * n_jobs, generator=g) for _ in range(3)]
+    weights = [0.4, -1.5, 0.25]
+    fds = []
+    for q, x in enumerate(xs):
+        (tmp_path / f"in{q}.bin").write_bytes(_bits(x).tobytes())
+        fds.append(os.open(tmp_path / f"in{q}.bin", os.O_RDONLY))
+    size = 4 * count
+    jobs = kernel.Jobs.of(
+        3,
+        [[j * size] * 3 for j in range(n_jobs)],
+        [j * size for j in range(n_jobs)],
+        [count] * n_jobs,
+        [torch.float32] * n_jobs,
+    )
+    try:
+        results = {}
+        for threads, start in [(1, 0), (3, 0), (3, n_jobs)]:
+            out = tmp_path / f"out{threads}_{start}.bin"
+            out_fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                stop = ctypes.c_int64(start)
+                kernel.KERNEL.run(fds, jobs, out_fd, weights, threads=threads, stop=stop)
+            finally:
+                os.close(out_fd)
+            results[threads, start] = out.read_bytes()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    expected = _bits(_reference(xs, weights)).tobytes()
+    assert results[1, 0] == expected
+    assert results[3, 0] == expected
+    assert results[3, n_jobs] == b""  # stopped before the first job

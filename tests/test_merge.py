@@ -410,3 +410,48 @@ def test_fused_merge_of_files_with_different_layouts(tmp_path):
             continue
         expected = v.double() + 0.45 * sum(ft[k].double() - v.double() for ft in fts)
         torch.testing.assert_close(got[k], expected.to(v.dtype))
+
+
+def test_an_interrupted_merge_stops_its_threads_and_leaves_no_file(tmp_path, monkeypatch):
+    """Ctrl-C during a fused merge sets the kernel's job counter to the end (the kernel's
+    threads stop after the jobs under way), waits for them, and leaves neither the output nor
+    a partial file behind."""
+    import signal
+    import threading
+    import time
+
+    from rmtllmf.fusion import kernel
+
+    running = threading.Event()
+
+    class EndlessKernel:
+        """A kernel call that runs until its counter is moved to the end."""
+
+        stopped = False
+
+        def run(self, fds, jobs, out_fd, weights, threads, stop):
+            running.set()
+            deadline = time.monotonic() + 20  # a test that fails, not one that hangs
+            while stop.value < len(jobs) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            EndlessKernel.stopped = stop.value >= len(jobs)
+
+    monkeypatch.setattr(kernel, "KERNEL", EndlessKernel())
+    base, fts = _models(2)
+    save_file(base, tmp_path / "base.safetensors")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(2)]
+    for p, ft in zip(paths, fts, strict=True):
+        save_file(ft, p)
+    out = tmp_path / "m.safetensors"
+
+    def interrupt() -> None:  # Ctrl-C, once the kernel runs
+        running.wait(30)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        merge_checkpoints(tmp_path / "base.safetensors", paths, out, MergeConfig(scaling=0.3))
+    assert EndlessKernel.stopped
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["base.safetensors", *(p.name for p in paths)]
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -149,3 +150,29 @@ def test_truncated_and_missing_files_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no weights found"):
         load_state_dict(tmp_path / "empty")
+
+
+def test_raw_headers_are_parsed_once_and_every_file_is_checked(tmp_path):
+    """Files with the same header bytes share one parse, yet each file's size is checked
+    against it: a truncated copy of a good file, and a header whose byte spans disagree with
+    its shapes, are clear errors through the merge's reader (RawSafetensors)."""
+    from rmtllmf.fusion.checkpoint import RawSafetensors
+
+    save_file(_model(0), tmp_path / "a.safetensors")
+    save_file(_model(1), tmp_path / "b.safetensors")  # same names, shapes and dtypes
+    data = (tmp_path / "a.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-4])
+    a, b = RawSafetensors(tmp_path / "a.safetensors"), RawSafetensors(tmp_path / "b.safetensors")
+    with a, b:
+        assert a.spans is b.spans and a.entries is b.entries
+        assert a.meta("head.weight") == (tuple(_model(0)["head.weight"].shape), torch.float32)
+    with pytest.raises(CheckpointError, match=r"cut.safetensors is truncated"):
+        RawSafetensors(tmp_path / "cut.safetensors")
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    key = next(k for k in header if k != "__metadata__")
+    header[key]["shape"] = [*header[key]["shape"], 2]  # twice the bytes its span holds
+    raw = json.dumps(header).encode()
+    (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    with pytest.raises(CheckpointError, match=r"bad.safetensors.*takes \d+ bytes"):
+        RawSafetensors(tmp_path / "bad.safetensors")

@@ -7,8 +7,8 @@
  * every file). Each input's range is memory-mapped (a window of the page cache, read in place: no
  * copy into a buffer), the weighted sum is formed tile by tile in registers and the result is
  * written with pwrite from a buffer that stays in cache. Python (rmtllmf.fusion.fused) loads this
- * library with ctypes, which releases the GIL for the whole call; each of its worker threads
- * makes one call, and the threads share the jobs through an atomic counter.
+ * library with ctypes, which releases the GIL for the whole call; the call starts its own
+ * threads, which share the jobs through an atomic counter.
  *
  * Arithmetic, per element, in the accumulation type A (float for float32 / bfloat16 / float16,
  * double for float64): s = w_0 x_0, then s = s + w_q x_q for q = 1..n-1, every product and sum
@@ -16,11 +16,12 @@
  * even in the tensor's dtype. The result is therefore the same bits on every machine, and equal
  * to numpy doing the same steps in A.
  *
- * Plain C with POSIX calls only: no Python C API.
+ * Plain C with POSIX calls (and POSIX threads) only: no Python C API.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@
 #include <unistd.h>
 
 #define RMT_MAX_INPUTS 256
+#define RMT_MAX_THREADS 64
 #define TILE 64               /* elements summed over all inputs at once */
 #define OUT_ELEMS (1 << 16)   /* elements per pwrite */
 
@@ -114,6 +116,15 @@ typedef double vdouble __attribute__((vector_size(VEC)));
 #define CLONES
 #endif
 
+/* Each input's tile is followed by a prefetch of the cache lines PREFETCH_BYTES ahead of it:
+ * the hardware's streamer stops at every 4 KiB page, software prefetches do not (9 x 343 MB
+ * merged with 2 threads: 6-10% less time in the sums at 1-6 KiB ahead, the same across that
+ * range). A prefetch past the end of a mapping is dropped, never a fault. */
+#define PREFETCH_BYTES 2048
+#define PREFETCH_TILE(p, bytes)                                                                \
+    for (int l = 0; l < (int)((bytes) / 64); l++)                                              \
+        __builtin_prefetch((const char *)(p) + PREFETCH_BYTES + 64 * l)
+
 /* out[j] = sum_q w[q] x[q][j] for j < m, in the order above, for T = ACC (float32, float64). */
 #define DEFINE_SUM_NATIVE(NAME, T, V)                                                          \
     CLONES static void NAME(int n, const T *const *x, const T *w, int64_t m, T *out) {         \
@@ -125,6 +136,7 @@ typedef double vdouble __attribute__((vector_size(VEC)));
                 memcpy(&v, x[0] + j + u * LANES, VEC);                                         \
                 t[u] = v * w[0];                                                               \
             }                                                                                  \
+            PREFETCH_TILE(x[0] + j, sizeof t);                                                 \
             for (int q = 1; q < n; q++) {                                                      \
                 const T *xq = x[q] + j;                                                        \
                 T wq = w[q];                                                                   \
@@ -132,6 +144,7 @@ typedef double vdouble __attribute__((vector_size(VEC)));
                     memcpy(&v, xq + u * LANES, VEC);                                           \
                     t[u] = t[u] + v * wq;                                                      \
                 }                                                                              \
+                PREFETCH_TILE(xq, sizeof t);                                                   \
             }                                                                                  \
             memcpy(out + j, t, sizeof t);                                                      \
         }                                                                                      \
@@ -208,8 +221,14 @@ static int merge_range(int n, const int *fds, const int64_t *starts, int out_fd,
 #endif
         first[mapped] = (const char *)maps[mapped] + (start - aligned);
     }
-    for (int64_t b = 0; !rc && b < count; b += OUT_ELEMS) {
-        int64_t m = count - b < OUT_ELEMS ? count - b : OUT_ELEMS;
+    int64_t block = OUT_ELEMS * (int64_t)size;
+    for (int64_t b = 0, m; !rc && b < count; b += m) {
+        /* A block ends where the output offset crosses a multiple of the block's bytes: the
+         * writes then fill aligned ranges, which the page cache holds in larger folios (9 x 343
+         * MB merged with 2 threads: 55 ms of writes per thread against 67 ms unaligned). */
+        m = (block - (out_start + b * (int64_t)size) % block) / (int64_t)size;
+        if (m == 0) m = OUT_ELEMS; /* elements not aligned to their size: no aligned block */
+        if (m > count - b) m = count - b;
         const void *x[RMT_MAX_INPUTS];
         for (int q = 0; q < n; q++) x[q] = first[q] + b * (int64_t)size;
         switch (dtype) {
@@ -224,32 +243,76 @@ static int merge_range(int n, const int *fds, const int64_t *starts, int out_fd,
     return rc;
 }
 
-/*
- * Run jobs until none is left: job j merges counts[j] elements of dtypes[j], input q's starting
- * at byte starts[j * n + q] of fds[q], into byte out_starts[j] of out_fd. Jobs are taken in turn
- * from the shared counter *next (atomically), so that every thread that calls this with the same
- * arguments takes the next job as it finishes one, and the jobs run once each. Returns 0, or the
- * first failure's -errno after setting *next to `jobs` (the other threads then stop too).
- */
-int rmt_linear_merge_jobs(int n, const int *fds, int64_t jobs, const int64_t *starts,
-                          const int64_t *out_starts, const int64_t *counts, const int32_t *dtypes,
-                          const double *weights, int out_fd, int64_t *next) {
-    if (n < 1 || n > RMT_MAX_INPUTS || jobs < 0) return -EINVAL;
+/* The arguments of one call, shared by its threads. */
+struct job_list {
+    int n;
+    const int *fds;
+    int64_t jobs;
+    const int64_t *starts, *out_starts, *counts;
+    const int32_t *dtypes;
+    const double *weights;
+    int out_fd;
+    int64_t *next;
+};
+
+/* Run jobs until none is left, taking each from the shared counter *next (atomically). Returns
+ * 0, or the first failure's -errno after setting *next to the job count (the others stop). */
+static int run_jobs(const struct job_list *a) {
     float wf[RMT_MAX_INPUTS];
-    for (int q = 0; q < n; q++) wf[q] = (float)weights[q];
+    for (int q = 0; q < a->n; q++) wf[q] = (float)a->weights[q];
     char *buffer = aligned_alloc(64, OUT_ELEMS * sizeof(double));
     if (!buffer) return -ENOMEM;
     int rc = 0;
     for (;;) {
-        int64_t j = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (j >= jobs) break;
-        rc = merge_range(n, fds, starts + j * n, out_fd, out_starts[j], counts[j], weights, wf,
-                         dtypes[j], buffer);
+        int64_t j = __atomic_fetch_add(a->next, 1, __ATOMIC_RELAXED);
+        if (j >= a->jobs) break;
+        rc = merge_range(a->n, a->fds, a->starts + j * a->n, a->out_fd, a->out_starts[j],
+                         a->counts[j], a->weights, wf, a->dtypes[j], buffer);
         if (rc) {
-            __atomic_store_n(next, jobs, __ATOMIC_RELAXED);
+            __atomic_store_n(a->next, a->jobs, __ATOMIC_RELAXED);
             break;
         }
     }
     free(buffer);
+    return rc;
+}
+
+struct worker {
+    pthread_t id;
+    const struct job_list *jobs;
+    int rc;
+};
+
+static void *run_worker(void *arg) {
+    struct worker *w = arg;
+    w->rc = run_jobs(w->jobs);
+    return NULL;
+}
+
+/*
+ * Run `jobs` jobs on `threads` threads (the caller's and threads - 1 started here; fewer where
+ * the system refuses one): job j merges counts[j] elements of dtypes[j], input q's starting at
+ * byte starts[j * n + q] of fds[q], into byte out_starts[j] of out_fd. Jobs are taken in turn
+ * from the counter *next, which starts at 0; setting it to `jobs` from anywhere stops the call
+ * after the jobs under way (Python's Ctrl-C does that). Returns 0 or the first failure's -errno.
+ */
+int rmt_linear_merge_jobs(int n, const int *fds, int64_t jobs, const int64_t *starts,
+                          const int64_t *out_starts, const int64_t *counts, const int32_t *dtypes,
+                          const double *weights, int out_fd, int threads, int64_t *next) {
+    if (n < 1 || n > RMT_MAX_INPUTS || jobs < 0 || threads < 1) return -EINVAL;
+    if (threads > RMT_MAX_THREADS) threads = RMT_MAX_THREADS;
+    struct job_list list = {n, fds, jobs, starts, out_starts, counts, dtypes, weights, out_fd, next};
+    struct worker workers[RMT_MAX_THREADS];
+    int started = 0;
+    for (; started < threads - 1; started++) {
+        workers[started].jobs = &list;
+        workers[started].rc = 0;
+        if (pthread_create(&workers[started].id, NULL, run_worker, &workers[started])) break;
+    }
+    int rc = run_jobs(&list);
+    for (int t = 0; t < started; t++) {
+        pthread_join(workers[t].id, NULL);
+        if (!rc) rc = workers[t].rc;
+    }
     return rc;
 }

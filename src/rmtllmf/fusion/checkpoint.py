@@ -15,6 +15,7 @@ writes a safetensors file from a generator of tensors, without holding the whole
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -101,9 +102,38 @@ class _Closing(ABC):
         self.close()
 
 
-def _read_header(
-    fd: int, path: Path
-) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[torch.dtype, tuple[int, ...]]]]:
+_Spans = dict[str, tuple[int, int]]
+_Entries = dict[str, tuple[torch.dtype, tuple[int, ...]]]
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_header(raw: bytes) -> tuple[_Spans, _Entries, int]:
+    """Byte spans in the file, (dtype, shape) and the end of the data of every tensor, from the
+    ``len(raw)``-byte JSON header of a safetensors file. Files whose headers are the same bytes
+    (a base model and its fine-tuned copies, usually) share one parse, whose dictionaries are
+    read-only. Raises ``ValueError`` or ``KeyError`` for a malformed header."""
+    n = len(raw)
+    header = json.loads(raw)
+    header.pop("__metadata__", None)
+    spans: _Spans = {}
+    entries: _Entries = {}
+    end = 8 + n
+    for key, info in header.items():
+        start, stop = (8 + n + o for o in info["data_offsets"])
+        dtype, shape = _DTYPES_BY_NAME[info["dtype"]], tuple(info["shape"])
+        need = math.prod(shape) * dtype.itemsize
+        if stop - start != need:
+            raise ValueError(
+                f"tensor {key!r} takes {stop - start} bytes in the header, but its shape "
+                f"{list(shape)} of {dtype} needs {need}; re-save the file"
+            )
+        spans[key] = (start, stop)
+        entries[key] = (dtype, shape)
+        end = max(end, stop)
+    return spans, entries, end
+
+
+def _read_header(fd: int, path: Path) -> tuple[_Spans, _Entries]:
     """The byte span (start, stop) in the file and the (dtype, shape) of every tensor of the open
     safetensors file ``fd``, checked to lie inside the file."""
     try:
@@ -111,28 +141,14 @@ def _read_header(
         (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
         if 8 + n > size:
             raise ValueError(f"header of {n} bytes runs past the end of the file")
-        header = json.loads(os.pread(fd, n, 8))
-        header.pop("__metadata__", None)
-        spans: dict[str, tuple[int, int]] = {}
-        entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
-        for key, info in header.items():
-            start, stop = (8 + n + o for o in info["data_offsets"])
-            if stop > size:
-                raise CheckpointError(
-                    f"{path} is truncated: tensor {key!r} runs past the end; "
-                    "re-download or re-save it"
-                )
-            dtype, shape = _DTYPES_BY_NAME[info["dtype"]], tuple(info["shape"])
-            need = math.prod(shape) * dtype.itemsize
-            if stop - start != need:
-                raise CheckpointError(
-                    f"{path} has a broken header: tensor {key!r} takes {stop - start} bytes, but "
-                    f"its shape {list(shape)} of {dtype} needs {need}; re-save the file"
-                )
-            spans[key] = (start, stop)
-            entries[key] = (dtype, shape)
+        spans, entries, end = _parse_header(os.pread(fd, n, 8))
     except (OSError, ValueError, KeyError, struct.error) as exc:
         raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from exc
+    if end > size:
+        key = next(k for k, (_, stop) in spans.items() if stop > size)
+        raise CheckpointError(
+            f"{path} is truncated: tensor {key!r} runs past the end; re-download or re-save it"
+        )
     return spans, entries
 
 

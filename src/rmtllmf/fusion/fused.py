@@ -29,7 +29,7 @@ import itertools
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -90,11 +90,7 @@ class _Run:
 
 def _kernel_eligible(raws: Sequence[RawSafetensors], key: str) -> bool:
     dtype = raws[0].entries[key][0]
-    return (
-        dtype in kernel.DTYPE_CODES
-        and len(raws) <= kernel.MAX_INPUTS
-        and all(r.entries[key][0] == dtype for r in raws)
-    )
+    return dtype in kernel.DTYPE_CODES and all(r.entries[key][0] == dtype for r in raws)
 
 
 def _plan(
@@ -113,11 +109,15 @@ def _plan(
     instead of one per tensor."""
     runs: list[_Run] = []
     jobs: list[_Job] = []
+    # files with the same header bytes share one parse (the usual case): their offsets are the
+    # base's, and only the base's need be followed
+    views = raws[:1] if all(r.spans is raws[0].spans for r in raws) else raws
+    use_kernel = use_kernel and len(raws) <= kernel.MAX_INPUTS
     for key in order:
         dtype, shape = raws[0].entries[key]
         n = math.prod(shape)
-        if key in selected and use_kernel and _kernel_eligible(raws, key):
-            at = [r.spans[key][0] for r in raws]
+        if key in selected and use_kernel and _kernel_eligible(views, key):
+            at = [r.spans[key][0] for r in views]
             size = n * dtype.itemsize
             if size and not (runs and runs[-1].extend(at, out_spans[key][0], size, dtype)):
                 runs.append(_Run(dtype, at, out_spans[key][0], size))
@@ -136,7 +136,7 @@ def _plan(
         step, count = KERNEL_CHUNK_BYTES // item, run.size // item
         first = (-run.starts[0]) % KERNEL_CHUNK_BYTES // item
         for a, b in itertools.pairwise([0, *range(first or step, count, step), count]):
-            starts.append([s + a * item for s in run.starts])
+            starts.append([s + a * item for s in run.starts] * (len(raws) // len(views)))
             outs.append(run.out + a * item)
             counts.append(b - a)
             dtypes.append(run.dtype)
@@ -191,6 +191,34 @@ def _bytes(t: torch.Tensor) -> memoryview:
     return t.view(torch.uint8).reshape(-1).numpy().data
 
 
+def _interruptible(work: Callable[[], None], cancel: Callable[[], None]) -> None:
+    """Run ``work`` in a helper thread while this thread waits for it, so that Ctrl-C (which
+    Python delivers to the main thread) stops a long merge: on an interrupt, or any exception
+    while waiting, ``cancel`` asks ``work`` to stop after the jobs under way, that is waited
+    for, and the exception goes on. An exception raised by ``work`` is raised here."""
+    failures: list[BaseException] = []
+    finished = threading.Event()  # waited on, not Thread.join: an interrupted join in Python
+    # 3.11 can mark a running thread as stopped
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the waiting thread
+            failures.append(exc)
+        finally:
+            finished.set()
+
+    threading.Thread(target=target, name="rmtllmf-merge", daemon=True).start()
+    try:
+        finished.wait()
+    except BaseException:
+        cancel()
+        finished.wait()
+        raise
+    if failures:
+        raise failures[0]
+
+
 def fused_linear_merge(
     raws: Sequence[RawSafetensors],
     out: Path,
@@ -225,11 +253,11 @@ def fused_linear_merge(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(out.suffix + ".partial")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        done = False
         try:
             _pwrite_all(fd, memoryview(prefix), 0)
             _allocate(fd, max((stop for _, stop in spans.values()), default=len(prefix)))
             local = threading.local()
-            next_kernel_job = ctypes.c_int64(0)
 
             def run(job: _Job) -> None:
                 dtype = base.entries[job.key][0]
@@ -264,27 +292,41 @@ def fused_linear_merge(
 
             pending = iter(jobs)
             lock = threading.Lock()
+            cancelled = threading.Event()
+            next_kernel_job = ctypes.c_int64(0)  # the kernel's job counter, shared with cancel
 
             def run_share(_: int) -> None:
-                if compiled is not None and len(kernel_jobs):
-                    compiled.run(fds, kernel_jobs, fd, coefficients, next_kernel_job)
                 torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
-                while True:
+                while not cancelled.is_set():
                     with lock:
                         job = next(pending, None)
                     if job is None:
                         return
                     run(job)
 
-            # BLAS single-threaded inside the workers, where they run numpy jobs
-            blas = threadpool_limits(1) if any(j.kind == "numpy" for j in jobs) else nullcontext()
-            if threads <= 1:
-                run_share(0)
-            else:
-                with blas, ThreadPoolExecutor(threads) as pool:
-                    list(pool.map(run_share, range(threads)))
+            def work() -> None:
+                if compiled is not None and len(kernel_jobs):
+                    compiled.run(fds, kernel_jobs, fd, coefficients, threads, next_kernel_job)
+                if not jobs:
+                    return
+                numpy_jobs = any(j.kind == "numpy" for j in jobs)
+                with threadpool_limits(1) if numpy_jobs else nullcontext():  # BLAS on 1 thread
+                    if threads <= 1:
+                        run_share(0)
+                    else:
+                        with ThreadPoolExecutor(threads) as pool:
+                            list(pool.map(run_share, range(threads)))
+
+            def cancel() -> None:
+                cancelled.set()
+                next_kernel_job.value = len(kernel_jobs)
+
+            _interruptible(work, cancel)
+            done = True
         finally:
             os.close(fd)
+            if not done:
+                tmp.unlink(missing_ok=True)  # nothing half-written is left behind
         tmp.replace(out)
     except OSError as exc:
         raise CheckpointError(f"cannot write the merged model to {out}: {exc}") from exc

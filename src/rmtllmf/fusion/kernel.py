@@ -3,12 +3,12 @@
 A job computes ``theta = sum_q w_q theta_q`` (eq. 6 written as a weighted sum, with
 ``w_0 = 1 - sum_{q>=1} w_q`` for the base) over ``count`` elements of one dtype: the inputs' byte
 ranges are memory-mapped and read in place, the sum is formed in registers and written with
-``pwrite``. One call runs a list of jobs, taking them in turn from a counter it shares with the
-other threads that call it. Per element it computes ``s = w_0 x_0``, then ``s = s + w_q x_q`` for
+``pwrite``. One call runs a list of jobs on threads it starts, which take them in turn from a
+shared counter. Per element it computes ``s = w_0 x_0``, then ``s = s + w_q x_q`` for
 ``q = 1..n-1`` in float32 (float64 for float64 tensors), each product and sum rounded, then rounds
 ``s`` to the tensor's dtype (nearest even). The kernel is built at install time where a C compiler
 exists (``setup.py``); :data:`KERNEL` is ``None`` where it was not, and merges then take the numpy
-path. ctypes releases the GIL for the call, so Python threads run calls in parallel.
+path. ctypes releases the GIL for the call.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class LinearKernel:
             ctypes.POINTER(ctypes.c_int32),
             ctypes.POINTER(ctypes.c_double),
             ctypes.c_int,
+            ctypes.c_int,
             i64,
         ]
 
@@ -103,24 +104,30 @@ class LinearKernel:
         jobs: Jobs,
         out_fd: int,
         weights: Sequence[float],
-        next_job: ctypes.c_int64,
+        threads: int = 1,
+        stop: ctypes.c_int64 | None = None,
     ) -> None:
-        """Run ``jobs`` (inputs ``fds``, output ``out_fd``) from job ``next_job`` on, taking
-        each next job from that shared counter: threads that call this with the same counter
-        split the jobs between them. Raises ``OSError`` with the system's reason when a map or
-        write fails (the counter is then moved past the last job, which stops the others)."""
+        """Run ``jobs`` (inputs ``fds``, output ``out_fd``) on ``threads`` threads, this one
+        and ``threads - 1`` that the call starts, each taking the next job as it finishes one.
+        ``stop``, if given, is the threads' shared job counter, holding 0 or the first job to
+        run: setting its value to ``len(jobs)`` from another thread (before or during the call)
+        stops the call after the jobs under way. Raises ``OSError`` with the system's reason
+        when a map or write fails."""
         n = len(fds)
         if len(weights) != n or not 1 <= n <= MAX_INPUTS or jobs.starts.shape != (len(jobs), n):
             raise ValueError(
                 f"{n} inputs, {len(weights)} weights and starts of shape {jobs.starts.shape}: "
                 f"give one weight and one start per job for each of 1..{MAX_INPUTS} inputs"
             )
+        if threads < 1:
+            raise ValueError(f"threads={threads}: give at least 1")
         arrays = (
             np.ascontiguousarray(jobs.starts, dtype=np.int64),
             np.ascontiguousarray(jobs.out_starts, dtype=np.int64),
             np.ascontiguousarray(jobs.counts, dtype=np.int64),
             np.ascontiguousarray(jobs.dtypes, dtype=np.int32),
         )
+        counter = ctypes.c_int64(0) if stop is None else stop
         rc = self._run(
             n,
             (ctypes.c_int * n)(*fds),
@@ -131,7 +138,8 @@ class LinearKernel:
             _pointer(arrays[3], ctypes.c_int32),
             (ctypes.c_double * n)(*weights),
             out_fd,
-            ctypes.byref(next_job),
+            threads,
+            ctypes.byref(counter),
         )
         if rc != 0:
             raise OSError(-rc, os.strerror(-rc))
@@ -151,8 +159,7 @@ class LinearKernel:
         ``fds[q]`` (one job of :meth:`run`)."""
         if len(starts) != len(fds):
             raise ValueError(f"{len(fds)} inputs and {len(starts)} starts")
-        jobs = Jobs.of(len(fds), [starts], [out_start], [count], [dtype])
-        self.run(fds, jobs, out_fd, weights, ctypes.c_int64(0))
+        self.run(fds, Jobs.of(len(fds), [starts], [out_start], [count], [dtype]), out_fd, weights)
 
 
 def load(folder: Path) -> LinearKernel | None:
