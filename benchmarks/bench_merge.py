@@ -225,6 +225,43 @@ class CopyBound:
         return self.traffic / self.bandwidth()
 
 
+def read_bandwidth(arrays: list[np.ndarray], threads: int) -> float:
+    """Bytes per second at which ``threads`` threads read ``arrays`` (float32; each thread takes
+    the max of one slice of every array, numpy's fastest read here; best of three)."""
+    cuts = [np.linspace(0, a.size, threads + 1).astype(int) for a in arrays]
+
+    def read(part: int) -> None:
+        for a, c in zip(arrays, cuts, strict=True):
+            a[c[part] : c[part + 1]].max()
+
+    best = np.inf
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(3):
+            t = time.perf_counter()
+            list(pool.map(read, range(threads)))
+            best = min(best, time.perf_counter() - t)
+    return sum(a.nbytes for a in arrays) / best
+
+
+def page_cache_read_bandwidth(files: list[Path], threads: int) -> float:
+    """:func:`read_bandwidth` of the inputs where they lie in the page cache (memory-mapped).
+    Not part of the bound: next to the same reads of the bound's own memory it tells a machine
+    whose page cache is slow to read (every contender slow) from a slow merge."""
+    import mmap
+
+    maps = []
+    for f in files:
+        with open(f, "rb") as handle:
+            maps.append(mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ))
+    arrays = [np.frombuffer(m, dtype=np.float32, count=len(m) // 4) for m in maps]
+    try:
+        return read_bandwidth(arrays, threads)
+    finally:
+        arrays.clear()  # the arrays hold the maps open
+        for m in maps:
+            m.close()
+
+
 def check_agreement(outs: dict[str, Path]) -> dict[str, float]:
     from safetensors.torch import load_file
 
@@ -289,6 +326,13 @@ def main() -> None:
         print(
             f"{args.models} models x {n_params / 1e6:.1f}M float32; copy bandwidth "
             f"{bandwidth / 1e9:.1f} GB/s ({by_threads}) -> bound {bound:.2f} s"
+        )
+        read = page_cache_read_bandwidth([f / "model.safetensors" for f in [base, *fts]], threads)
+        read_own = read_bandwidth([copy_bound.src], threads)
+        report["read_gbs"] = {"inputs_page_cache": read / 1e9, "bound_memory": read_own / 1e9}
+        print(
+            f"reads by {threads} threads: the inputs' page cache {read / 1e9:.1f} GB/s, the "
+            f"bound's memory {read_own / 1e9:.1f} GB/s (the same code)"
         )
         outs = {}
         for name in contenders:
