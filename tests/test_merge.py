@@ -44,6 +44,16 @@ def _models(n_tasks=3, seed=0):
     return base, fts
 
 
+def _save_models(tmp_path, base, fts) -> list:
+    """``base.safetensors`` and ``0.safetensors``, ``1.safetensors``, ... for the fine-tuned
+    models, in ``tmp_path``; the fine-tuned paths."""
+    save_file(base, tmp_path / "base.safetensors")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(len(fts))]
+    for p, ft in zip(paths, fts, strict=True):
+        save_file(ft, p)
+    return paths
+
+
 def _ties_reference(taus: np.ndarray, density: float, scaling: float) -> np.ndarray:
     """TIES from the paper's three steps on the stacked flat task vectors (numpy)."""
     trimmed = taus.copy()
@@ -239,10 +249,7 @@ def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threa
     for ft in fts:
         ft["c.f64"] = base["c.f64"] + 0.05 * torch.randn(50, generator=g).double()
         ft["d.f16"] = (base["d.f16"].float() + 0.05 * torch.randn(90, generator=g)).half()
-    save_file(base, tmp_path / "base.safetensors")
-    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
-    for p, ft in zip(paths, fts, strict=True):
-        save_file(ft, p)
+    paths = _save_models(tmp_path, base, fts)
     out = tmp_path / "m.safetensors"
     files = [tmp_path / "base.safetensors", *paths]
     selected = {k for k, v in base.items() if v.is_floating_point()} - {"a.bias"}
@@ -283,10 +290,7 @@ def test_merge_checkpoints_takes_the_fused_path(tmp_path, monkeypatch):
         merge_module, "fused_linear_merge", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     base, fts = _models(3)
-    save_file(base, tmp_path / "base.safetensors")
-    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
-    for p, ft in zip(paths, fts, strict=True):
-        save_file(ft, p)
+    paths = _save_models(tmp_path, base, fts)
     out = tmp_path / "m.safetensors"
     cfg = MergeConfig(scaling=0.45)
     merge_checkpoints(tmp_path / "base.safetensors", paths, out, cfg)
@@ -306,10 +310,7 @@ def test_merge_without_positional_io_streams_instead(tmp_path, monkeypatch):
     monkeypatch.delattr(os, "preadv")
     monkeypatch.setattr(merge_module, "fused_linear_merge", None)  # would fail if called
     base, fts = _models(2)
-    save_file(base, tmp_path / "base.safetensors")
-    paths = [tmp_path / f"{i}.safetensors" for i in range(2)]
-    for p, ft in zip(paths, fts, strict=True):
-        save_file(ft, p)
+    paths = _save_models(tmp_path, base, fts)
     cfg = MergeConfig(scaling=0.3)
     merge_checkpoints(tmp_path / "base.safetensors", paths, tmp_path / "m.safetensors", cfg)
     got = load_file(tmp_path / "m.safetensors")
@@ -438,10 +439,7 @@ def test_an_interrupted_merge_stops_its_threads_and_leaves_no_file(tmp_path, mon
 
     monkeypatch.setattr(kernel, "KERNEL", EndlessKernel())
     base, fts = _models(2)
-    save_file(base, tmp_path / "base.safetensors")
-    paths = [tmp_path / f"{i}.safetensors" for i in range(2)]
-    for p, ft in zip(paths, fts, strict=True):
-        save_file(ft, p)
+    paths = _save_models(tmp_path, base, fts)
     out = tmp_path / "m.safetensors"
 
     def interrupt() -> None:  # Ctrl-C, once the kernel runs

@@ -5,18 +5,23 @@ A linear merge is ``theta = w_0 theta_base + sum_q w_q theta_q`` per entry, with
 every input byte is read once and every output byte written once, so the floor on a machine is
 ``(bytes read + bytes written) / copy bandwidth``.
 
-Each tensor is cut into jobs that worker threads take in turn:
+The work is cut into jobs:
 
 * kernel jobs (the compiled :mod:`rmtllmf.fusion.kernel`, for float32 / float64 / bfloat16 /
-  float16 tensors whose inputs share the base's dtype): :data:`KERNEL_CHUNK_BYTES` of every
-  input, memory-mapped and read in place, summed in registers and written with ``pwrite``; the
-  call runs without the GIL;
+  float16 tensors whose inputs share the base's dtype): tensors that lie back to back in every
+  file are joined into runs, cut at :data:`KERNEL_CHUNK_BYTES` multiples of the base file; the
+  kernel memory-maps each job's window of every input, reads it in place, sums in registers and
+  writes with ``pwrite``. One call runs them all on threads it starts, without the GIL;
 * numpy jobs (no kernel built, or mixed dtypes): :data:`BLOCK` elements of each input are read
   (``pread``) into one row of a per-thread buffer that stays in cache; the block of the result is
   one BLAS product of the coefficient row with those rows, in (at least) float32, written with
-  ``pwrite``;
+  ``pwrite``; worker threads take them in turn;
 * copy jobs: tensors outside the merge (unselected parameters, integer buffers) are copied from
   the base byte for byte.
+
+The work runs in a helper thread while the calling thread waits, so that Ctrl-C stops it after
+the jobs under way; an interrupted or failed merge leaves no partial file, and a file that was
+at the output path before as it was.
 
 A file truncated by another process while it is mapped ends the process (``SIGBUS``); the sizes
 are checked when the files are opened.
