@@ -1,13 +1,13 @@
 """Task-arithmetic merge of 8 CLIP ViT-B/16-sized models: rmtllmf vs FusionBench vs mergekit,
 against the machine's memory-bandwidth bound, measured in one run.
 
-Models: a CLIPVisionModel ViT-B/16 state dict (85.8M float32 parameters, random weights made
-here) plus 8 fine-tuned copies (base + small noise), each an HF directory (config.json +
-model.safetensors). Every contender runs ``--repeats`` times, each in a fresh subprocess on warm
-page cache, and reports its best and median merge wall time (imports excluded) and peak resident
-memory (VmHWM, which counts the pages of memory-mapped files while they are mapped), and the
-page faults during the merge (those that read the disk apart: a file that fell out of the page
-cache makes a run slow for reasons the merge does not own):
+Models: a CLIPVisionModel ViT-B/16 state dict (85.8M parameters in float32, or bfloat16 with
+``--dtype bfloat16``, random weights made here) plus 8 fine-tuned copies (base + small noise), each
+an HF directory (config.json + model.safetensors). Every contender runs ``--repeats`` times, each in
+a fresh subprocess on warm page cache, and reports its best and median merge wall time (imports
+excluded) and peak resident memory (VmHWM, which counts the pages of memory-mapped files while they
+are mapped), and the page faults during the merge (those that read the disk apart: a file that fell
+out of the page cache makes a run slow for reasons the merge does not own):
 
 * rmtllmf: ``merge_checkpoints`` (linear merges run the compiled kernel: inputs memory-mapped and
   read in place, sums in registers, ``pwrite``);
@@ -24,7 +24,7 @@ just before every run: the machine's bandwidth drifts with load over minutes, so
 also reported as a ratio to the bound measured next to it (best and median of those ratios).
 
     python benchmarks/bench_merge.py [--models 8] [--repeats 3] [--workdir DIR] [--json out.json]
-                                     [--contenders rmtllmf fusion_bench ...]
+                                     [--contenders rmtllmf fusion_bench ...] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ from pathlib import Path
 import numpy as np
 
 SCALING = 0.3
+ITEMSIZE = {"float32": 4, "bfloat16": 2}
 
 
-def make_models(root: Path, n_models: int) -> tuple[Path, list[Path], int]:
+def make_models(root: Path, n_models: int, dtype: str = "float32") -> tuple[Path, list[Path], int]:
     """Base + fine-tuned CLIPVisionModel ViT-B/16 checkpoints with the installed transformers'
-    own key names (built on the meta device, so only the layout is taken from it)."""
+    own key names (built on the meta device, so only the layout is taken from it), stored in
+    ``dtype``."""
     import torch
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -80,7 +82,9 @@ def make_models(root: Path, n_models: int) -> tuple[Path, list[Path], int]:
             if i == 0
             else {k: v + 1e-3 * torch.randn(v.shape, generator=gen) for k, v in base.items()}
         )
-        save_file(tensors, d / "model.safetensors")
+        save_file(
+            {k: v.to(getattr(torch, dtype)) for k, v in tensors.items()}, d / "model.safetensors"
+        )
         dirs.append(d)
     n_params = sum(int(np.prod(s)) for _, s in layout)
     return dirs[0], dirs[1:], n_params
@@ -116,7 +120,7 @@ logging.disable(logging.WARNING)
 from mergekit.config import MergeConfiguration
 from mergekit.merge import MergeOptions, run_merge
 cfg = MergeConfiguration.model_validate({
-    "merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+    "merge_method": "task_arithmetic", "base_model": str(base), "dtype": DTYPE,
     "models": [{"model": str(f), "parameters": {"weight": SCALING}} for f in fts],
 })
 start()
@@ -129,6 +133,7 @@ CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 SCALING = {scaling}
+DTYPE = {dtype!r}
 base = Path({base!r}); fts = [Path(p) for p in {fts!r}]; out = Path({out!r})
 marks = []
 def start():
@@ -147,13 +152,24 @@ print(json.dumps({{
 
 
 def run_contender(
-    name: str, base: Path, fts: list[Path], out: Path, repeats: int, bound: CopyBound
+    name: str,
+    base: Path,
+    fts: list[Path],
+    out: Path,
+    repeats: int,
+    bound: CopyBound,
+    dtype: str,
 ) -> dict[str, object]:
     """``repeats`` fresh-process runs of one contender: best and median merge seconds, the
     largest peak RSS and process wall time seen, and each run's ratio to the bound measured
     just before it (the machine's bandwidth drifts with load over minutes)."""
     code = CHILD.format(
-        scaling=SCALING, base=str(base), fts=[str(f) for f in fts], out=str(out), body=RUNNERS[name]
+        scaling=SCALING,
+        dtype=dtype,
+        base=str(base),
+        fts=[str(f) for f in fts],
+        out=str(out),
+        body=RUNNERS[name],
     )
     seconds, walls, peaks, ratios, faults, disk_reads = [], [], [], [], [], []
     for _ in range(repeats):
@@ -293,6 +309,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per contender")
     parser.add_argument("--json", default=None)
     parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="storage dtype of the checkpoints (bfloat16: how large language models are stored)",
+    )
+    parser.add_argument(
         "--contenders",
         nargs="+",
         choices=list(RUNNERS),
@@ -303,11 +325,11 @@ def main() -> None:
     contenders = ["rmtllmf", *(c for c in RUNNERS if c in args.contenders and c != "rmtllmf")]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
-        base, fts, n_params = make_models(root / "models", args.models)
+        base, fts, n_params = make_models(root / "models", args.models, args.dtype)
         os.sync()
         for f in [base, *fts]:  # warm the page cache
             (f / "model.safetensors").read_bytes()
-        size = 4 * n_params
+        size = ITEMSIZE[args.dtype] * n_params
         threads = min(4, os.cpu_count() or 1)  # as many as merge_checkpoints runs
         copy_bound = CopyBound((args.models + 1) * size + size, threads)
         bandwidth = copy_bound.bandwidth()
@@ -318,13 +340,14 @@ def main() -> None:
         report: dict[str, object] = {
             "models": args.models,
             "parameters": n_params,
+            "dtype": args.dtype,
             "copy_bandwidth_gbs": bandwidth / 1e9,
             "copy_bandwidth_gbs_by_threads": {t: b / 1e9 for t, b in copy_bound.last.items()},
             "bound_seconds": bound,
             "cpus": os.cpu_count(),
         }
         print(
-            f"{args.models} models x {n_params / 1e6:.1f}M float32; copy bandwidth "
+            f"{args.models} models x {n_params / 1e6:.1f}M {args.dtype}; copy bandwidth "
             f"{bandwidth / 1e9:.1f} GB/s ({by_threads}) -> bound {bound:.2f} s"
         )
         read = page_cache_read_bandwidth([f / "model.safetensors" for f in [base, *fts]], threads)
@@ -337,7 +360,7 @@ def main() -> None:
         outs = {}
         for name in contenders:
             outs[name] = root / f"out_{name}"
-            res = run_contender(name, base, fts, outs[name], args.repeats, copy_bound)
+            res = run_contender(name, base, fts, outs[name], args.repeats, copy_bound, args.dtype)
             report[name] = res
             if "error" in res:
                 print(f"{name:>13}: not run ({res['error']})")

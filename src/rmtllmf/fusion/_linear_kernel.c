@@ -172,8 +172,60 @@ typedef double vdouble __attribute__((vector_size(VEC)));
 
 DEFINE_SUM_NATIVE(sum_f32, float, vfloat)
 DEFINE_SUM_NATIVE(sum_f64, double, vdouble)
-DEFINE_SUM_HALF(sum_bf16, bf16_to_float, float_to_bf16)
+DEFINE_SUM_HALF(sum_bf16_scalar, bf16_to_float, float_to_bf16)
 DEFINE_SUM_HALF(sum_f16, f16_to_float, float_to_f16)
+
+/* bfloat16 a vector at a time (large language models are stored in it): 16-bit lanes widen to
+ * floats by a shift, and floats round back to nearest even, NaN made the quiet NaN, exactly as
+ * bf16_to_float and float_to_bf16 do lane by lane. Lane by lane the sums were compute-bound:
+ * a bfloat16 merge of half the bytes took 1.5-2x as long as the float32 one. */
+typedef uint16_t vu16 __attribute__((vector_size(VEC / 2)));
+typedef uint32_t vu32 __attribute__((vector_size(VEC)));
+
+static inline void bf16_widen(const uint16_t *p, vfloat *f) {
+    vu16 h;
+    memcpy(&h, p, sizeof h);
+    vu32 u = __builtin_convertvector(h, vu32) << 16;
+    memcpy(f, &u, sizeof *f);
+}
+
+static inline void bf16_narrow(const vfloat *f, uint16_t *p) {
+    vu32 u;
+    memcpy(&u, f, sizeof u);
+    vu32 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    vu32 nan = (vu32)((u & 0x7FFFFFFFu) > 0x7F800000u); /* all ones in NaN lanes */
+    vu16 h = __builtin_convertvector((rounded & ~nan) | (0x7FC0u & nan), vu16);
+    memcpy(p, &h, sizeof h);
+}
+
+CLONES static void sum_bf16(int n, const uint16_t *const *x, const float *w, int64_t m,
+                            uint16_t *out) {
+    enum { LANES = VEC / sizeof(float), VECS = TILE / LANES };
+    int64_t j = 0;
+    for (; j + TILE <= m; j += TILE) {
+        vfloat t[VECS], v;
+        for (int u = 0; u < VECS; u++) {
+            bf16_widen(x[0] + j + u * LANES, &v);
+            t[u] = v * w[0];
+        }
+        PREFETCH_TILE(x[0] + j, TILE * sizeof(uint16_t));
+        for (int q = 1; q < n; q++) {
+            const uint16_t *xq = x[q] + j;
+            float wq = w[q];
+            for (int u = 0; u < VECS; u++) {
+                bf16_widen(xq + u * LANES, &v);
+                t[u] = t[u] + v * wq;
+            }
+            PREFETCH_TILE(xq, TILE * sizeof(uint16_t));
+        }
+        for (int u = 0; u < VECS; u++) bf16_narrow(&t[u], out + j + u * LANES);
+    }
+    if (j < m) { /* the last elements, fewer than a tile */
+        const uint16_t *rest[RMT_MAX_INPUTS];
+        for (int q = 0; q < n; q++) rest[q] = x[q] + j;
+        sum_bf16_scalar(n, rest, w, m - j, out + j);
+    }
+}
 
 static size_t itemsize(int dtype) {
     switch (dtype) {
