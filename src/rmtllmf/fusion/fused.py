@@ -56,7 +56,7 @@ nine inputs' blocks fit the shared cache. On 2 cores merging 9 x 343 MB, blocks 
 and 2**17 elements took 0.53, 0.48 and 0.51 s; 2**14 and 2**18 took 0.70 s."""
 
 KERNEL_CHUNK_BYTES = 1 << 21
-"""Bytes of each input per kernel call (2 MiB): windows of 2**17 to 2**21 float32 elements
+"""Bytes of each input per kernel job (2 MiB): windows of 2**17 to 2**21 float32 elements
 merged 9 x 343 MB on 2 cores in about the same time, larger ones were slower. Jobs are cut where
 the base file crosses a multiple of it, so a window is one huge page of the page cache where the
 kernel keeps the file in 2 MiB folios: 2.4x fewer page faults in that merge (17k against 39k)."""
