@@ -2,7 +2,7 @@
  * rmtllmf's compiled linear merge: theta = sum_q w_q theta_q over byte ranges of files (task
  * arithmetic, eq. 6 of the paper, is w_0 = 1 - N lambda for the base and w_q = lambda).
  *
- One call runs a list of jobs, each `count` elements of one dtype at given byte offsets of the
+ * One call runs a list of jobs, each `count` elements of one dtype at given byte offsets of the
  * inputs and the output (a window of one tensor, or of several tensors that lie back to back in
  * every file). Each input's range is memory-mapped (a window of the page cache, read in place: no
  * copy into a buffer), the weighted sum is formed tile by tile in registers and the result is
@@ -31,7 +31,7 @@
 #define RMT_MAX_INPUTS 256
 #define RMT_MAX_THREADS 64
 #define TILE 64               /* elements summed over all inputs at once */
-#define OUT_ELEMS (1 << 16)   /* elements per pwrite */
+#define OUT_ELEMS (1 << 16)   /* elements per pwrite, at most (blocks are aligned in the output) */
 
 enum { RMT_F32 = 0, RMT_F64 = 1, RMT_BF16 = 2, RMT_F16 = 3 };
 
@@ -293,9 +293,9 @@ static size_t itemsize(int dtype) {
  * fds[q]; the result goes to byte out_start of out_fd, through `buffer` (OUT_ELEMS elements of
  * the widest dtype). Returns 0, or -errno (-EINVAL for a bad argument) with nothing left mapped.
  */
-static int merge_range(int n, const int *fds, const int64_t *starts, int out_fd, int64_t out_start,
-                       int64_t count, const double *weights, const float *wf, int dtype,
-                       char *buffer) {
+static int merge_range(int n, const int *fds, const int64_t *starts, int out_fd,
+                       int64_t out_start, int64_t count, const double *weights, const float *wf,
+                       int dtype, char *buffer) {
     size_t size = itemsize(dtype);
     if (count < 0 || size == 0) return -EINVAL;
     if (count == 0) return 0;
@@ -307,7 +307,8 @@ static int merge_range(int n, const int *fds, const int64_t *starts, int out_fd,
     for (; mapped < n; mapped++) {
         int64_t start = starts[mapped], aligned = start - start % page;
         lengths[mapped] = (size_t)(start - aligned) + (size_t)count * size;
-        maps[mapped] = mmap(NULL, lengths[mapped], PROT_READ, MAP_SHARED, fds[mapped], (off_t)aligned);
+        maps[mapped] =
+            mmap(NULL, lengths[mapped], PROT_READ, MAP_SHARED, fds[mapped], (off_t)aligned);
         if (maps[mapped] == MAP_FAILED) {
             rc = -errno;
             break;
@@ -404,7 +405,8 @@ int rmt_linear_merge_jobs(int n, const int *fds, int64_t jobs, const int64_t *st
                           const double *weights, int out_fd, int threads, int64_t *next) {
     if (n < 1 || n > RMT_MAX_INPUTS || jobs < 0 || threads < 1) return -EINVAL;
     if (threads > RMT_MAX_THREADS) threads = RMT_MAX_THREADS;
-    struct job_list list = {n, fds, jobs, starts, out_starts, counts, dtypes, weights, out_fd, next};
+    struct job_list list = {n,      fds,     jobs,   starts, out_starts,
+                            counts, dtypes, weights, out_fd, next};
     struct worker workers[RMT_MAX_THREADS];
     int started = 0;
     for (; started < threads - 1; started++) {
