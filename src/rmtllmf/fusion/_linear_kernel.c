@@ -405,8 +405,9 @@ int rmt_linear_merge_jobs(int n, const int *fds, int64_t jobs, const int64_t *st
                           const double *weights, int out_fd, int threads, int64_t *next) {
     if (n < 1 || n > RMT_MAX_INPUTS || jobs < 0 || threads < 1) return -EINVAL;
     if (threads > RMT_MAX_THREADS) threads = RMT_MAX_THREADS;
-    struct job_list list = {n,      fds,     jobs,   starts, out_starts,
-                            counts, dtypes, weights, out_fd, next};
+    struct job_list list = {.n = n, .fds = fds, .jobs = jobs, .starts = starts,
+                            .out_starts = out_starts, .counts = counts, .dtypes = dtypes,
+                            .weights = weights, .out_fd = out_fd, .next = next};
     struct worker workers[RMT_MAX_THREADS];
     int started = 0;
     for (; started < threads - 1; started++) {
