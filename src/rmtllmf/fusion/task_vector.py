@@ -118,9 +118,11 @@ def selected_keys(
     """Floating-point keys of ``base`` selected by the filter, checked to be the same keys with
     the same shapes and dtypes in each of ``others`` (called ``what``, numbered from the second
     on: "fine-tuned model #2", ...)."""
-
-    keys_base = [k for k in base.keys() if param_filter.matches(k)]  # noqa: SIM118 (not a dict)
-    keys_base = [k for k in keys_base if is_floating(base.meta(k)[1])]
+    keys_base = [
+        k
+        for k in base.keys()  # noqa: SIM118 (not a dict)
+        if param_filter.matches(k) and is_floating(base.meta(k)[1])
+    ]
     set_base = set(keys_base)
     for i, other in enumerate(others, start=1):
         label = what if i == 1 else f"{what} #{i}"
