@@ -262,7 +262,12 @@ def read_bandwidth(arrays: list[np.ndarray], threads: int) -> float:
 def page_cache_read_bandwidth(files: list[Path], threads: int) -> float:
     """:func:`read_bandwidth` of the inputs where they lie in the page cache (memory-mapped).
     Not part of the bound: next to the same reads of the bound's own memory it tells a machine
-    whose page cache is slow to read (every contender slow) from a slow merge."""
+    whose page cache is slow to read (every contender slow) from a slow merge. The time to read
+    every input once at this rate is a floor for any merge here, before a byte is written: on
+    these VMs a core reads at most about 10 GB/s however the loads are prefetched, while the
+    copy that sets the bound also writes with non-temporal stores, so the bound counts 2-thread
+    traffic (up to 30 GB/s seen) that reads alone do not reach (20-23 GB/s in a C loop over 9
+    streams)."""
     import mmap
 
     maps = []
@@ -353,9 +358,13 @@ def main() -> None:
         read = page_cache_read_bandwidth([f / "model.safetensors" for f in [base, *fts]], threads)
         read_own = read_bandwidth([copy_bound.src], threads)
         report["read_gbs"] = {"inputs_page_cache": read / 1e9, "bound_memory": read_own / 1e9}
+        read_floor = (args.models + 1) * size / read
+        report["input_read_seconds"] = read_floor
         print(
             f"reads by {threads} threads: the inputs' page cache {read / 1e9:.1f} GB/s, the "
-            f"bound's memory {read_own / 1e9:.1f} GB/s (the same code)"
+            f"bound's memory {read_own / 1e9:.1f} GB/s (the same code); reading the inputs "
+            f"once at that rate, with nothing written: {read_floor:.2f} s = "
+            f"{read_floor / bound:.2f}x the bound"
         )
         outs = {}
         for name in contenders:
