@@ -37,11 +37,12 @@ def _reference(xs: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     dtype = xs[0].dtype
     wide = torch.float64 if dtype == torch.float64 else torch.float32
     w = np.asarray(weights, dtype=np.float64 if wide == torch.float64 else np.float32)
-    s = xs[0].to(wide).numpy() * w[0]
-    for x, wq in zip(xs[1:], w[1:], strict=True):
-        s = s + x.to(wide).numpy() * wq
-    if dtype == torch.float16:
-        return torch.from_numpy(s.astype(np.float16))
+    with np.errstate(over="ignore", invalid="ignore"):  # inf, NaN and overflow are tested inputs
+        s = xs[0].to(wide).numpy() * w[0]
+        for x, wq in zip(xs[1:], w[1:], strict=True):
+            s = s + x.to(wide).numpy() * wq
+        if dtype == torch.float16:
+            return torch.from_numpy(s.astype(np.float16))
     return torch.from_numpy(s).to(dtype)
 
 

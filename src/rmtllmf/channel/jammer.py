@@ -60,9 +60,11 @@ def _waterfill_level_log(u: NDArray[np.float64], log_nu: float) -> NDArray[np.fl
     ``nu`` itself would underflow (subnormal eigenvalues put ``nu`` below 1e-308)."""
     out = np.zeros_like(u)
     root_u, root_nu = np.sqrt(u), float(np.exp(0.5 * log_nu))
-    root_t = root_u * root_nu
+    signal = u > 0
+    root_t = np.zeros_like(u)  # t = 0 where u = 0, also where nu overflows to inf (0 * inf)
+    root_t[signal] = root_u[signal] * root_nu
     high = root_t >= 1.0
-    low = (u > 0) & ~high
+    low = signal & ~high
     t_high = root_t[high] ** 2
     out[high] = 2.0 / (root_nu**2 * (1.0 + np.sqrt(1.0 + 4.0 / t_high)))
     out[low] = (root_u[low] / root_nu) * (np.sqrt(1.0 + root_t[low] ** 2 / 4.0) - root_t[low] / 2.0)
