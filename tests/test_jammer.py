@@ -126,6 +126,16 @@ def test_waterfill_level_keeps_precision_at_high_snr():
         assert ours == pytest.approx(float(exact), rel=1e-14)
 
 
+@pytest.mark.parametrize("budget", [2.2250738585e-313, 1e-300, 5e-324])
+def test_reverse_waterfill_spends_a_subnormal_budget(budget):
+    """A budget so small that 1/P_N and nu overflow (found by hypothesis): the whole budget goes
+    to the one signal direction, and no numpy warning is raised (warnings are errors here)."""
+    s, nu = reverse_waterfill(np.array([5.21230569, 0.0]), budget)
+    assert s[1] == 0.0
+    assert s[0] == pytest.approx(budget, rel=1e-9, abs=0.0)
+    assert nu == pytest.approx(1.0 / budget, rel=1e-9)  # x = 1/nu at high SNR; inf past 1e308
+
+
 def test_waterfill_with_floor_leaves_weak_directions_unjammed():
     u = np.array([100.0, 1.0, 1e-3])
     s, nu = reverse_waterfill(u, 0.5, thermal_power=1.0)

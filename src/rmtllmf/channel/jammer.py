@@ -65,8 +65,9 @@ def _waterfill_level_log(u: NDArray[np.float64], log_nu: float) -> NDArray[np.fl
     root_t[signal] = root_u[signal] * root_nu
     high = root_t >= 1.0
     low = signal & ~high
-    t_high = root_t[high] ** 2
-    out[high] = 2.0 / (root_nu**2 * (1.0 + np.sqrt(1.0 + 4.0 / t_high)))
+    # 2 / (nu (1 + sqrt(1 + 4/t))) with neither nu nor t formed: both overflow for a subnormal P_N
+    four_over_t = (2.0 / root_t[high]) ** 2
+    out[high] = (2.0 / root_nu) / root_nu / (1.0 + np.sqrt(1.0 + four_over_t))
     out[low] = (root_u[low] / root_nu) * (np.sqrt(1.0 + root_t[low] ** 2 / 4.0) - root_t[low] / 2.0)
     return out
 
@@ -107,7 +108,7 @@ def reverse_waterfill(
     u_max = float(u.max())
     # the bracket in the log domain: u_max / (...)^2 underflows for subnormal eigenvalues
     log_lo = float(np.log(u_max) - 2.0 * np.log(budget + sigma2 + 0.5 * u_max))
-    log_hi = float(np.log(rank / budget))
+    log_hi = float(np.log(rank) - np.log(budget))  # rank / budget overflows for subnormal P_N
     for _ in range(_BISECTION_MAX_STEPS):
         if log_hi - log_lo <= _BISECTION_LOG_WIDTH:
             break
@@ -117,7 +118,8 @@ def reverse_waterfill(
         else:
             log_hi = mid
     log_nu = 0.5 * (log_lo + log_hi)
-    nu = float(np.exp(log_nu))
+    with np.errstate(over="ignore"):  # nu exceeds the float range for a subnormal P_N: inf
+        nu = float(np.exp(log_nu))
     s = np.clip(_waterfill_level_log(u, log_nu) - sigma2, 0.0, None)
     total = float(s.sum())
     if total > 0:
