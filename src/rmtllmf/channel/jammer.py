@@ -57,7 +57,8 @@ def waterfill_level(upsilon: NDArray[np.float64], nu: float) -> NDArray[np.float
 
 def _waterfill_level_log(u: NDArray[np.float64], log_nu: float) -> NDArray[np.float64]:
     """:func:`waterfill_level` from ``log(nu)``: ``sqrt(nu)`` stays a normal float even where
-    ``nu`` itself would underflow (subnormal eigenvalues put ``nu`` below 1e-308)."""
+    ``nu`` itself would underflow (subnormal eigenvalues put ``nu`` below 1e-308) or overflow (a
+    subnormal jammer budget puts it above 1e308)."""
     out = np.zeros_like(u)
     root_u, root_nu = np.sqrt(u), float(np.exp(0.5 * log_nu))
     signal = u > 0

@@ -16,8 +16,8 @@ the merged delta for that parameter; the merged model is ``theta_base[k] + delta
   seeded per (task, parameter), so a merge is reproducible in any order.
 
 Methods that need a statistic of a whole task vector (TIES's global threshold) declare it; the
-drivers compute it in a first streaming pass, so memory stays at one tensor per model plus, for a
-global TIES threshold, one task vector's magnitudes at a time.
+drivers compute it exactly in two streaming passes (:mod:`rmtllmf.fusion.selection`), so memory
+stays at one tensor per model whatever the model size.
 
 The scaling ``lambda`` is configurable; :func:`select_lambda` runs the validation grid search of
 tangent task arithmetic, ``lambda in linspace(0, 1, 21)`` by default.
@@ -42,6 +42,7 @@ from rmtllmf.errors import InputError
 from rmtllmf.fusion.checkpoint import RawSafetensors, resolve_files, write_safetensors_streaming
 from rmtllmf.fusion.fused import fused_linear_merge
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
+from rmtllmf.fusion.selection import ties_thresholds
 from rmtllmf.fusion.task_vector import ModelSource, TaskVector, _Source, selected_keys
 
 
@@ -176,17 +177,6 @@ def dare(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     return cfg.scaling * torch.stack(dropped).sum(dim=0)
 
 
-def ties_threshold(magnitudes: torch.Tensor, density: float) -> float:
-    """The magnitude at or above which TIES keeps an entry: the ``(d - floor(d * density))``-th
-    smallest of ``d`` magnitudes, as in the TIES reference code and FusionBench's
-    ``topk_values_mask`` (so ``floor(d * density) + 1`` entries survive, ties aside)."""
-    d = magnitudes.numel()
-    k = d - int(d * density)
-    if density >= 1.0 or k <= 0 or d == 0:
-        return 0.0
-    return float(magnitudes.reshape(-1).kthvalue(k).values)
-
-
 def merge_task_vectors(
     base: Mapping[str, torch.Tensor],
     task_vectors: Sequence[TaskVector],
@@ -203,11 +193,10 @@ def merge_task_vectors(
         task_vectors[0]._check_same(tv)
     thresholds = None
     if method.needs_thresholds(config):
-        thresholds = tuple(
-            ties_threshold(
-                torch.cat([tv.tensors[k].abs().reshape(-1) for k in names]), config.density
-            )
-            for tv in task_vectors
+        thresholds = ties_thresholds(
+            lambda: ([tv.tensors[k].abs() for tv in task_vectors] for k in names),
+            len(task_vectors),
+            config.density,
         )
     out = {k: v.clone() for k, v in base.items()}
     for k in names:
@@ -269,15 +258,13 @@ def merge_checkpoints(
         merged = [k for k in order if k in keys]
         thresholds = None
         if method.needs_thresholds(config):
-            thresholds = tuple(
-                ties_threshold(
-                    torch.cat(
-                        [(f.get(k).float() - b.get(k).float()).abs().reshape(-1) for k in merged]
-                    ),
-                    config.density,
-                )
-                for f in fts
-            )
+
+            def magnitudes() -> Iterator[list[torch.Tensor]]:
+                for k in merged:
+                    base_t = b.get(k).float()
+                    yield [(f.get(k).float() - base_t).abs() for f in fts]
+
+            thresholds = ties_thresholds(magnitudes, len(fts), config.density)
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
             for k in order:
