@@ -20,7 +20,7 @@ from rmtllmf.fusion import (
     merge_task_vectors,
     select_lambda,
 )
-from rmtllmf.fusion.merge import ties_threshold
+from rmtllmf.fusion.selection import ties_threshold
 
 
 def _models(n_tasks=3, seed=0):

@@ -1,0 +1,98 @@
+"""Streaming merges hold far less memory than one model: each merge runs in a child process
+whose anonymous resident memory (``RssAnon``: heap and private allocations, not the page cache
+of memory-mapped checkpoints) is sampled every millisecond; its peak above the level after the
+imports and the BLAS libraries' one-time buffers must stay under half a checkpoint. A control
+holding one checkpoint's tensors as one flat vector (what a whole-task-vector statistic such as
+TIES's threshold used to need) is seen to cross that line, so the sampling catches it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+TENSORS, ELEMENTS = 192, 1 << 17  # 192 float32 tensors of 512 KiB: 96 MiB per checkpoint
+CHECKPOINT = TENSORS * ELEMENTS * 4
+LIMIT = CHECKPOINT // 2
+
+CHILD = textwrap.dedent(
+    """
+    import sys, threading, time
+    from pathlib import Path
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+    from rmtllmf.fusion import MergeConfig, merge_checkpoints
+    torch.set_num_threads(1)
+    np.ones((64, 64)) @ np.ones((64, 64)); torch.ones(64, 64) @ torch.ones(64, 64)  # BLAS buffers
+
+    def anon():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("RssAnon"))
+
+    root = Path(sys.argv[1]); what = sys.argv[2]
+    fts = [root / f"ft{i}.safetensors" for i in range(3)]
+    start, peak, done = anon(), [0], threading.Event()
+    def sample():
+        while not done.wait(0.001):
+            peak[0] = max(peak[0], anon())
+    sampler = threading.Thread(target=sample); sampler.start()
+    if what == "one-checkpoint-flat":  # what a whole-task-vector statistic used to hold
+        held = torch.cat([t.reshape(-1) for t in load_file(root / "base.safetensors").values()])
+        time.sleep(0.05)
+    else:
+        config = {"ties": MergeConfig(method="ties", density=0.2, scaling=0.5),
+                  "task-arithmetic": MergeConfig(scaling=0.3)}[what]
+        merge_checkpoints(root / "base.safetensors", fts, root / f"{what}.safetensors", config)
+    done.set(); sampler.join()
+    print(max(peak[0], anon()) - start)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("memory")
+    gen = torch.Generator().manual_seed(0)
+    base = {f"layer{i}.weight": torch.randn(ELEMENTS, generator=gen) for i in range(TENSORS)}
+    save_file(base, root / "base.safetensors")
+    for q in range(3):
+        ft = {k: v + 0.01 * torch.randn(ELEMENTS, generator=gen) for k, v in base.items()}
+        save_file(ft, root / f"ft{q}.safetensors")
+    return root
+
+
+def _peak(root: Path, what: str, env: dict[str, str] | None = None) -> int:
+    """Peak anonymous memory of one child run above its level before the work, in bytes."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), what],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", **(env or {})},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.split()[-1])
+
+
+def test_one_checkpoint_in_memory_is_seen_above_the_limit(checkpoints):
+    assert _peak(checkpoints, "one-checkpoint-flat") > LIMIT
+
+
+@pytest.mark.parametrize(
+    ("what", "env"),
+    [
+        ("ties", None),  # two streamed passes for the thresholds, then the merge
+        ("task-arithmetic", None),  # the compiled kernel where it was built
+        ("task-arithmetic", {"RMTLLMF_NO_KERNEL": "1"}),  # the numpy path
+    ],
+)
+def test_streaming_merge_of_four_checkpoints_stays_under_half_a_checkpoint(checkpoints, what, env):
+    assert _peak(checkpoints, what, env) < LIMIT
+    assert (checkpoints / f"{what}.safetensors").stat().st_size > CHECKPOINT
