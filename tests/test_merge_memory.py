@@ -7,6 +7,7 @@ TIES's threshold used to need) is seen to cross that line, so the sampling catch
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,8 @@ CHILD = textwrap.dedent(
 
     root = Path(sys.argv[1]); what = sys.argv[2]
     fts = [root / f"ft{i}.safetensors" for i in range(3)]
+    if what == "sharded-task-arithmetic":  # HF directories, one large tensor: the slice path
+        fts = [root / f"ft{i}" for i in range(3)]
     start, peak, done = anon(), [0], threading.Event()
     def sample():
         while not done.wait(0.001):
@@ -46,6 +49,8 @@ CHILD = textwrap.dedent(
     if what == "one-checkpoint-flat":  # what a whole-task-vector statistic used to hold
         held = torch.cat([t.reshape(-1) for t in load_file(root / "base.safetensors").values()])
         time.sleep(0.05)
+    elif what == "sharded-task-arithmetic":
+        merge_checkpoints(root / "base", fts, root / f"{what}.safetensors", MergeConfig())
     else:
         config = {"ties": MergeConfig(method="ties", density=0.2, scaling=0.5),
                   "task-arithmetic": MergeConfig(scaling=0.3)}[what]
@@ -65,6 +70,27 @@ def checkpoints(tmp_path_factory) -> Path:
     for q in range(3):
         ft = {k: v + 0.01 * torch.randn(ELEMENTS, generator=gen) for k, v in base.items()}
         save_file(ft, root / f"ft{q}.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> Path:
+    """Base and three fine-tuned Hugging Face directories, each one 64 MiB tensor (an LLM's
+    embedding, in miniature) and a small one, in two shards with an index."""
+    root = tmp_path_factory.mktemp("sharded")
+    gen = torch.Generator().manual_seed(1)
+    base = {"embed.weight": torch.randn(1 << 24, generator=gen), "norm.weight": torch.ones(64)}
+    for name in ["base", "ft0", "ft1", "ft2"]:
+        model = base if name == "base" else {k: v + 0.01 for k, v in base.items()}
+        d = root / name
+        d.mkdir()
+        save_file({"embed.weight": model["embed.weight"]}, d / "model-00001-of-00002.safetensors")
+        save_file({"norm.weight": model["norm.weight"]}, d / "model-00002-of-00002.safetensors")
+        weight_map = {
+            "embed.weight": "model-00001-of-00002.safetensors",
+            "norm.weight": "model-00002-of-00002.safetensors",
+        }
+        (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     return root
 
 
@@ -96,3 +122,10 @@ def test_one_checkpoint_in_memory_is_seen_above_the_limit(checkpoints):
 def test_streaming_merge_of_four_checkpoints_stays_under_half_a_checkpoint(checkpoints, what, env):
     assert _peak(checkpoints, what, env) < LIMIT
     assert (checkpoints / f"{what}.safetensors").stat().st_size > CHECKPOINT
+
+
+def test_a_large_tensor_of_sharded_checkpoints_is_merged_in_slices(sharded):
+    """Task arithmetic of sharded checkpoints (the streaming path) holds slices of the 64 MiB
+    tensor, not the tensor: whole, it would be four float32 copies and a stack of three."""
+    assert _peak(sharded, "sharded-task-arithmetic") < (64 << 20) // 2
+    assert (sharded / "sharded-task-arithmetic.safetensors").stat().st_size > 64 << 20

@@ -74,23 +74,30 @@ MergeFn = Callable[[Sequence[torch.Tensor], TensorContext], torch.Tensor]
 
 @dataclass(frozen=True)
 class MergeMethod:
-    """A registry entry: the per-tensor function and whether it needs global TIES thresholds."""
+    """A registry entry: the per-tensor function, whether it needs global TIES thresholds, and
+    whether it is elementwise: the merged delta of any slice of a parameter's entries is that
+    slice of its merged delta, so a driver may merge a large tensor slice by slice."""
 
     fn: MergeFn
     needs_thresholds: Callable[[MergeConfig], bool]
     summary: str
+    elementwise: bool = False
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
 
 
 def register(
-    name: str, summary: str, needs_thresholds: Callable[[MergeConfig], bool] = lambda c: False
+    name: str,
+    summary: str,
+    needs_thresholds: Callable[[MergeConfig], bool] = lambda c: False,
+    *,
+    elementwise: bool = False,
 ) -> Callable[[MergeFn], MergeFn]:
     """Add a merge method to the registry under ``name``."""
 
     def wrap(fn: MergeFn) -> MergeFn:
-        MERGE_METHODS[name] = MergeMethod(fn, needs_thresholds, summary)
+        MERGE_METHODS[name] = MergeMethod(fn, needs_thresholds, summary, elementwise)
         return fn
 
     return wrap
@@ -103,13 +110,13 @@ def get_method(name: str) -> MergeMethod:
     return MERGE_METHODS[name]
 
 
-@register("task-arithmetic", "theta_base + lambda * sum_q tau_q (eq. 6)")
+@register("task-arithmetic", "theta_base + lambda * sum_q tau_q (eq. 6)", elementwise=True)
 def task_arithmetic(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``lambda * sum_q tau_q``."""
     return ctx.config.scaling * torch.stack(list(taus)).sum(dim=0)
 
 
-@register("average", "mean of the fine-tuned weights: theta_base + mean_q tau_q")
+@register("average", "mean of the fine-tuned weights: theta_base + mean_q tau_q", elementwise=True)
 def average(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``mean_q tau_q``."""
     return torch.stack(list(taus)).mean(dim=0)
@@ -266,15 +273,17 @@ def merge_checkpoints(
 
             thresholds = ties_thresholds(magnitudes, len(fts), config.density)
 
-        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        def tensors() -> Iterator[tuple[str, torch.Tensor | Iterator[torch.Tensor]]]:
             for k in order:
                 base_t = b.get(k)
-                if k in keys:
-                    taus = [f.get(k).float() - base_t.float() for f in fts]
-                    delta = method.fn(taus, TensorContext(k, config, thresholds))
-                    yield k, (base_t.float() + delta).to(base_t.dtype)
-                else:
+                ctx = TensorContext(k, config, thresholds)
+                if k not in keys:
                     yield k, base_t
+                elif method.elementwise:
+                    yield k, _merged_slices(method, base_t, [f.get(k) for f in fts], ctx)
+                else:
+                    taus = [f.get(k).float() - base_t.float() for f in fts]
+                    yield k, (base_t.float() + method.fn(taus, ctx)).to(base_t.dtype)
 
         layout = [(k, *b.meta(k)) for k in order]
         write_safetensors_streaming(out, layout, tensors(), metadata)
@@ -282,6 +291,27 @@ def merge_checkpoints(
         b.close()
         for f in fts:
             f.close()
+
+
+SLICE_ELEMENTS = 1 << 18
+"""Entries per slice of an elementwise merge: 1 MiB per model in float32, whatever the tensor
+(a 128k-token LLM embedding is 2 GiB per model in float32). Task arithmetic of 4 sharded
+checkpoints around one 64 MiB tensor peaked at 9.9 MiB of anonymous memory with these slices,
+68 MiB with 4 MiB slices (the allocator keeps more) and 448 MiB unsliced."""
+
+
+def _merged_slices(
+    method: MergeMethod, base: torch.Tensor, models: Sequence[torch.Tensor], ctx: TensorContext
+) -> Iterator[torch.Tensor]:
+    """``theta_base + delta`` of one parameter, :data:`SLICE_ELEMENTS` flat entries at a time,
+    for an elementwise ``method``: each slice is computed exactly as the whole tensor would be."""
+    base_flat = base.reshape(-1)
+    flats = [m.reshape(-1) for m in models]
+    for start in range(0, base_flat.numel(), SLICE_ELEMENTS):
+        part = slice(start, start + SLICE_ELEMENTS)
+        b = base_flat[part].float()
+        delta = method.fn([m[part].float() - b for m in flats], ctx)
+        yield (b + delta).to(base.dtype)
 
 
 def _single_safetensors(base: ModelSource, finetuned: Sequence[ModelSource]) -> list[Path] | None:
