@@ -158,15 +158,23 @@ def test_streaming_merge_from_disk_equals_in_memory(tmp_path, cfg):
         torch.testing.assert_close(got[k], expected[k])
 
 
-@pytest.mark.parametrize("method", ["task-arithmetic", "average"])
-def test_elementwise_merges_stream_slices_bit_for_bit(tmp_path, monkeypatch, method):
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        MergeConfig(scaling=0.3),
+        MergeConfig(method="average"),
+        MergeConfig(method="ties", density=0.2, scaling=0.5),
+        MergeConfig(method="ties", density=1.0, ties_merge="sum"),
+        MergeConfig(method="ties", density=0.5, ties_merge="max"),
+    ],
+)
+def test_sliceable_merges_stream_slices_bit_for_bit(tmp_path, monkeypatch, cfg):
     """Slices of 7 entries (dividing no tensor) through the streaming path give the same bits as
     the whole tensors merged in memory, float32 and bfloat16 alike."""
     import rmtllmf.fusion.merge as merge_module
 
     monkeypatch.setattr(merge_module, "SLICE_ELEMENTS", 7)
     base, fts = _models(3)
-    cfg = MergeConfig(method=method, scaling=0.3)
     out = tmp_path / "merged.safetensors"
     merge_checkpoints(base, fts, out, cfg)  # state dicts: the streaming path, not the fused one
     expected = merge_task_vectors(base, [TaskVector.from_models(base, ft) for ft in fts], cfg)
@@ -174,6 +182,25 @@ def test_elementwise_merges_stream_slices_bit_for_bit(tmp_path, monkeypatch, met
     for k in base:
         assert got[k].dtype == expected[k].dtype
         assert torch.equal(got[k], expected[k]), k
+
+
+def test_sliced_ties_breaks_exact_ties_by_the_whole_tensors_majority(tmp_path, monkeypatch):
+    """Entry 0's task vectors cancel (+1, -1, 0), so TIES gives it the majority sign of the
+    whole tensor: 13 positive entries against 6 negative, though its own slice (entries 0-6)
+    is all negative. With the majority +1 the disjoint mean keeps +1 alone."""
+    import rmtllmf.fusion.merge as merge_module
+
+    monkeypatch.setattr(merge_module, "SLICE_ELEMENTS", 7)
+    rows = torch.full((19, 3), 0.5)
+    rows[:6] = -0.5
+    taus = torch.cat([torch.tensor([[1.0, -1.0, 0.0]]), rows])  # (20 entries, 3 models)
+    base = {"w": torch.zeros(20)}
+    fts = [{"w": taus[:, q].clone()} for q in range(3)]
+    cfg = MergeConfig(method="ties", density=1.0, scaling=1.0)
+    merge_checkpoints(base, fts, tmp_path / "m.safetensors", cfg)
+    got = load_file(tmp_path / "m.safetensors")["w"]
+    assert got[0] == 1.0
+    torch.testing.assert_close(got[1:], taus[1:, 0], rtol=0, atol=0)  # all three agree: mean
 
 
 def test_filter_keeps_excluded_parameters_at_base(tmp_path):

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -67,21 +67,29 @@ class TensorContext:
     name: str
     config: MergeConfig
     thresholds: tuple[float, ...] | None = None
+    majority: float | None = None
+    """TIES's sign for entries whose elected sum is exactly 0, taken over the whole tensor; set
+    by its prepass when the tensor is merged in slices, else computed from the tensor given."""
 
 
 MergeFn = Callable[[Sequence[torch.Tensor], TensorContext], torch.Tensor]
+Prepass = Callable[[Iterable[Sequence[torch.Tensor]], TensorContext], TensorContext]
+"""Reads a parameter's task-vector slices once and returns the context with what the method
+needs of the whole tensor (TIES: the majority sign)."""
 
 
 @dataclass(frozen=True)
 class MergeMethod:
     """A registry entry: the per-tensor function, whether it needs global TIES thresholds, and
-    whether it is elementwise: the merged delta of any slice of a parameter's entries is that
-    slice of its merged delta, so a driver may merge a large tensor slice by slice."""
+    whether it is sliceable: after the optional ``prepass`` over a parameter's slices, the merged
+    delta of any slice of its entries is that slice of its merged delta, so a driver may merge a
+    large tensor slice by slice."""
 
     fn: MergeFn
     needs_thresholds: Callable[[MergeConfig], bool]
     summary: str
-    elementwise: bool = False
+    sliceable: bool = False
+    prepass: Prepass | None = None
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
@@ -92,12 +100,13 @@ def register(
     summary: str,
     needs_thresholds: Callable[[MergeConfig], bool] = lambda c: False,
     *,
-    elementwise: bool = False,
+    sliceable: bool = False,
+    prepass: Prepass | None = None,
 ) -> Callable[[MergeFn], MergeFn]:
     """Add a merge method to the registry under ``name``."""
 
     def wrap(fn: MergeFn) -> MergeFn:
-        MERGE_METHODS[name] = MergeMethod(fn, needs_thresholds, summary, elementwise)
+        MERGE_METHODS[name] = MergeMethod(fn, needs_thresholds, summary, sliceable, prepass)
         return fn
 
     return wrap
@@ -110,30 +119,39 @@ def get_method(name: str) -> MergeMethod:
     return MERGE_METHODS[name]
 
 
-@register("task-arithmetic", "theta_base + lambda * sum_q tau_q (eq. 6)", elementwise=True)
+@register("task-arithmetic", "theta_base + lambda * sum_q tau_q (eq. 6)", sliceable=True)
 def task_arithmetic(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``lambda * sum_q tau_q``."""
     return ctx.config.scaling * torch.stack(list(taus)).sum(dim=0)
 
 
-@register("average", "mean of the fine-tuned weights: theta_base + mean_q tau_q", elementwise=True)
+@register("average", "mean of the fine-tuned weights: theta_base + mean_q tau_q", sliceable=True)
 def average(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``mean_q tau_q``."""
     return torch.stack(list(taus)).mean(dim=0)
 
 
+def _ties_trim(stacked: torch.Tensor, thresholds: Sequence[float] | None) -> torch.Tensor:
+    """Zero the entries of each ``stacked[q]`` below its model's magnitude threshold."""
+    if thresholds is None:
+        return stacked
+    thr = torch.tensor(thresholds, dtype=stacked.dtype).reshape(-1, *([1] * (stacked.dim() - 1)))
+    return stacked * (stacked.abs() >= thr)
+
+
 def ties_combine(
-    stacked: torch.Tensor, thresholds: Sequence[float] | None, merge: str
+    stacked: torch.Tensor,
+    thresholds: Sequence[float] | None,
+    merge: str,
+    majority: float | None = None,
 ) -> torch.Tensor:
-    """TIES trim / elect / disjoint merge of ``stacked`` (shape ``(N, ...)``), unscaled."""
-    if thresholds is not None:
-        thr = torch.tensor(thresholds, dtype=stacked.dtype).reshape(
-            -1, *([1] * (stacked.dim() - 1))
-        )
-        stacked = stacked * (stacked.abs() >= thr)
+    """TIES trim / elect / disjoint merge of ``stacked`` (shape ``(N, ...)``), unscaled. An entry
+    whose elected sum is exactly 0 takes ``majority``, the sign of the sum of the elected signs
+    (of ``stacked`` unless given: a slice takes its whole tensor's)."""
+    stacked = _ties_trim(stacked, thresholds)
     sign = torch.sign(stacked.sum(dim=0))
-    majority = torch.sign(sign.sum())
-    sign = torch.where(sign == 0, majority, sign)
+    tie_break = torch.sign(sign.sum()) if majority is None else torch.tensor(majority)
+    sign = torch.where(sign == 0, tie_break.to(sign.dtype), sign)
     agree = torch.where(sign > 0, stacked > 0, stacked < 0)
     selected = stacked * agree
     if merge == "sum":
@@ -144,14 +162,27 @@ def ties_combine(
     return selected.sum(dim=0) / count
 
 
+def ties_majority(slices: Iterable[Sequence[torch.Tensor]], ctx: TensorContext) -> TensorContext:
+    """TIES's prepass: the majority sign of one parameter from its slices, counted exactly."""
+    total = 0
+    for taus in slices:
+        trimmed = _ties_trim(torch.stack(list(taus)), ctx.thresholds)
+        total += int(torch.sign(trimmed.sum(dim=0)).sum())
+    return replace(ctx, majority=float((total > 0) - (total < 0)))
+
+
 @register(
     "ties",
     "trim top-density, elect sign, disjoint merge (Yadav et al. 2023)",
     needs_thresholds=lambda c: c.density < 1.0,
+    sliceable=True,
+    prepass=ties_majority,
 )
 def ties(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``lambda * disjoint_merge(elect(trim(tau_q)))``."""
-    combined = ties_combine(torch.stack(list(taus)), ctx.thresholds, ctx.config.ties_merge)
+    combined = ties_combine(
+        torch.stack(list(taus)), ctx.thresholds, ctx.config.ties_merge, ctx.majority
+    )
     return ctx.config.scaling * combined
 
 
@@ -268,8 +299,8 @@ def merge_checkpoints(
 
             def magnitudes() -> Iterator[list[torch.Tensor]]:
                 for k in merged:
-                    base_t = b.get(k).float()
-                    yield [(f.get(k).float() - base_t).abs() for f in fts]
+                    for _, taus in _tau_slices(b.get(k), [f.get(k) for f in fts]):
+                        yield [t.abs() for t in taus]
 
             thresholds = ties_thresholds(magnitudes, len(fts), config.density)
 
@@ -279,7 +310,7 @@ def merge_checkpoints(
                 ctx = TensorContext(k, config, thresholds)
                 if k not in keys:
                     yield k, base_t
-                elif method.elementwise:
+                elif method.sliceable:
                     yield k, _merged_slices(method, base_t, [f.get(k) for f in fts], ctx)
                 else:
                     taus = [f.get(k).float() - base_t.float() for f in fts]
@@ -294,24 +325,34 @@ def merge_checkpoints(
 
 
 SLICE_ELEMENTS = 1 << 18
-"""Entries per slice of an elementwise merge: 1 MiB per model in float32, whatever the tensor
+"""Entries per slice of a sliceable merge: 1 MiB per model in float32, whatever the tensor
 (a 128k-token LLM embedding is 2 GiB per model in float32). Task arithmetic of 4 sharded
-checkpoints around one 64 MiB tensor peaked at 9.9 MiB of anonymous memory with these slices,
-68 MiB with 4 MiB slices (the allocator keeps more) and 448 MiB unsliced."""
+checkpoints around one 64 MiB tensor peaked at 8.1 MiB of anonymous memory with these slices,
+448 MiB unsliced (``tests/test_merge_memory.py``)."""
 
 
-def _merged_slices(
-    method: MergeMethod, base: torch.Tensor, models: Sequence[torch.Tensor], ctx: TensorContext
-) -> Iterator[torch.Tensor]:
-    """``theta_base + delta`` of one parameter, :data:`SLICE_ELEMENTS` flat entries at a time,
-    for an elementwise ``method``: each slice is computed exactly as the whole tensor would be."""
+def _tau_slices(
+    base: torch.Tensor, models: Sequence[torch.Tensor]
+) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """``(theta_base, [tau_1, ..., tau_N])`` of one parameter in float32, :data:`SLICE_ELEMENTS`
+    flat entries at a time."""
     base_flat = base.reshape(-1)
     flats = [m.reshape(-1) for m in models]
     for start in range(0, base_flat.numel(), SLICE_ELEMENTS):
         part = slice(start, start + SLICE_ELEMENTS)
         b = base_flat[part].float()
-        delta = method.fn([m[part].float() - b for m in flats], ctx)
-        yield (b + delta).to(base.dtype)
+        yield b, [m[part].float() - b for m in flats]
+
+
+def _merged_slices(
+    method: MergeMethod, base: torch.Tensor, models: Sequence[torch.Tensor], ctx: TensorContext
+) -> Iterator[torch.Tensor]:
+    """``theta_base + delta`` of one parameter a slice at a time, for a sliceable ``method``
+    (after its prepass over the slices): each slice is computed as the whole tensor would be."""
+    if method.prepass is not None:
+        ctx = method.prepass((taus for _, taus in _tau_slices(base, models)), ctx)
+    for b, taus in _tau_slices(base, models):
+        yield (b + method.fn(taus, ctx)).to(base.dtype)
 
 
 def _single_safetensors(base: ModelSource, finetuned: Sequence[ModelSource]) -> list[Path] | None:
