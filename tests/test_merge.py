@@ -8,6 +8,8 @@ from contextlib import ExitStack
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from rmtllmf.errors import InputError
@@ -166,6 +168,8 @@ def test_streaming_merge_from_disk_equals_in_memory(tmp_path, cfg):
         MergeConfig(method="ties", density=0.2, scaling=0.5),
         MergeConfig(method="ties", density=1.0, ties_merge="sum"),
         MergeConfig(method="ties", density=0.5, ties_merge="max"),
+        MergeConfig(method="dare", drop_rate=0.3, seed=5),
+        MergeConfig(method="dare", dare_combine="ties", density=0.5, drop_rate=0.3),
     ],
 )
 def test_sliceable_merges_stream_slices_bit_for_bit(tmp_path, monkeypatch, cfg):
@@ -182,6 +186,19 @@ def test_sliceable_merges_stream_slices_bit_for_bit(tmp_path, monkeypatch, cfg):
     for k in base:
         assert got[k].dtype == expected[k].dtype
         assert torch.equal(got[k], expected[k]), k
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 3 * 4096), st.lists(st.integers(0, 3 * 4096), max_size=5), st.integers(0, 9))
+def test_dare_uniforms_depend_on_position_only(n, cuts, seed):
+    """Entries offset .. offset+n-1 drawn in any cut are the same draws as drawn whole."""
+    from rmtllmf.fusion.merge import _dare_uniforms
+
+    whole = _dare_uniforms(n, 0, seed)
+    bounds = [0, *sorted(c for c in cuts if c <= n), n]
+    parts = [_dare_uniforms(b - a, a, seed) for a, b in itertools.pairwise(bounds)]
+    assert torch.equal(torch.cat(parts), whole)
+    assert not torch.equal(_dare_uniforms(4096, 0, seed), _dare_uniforms(4096, 4096, seed))
 
 
 def test_sliced_ties_breaks_exact_ties_by_the_whole_tensors_majority(tmp_path, monkeypatch):

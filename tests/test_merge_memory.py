@@ -51,8 +51,8 @@ CHILD = textwrap.dedent(
         time.sleep(0.05)
     elif what == "sharded-task-arithmetic":
         merge_checkpoints(root / "base", fts, root / f"{what}.safetensors", MergeConfig())
-    elif what == "sharded-ties":
-        config = MergeConfig(method="ties", density=0.2, scaling=0.5)
+    elif what in ("sharded-ties", "sharded-dare-ties"):
+        config = MergeConfig(method=what.split("-")[1], dare_combine="ties", density=0.2)
         merge_checkpoints(root / "base", fts, root / f"{what}.safetensors", config)
     else:
         config = {"ties": MergeConfig(method="ties", density=0.2, scaling=0.5),
@@ -133,10 +133,10 @@ def test_streaming_merge_of_four_checkpoints_stays_under_half_a_checkpoint(check
     assert (checkpoints / f"{what}.safetensors").stat().st_size > CHECKPOINT
 
 
-@pytest.mark.parametrize("what", ["sharded-task-arithmetic", "sharded-ties"])
+@pytest.mark.parametrize("what", ["sharded-task-arithmetic", "sharded-ties", "sharded-dare-ties"])
 def test_a_large_tensor_of_sharded_checkpoints_is_merged_in_slices(sharded, what):
     """Merges of sharded checkpoints (the streaming path) hold slices of the 64 MiB tensor, not
-    the tensor: whole, it would be four float32 copies and a stack of three (TIES: its
-    thresholds' magnitudes and its majority sign are streamed in slices too)."""
+    the tensor: whole, it would be four float32 copies and a stack of three (TIES and DARE with
+    TIES: their thresholds' magnitudes and majority signs are streamed in slices too)."""
     assert _peak(sharded, what) < (64 << 20) // 2
     assert (sharded / f"{what}.safetensors").stat().st_size > 64 << 20

@@ -13,7 +13,8 @@ the merged delta for that parameter; the merged model is ``theta_base[k] + delta
   and scale by ``lambda``.
 * ``dare`` (Yu et al. 2024): drop each entry of ``tau_q`` with probability ``p`` and rescale the
   rest by ``1/(1-p)``, then combine with task arithmetic or TIES (``dare_combine``). Drops are
-  seeded per (task, parameter), so a merge is reproducible in any order.
+  seeded per (task, parameter) and drawn by position in blocks of 4096 entries, so a merge is
+  reproducible in any order and a tensor merged in slices drops what it would drop whole.
 
 Methods that need a statistic of a whole task vector (TIES's global threshold) declare it; the
 drivers compute it exactly in two streaming passes (:mod:`rmtllmf.fusion.selection`), so memory
@@ -70,12 +71,15 @@ class TensorContext:
     majority: float | None = None
     """TIES's sign for entries whose elected sum is exactly 0, taken over the whole tensor; set
     by its prepass when the tensor is merged in slices, else computed from the tensor given."""
+    offset: int = 0
+    """Flat index, in the parameter, of the first entry of the tensors given (a slice's start):
+    DARE draws its drop masks by position, so that slices drop what the whole tensor would."""
 
 
 MergeFn = Callable[[Sequence[torch.Tensor], TensorContext], torch.Tensor]
-Prepass = Callable[[Iterable[Sequence[torch.Tensor]], TensorContext], TensorContext]
-"""Reads a parameter's task-vector slices once and returns the context with what the method
-needs of the whole tensor (TIES: the majority sign)."""
+Prepass = Callable[[Iterable[tuple[int, Sequence[torch.Tensor]]], TensorContext], TensorContext]
+"""Reads a parameter's task-vector slices ``(offset, [tau_1, ..., tau_N])`` once and returns the
+context with what the method needs of the whole tensor (TIES: the majority sign)."""
 
 
 @dataclass(frozen=True)
@@ -162,13 +166,21 @@ def ties_combine(
     return selected.sum(dim=0) / count
 
 
-def ties_majority(slices: Iterable[Sequence[torch.Tensor]], ctx: TensorContext) -> TensorContext:
-    """TIES's prepass: the majority sign of one parameter from its slices, counted exactly."""
+def _majority(stacks: Iterable[torch.Tensor], ctx: TensorContext) -> TensorContext:
+    """``ctx`` with the majority sign of one parameter: the sign of the sum of the elected signs
+    of its trimmed slices (each stacked ``(N, n)``), counted exactly in integers."""
     total = 0
-    for taus in slices:
-        trimmed = _ties_trim(torch.stack(list(taus)), ctx.thresholds)
+    for stacked in stacks:
+        trimmed = _ties_trim(stacked, ctx.thresholds)
         total += int(torch.sign(trimmed.sum(dim=0)).sum())
     return replace(ctx, majority=float((total > 0) - (total < 0)))
+
+
+def ties_majority(
+    slices: Iterable[tuple[int, Sequence[torch.Tensor]]], ctx: TensorContext
+) -> TensorContext:
+    """TIES's prepass: the majority sign of one parameter from its slices."""
+    return _majority((torch.stack(list(taus)) for _, taus in slices), ctx)
 
 
 @register(
@@ -186,11 +198,32 @@ def ties(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     return ctx.config.scaling * combined
 
 
-def _dare_drop(tau: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+DARE_BLOCK = 1 << 12
+"""Entries per block of DARE's uniform draws: block ``j`` of a (task, parameter) comes from its
+own generator, so a slice's mask depends on its position only, not on how a tensor is cut."""
+
+
+def _dare_uniforms(n: int, offset: int, seed: int) -> torch.Tensor:
+    """Uniforms for flat entries ``offset .. offset + n - 1`` of a (task, parameter)."""
+    if n == 0:
+        return torch.empty(0)
+    first, last = offset // DARE_BLOCK, (offset + n - 1) // DARE_BLOCK
+    blocks = [
+        torch.rand(
+            DARE_BLOCK,
+            generator=torch.Generator().manual_seed((seed + j * 0x9E3779B97F4A7C15) % 2**63),
+        )
+        for j in range(first, last + 1)
+    ]
+    start = offset - first * DARE_BLOCK
+    return torch.cat(blocks)[start : start + n]
+
+
+def _dare_drop(tau: torch.Tensor, p: float, seed: int, offset: int) -> torch.Tensor:
+    """``tau`` with each entry dropped with probability ``p`` and the rest scaled by 1/(1-p)."""
     if p == 0.0:
         return tau
-    gen = torch.Generator().manual_seed(seed)
-    keep = torch.rand(tau.shape, generator=gen) >= p
+    keep = (_dare_uniforms(tau.numel(), offset, seed) >= p).reshape(tau.shape)
     return tau * keep / (1.0 - p)
 
 
@@ -199,20 +232,40 @@ def dare_seed(config: MergeConfig, task: int, name: str) -> int:
     return (config.seed * 1_000_003 + task * 7919 + zlib.crc32(name.encode())) % (2**63)
 
 
+def _dare_dropped(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
+    """The task vectors' entries at ``ctx.offset`` on, dropped and rescaled, stacked."""
+    cfg = ctx.config
+    return torch.stack(
+        [
+            _dare_drop(t, cfg.drop_rate, dare_seed(cfg, i, ctx.name), ctx.offset)
+            for i, t in enumerate(taus)
+        ]
+    )
+
+
+def dare_majority(
+    slices: Iterable[tuple[int, Sequence[torch.Tensor]]], ctx: TensorContext
+) -> TensorContext:
+    """DARE's prepass: with TIES as the combiner, the majority sign of the dropped slices."""
+    if ctx.config.dare_combine != "ties":
+        return ctx
+    return _majority((_dare_dropped(taus, replace(ctx, offset=o)) for o, taus in slices), ctx)
+
+
 @register(
     "dare",
     "drop-and-rescale, then task arithmetic or TIES (Yu et al. 2024)",
     needs_thresholds=lambda c: c.dare_combine == "ties" and c.density < 1.0,
+    sliceable=True,
+    prepass=dare_majority,
 )
 def dare(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """Drop with probability ``p``, rescale by ``1/(1-p)``, combine."""
     cfg = ctx.config
-    dropped = [
-        _dare_drop(t, cfg.drop_rate, dare_seed(cfg, i, ctx.name)) for i, t in enumerate(taus)
-    ]
+    dropped = _dare_dropped(taus, ctx)
     if cfg.dare_combine == "ties":
-        return cfg.scaling * ties_combine(torch.stack(dropped), ctx.thresholds, cfg.ties_merge)
-    return cfg.scaling * torch.stack(dropped).sum(dim=0)
+        return cfg.scaling * ties_combine(dropped, ctx.thresholds, cfg.ties_merge, ctx.majority)
+    return cfg.scaling * dropped.sum(dim=0)
 
 
 def merge_task_vectors(
@@ -299,7 +352,7 @@ def merge_checkpoints(
 
             def magnitudes() -> Iterator[list[torch.Tensor]]:
                 for k in merged:
-                    for _, taus in _tau_slices(b.get(k), [f.get(k) for f in fts]):
+                    for _, _, taus in _tau_slices(b.get(k), [f.get(k) for f in fts]):
                         yield [t.abs() for t in taus]
 
             thresholds = ties_thresholds(magnitudes, len(fts), config.density)
@@ -333,15 +386,15 @@ checkpoints around one 64 MiB tensor peaked at 8.1 MiB of anonymous memory with 
 
 def _tau_slices(
     base: torch.Tensor, models: Sequence[torch.Tensor]
-) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-    """``(theta_base, [tau_1, ..., tau_N])`` of one parameter in float32, :data:`SLICE_ELEMENTS`
-    flat entries at a time."""
+) -> Iterator[tuple[int, torch.Tensor, list[torch.Tensor]]]:
+    """``(offset, theta_base, [tau_1, ..., tau_N])`` of one parameter in float32,
+    :data:`SLICE_ELEMENTS` flat entries at a time."""
     base_flat = base.reshape(-1)
     flats = [m.reshape(-1) for m in models]
     for start in range(0, base_flat.numel(), SLICE_ELEMENTS):
         part = slice(start, start + SLICE_ELEMENTS)
         b = base_flat[part].float()
-        yield b, [m[part].float() - b for m in flats]
+        yield start, b, [m[part].float() - b for m in flats]
 
 
 def _merged_slices(
@@ -350,9 +403,9 @@ def _merged_slices(
     """``theta_base + delta`` of one parameter a slice at a time, for a sliceable ``method``
     (after its prepass over the slices): each slice is computed as the whole tensor would be."""
     if method.prepass is not None:
-        ctx = method.prepass((taus for _, taus in _tau_slices(base, models)), ctx)
-    for b, taus in _tau_slices(base, models):
-        yield (b + method.fn(taus, ctx)).to(base.dtype)
+        ctx = method.prepass(((o, taus) for o, _, taus in _tau_slices(base, models)), ctx)
+    for offset, b, taus in _tau_slices(base, models):
+        yield (b + method.fn(taus, replace(ctx, offset=offset))).to(base.dtype)
 
 
 def _single_safetensors(base: ModelSource, finetuned: Sequence[ModelSource]) -> list[Path] | None:
