@@ -17,8 +17,10 @@ the merged delta for that parameter; the merged model is ``theta_base[k] + delta
   reproducible in any order and a tensor merged in slices drops what it would drop whole.
 
 Methods that need a statistic of a whole task vector (TIES's global threshold) declare it; the
-drivers compute it exactly in two streaming passes (:mod:`rmtllmf.fusion.selection`), so memory
-stays at one tensor per model whatever the model size.
+drivers compute it exactly in two streaming passes (:mod:`rmtllmf.fusion.selection`). Sliceable
+methods (all four) are merged from disk a slice of :data:`SLICE_ELEMENTS` entries at a time,
+after a prepass over the slices where a method needs a statistic of the whole tensor (TIES's
+majority sign), so memory stays at one slice per model whatever the model size.
 
 The scaling ``lambda`` is configurable; :func:`select_lambda` runs the validation grid search of
 tangent task arithmetic, ``lambda in linspace(0, 1, 21)`` by default.
