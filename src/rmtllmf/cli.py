@@ -121,10 +121,14 @@ def _add_merge_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = sub.add_parser(
         "merge",
         help="merge fine-tuned checkpoints into one model (task arithmetic, average, TIES, DARE)",
-        description="Streaming merge: one tensor per model in memory; writes safetensors with the "
-        "base's keys, shapes and dtypes, and the resolved config as OUT.json.",
+        description="Streaming merge: a slice of one tensor per model in memory; writes "
+        "safetensors with the base's keys, shapes and dtypes, and the resolved config as OUT.json.",
     )
-    p.add_argument("--method", default="task-arithmetic", help="a registered merge method")
+    p.add_argument(
+        "--method",
+        default="task-arithmetic",
+        help="task-arithmetic (eq. 6), average, ties, dare, or a method registered in code",
+    )
     p.add_argument("--base", required=True, help="base model: .safetensors file or HF directory")
     p.add_argument("--models", nargs="+", required=True, help="fine-tuned models (same format)")
     p.add_argument("--lambda", dest="scaling", type=float, default=0.3, help="scaling lambda_N")

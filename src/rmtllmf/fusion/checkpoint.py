@@ -8,8 +8,9 @@ Sources accepted everywhere a checkpoint is expected:
 * a pickled ``.bin``/``.pt``/``.pth`` file or directory with ``pytorch_model.bin``: refused unless
   ``allow_pickle=True``, and then loaded with ``torch.load(weights_only=True)`` only.
 
-:class:`LazyCheckpoint` opens safetensors with ``safe_open`` and reads one tensor at a time, so a
-merge of ``N`` models holds one tensor per model in memory. :func:`write_safetensors_streaming`
+:class:`LazyCheckpoint` opens safetensors with ``safe_open`` and reads one tensor at a time (a
+view of the memory-mapped file), so a merge of ``N`` models holds at most a slice of one tensor
+per model in memory. :func:`write_safetensors_streaming`
 writes a safetensors file from a generator of tensors, without holding the whole model.
 """
 

@@ -322,7 +322,8 @@ def merge_checkpoints(
     *,
     allow_pickle: bool = False,
 ) -> None:
-    """Merge checkpoints from disk into a safetensors file, streaming one tensor per model.
+    """Merge checkpoints from disk into a safetensors file, a slice of one tensor per model at a
+    time.
 
     The output has exactly the base's keys, shapes and dtypes; parameters not selected (and all
     integer buffers) are copied from the base.
