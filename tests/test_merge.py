@@ -22,7 +22,6 @@ from rmtllmf.fusion import (
     merge_task_vectors,
     select_lambda,
 )
-from rmtllmf.fusion.selection import ties_threshold
 
 
 def _models(n_tasks=3, seed=0):
@@ -101,13 +100,6 @@ def test_ties_matches_the_paper_steps():
     # bf16 storage of b.weight rounds the merged values; compare the float32 part exactly
     n = tvs[0].layout.segments[2]
     np.testing.assert_allclose(got[:n], expected[:n], rtol=1e-5, atol=1e-6)
-
-
-def test_ties_threshold_keeps_the_requested_fraction():
-    x = torch.randn(10_000).abs()
-    thr = ties_threshold(x, 0.2)
-    assert (x >= thr).float().mean().item() == pytest.approx(0.2, abs=1e-3)
-    assert ties_threshold(x, 1.0) == 0.0
 
 
 def test_dare_is_reproducible_and_unbiased():

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from rmtllmf.fusion import selection
-from rmtllmf.fusion.selection import kth_smallest_magnitudes, ties_threshold, ties_thresholds
+from rmtllmf.fusion.selection import kth_smallest_magnitudes, ties_thresholds
+
+
+def ties_threshold(magnitudes: torch.Tensor, density: float) -> float:
+    """One model's TIES threshold from magnitudes held in memory."""
+    return ties_thresholds(lambda: [[magnitudes]], 1, density)[0]
+
 
 magnitudes = arrays(
     np.float32,
@@ -86,3 +92,10 @@ def test_bad_streams_are_refused():
 
     with pytest.raises(ValueError, match="changed between passes"):
         ties_thresholds(changing, 1, 0.5)
+
+
+def test_ties_threshold_keeps_the_requested_fraction():
+    x = torch.randn(10_000).abs()
+    thr = ties_threshold(x, 0.2)
+    assert (x >= thr).float().mean().item() == pytest.approx(0.2, abs=1e-3)
+    assert ties_threshold(x, 1.0) == 0.0

@@ -10,8 +10,8 @@ Sources accepted everywhere a checkpoint is expected:
 
 :class:`LazyCheckpoint` opens safetensors with ``safe_open`` and reads one tensor at a time (a
 view of the memory-mapped file), so a merge of ``N`` models holds at most a slice of one tensor
-per model in memory. :func:`write_safetensors_streaming`
-writes a safetensors file from a generator of tensors, without holding the whole model.
+per model in memory. :func:`write_safetensors_streaming` writes a safetensors file from a
+generator of tensors, without holding the whole model.
 """
 
 from __future__ import annotations

@@ -103,8 +103,3 @@ def ties_thresholds(stream: MagnitudeStream, n_models: int, density: float) -> t
         return (0.0,) * n_models
     found = kth_smallest_magnitudes(stream, n_models, lambda d: d - int(d * density))
     return tuple(0.0 if t is None else t for t in found)
-
-
-def ties_threshold(magnitudes: torch.Tensor, density: float) -> float:
-    """:func:`ties_thresholds` of one model's magnitudes held in memory."""
-    return ties_thresholds(lambda: [[magnitudes]], 1, density)[0]
