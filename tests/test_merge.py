@@ -102,6 +102,44 @@ def test_ties_matches_the_paper_steps():
     np.testing.assert_allclose(got[:n], expected[:n], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("peer", ["paper", "fusion_bench"])
+def test_dare_ties_is_ties_over_the_dropped_vectors(peer):
+    """DARE combined with TIES trims, elects and merges the dropped and rescaled task vectors,
+    its thresholds taken over their magnitudes, as FusionBench's DareTiesMerging does (random
+    drop, then ``ties_merging`` of the flat dropped vectors). Thresholds of the raw task vectors
+    would keep ``floor(d * density) + 1`` of the raw entries instead, about half of them dropped:
+    a different merge."""
+    from rmtllmf.fusion.merge import _dare_drop, dare_seed
+
+    base, fts = _models(4, seed=2)
+    keep = [k for k, v in base.items() if v.dtype == torch.float32]
+    base = {k: base[k] for k in keep}
+    fts = [{k: ft[k] for k in keep} for ft in fts]
+    tvs = [TaskVector.from_models(base, ft) for ft in fts]
+    cfg = MergeConfig(method="dare", dare_combine="ties", density=0.2, drop_rate=0.5, scaling=0.6)
+    got = TaskVector.from_models(base, merge_task_vectors(base, tvs, cfg)).flatten()
+    dropped = np.stack(
+        [
+            TaskVector(
+                {
+                    k: _dare_drop(t, cfg.drop_rate, dare_seed(cfg, i, k), 0)
+                    for k, t in tv.tensors.items()
+                }
+            ).flatten()
+            for i, tv in enumerate(tvs)
+        ]
+    )
+    if peer == "paper":
+        expected = _ties_reference(dropped.astype(np.float64), cfg.density, cfg.scaling)
+    else:
+        pytest.importorskip("fusion_bench", reason="peer check needs `pip install fusion-bench`")
+        from fusion_bench.method.ties_merging.ties_merging_utils import ties_merging
+
+        merged = ties_merging(torch.from_numpy(dropped), reset_thresh=20, merge_func="mean")
+        expected = cfg.scaling * merged.numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_dare_is_reproducible_and_unbiased():
     base, fts = _models(2)
     tvs = [TaskVector.from_models(base, ft) for ft in fts]

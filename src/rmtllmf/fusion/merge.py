@@ -12,12 +12,15 @@ the merged delta for that parameter; the merged model is ``theta_base[k] + delta
   ``resolve_zero_signs``), take the disjoint mean (or sum / max) of the entries that agree with it,
   and scale by ``lambda``.
 * ``dare`` (Yu et al. 2024): drop each entry of ``tau_q`` with probability ``p`` and rescale the
-  rest by ``1/(1-p)``, then combine with task arithmetic or TIES (``dare_combine``). Drops are
+  rest by ``1/(1-p)``, then combine with task arithmetic or TIES (``dare_combine``; TIES then
+  trims, elects and merges the dropped vectors, its thresholds taken over their magnitudes, as
+  in FusionBench's DARE-TIES). Drops are
   seeded per (task, parameter) and drawn by position in blocks of 4096 entries, so a merge is
   reproducible in any order and a tensor merged in slices drops what it would drop whole.
 
 Methods that need a statistic of a whole task vector (TIES's global threshold) declare it; the
-drivers compute it exactly in two streaming passes (:mod:`rmtllmf.fusion.selection`). Sliceable
+drivers compute it exactly in two streaming passes (:mod:`rmtllmf.fusion.selection`) over the
+method's ``vectors`` (the task vectors, or DARE's dropped ones). Sliceable
 methods (all four) are merged from disk a slice of :data:`SLICE_ELEMENTS` entries at a time,
 after a prepass over the slices where a method needs a statistic of the whole tensor (TIES's
 majority sign), so memory stays at one slice per model whatever the model size.
@@ -79,26 +82,51 @@ class TensorContext:
 
 
 MergeFn = Callable[[Sequence[torch.Tensor], TensorContext], torch.Tensor]
+VectorsFn = Callable[[Sequence[torch.Tensor], TensorContext], torch.Tensor]
+"""The per-model vectors a method trims and elects over, stacked ``(N, ...)``, from the task
+vectors' slices ``[tau_1, ..., tau_N]`` at ``ctx.offset`` of parameter ``ctx.name``."""
 Prepass = Callable[[Iterable[tuple[int, Sequence[torch.Tensor]]], TensorContext], TensorContext]
 """Reads a parameter's task-vector slices ``(offset, [tau_1, ..., tau_N])`` once and returns the
 context with what the method needs of the whole tensor (TIES: the majority sign)."""
 
 
+def stacked_task_vectors(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
+    """The task vectors themselves, stacked: what TIES trims and elects over."""
+    return torch.stack(list(taus))
+
+
 @dataclass(frozen=True)
 class MergeMethod:
-    """A registry entry: the per-tensor function, whether it needs global TIES thresholds, and
-    whether it is sliceable: after the optional ``prepass`` over a parameter's slices, the merged
-    delta of any slice of its entries is that slice of its merged delta, so a driver may merge a
-    large tensor slice by slice."""
+    """A registry entry: the per-tensor function, whether it needs global TIES thresholds (taken
+    over the magnitudes of ``vectors``), and whether it is sliceable: after the optional
+    ``prepass`` over a parameter's slices, the merged delta of any slice of its entries is that
+    slice of its merged delta, so a driver may merge a large tensor slice by slice."""
 
     fn: MergeFn
     needs_thresholds: Callable[[MergeConfig], bool]
     summary: str
     sliceable: bool = False
     prepass: Prepass | None = None
+    vectors: VectorsFn = stacked_task_vectors
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
+
+
+def merge_thresholds(
+    method: MergeMethod,
+    config: MergeConfig,
+    slices: Callable[[], Iterable[tuple[str, int, Sequence[torch.Tensor]]]],
+    n_models: int,
+) -> tuple[float, ...]:
+    """Each model's TIES threshold over the magnitudes of ``method.vectors``, from a replayable
+    stream of task-vector slices ``(parameter, offset, [tau_1, ..., tau_N])``."""
+
+    def magnitudes() -> Iterator[list[torch.Tensor]]:
+        for name, offset, taus in slices():
+            yield list(method.vectors(taus, TensorContext(name, config, offset=offset)).abs())
+
+    return ties_thresholds(magnitudes, n_models, config.density)
 
 
 def register(
@@ -108,11 +136,14 @@ def register(
     *,
     sliceable: bool = False,
     prepass: Prepass | None = None,
+    vectors: VectorsFn = stacked_task_vectors,
 ) -> Callable[[MergeFn], MergeFn]:
     """Add a merge method to the registry under ``name``."""
 
     def wrap(fn: MergeFn) -> MergeFn:
-        MERGE_METHODS[name] = MergeMethod(fn, needs_thresholds, summary, sliceable, prepass)
+        MERGE_METHODS[name] = MergeMethod(
+            fn, needs_thresholds, summary, sliceable, prepass, vectors
+        )
         return fn
 
     return wrap
@@ -182,7 +213,7 @@ def ties_majority(
     slices: Iterable[tuple[int, Sequence[torch.Tensor]]], ctx: TensorContext
 ) -> TensorContext:
     """TIES's prepass: the majority sign of one parameter from its slices."""
-    return _majority((torch.stack(list(taus)) for _, taus in slices), ctx)
+    return _majority((stacked_task_vectors(taus, ctx) for _, taus in slices), ctx)
 
 
 @register(
@@ -195,7 +226,7 @@ def ties_majority(
 def ties(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``lambda * disjoint_merge(elect(trim(tau_q)))``."""
     combined = ties_combine(
-        torch.stack(list(taus)), ctx.thresholds, ctx.config.ties_merge, ctx.majority
+        stacked_task_vectors(taus, ctx), ctx.thresholds, ctx.config.ties_merge, ctx.majority
     )
     return ctx.config.scaling * combined
 
@@ -260,6 +291,7 @@ def dare_majority(
     needs_thresholds=lambda c: c.dare_combine == "ties" and c.density < 1.0,
     sliceable=True,
     prepass=dare_majority,
+    vectors=_dare_dropped,
 )
 def dare(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """Drop with probability ``p``, rescale by ``1/(1-p)``, combine."""
@@ -286,10 +318,11 @@ def merge_task_vectors(
         task_vectors[0]._check_same(tv)
     thresholds = None
     if method.needs_thresholds(config):
-        thresholds = ties_thresholds(
-            lambda: ([tv.tensors[k].abs() for tv in task_vectors] for k in names),
+        thresholds = merge_thresholds(
+            method,
+            config,
+            lambda: ((k, 0, [tv.tensors[k] for tv in task_vectors]) for k in names),
             len(task_vectors),
-            config.density,
         )
     out = {k: v.clone() for k, v in base.items()}
     for k in names:
@@ -353,12 +386,12 @@ def merge_checkpoints(
         thresholds = None
         if method.needs_thresholds(config):
 
-            def magnitudes() -> Iterator[list[torch.Tensor]]:
+            def slices() -> Iterator[tuple[str, int, list[torch.Tensor]]]:
                 for k in merged:
-                    for _, _, taus in _tau_slices(b.get(k), [f.get(k) for f in fts]):
-                        yield [t.abs() for t in taus]
+                    for offset, _, taus in _tau_slices(b.get(k), [f.get(k) for f in fts]):
+                        yield k, offset, taus
 
-            thresholds = ties_thresholds(magnitudes, len(fts), config.density)
+            thresholds = merge_thresholds(method, config, slices, len(fts))
 
         def tensors() -> Iterator[tuple[str, torch.Tensor | Iterator[torch.Tensor]]]:
             for k in order:
