@@ -7,7 +7,9 @@ an HF directory (config.json + model.safetensors). Every contender runs ``--repe
 a fresh subprocess on warm page cache, and reports its best and median merge wall time (imports
 excluded) and peak resident memory (VmHWM, which counts the pages of memory-mapped files while they
 are mapped), and the page faults during the merge (those that read the disk apart: a file that fell
-out of the page cache makes a run slow for reasons the merge does not own):
+out of the page cache makes a run slow for reasons the merge does not own). The inputs are read
+again before every run: on the VMs here the host takes idle page cache back, a few MiB per second
+with no reclaim by the guest kernel, and how much of the inputs it took is reported per run:
 
 * rmtllmf: ``merge_checkpoints`` (linear merges run the compiled kernel: inputs memory-mapped and
   read in place, sums in registers, ``pwrite``);
@@ -30,8 +32,10 @@ also reported as a ratio to the bound measured next to it (best and median of th
 from __future__ import annotations
 
 import argparse
+import ctypes
 import itertools
 import json
+import mmap
 import os
 import shutil
 import subprocess
@@ -40,6 +44,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -151,6 +156,39 @@ print(json.dumps({{
 """
 
 
+def page_cache_bytes(path: Path) -> int:
+    """Bytes of ``path`` held in the page cache (``mincore`` over a read-only map of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+    try:
+        view = np.frombuffer(mapped, dtype=np.uint8)
+        pages = np.zeros(-(-len(mapped) // mmap.PAGESIZE), dtype=np.uint8)
+        rc = libc.mincore(
+            ctypes.c_void_p(view.ctypes.data),
+            ctypes.c_size_t(len(mapped)),
+            ctypes.c_void_p(pages.ctypes.data),
+        )
+        del view  # it holds the map open
+        if rc != 0:
+            raise OSError(ctypes.get_errno(), f"mincore of {path}")
+        return min(int((pages & 1).sum()) * mmap.PAGESIZE, len(mapped))
+    finally:
+        mapped.close()
+
+
+def warm(files: list[Path]) -> int:
+    """Read ``files`` into the page cache (through one reused buffer: no fresh memory); returns
+    how many of their bytes were not there before."""
+    missing = sum(f.stat().st_size - page_cache_bytes(f) for f in files)
+    buffer = bytearray(1 << 24)
+    for f in files:
+        with open(f, "rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
+    return missing
+
+
 def run_contender(
     name: str,
     base: Path,
@@ -171,11 +209,13 @@ def run_contender(
         out=str(out),
         body=RUNNERS[name],
     )
-    seconds, walls, peaks, ratios, faults, disk_reads = [], [], [], [], [], []
+    inputs = [d / "model.safetensors" for d in [base, *fts]]
+    seconds, walls, peaks, ratios, faults, disk_reads, evicted = [], [], [], [], [], [], []
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         os.sync()  # no writeback of earlier files (models, last output) during the run
+        evicted.append(warm(inputs) / 2**20)
         bound_now = bound.seconds()
         start = time.perf_counter()
         proc = subprocess.run(
@@ -199,6 +239,7 @@ def run_contender(
         "all_seconds": seconds,
         "all_page_faults": faults,
         "all_disk_reads": disk_reads,
+        "evicted_mib_before_runs": evicted,
         "peak_rss_gib": max(peaks),
         "process_seconds": max(walls),
     }
@@ -332,8 +373,7 @@ def main() -> None:
         root = Path(tmp)
         base, fts, n_params = make_models(root / "models", args.models, args.dtype)
         os.sync()
-        for f in [base, *fts]:  # warm the page cache
-            (f / "model.safetensors").read_bytes()
+        warm([f / "model.safetensors" for f in [base, *fts]])
         size = ITEMSIZE[args.dtype] * n_params
         threads = min(4, os.cpu_count() or 1)  # as many as merge_checkpoints runs
         copy_bound = CopyBound((args.models + 1) * size + size, threads)
@@ -388,6 +428,9 @@ def main() -> None:
                     f"{min(paired):.2f}x, median {float(np.median(paired)):.2f}x; page faults "
                     f"{res['all_page_faults']}, of which disk reads {res['all_disk_reads']}"
                 )
+                mibs = cast(list[float], res["evicted_mib_before_runs"])
+                evicted = ", ".join(f"{m:.0f}" for m in mibs)
+                print(f"{'':>13}  inputs evicted before each run, read back: [{evicted}] MiB")
         ours = report["rmtllmf"]
         if isinstance(ours, dict) and "seconds" in ours:
             print(f"rmtllmf's compiled kernel loaded: {ours.get('kernel')}")
