@@ -4,12 +4,14 @@ against the machine's memory-bandwidth bound, measured in one run.
 Models: a CLIPVisionModel ViT-B/16 state dict (85.8M parameters in float32, or bfloat16 with
 ``--dtype bfloat16``, random weights made here) plus 8 fine-tuned copies (base + small noise), each
 an HF directory (config.json + model.safetensors). Every contender runs ``--repeats`` times, each in
-a fresh subprocess on warm page cache, and reports its best and median merge wall time (imports
-excluded) and peak resident memory (VmHWM, which counts the pages of memory-mapped files while they
-are mapped), and the page faults during the merge (those that read the disk apart: a file that fell
-out of the page cache makes a run slow for reasons the merge does not own). The inputs are read
-again before every run: on the VMs here the host takes idle page cache back, a few MiB per second
-with no reclaim by the guest kernel, and how much of the inputs it took is reported per run:
+a fresh subprocess on warm page cache after ``--warmup`` untimed runs (in a full run here the
+first run of rmtllmf, its numpy path and FusionBench was each one's slowest), and reports its
+best and median merge wall time (imports excluded) and peak resident memory (VmHWM, which
+counts the pages of memory-mapped files while they are mapped), and the page faults during the
+merge (those that read the disk apart: a file that fell out of the page cache makes a run slow
+for reasons the merge does not own). The inputs are read again before every run: on the VMs here
+the host takes idle page cache back, a few MiB per second with no reclaim by the guest kernel,
+and how much of the inputs it took is reported per run:
 
 * rmtllmf: ``merge_checkpoints`` (linear merges run the compiled kernel: inputs memory-mapped and
   read in place, sums in registers, ``pwrite``);
@@ -25,7 +27,8 @@ threads as rmtllmf merges with (``min(4, cpus)``), measured once at the start an
 just before every run: the machine's bandwidth drifts with load over minutes, so each run is
 also reported as a ratio to the bound measured next to it (best and median of those ratios).
 
-    python benchmarks/bench_merge.py [--models 8] [--repeats 3] [--workdir DIR] [--json out.json]
+    python benchmarks/bench_merge.py [--models 8] [--repeats 3] [--warmup 1] [--workdir DIR]
+                                     [--json out.json]
                                      [--contenders rmtllmf fusion_bench ...] [--dtype bfloat16]
 """
 
@@ -197,10 +200,12 @@ def run_contender(
     repeats: int,
     bound: CopyBound,
     dtype: str,
+    warmup: int = 1,
 ) -> dict[str, object]:
-    """``repeats`` fresh-process runs of one contender: best and median merge seconds, the
-    largest peak RSS and process wall time seen, and each run's ratio to the bound measured
-    just before it (the machine's bandwidth drifts with load over minutes)."""
+    """``repeats`` fresh-process runs of one contender, after ``warmup`` untimed ones: best and
+    median merge seconds, the largest peak RSS and process wall time seen, and each run's ratio
+    to the bound measured just before it (the machine's bandwidth drifts with load over
+    minutes). The warm-up runs' times are reported apart."""
     code = CHILD.format(
         scaling=SCALING,
         dtype=dtype,
@@ -211,11 +216,12 @@ def run_contender(
     )
     inputs = [d / "model.safetensors" for d in [base, *fts]]
     seconds, walls, peaks, ratios, faults, disk_reads, evicted = [], [], [], [], [], [], []
-    for _ in range(repeats):
+    warmup_seconds = []
+    for run in range(warmup + repeats):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         os.sync()  # no writeback of earlier files (models, last output) during the run
-        evicted.append(warm(inputs) / 2**20)
+        missing = warm(inputs) / 2**20
         bound_now = bound.seconds()
         start = time.perf_counter()
         proc = subprocess.run(
@@ -226,6 +232,10 @@ def run_contender(
             reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
             return {"error": reason[:300]}
         result = json.loads(proc.stdout.strip().splitlines()[-1])
+        if run < warmup:
+            warmup_seconds.append(float(result["seconds"]))
+            continue
+        evicted.append(missing)
         seconds.append(float(result.pop("seconds")))
         peaks.append(float(result.pop("peak_rss_gib")))
         faults.append(int(result.pop("faults")))
@@ -240,6 +250,7 @@ def run_contender(
         "all_page_faults": faults,
         "all_disk_reads": disk_reads,
         "evicted_mib_before_runs": evicted,
+        "warmup_seconds": warmup_seconds,
         "peak_rss_gib": max(peaks),
         "process_seconds": max(walls),
     }
@@ -353,6 +364,12 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=8)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per contender")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed fresh-process runs per contender before those (reported apart)",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument(
         "--dtype",
@@ -409,7 +426,9 @@ def main() -> None:
         outs = {}
         for name in contenders:
             outs[name] = root / f"out_{name}"
-            res = run_contender(name, base, fts, outs[name], args.repeats, copy_bound, args.dtype)
+            res = run_contender(
+                name, base, fts, outs[name], args.repeats, copy_bound, args.dtype, args.warmup
+            )
             report[name] = res
             if "error" in res:
                 print(f"{name:>13}: not run ({res['error']})")
@@ -431,6 +450,10 @@ def main() -> None:
                 mibs = cast(list[float], res["evicted_mib_before_runs"])
                 evicted = ", ".join(f"{m:.0f}" for m in mibs)
                 print(f"{'':>13}  inputs evicted before each run, read back: [{evicted}] MiB")
+                warmups = cast(list[float], res["warmup_seconds"])
+                if warmups:
+                    shown = ", ".join(f"{w:.2f}" for w in warmups)
+                    print(f"{'':>13}  untimed warm-up runs: {shown} s")
         ours = report["rmtllmf"]
         if isinstance(ours, dict) and "seconds" in ours:
             print(f"rmtllmf's compiled kernel loaded: {ours.get('kernel')}")
