@@ -18,6 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from rmtllmf.atomic import write_text_atomic
 from rmtllmf.channel.geometry import PathLossConfig
 from rmtllmf.channel.link import SymbolLinkConfig
 from rmtllmf.channel.report import ChannelSummary, measure, summarize
@@ -164,7 +165,7 @@ def _merge(args: argparse.Namespace) -> int:
         "merge": config.model_dump(),
         "params": params.model_dump(),
     }
-    out.with_suffix(out.suffix + ".json").write_text(json.dumps(record, indent=2))
+    write_text_atomic(out.with_suffix(out.suffix + ".json"), json.dumps(record, indent=2))
     print(f"merged {len(args.models)} models with {config.method} into {out}")
     return 0
 

@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from rmtllmf.atomic import write_text_atomic
 from rmtllmf.data.real import load_hf_dataset
 from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.models.hf_clip import DEFAULT_TEMPLATES, EMBEDDING_PARAMS, HfClip, vision_state
@@ -252,5 +253,5 @@ class ClipPool:
             }
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_text(json.dumps(record, indent=2))
+            write_text_atomic(file, json.dumps(record, indent=2))
         return record

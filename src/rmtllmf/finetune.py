@@ -29,6 +29,7 @@ import torch
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from rmtllmf.atomic import write_text_atomic
 from rmtllmf.data.real import LabelledImages
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import TaskVector, save_state_dict
@@ -131,7 +132,7 @@ def write_result(
     save_state_dict({prefix + k: v for k, v in tuned_state.items()}, root / "model.safetensors")
     TaskVector.from_models(base_state, tuned_state).save(root / "task_vector.safetensors")
     record = {**record, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (root / "finetune.json").write_text(json.dumps(record, indent=2))
+    write_text_atomic(root / "finetune.json", json.dumps(record, indent=2))
     return root
 
 

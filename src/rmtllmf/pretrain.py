@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
+from rmtllmf.atomic import write_text_atomic
 from rmtllmf.data.synthetic import PRETEXT_HEADS, pretext
 from rmtllmf.models.tiny_vit import TinyVit, TinyVitConfig
 from rmtllmf.train import embed, pretrain
@@ -53,7 +54,7 @@ def save_base(model: TinyVit, meta: dict[str, Any], out: Path) -> None:
         {"format": "pt", "rmtllmf": json.dumps(meta)},
     )
     tmp.replace(out)
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    write_text_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2))
 
 
 def probe_accuracy(

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rmtllmf.analysis import AnalysisConfig
+from rmtllmf.atomic import write_text_atomic
 from rmtllmf.clip_pool import ClipPool, ClipPoolConfig
 from rmtllmf.defense import RealignConfig
 from rmtllmf.errors import InputError
@@ -160,7 +161,7 @@ def reproduce(
         else:
             pool = build_pool(cfg, Path(cache), progress=progress)
         resolved = {"reproduce": cfg.model_dump(mode="json"), "sweep": scfg.model_dump(mode="json")}
-        (out / "config.json").write_text(json.dumps(resolved, indent=2))
+        write_text_atomic(out / "config.json", json.dumps(resolved, indent=2))
         if workers > 1 and max_runs is None:
             db.set_meta("sweep_config", scfg.model_dump_json())
             db.set_meta("pool_id", pool.pool_id)

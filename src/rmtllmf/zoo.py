@@ -32,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
+from rmtllmf.atomic import write_text_atomic
 from rmtllmf.data.synthetic import TASK_NAMES, TASKS, make_task, pretext
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.checkpoint import load_state_dict
@@ -401,5 +402,5 @@ def build_zoo(
             record["finetuned"][task] = {
                 s: accuracy(model, heads[task], *data[task][s]) for s in ("val", "test")
             }
-        record_file.write_text(json.dumps(record, indent=2))
+        write_text_atomic(record_file, json.dumps(record, indent=2))
     return zoo
