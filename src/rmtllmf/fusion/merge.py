@@ -14,16 +14,16 @@ the merged delta for that parameter; the merged model is ``theta_base[k] + delta
 * ``dare`` (Yu et al. 2024): drop each entry of ``tau_q`` with probability ``p`` and rescale the
   rest by ``1/(1-p)``, then combine with task arithmetic or TIES (``dare_combine``; TIES then
   trims, elects and merges the dropped vectors, its thresholds taken over their magnitudes, as
-  in FusionBench's DARE-TIES). Drops are
-  seeded per (task, parameter) and drawn by position in blocks of 4096 entries, so a merge is
-  reproducible in any order and a tensor merged in slices drops what it would drop whole.
+  in FusionBench's DARE-TIES). Drops are seeded per (task, parameter) and drawn by position in
+  blocks of 4096 entries, so a merge is reproducible in any order and a tensor merged in slices
+  drops what it would drop whole.
 
 Methods that need a statistic of a whole task vector (TIES's global threshold) declare it; the
 drivers compute it exactly in two streaming passes (:mod:`rmtllmf.fusion.selection`) over the
-method's ``vectors`` (the task vectors, or DARE's dropped ones). Sliceable
-methods (all four) are merged from disk a slice of :data:`SLICE_ELEMENTS` entries at a time,
-after a prepass over the slices where a method needs a statistic of the whole tensor (TIES's
-majority sign), so memory stays at one slice per model whatever the model size.
+method's ``vectors`` (the task vectors, or DARE's dropped ones). Sliceable methods (all four)
+are merged from disk a slice of :data:`SLICE_ELEMENTS` entries at a time, after a prepass over
+the slices where a method needs a statistic of the whole tensor (TIES's majority sign), so
+memory stays at one slice per model whatever the model size.
 
 The scaling ``lambda`` is configurable; :func:`select_lambda` runs the validation grid search of
 tangent task arithmetic, ``lambda in linspace(0, 1, 21)`` by default.
