@@ -186,3 +186,54 @@ def test_threads_share_the_jobs_and_a_set_counter_stops_them(tmp_path):
     assert results[1, 0] == expected
     assert results[3, 0] == expected
     assert results[3, n_jobs] == b""  # stopped before the first job
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("map_bytes", [0, 5 << 20, 1 << 30])
+def test_windows_mapped_in_batches_give_the_sum_whatever_the_budget(tmp_path, threads, map_bytes):
+    """Jobs of 1 to 700k elements (windows of up to 2.8 MiB, over several 2 MiB pages) at a
+    different offset in every file, run with each thread's windows dropped before every job
+    (``map_bytes=0``: the arena holds one job), every few jobs, or never: the bits of the sum."""
+    assert kernel.KERNEL is not None
+    g = torch.Generator().manual_seed(11)
+    count = 1_600_000
+    xs = [torch.randn(count, generator=g) for _ in range(3)]
+    weights = [0.7, 0.2, -0.9]
+    pads = [0, 4096 + 12, (2 << 20) - 8]
+    fds = []
+    for q, (x, pad) in enumerate(zip(xs, pads, strict=True)):
+        (tmp_path / f"in{q}.bin").write_bytes(b"\x5a" * pad + _bits(x).tobytes())
+        fds.append(os.open(tmp_path / f"in{q}.bin", os.O_RDONLY))
+    # jobs of 1, 4999, 1 and 700k elements, then ones of 100k to 400k
+    cuts = np.array([0, 1, 5000, 5001, 705_001, 900_000, 1_300_000, 1_400_000, count])
+    starts = [[pad + 4 * int(a) for pad in pads] for a in cuts[:-1]]
+    jobs = kernel.Jobs.of(
+        3,
+        starts,
+        [4 * int(a) for a in cuts[:-1]],
+        np.diff(cuts).tolist(),
+        [torch.float32] * (len(cuts) - 1),
+    )
+    assert int(jobs.counts.max()) * 4 > 2 << 20  # a window over more than one 2 MiB page
+    out = tmp_path / "out.bin"
+    out_fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        kernel.KERNEL.run(fds, jobs, out_fd, weights, threads=threads, map_bytes=map_bytes)
+    finally:
+        os.close(out_fd)
+        for fd in fds:
+            os.close(fd)
+    assert out.read_bytes() == _bits(_reference(xs, weights)).tobytes()
+
+
+def test_a_negative_map_budget_is_refused(tmp_path):
+    assert kernel.KERNEL is not None
+    path = tmp_path / "x.bin"
+    path.write_bytes(bytes(64))
+    fd = os.open(path, os.O_RDWR)
+    jobs = kernel.Jobs.of(1, [[0]], [0], [16], [torch.float32])
+    try:
+        with pytest.raises(ValueError, match="map_bytes=-1"):
+            kernel.KERNEL.run([fd], jobs, fd, [1.0], map_bytes=-1)
+    finally:
+        os.close(fd)

@@ -5,7 +5,9 @@
  * One call runs a list of jobs, each `count` elements of one dtype at given byte offsets of the
  * inputs and the output (a window of one tensor, or of several tensors that lie back to back in
  * every file). Each input's range is memory-mapped (a window of the page cache, read in place: no
- * copy into a buffer), the weighted sum is formed tile by tile in registers and the result is
+ * copy into a buffer) into the thread's arena of address space, where windows stay until the
+ * arena is full and are then dropped together; the weighted sum is formed tile by tile in
+ * registers and the result is
  * written with pwrite from a buffer that stays in cache. Python (rmtllmf.fusion.fused) loads this
  * library with ctypes, which releases the GIL for the whole call; the call starts its own
  * threads, which share the jobs through an atomic counter.
@@ -288,32 +290,99 @@ static size_t itemsize(int dtype) {
     }
 }
 
+#define HUGE_PAGE ((int64_t)1 << 21)
+
+/*
+ * A thread's arena: address space reserved (PROT_NONE) where its jobs' input windows are mapped
+ * one after another, each at an address congruent to its file offset modulo 2 MiB (so that a
+ * window over a 2 MiB folio of the page cache can be mapped by one huge-page entry). Windows are
+ * not unmapped one by one: when the next job's windows do not fit, one mmap over the whole arena
+ * drops them all. Every unmap of pages that a thread has read makes the kernel flush the other
+ * threads' TLBs, by inter-processor interrupts, which in a virtual machine leave the guest: 9 x
+ * 343 MB merged with 2 threads took ~1,440 TLB-shootdown interrupts unmapping each window after
+ * its job, and ~55 with 64 MiB arenas (rmtllmf.fusion.kernel.MAP_BYTES says more).
+ */
+struct arena {
+    char *reserved; /* the reservation, HUGE_PAGE longer than size for the alignment */
+    char *base;     /* its first 2 MiB-aligned address */
+    size_t size;    /* bytes usable from base */
+    size_t used;    /* bytes taken by the windows mapped since the last drop */
+};
+
+/* Bytes of arena a window of `length` bytes at page-aligned file offset `aligned` takes: from the
+ * 2 MiB boundary below its address to the one at or above its end. */
+static size_t window_span(size_t length, int64_t aligned) {
+    size_t end = (size_t)(aligned % HUGE_PAGE) + length;
+    return (end + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+}
+
+/* The arena bytes one job's windows take (each input's from the page boundary at or below its
+ * start to its last element), with their page-aligned offsets and lengths where asked. */
+static size_t job_span(int n, const int64_t *starts, int64_t count, size_t size,
+                       int64_t *aligned, size_t *lengths) {
+    int64_t page = (int64_t)sysconf(_SC_PAGESIZE);
+    size_t need = 0;
+    for (int q = 0; q < n; q++) {
+        int64_t at = starts[q] - starts[q] % page;
+        size_t length = (size_t)(starts[q] - at) + (size_t)count * size;
+        if (aligned) aligned[q] = at;
+        if (lengths) lengths[q] = length;
+        need += window_span(length, at);
+    }
+    return need;
+}
+
+static int arena_open(struct arena *a, size_t size) {
+    a->size = (size + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    a->used = 0;
+    a->reserved = mmap(NULL, a->size + HUGE_PAGE, PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (a->reserved == MAP_FAILED) return -errno;
+    a->base = (char *)(((uintptr_t)a->reserved + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE);
+    return 0;
+}
+
+/* Drop every window: the range becomes reserved address space again, in one call. */
+static int arena_drop(struct arena *a) {
+    if (mmap(a->base, a->size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
+             -1, 0) == MAP_FAILED)
+        return -errno;
+    a->used = 0;
+    return 0;
+}
+
+static void arena_close(struct arena *a) { munmap(a->reserved, a->size + HUGE_PAGE); }
+
 /*
  * Merge `count` elements of dtype `dtype`: input q's elements start at byte starts[q] of file
  * fds[q]; the result goes to byte out_start of out_fd, through `buffer` (OUT_ELEMS elements of
- * the widest dtype). Returns 0, or -errno (-EINVAL for a bad argument) with nothing left mapped.
+ * the widest dtype), with the windows mapped in `arena`, which must be able to hold them all.
+ * Returns 0, or -errno (-EINVAL for a bad argument).
  */
 static int merge_range(int n, const int *fds, const int64_t *starts, int out_fd,
                        int64_t out_start, int64_t count, const double *weights, const float *wf,
-                       int dtype, char *buffer) {
+                       int dtype, char *buffer, struct arena *arena) {
     size_t size = itemsize(dtype);
     if (count < 0 || size == 0) return -EINVAL;
     if (count == 0) return 0;
-    int64_t page = (int64_t)sysconf(_SC_PAGESIZE);
-    void *maps[RMT_MAX_INPUTS];
+    for (int q = 0; q < n; q++)
+        if (starts[q] < 0) return -EINVAL;
+    int64_t aligned[RMT_MAX_INPUTS];
     size_t lengths[RMT_MAX_INPUTS];
+    size_t need = job_span(n, starts, count, size, aligned, lengths);
+    if (need > arena->size) return -EINVAL;
+    int rc = arena->used + need > arena->size ? arena_drop(arena) : 0;
     const char *first[RMT_MAX_INPUTS];
-    int rc = 0, mapped = 0;
-    for (; mapped < n; mapped++) {
-        int64_t start = starts[mapped], aligned = start - start % page;
-        lengths[mapped] = (size_t)(start - aligned) + (size_t)count * size;
-        maps[mapped] =
-            mmap(NULL, lengths[mapped], PROT_READ, MAP_SHARED, fds[mapped], (off_t)aligned);
-        if (maps[mapped] == MAP_FAILED) {
+    for (int q = 0; !rc && q < n; q++) {
+        char *at = arena->base + arena->used + aligned[q] % HUGE_PAGE;
+        void *map = mmap(at, lengths[q], PROT_READ, MAP_SHARED | MAP_FIXED, fds[q],
+                         (off_t)aligned[q]);
+        if (map == MAP_FAILED) {
             rc = -errno;
             break;
         }
-        madvise(maps[mapped], lengths[mapped], MADV_SEQUENTIAL);
+        arena->used += window_span(lengths[q], aligned[q]);
+        madvise(map, lengths[q], MADV_SEQUENTIAL);
 #ifdef MADV_HUGEPAGE
         /* Where the page cache holds the file in 2 MiB folios (and the window covers one, at a
          * 2 MiB-aligned address) a window is mapped by one huge-page entry: one fault instead of
@@ -321,9 +390,9 @@ static int merge_range(int n, const int *fds, const int64_t *starts, int out_fd,
          * find them so; without it, pages read through a mapping come back as 4 KiB folios (9
          * x 343 MB read cold: 47k faults and 0.47 s per merge after, against 1.9k and 0.29 s).
          * Where transparent huge pages are off this is refused, and nothing changes. */
-        madvise(maps[mapped], lengths[mapped], MADV_HUGEPAGE);
+        madvise(map, lengths[q], MADV_HUGEPAGE);
 #endif
-        first[mapped] = (const char *)maps[mapped] + (start - aligned);
+        first[q] = (const char *)map + (starts[q] - aligned[q]);
     }
     int64_t block = OUT_ELEMS * (int64_t)size;
     for (int64_t b = 0, m; !rc && b < count; b += m) {
@@ -343,7 +412,6 @@ static int merge_range(int n, const int *fds, const int64_t *starts, int out_fd,
         }
         rc = write_all(out_fd, buffer, (size_t)m * size, out_start + b * (int64_t)size);
     }
-    for (int q = 0; q < mapped; q++) munmap(maps[q], lengths[q]);
     return rc;
 }
 
@@ -356,6 +424,7 @@ struct job_list {
     const int32_t *dtypes;
     const double *weights;
     int out_fd;
+    size_t arena_bytes; /* each thread's arena: the budget asked for, or one job's windows */
     int64_t *next;
 };
 
@@ -366,17 +435,23 @@ static int run_jobs(const struct job_list *a) {
     for (int q = 0; q < a->n; q++) wf[q] = (float)a->weights[q];
     char *buffer = aligned_alloc(64, OUT_ELEMS * sizeof(double));
     if (!buffer) return -ENOMEM;
-    int rc = 0;
+    struct arena arena = {0};
+    int rc = arena_open(&arena, a->arena_bytes);
+    if (rc) {
+        free(buffer);
+        return rc;
+    }
     for (;;) {
         int64_t j = __atomic_fetch_add(a->next, 1, __ATOMIC_RELAXED);
         if (j >= a->jobs) break;
         rc = merge_range(a->n, a->fds, a->starts + j * a->n, a->out_fd, a->out_starts[j],
-                         a->counts[j], a->weights, wf, a->dtypes[j], buffer);
+                         a->counts[j], a->weights, wf, a->dtypes[j], buffer, &arena);
         if (rc) {
             __atomic_store_n(a->next, a->jobs, __ATOMIC_RELAXED);
             break;
         }
     }
+    arena_close(&arena);
     free(buffer);
     return rc;
 }
@@ -398,16 +473,27 @@ static void *run_worker(void *arg) {
  * the system refuses one): job j merges counts[j] elements of dtypes[j], input q's starting at
  * byte starts[j * n + q] of fds[q], into byte out_starts[j] of out_fd. Jobs are taken in turn
  * from the counter *next, which starts at 0; setting it to `jobs` from anywhere stops the call
- * after the jobs under way (Python's Ctrl-C does that). Returns 0 or the first failure's -errno.
+ * after the jobs under way (Python's Ctrl-C does that). Each thread keeps up to `map_bytes` of
+ * input windows mapped (at least one job's) before it drops them together. Returns 0 or the
+ * first failure's -errno.
  */
 int rmt_linear_merge_jobs(int n, const int *fds, int64_t jobs, const int64_t *starts,
                           const int64_t *out_starts, const int64_t *counts, const int32_t *dtypes,
-                          const double *weights, int out_fd, int threads, int64_t *next) {
-    if (n < 1 || n > RMT_MAX_INPUTS || jobs < 0 || threads < 1) return -EINVAL;
+                          const double *weights, int out_fd, int threads, int64_t map_bytes,
+                          int64_t *next) {
+    if (n < 1 || n > RMT_MAX_INPUTS || jobs < 0 || threads < 1 || map_bytes < 0) return -EINVAL;
     if (threads > RMT_MAX_THREADS) threads = RMT_MAX_THREADS;
+    size_t arena_bytes = (size_t)map_bytes;
+    for (int64_t j = 0; j < jobs; j++) {
+        size_t size = itemsize(dtypes[j]);
+        if (counts[j] <= 0 || size == 0) continue; /* nothing mapped, or refused when run */
+        size_t need = job_span(n, starts + j * n, counts[j], size, NULL, NULL);
+        if (need > arena_bytes) arena_bytes = need;
+    }
     struct job_list list = {.n = n, .fds = fds, .jobs = jobs, .starts = starts,
                             .out_starts = out_starts, .counts = counts, .dtypes = dtypes,
-                            .weights = weights, .out_fd = out_fd, .next = next};
+                            .weights = weights, .out_fd = out_fd, .arena_bytes = arena_bytes,
+                            .next = next};
     struct worker workers[RMT_MAX_THREADS];
     int started = 0;
     for (; started < threads - 1; started++) {

@@ -32,6 +32,16 @@ DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.floa
 MAX_INPUTS = 256
 """Inputs per call (base included), as compiled in (``RMT_MAX_INPUTS``)."""
 
+MAP_BYTES = 64 << 20
+"""Bytes of input windows each thread keeps mapped before it unmaps them all in one call (at
+least one job's). Each unmap of pages a thread has read makes the system flush the other threads'
+TLBs by inter-processor interrupts, which leave a virtual machine's guest: merging 9 x 343 MB (164
+jobs) with 2 threads took ~1,440 TLB-shootdown interrupts when each window was unmapped after its
+job (one per window), ~80 with 40 MiB arenas and ~55 with 64 MiB ones; in 25 interleaved pairs
+of fresh-process merges, 64 MiB arenas were faster in 19, by 1% at the median (0.239 s against
+0.242 s) and 0.256 s against 0.314 s at the slowest. Mapped pages count in the resident set:
+peak RSS of that merge 337 MiB, against 265 MiB."""
+
 
 @dataclass(frozen=True)
 class Jobs:
@@ -95,6 +105,7 @@ class LinearKernel:
             ctypes.POINTER(ctypes.c_double),
             ctypes.c_int,
             ctypes.c_int,
+            ctypes.c_int64,
             i64,
         ]
 
@@ -106,9 +117,11 @@ class LinearKernel:
         weights: Sequence[float],
         threads: int = 1,
         stop: ctypes.c_int64 | None = None,
+        map_bytes: int = MAP_BYTES,
     ) -> None:
         """Run ``jobs`` (inputs ``fds``, output ``out_fd``) on ``threads`` threads, this one
-        and ``threads - 1`` that the call starts, each taking the next job as it finishes one.
+        and ``threads - 1`` that the call starts, each taking the next job as it finishes one
+        and keeping up to ``map_bytes`` of input windows mapped (:data:`MAP_BYTES`).
         ``stop``, if given, is the threads' shared job counter, holding 0 or the first job to
         run: setting its value to ``len(jobs)`` from another thread (before or during the call)
         stops the call after the jobs under way. Raises ``OSError`` with the system's reason
@@ -121,6 +134,8 @@ class LinearKernel:
             )
         if threads < 1:
             raise ValueError(f"threads={threads}: give at least 1")
+        if map_bytes < 0:
+            raise ValueError(f"map_bytes={map_bytes}: give 0 (one job's windows) or more")
         arrays = (
             np.ascontiguousarray(jobs.starts, dtype=np.int64),
             np.ascontiguousarray(jobs.out_starts, dtype=np.int64),
@@ -139,6 +154,7 @@ class LinearKernel:
             (ctypes.c_double * n)(*weights),
             out_fd,
             threads,
+            map_bytes,
             ctypes.byref(counter),
         )
         if rc != 0:
