@@ -3,15 +3,18 @@ against the machine's memory-bandwidth bound, measured in one run.
 
 Models: a CLIPVisionModel ViT-B/16 state dict (85.8M parameters in float32, or bfloat16 with
 ``--dtype bfloat16``, random weights made here) plus 8 fine-tuned copies (base + small noise), each
-an HF directory (config.json + model.safetensors). Every contender runs ``--repeats`` times, each in
-a fresh subprocess on warm page cache after ``--warmup`` untimed runs (in a full run here the
-first run of rmtllmf, its numpy path and FusionBench was each one's slowest), and reports its
-best and median merge wall time (imports excluded) and peak resident memory (VmHWM, which
-counts the pages of memory-mapped files while they are mapped), and the page faults during the
-merge (those that read the disk apart: a file that fell out of the page cache makes a run slow
-for reasons the merge does not own). The inputs are read again before every run: on the VMs here
-the host takes idle page cache back, a few MiB per second with no reclaim by the guest kernel,
-and how much of the inputs it took is reported per run:
+an HF directory (config.json + model.safetensors). Every contender runs ``--repeats`` times, each
+in a fresh subprocess on warm page cache after ``--warmup`` untimed runs (in a full run here the
+first run of rmtllmf, its numpy path and FusionBench was each one's slowest), and reports its best
+and median merge wall time (imports excluded) and peak resident memory (VmHWM, which counts the
+pages of memory-mapped files while they are mapped), and, per run, the page faults during the merge
+(those that read the disk apart: a file that fell out of the page cache makes a run slow for
+reasons the merge does not own), its user and system CPU seconds, and the steal time of the
+machine's CPUs meanwhile (time a hypervisor gave to other guests: on the VMs here slow runs of
+rmtllmf's kernel spend their extra time in the system, not in their sums). The inputs are read
+again before every run: the VMs here run a DAMON scheme (kdamond) that pages out file pages no
+process maps once they have gone unread for about a minute, with no memory pressure, and how much
+of the inputs it took is reported per run:
 
 * rmtllmf: ``merge_checkpoints`` (linear merges run the compiled kernel: inputs memory-mapped and
   read in place, sums in registers, ``pwrite``);
@@ -138,23 +141,31 @@ stop()
 }
 
 CHILD = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 from pathlib import Path
 SCALING = {scaling}
 DTYPE = {dtype!r}
 base = Path({base!r}); fts = [Path(p) for p in {fts!r}]; out = Path({out!r})
 marks = []
+def steal():
+    try:
+        with open("/proc/stat") as stat:
+            return int(stat.readline().split()[8])
+    except (OSError, IndexError, ValueError):
+        return 0
 def start():
-    marks.append((time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)))
+    marks.append((time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF), steal()))
 def stop():
     start()
 {body}
-(t0, r0), (t1, r1) = marks
+(t0, r0, s0), (t1, r1, s1) = marks
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 extra = globals().get("extra", {{}})
 print(json.dumps({{
     "seconds": t1 - t0, "peak_rss_gib": hwm / 2**20,
-    "faults": r1.ru_minflt - r0.ru_minflt, "disk_reads": r1.ru_majflt - r0.ru_majflt, **extra
+    "faults": r1.ru_minflt - r0.ru_minflt, "disk_reads": r1.ru_majflt - r0.ru_majflt,
+    "user": r1.ru_utime - r0.ru_utime, "system": r1.ru_stime - r0.ru_stime,
+    "steal": (s1 - s0) / os.sysconf("SC_CLK_TCK"), **extra
 }}))
 """
 
@@ -216,6 +227,8 @@ def run_contender(
     )
     inputs = [d / "model.safetensors" for d in [base, *fts]]
     seconds, walls, peaks, ratios, faults, disk_reads, evicted = [], [], [], [], [], [], []
+    cpu: list[tuple[float, float]] = []
+    steal: list[float] = []
     warmup_seconds = []
     for run in range(warmup + repeats):
         shutil.rmtree(out, ignore_errors=True)
@@ -240,6 +253,8 @@ def run_contender(
         peaks.append(float(result.pop("peak_rss_gib")))
         faults.append(int(result.pop("faults")))
         disk_reads.append(int(result.pop("disk_reads")))
+        cpu.append((float(result.pop("user")), float(result.pop("system"))))
+        steal.append(float(result.pop("steal")))
         ratios.append(seconds[-1] / bound_now)
     return {
         **result,
@@ -249,6 +264,8 @@ def run_contender(
         "all_seconds": seconds,
         "all_page_faults": faults,
         "all_disk_reads": disk_reads,
+        "all_user_system_seconds": cpu,
+        "all_steal_seconds": steal,
         "evicted_mib_before_runs": evicted,
         "warmup_seconds": warmup_seconds,
         "peak_rss_gib": max(peaks),
@@ -446,6 +463,13 @@ def main() -> None:
                     f"{'':>13}  each run / the bound measured just before it: best "
                     f"{min(paired):.2f}x, median {float(np.median(paired)):.2f}x; page faults "
                     f"{res['all_page_faults']}, of which disk reads {res['all_disk_reads']}"
+                )
+                cpu = cast(list[tuple[float, float]], res["all_user_system_seconds"])
+                shown = ", ".join(f"{u:.2f}+{k:.2f}" for u, k in cpu)
+                steals = ", ".join(f"{t:.2f}" for t in cast(list[float], res["all_steal_seconds"]))
+                print(
+                    f"{'':>13}  CPU of each run, user+system: [{shown}] s; time the host ran "
+                    f"other work on this machine's CPUs meanwhile (steal): [{steals}] s"
                 )
                 mibs = cast(list[float], res["evicted_mib_before_runs"])
                 evicted = ", ".join(f"{m:.0f}" for m in mibs)
