@@ -11,10 +11,12 @@ pages of memory-mapped files while they are mapped), and, per run, the page faul
 (those that read the disk apart: a file that fell out of the page cache makes a run slow for
 reasons the merge does not own), its user and system CPU seconds, and the steal time of the
 machine's CPUs meanwhile (time a hypervisor gave to other guests: on the VMs here slow runs of
-rmtllmf's kernel spend their extra time in the system, not in their sums). The inputs are read
-again before every run: the VMs here run a DAMON scheme (kdamond) that pages out file pages no
-process maps once they have gone unread for about a minute, with no memory pressure, and how much
-of the inputs it took is reported per run:
+rmtllmf's kernel spend their extra time in the system, not in their sums), and, right after each
+run, the time one thread takes to write the output's bytes into a fresh file (the write half of the
+merge on its own, slow in those phases). The inputs are read again before every run: the VMs here
+run a DAMON scheme (kdamond) that pages out file pages no process maps once they have gone unread
+for about a minute, with no memory pressure, and how much of the inputs it took is reported per
+run:
 
 * rmtllmf: ``merge_checkpoints`` (linear merges run the compiled kernel: inputs memory-mapped and
   read in place, sums in registers, ``pwrite``);
@@ -50,9 +52,12 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 SCALING = 0.3
 ITEMSIZE = {"float32": 4, "bfloat16": 2}
@@ -203,6 +208,27 @@ def warm(files: list[Path]) -> int:
     return missing
 
 
+def fresh_write_seconds(folder: Path, size: int) -> float:
+    """Seconds one thread takes to write ``size`` bytes into a new file in ``folder`` (given its
+    size first, as rmtllmf does), from a 256 KiB buffer that stays in cache, with ``pwrite``: the
+    write half of a merge on its own. Buffered writes to one file are serialized by the file's
+    lock on ext4, so more threads would not write faster. Writing into page cache that must
+    first be allocated is what slows on these VMs in their slow phases (the merge's extra time
+    is system time), so it is measured next to every run."""
+    block = bytes(range(256)) * 1024
+    path = folder / "fresh_write.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        start = time.perf_counter()
+        os.posix_fallocate(fd, 0, size)
+        for offset in range(0, size, len(block)):
+            os.pwrite(fd, block[: size - offset], offset)
+        return time.perf_counter() - start
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 def run_contender(
     name: str,
     base: Path,
@@ -229,6 +255,8 @@ def run_contender(
     seconds, walls, peaks, ratios, faults, disk_reads, evicted = [], [], [], [], [], [], []
     cpu: list[tuple[float, float]] = []
     steal: list[float] = []
+    fresh_writes: list[float] = []
+    out_size = (base / "model.safetensors").stat().st_size
     warmup_seconds = []
     for run in range(warmup + repeats):
         shutil.rmtree(out, ignore_errors=True)
@@ -256,6 +284,7 @@ def run_contender(
         cpu.append((float(result.pop("user")), float(result.pop("system"))))
         steal.append(float(result.pop("steal")))
         ratios.append(seconds[-1] / bound_now)
+        fresh_writes.append(fresh_write_seconds(out, out_size))
     return {
         **result,
         "paired_bound_ratios": ratios,
@@ -266,6 +295,7 @@ def run_contender(
         "all_disk_reads": disk_reads,
         "all_user_system_seconds": cpu,
         "all_steal_seconds": steal,
+        "fresh_write_seconds_after_runs": fresh_writes,
         "evicted_mib_before_runs": evicted,
         "warmup_seconds": warmup_seconds,
         "peak_rss_gib": max(peaks),
@@ -363,7 +393,7 @@ def check_agreement(outs: dict[str, Path]) -> dict[str, float]:
         if name == "rmtllmf":
             continue
         files = sorted(path.rglob("*.safetensors"))
-        peer: dict = {}
+        peer: dict[str, torch.Tensor] = {}
         for f in files:
             peer.update(load_file(f))
         common = [k for k in ours if k in peer]
@@ -450,15 +480,15 @@ def main() -> None:
             if "error" in res:
                 print(f"{name:>13}: not run ({res['error']})")
             else:
-                secs = float(res["seconds"])  # type: ignore[arg-type]
-                median = float(res["median_seconds"])  # type: ignore[arg-type]
+                secs = cast(float, res["seconds"])
+                median = cast(float, res["median_seconds"])
                 print(
                     f"{name:>13}: {secs:6.2f} s merge ({secs / bound:4.2f}x bound; median "
                     f"{median:.2f} s = {median / bound:.2f}x), "
-                    f"process {float(res['process_seconds']):5.1f} s, "  # type: ignore[arg-type]
-                    f"peak RSS {float(res['peak_rss_gib']):.2f} GiB"
-                )  # type: ignore[arg-type]
-                paired = res["paired_bound_ratios"]
+                    f"process {cast(float, res['process_seconds']):5.1f} s, "
+                    f"peak RSS {cast(float, res['peak_rss_gib']):.2f} GiB"
+                )
+                paired = cast(list[float], res["paired_bound_ratios"])
                 print(
                     f"{'':>13}  each run / the bound measured just before it: best "
                     f"{min(paired):.2f}x, median {float(np.median(paired)):.2f}x; page faults "
@@ -471,6 +501,11 @@ def main() -> None:
                     f"{'':>13}  CPU of each run, user+system: [{shown}] s; time the host ran "
                     f"other work on this machine's CPUs meanwhile (steal): [{steals}] s"
                 )
+                writes = cast(list[float], res["fresh_write_seconds_after_runs"])
+                print(
+                    f"{'':>13}  writing the output's bytes into a fresh file right after each run "
+                    f"(1 thread, pwrite): [{', '.join(f'{w:.3f}' for w in writes)}] s"
+                )
                 mibs = cast(list[float], res["evicted_mib_before_runs"])
                 evicted = ", ".join(f"{m:.0f}" for m in mibs)
                 print(f"{'':>13}  inputs evicted before each run, read back: [{evicted}] MiB")
@@ -482,11 +517,11 @@ def main() -> None:
         if isinstance(ours, dict) and "seconds" in ours:
             print(f"rmtllmf's compiled kernel loaded: {ours.get('kernel')}")
             for name in contenders:
-                res = report[name]
-                if name != "rmtllmf" and isinstance(res, dict) and "seconds" in res:
+                peer = report[name]
+                if name != "rmtllmf" and isinstance(peer, dict) and "seconds" in peer:
                     print(
-                        f"{name:>13} / rmtllmf: {res['seconds'] / ours['seconds']:.2f}x best, "
-                        f"{res['median_seconds'] / ours['median_seconds']:.2f}x median"
+                        f"{name:>13} / rmtllmf: {peer['seconds'] / ours['seconds']:.2f}x best, "
+                        f"{peer['median_seconds'] / ours['median_seconds']:.2f}x median"
                     )
         report["max_abs_difference_vs_rmtllmf"] = check_agreement(outs)
         print("max |difference| vs rmtllmf:", report["max_abs_difference_vs_rmtllmf"])
