@@ -13,10 +13,10 @@ reasons the merge does not own), its user and system CPU seconds, and the steal 
 machine's CPUs meanwhile (time a hypervisor gave to other guests: on the VMs here slow runs of
 rmtllmf's kernel spend their extra time in the system, not in their sums), and, right after each
 run, the time one thread takes to write the output's bytes into a fresh file (the write half of the
-merge on its own, slow in those phases). The inputs are read again before every run: the VMs here
-run a DAMON scheme (kdamond) that pages out file pages no process maps once they have gone unread
-for about a minute, with no memory pressure, and how much of the inputs it took is reported per
-run:
+merge on its own; see :func:`fresh_write_seconds`). The inputs are read again before every run: the
+VMs here run a DAMON scheme (kdamond) that pages out file pages no process maps once they have gone
+unread for about a minute, with no memory pressure, and how much of the inputs it took is reported
+per run:
 
 * rmtllmf: ``merge_checkpoints`` (linear merges run the compiled kernel: inputs memory-mapped and
   read in place, sums in registers, ``pwrite``);
@@ -211,10 +211,13 @@ def warm(files: list[Path]) -> int:
 def fresh_write_seconds(folder: Path, size: int) -> float:
     """Seconds one thread takes to write ``size`` bytes into a new file in ``folder`` (given its
     size first, as rmtllmf does), from a 256 KiB buffer that stays in cache, with ``pwrite``: the
-    write half of a merge on its own. Buffered writes to one file are serialized by the file's
-    lock on ext4, so more threads would not write faster. Writing into page cache that must
-    first be allocated is what slows on these VMs in their slow phases (the merge's extra time
-    is system time), so it is measured next to every run."""
+    write half of a merge on its own (buffered writes to one file are serialized by the file's
+    lock on ext4, so more threads would not write faster). Measured right after each run, in this
+    process: on the VMs here it took 0.07-0.10 s after the runs of FusionBench and mergekit,
+    whose processes had just freed gigabytes of memory that the new page cache reused, and
+    0.17-0.39 s after rmtllmf's, where it had to take memory the guest had handed back to the
+    host (free page reporting). The merge's own writes pay the same, which is where its system
+    time goes in slow runs."""
     block = bytes(range(256)) * 1024
     path = folder / "fresh_write.bin"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
