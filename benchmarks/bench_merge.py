@@ -5,18 +5,19 @@ Models: a CLIPVisionModel ViT-B/16 state dict (85.8M parameters in float32, or b
 ``--dtype bfloat16``, random weights made here) plus 8 fine-tuned copies (base + small noise), each
 an HF directory (config.json + model.safetensors). Every contender runs ``--repeats`` times, each
 in a fresh subprocess on warm page cache after ``--warmup`` untimed runs (in a full run here the
-first run of rmtllmf, its numpy path and FusionBench was each one's slowest), and reports its best
-and median merge wall time (imports excluded) and peak resident memory (VmHWM, which counts the
-pages of memory-mapped files while they are mapped), and, per run, the page faults during the merge
-(those that read the disk apart: a file that fell out of the page cache makes a run slow for
-reasons the merge does not own), its user and system CPU seconds, and the steal time of the
-machine's CPUs meanwhile (time a hypervisor gave to other guests: on the VMs here slow runs of
-rmtllmf's kernel spend their extra time in the system, not in their sums), and, right after each
-run, the time one thread takes to write the output's bytes into a fresh file (the write half of the
-merge on its own; see :func:`fresh_write_seconds`). The inputs are read again before every run: the
-VMs here run a DAMON scheme (kdamond) that pages out file pages no process maps once they have gone
-unread for about a minute, with no memory pressure, and how much of the inputs it took is reported
-per run:
+first run of rmtllmf, its numpy path and FusionBench was each one's slowest), in rounds that run
+each contender once, the first of them rotating (``--order sequential``: each contender's runs one
+after the other), and reports its best and median merge wall time (imports excluded) and peak
+resident memory (VmHWM, which counts the pages of memory-mapped files while they are mapped), and,
+per run, the page faults during the merge (those that read the disk apart: a file that fell out of
+the page cache makes a run slow for reasons the merge does not own), its user and system CPU
+seconds, and the steal time of the machine's CPUs meanwhile (time a hypervisor gave to other
+guests: on the VMs here slow runs of rmtllmf's kernel spend their extra time in the system, not in
+their sums), and, right after each run, the time one thread takes to write the output's bytes into
+a fresh file (the write half of the merge on its own; see :func:`fresh_write_seconds`). The inputs
+are read again before every run: the VMs here run a DAMON scheme (kdamond) that pages out file
+pages no process maps once they have gone unread for about a minute, with no memory pressure, and
+how much of the inputs it took is reported per run:
 
 * rmtllmf: ``merge_checkpoints`` (linear merges run the compiled kernel: inputs memory-mapped and
   read in place, sums in registers, ``pwrite``);
@@ -33,7 +34,7 @@ just before every run: the machine's bandwidth drifts with load over minutes, so
 also reported as a ratio to the bound measured next to it (best and median of those ratios).
 
     python benchmarks/bench_merge.py [--models 8] [--repeats 3] [--warmup 1] [--workdir DIR]
-                                     [--json out.json]
+                                     [--json out.json] [--order interleaved|sequential]
                                      [--contenders rmtllmf fusion_bench ...] [--dtype bfloat16]
 """
 
@@ -232,21 +233,9 @@ def fresh_write_seconds(folder: Path, size: int) -> float:
         path.unlink()
 
 
-def run_contender(
-    name: str,
-    base: Path,
-    fts: list[Path],
-    out: Path,
-    repeats: int,
-    bound: CopyBound,
-    dtype: str,
-    warmup: int = 1,
-) -> dict[str, object]:
-    """``repeats`` fresh-process runs of one contender, after ``warmup`` untimed ones: best and
-    median merge seconds, the largest peak RSS and process wall time seen, and each run's ratio
-    to the bound measured just before it (the machine's bandwidth drifts with load over
-    minutes). The warm-up runs' times are reported apart."""
-    code = CHILD.format(
+def child_code(name: str, base: Path, fts: list[Path], out: Path, dtype: str) -> str:
+    """The program one fresh process runs to time contender ``name`` once."""
+    return CHILD.format(
         scaling=SCALING,
         dtype=dtype,
         base=str(base),
@@ -254,56 +243,101 @@ def run_contender(
         out=str(out),
         body=RUNNERS[name],
     )
-    inputs = [d / "model.safetensors" for d in [base, *fts]]
-    seconds, walls, peaks, ratios, faults, disk_reads, evicted = [], [], [], [], [], [], []
-    cpu: list[tuple[float, float]] = []
-    steal: list[float] = []
-    fresh_writes: list[float] = []
-    out_size = (base / "model.safetensors").stat().st_size
-    warmup_seconds = []
-    for run in range(warmup + repeats):
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        os.sync()  # no writeback of earlier files (models, last output) during the run
-        missing = warm(inputs) / 2**20
-        bound_now = bound.seconds()
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=False
-        )
-        walls.append(time.perf_counter() - start)
-        if proc.returncode != 0:
-            reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            return {"error": reason[:300]}
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        if run < warmup:
-            warmup_seconds.append(float(result["seconds"]))
-            continue
-        evicted.append(missing)
-        seconds.append(float(result.pop("seconds")))
-        peaks.append(float(result.pop("peak_rss_gib")))
-        faults.append(int(result.pop("faults")))
-        disk_reads.append(int(result.pop("disk_reads")))
-        cpu.append((float(result.pop("user")), float(result.pop("system"))))
-        steal.append(float(result.pop("steal")))
-        ratios.append(seconds[-1] / bound_now)
-        fresh_writes.append(fresh_write_seconds(out, out_size))
+
+
+def run_once(code: str, inputs: list[Path], out: Path, bound: CopyBound) -> dict[str, object]:
+    """One fresh-process run: the inputs read back into the page cache and the bound measured
+    just before it, the write of the output's bytes into a fresh file just after it. Returns
+    the child's report with those added, or ``{"error": reason}``."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    os.sync()  # no writeback of earlier files (models, last output) during the run
+    missing = warm(inputs) / 2**20
+    bound_now = bound.seconds()
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": reason[:300]}
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.update(
+        evicted_mib=missing,
+        bound_seconds=bound_now,
+        process_seconds=wall,
+        fresh_write_seconds=fresh_write_seconds(out, inputs[0].stat().st_size),
+    )
+    return result
+
+
+def summarize(runs: list[dict[str, object]], warmup_seconds: list[float]) -> dict[str, object]:
+    """A contender's report from its timed runs: best and median merge seconds, each run's ratio
+    to the bound measured just before it (the machine's bandwidth drifts with load over
+    minutes), the largest peak RSS and process wall time, and the per-run diagnostics."""
+
+    def each(key: str) -> list[float]:
+        return [cast(float, r[key]) for r in runs]
+
+    seconds = each("seconds")
+    per_run = {"seconds", "peak_rss_gib", "faults", "disk_reads", "user", "system", "steal"}
+    per_run |= {"evicted_mib", "bound_seconds", "process_seconds", "fresh_write_seconds"}
     return {
-        **result,
-        "paired_bound_ratios": ratios,
+        **{k: v for k, v in runs[-1].items() if k not in per_run},
+        "paired_bound_ratios": [t / b for t, b in zip(seconds, each("bound_seconds"), strict=True)],
         "seconds": min(seconds),
         "median_seconds": float(np.median(seconds)),
         "all_seconds": seconds,
-        "all_page_faults": faults,
-        "all_disk_reads": disk_reads,
-        "all_user_system_seconds": cpu,
-        "all_steal_seconds": steal,
-        "fresh_write_seconds_after_runs": fresh_writes,
-        "evicted_mib_before_runs": evicted,
+        "all_page_faults": [int(f) for f in each("faults")],
+        "all_disk_reads": [int(f) for f in each("disk_reads")],
+        "all_user_system_seconds": list(zip(each("user"), each("system"), strict=True)),
+        "all_steal_seconds": each("steal"),
+        "fresh_write_seconds_after_runs": each("fresh_write_seconds"),
+        "evicted_mib_before_runs": each("evicted_mib"),
         "warmup_seconds": warmup_seconds,
-        "peak_rss_gib": max(peaks),
-        "process_seconds": max(walls),
+        "peak_rss_gib": max(each("peak_rss_gib")),
+        "process_seconds": max(each("process_seconds")),
     }
+
+
+def run_contenders(
+    contenders: list[str],
+    base: Path,
+    fts: list[Path],
+    outs: dict[str, Path],
+    repeats: int,
+    bound: CopyBound,
+    dtype: str,
+    warmup: int = 1,
+    interleave: bool = True,
+) -> dict[str, dict[str, object]]:
+    """``warmup`` untimed and ``repeats`` timed fresh-process runs of every contender, each a
+    :func:`run_once`. Interleaved (the default), every round runs each contender once, the
+    first of them rotating from round to round, so that all of them meet the same phases of a
+    machine whose speed drifts (on the VMs here slow phases lasted minutes, and with the
+    contenders run one after the other the first one met the one after the models were written
+    in several runs); otherwise each contender's runs come one after the other."""
+    inputs = [d / "model.safetensors" for d in [base, *fts]]
+    codes = {name: child_code(name, base, fts, outs[name], dtype) for name in contenders}
+    runs: dict[str, list[dict[str, object]]] = {name: [] for name in contenders}
+    warmups: dict[str, list[float]] = {name: [] for name in contenders}
+    errors: dict[str, dict[str, object]] = {}
+    rounds = range(warmup + repeats)
+    n = len(contenders)
+    if interleave:
+        schedule = [(r, contenders[(r + i) % n]) for r in rounds for i in range(n)]
+    else:
+        schedule = [(r, name) for name in contenders for r in rounds]
+    for r, name in schedule:
+        if name in errors:
+            continue
+        result = run_once(codes[name], inputs, outs[name], bound)
+        if "error" in result:
+            errors[name] = result
+        elif r < warmup:
+            warmups[name].append(cast(float, result["seconds"]))
+        else:
+            runs[name].append(result)
+    return {name: errors.get(name) or summarize(runs[name], warmups[name]) for name in contenders}
 
 
 class CopyBound:
@@ -422,6 +456,13 @@ def main() -> None:
     )
     parser.add_argument("--json", default=None)
     parser.add_argument(
+        "--order",
+        choices=["interleaved", "sequential"],
+        default="interleaved",
+        help="interleaved: each round runs every contender once, the first rotating; "
+        "sequential: each contender's runs one after the other",
+    )
+    parser.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
         default="float32",
@@ -435,6 +476,8 @@ def main() -> None:
         help="which merges to run (default: all; rmtllmf is always run)",
     )
     args = parser.parse_args()
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("give --repeats 1 or more and --warmup 0 or more")
     contenders = ["rmtllmf", *(c for c in RUNNERS if c in args.contenders and c != "rmtllmf")]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
@@ -473,12 +516,21 @@ def main() -> None:
             f"once at that rate, with nothing written: {read_floor:.2f} s = "
             f"{read_floor / bound:.2f}x the bound"
         )
-        outs = {}
+        outs = {name: root / f"out_{name}" for name in contenders}
+        results = run_contenders(
+            contenders,
+            base,
+            fts,
+            outs,
+            args.repeats,
+            copy_bound,
+            args.dtype,
+            args.warmup,
+            interleave=args.order == "interleaved",
+        )
+        report["order"] = args.order
         for name in contenders:
-            outs[name] = root / f"out_{name}"
-            res = run_contender(
-                name, base, fts, outs[name], args.repeats, copy_bound, args.dtype, args.warmup
-            )
+            res = results[name]
             report[name] = res
             if "error" in res:
                 print(f"{name:>13}: not run ({res['error']})")
