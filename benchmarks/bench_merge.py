@@ -215,10 +215,11 @@ def fresh_write_seconds(folder: Path, size: int) -> float:
     write half of a merge on its own (buffered writes to one file are serialized by the file's
     lock on ext4, so more threads would not write faster). Measured right after each run, in this
     process: on the VMs here it took 0.07-0.10 s after the runs of FusionBench and mergekit,
-    whose processes had just freed gigabytes of memory that the new page cache reused, and
-    0.17-0.39 s after rmtllmf's, where it had to take memory the guest had handed back to the
-    host (free page reporting). The merge's own writes pay the same, which is where its system
-    time goes in slow runs."""
+    whose processes had just freed gigabytes of memory that the new page cache could reuse, and
+    0.17-0.39 s after those of rmtllmf and its numpy path, which free little. Our reading, not
+    proven: writing into memory the guest has handed back to the host (free page reporting) is
+    that slow, and the merge's own writes pay it too in its slow runs, whose extra time is
+    system time."""
     block = bytes(range(256)) * 1024
     path = folder / "fresh_write.bin"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

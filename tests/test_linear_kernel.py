@@ -226,7 +226,7 @@ def test_windows_mapped_in_batches_give_the_sum_whatever_the_budget(tmp_path, th
     assert out.read_bytes() == _bits(_reference(xs, weights)).tobytes()
 
 
-def test_a_negative_map_budget_is_refused(tmp_path):
+def test_a_negative_map_budget_or_offset_is_refused(tmp_path):
     assert kernel.KERNEL is not None
     path = tmp_path / "x.bin"
     path.write_bytes(bytes(64))
@@ -235,5 +235,8 @@ def test_a_negative_map_budget_is_refused(tmp_path):
     try:
         with pytest.raises(ValueError, match="map_bytes=-1"):
             kernel.KERNEL.run([fd], jobs, fd, [1.0], map_bytes=-1)
+        negative = kernel.Jobs.of(1, [[-4096]], [0], [16], [torch.float32])
+        with pytest.raises(OSError, match="Invalid argument"):  # not an arena sized to fit it
+            kernel.KERNEL.run([fd], negative, fd, [1.0])
     finally:
         os.close(fd)

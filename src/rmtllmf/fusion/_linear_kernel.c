@@ -486,7 +486,10 @@ int rmt_linear_merge_jobs(int n, const int *fds, int64_t jobs, const int64_t *st
     size_t arena_bytes = (size_t)map_bytes;
     for (int64_t j = 0; j < jobs; j++) {
         size_t size = itemsize(dtypes[j]);
-        if (counts[j] <= 0 || size == 0) continue; /* nothing mapped, or refused when run */
+        int negative = 0;
+        for (int q = 0; q < n; q++) negative |= starts[j * n + q] < 0;
+        /* nothing mapped, or refused with -EINVAL when run */
+        if (counts[j] <= 0 || size == 0 || negative) continue;
         size_t need = job_span(n, starts + j * n, counts[j], size, NULL, NULL);
         if (need > arena_bytes) arena_bytes = need;
     }
