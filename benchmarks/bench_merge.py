@@ -25,7 +25,14 @@ how much of the inputs it took is reported per run:
   was found at install (blocked ``pread``, one BLAS product per block, ``pwrite``);
 * FusionBench: its state-dict arithmetic (``state_dict_sub/add/mul``, the body of
   ``task_arithmetic_merge``) on state dicts loaded with safetensors, then saved;
-* mergekit: ``run_merge`` with ``merge_method: task_arithmetic`` (architecture inferred).
+* mergekit: ``run_merge`` with ``merge_method: task_arithmetic`` (architecture inferred);
+* memory-floor: not a merge between files but its floor, ``benchmarks/kernel_floor.c`` built
+  here with a C compiler: the kernel's own sums over the same number of inputs and elements held
+  in the process's own memory (filled before the clock starts), output copied into memory, on as
+  many threads as rmtllmf merges with. No merge between files can beat it at the same moment, so
+  next to the bound it tells the machine's share of a merge's time from the file path's (page
+  cache, faults, maps, the file system's writes); each round's rmtllmf run is reported as a ratio
+  to the floor run of the same round.
 
 Bound = (bytes read + bytes written) / copy bandwidth, where the bandwidth is the best of three
 1 GiB ``numpy.copyto`` runs counting read + written bytes, made by one thread and by as many
@@ -46,12 +53,14 @@ import itertools
 import json
 import mmap
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -62,6 +71,10 @@ if TYPE_CHECKING:
 
 SCALING = 0.3
 ITEMSIZE = {"float32": 4, "bfloat16": 2}
+KERNEL_DTYPE = {"float32": 0, "bfloat16": 2}
+"""The kernel's dtype codes (``rmtllmf.fusion.kernel.DTYPE_CODES``)."""
+FLOOR = "memory-floor"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_models(root: Path, n_models: int, dtype: str = "float32") -> tuple[Path, list[Path], int]:
@@ -144,6 +157,19 @@ start()
 run_merge(cfg, str(out / "mk"), options=MergeOptions(copy_tokenizer=False, lazy_unpickle=True))
 stop()
 """,
+    FLOOR: """
+import ctypes
+lib = ctypes.CDLL(FLOOR_LIB)
+lib.rmt_floor_prepare.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int]
+rc = lib.rmt_floor_prepare(len(fts) + 1, ELEMENTS, KERNEL_DTYPE)
+if rc:
+    raise OSError(-rc, "rmt_floor_prepare: " + os.strerror(-rc))
+start()
+rc = lib.rmt_floor_run(THREADS)
+stop()
+if rc:
+    raise OSError(-rc, "rmt_floor_run: " + os.strerror(-rc))
+""",
 }
 
 CHILD = """
@@ -151,6 +177,10 @@ import json, os, resource, sys, time
 from pathlib import Path
 SCALING = {scaling}
 DTYPE = {dtype!r}
+KERNEL_DTYPE = {kernel_dtype}
+ELEMENTS = {elements}
+THREADS = {threads}
+FLOOR_LIB = {floor_lib!r}
 base = Path({base!r}); fts = [Path(p) for p in {fts!r}]; out = Path({out!r})
 marks = []
 def steal():
@@ -234,16 +264,66 @@ def fresh_write_seconds(folder: Path, size: int) -> float:
         path.unlink()
 
 
-def child_code(name: str, base: Path, fts: list[Path], out: Path, dtype: str) -> str:
+@dataclass(frozen=True)
+class Workload:
+    """What every contender merges: ``base`` and ``fts`` (HF directories) of ``elements``
+    parameters in ``dtype``, on ``threads`` threads (as many as rmtllmf merges with), and the
+    built floor library (``None`` where it could not be built)."""
+
+    base: Path
+    fts: list[Path]
+    dtype: str
+    elements: int
+    threads: int
+    floor_lib: Path | None
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [d / "model.safetensors" for d in [self.base, *self.fts]]
+
+
+def child_code(name: str, work: Workload, out: Path) -> str:
     """The program one fresh process runs to time contender ``name`` once."""
     return CHILD.format(
         scaling=SCALING,
-        dtype=dtype,
-        base=str(base),
-        fts=[str(f) for f in fts],
+        dtype=work.dtype,
+        kernel_dtype=KERNEL_DTYPE[work.dtype],
+        elements=work.elements,
+        threads=work.threads,
+        floor_lib=str(work.floor_lib),
+        base=str(work.base),
+        fts=[str(f) for f in work.fts],
         out=str(out),
         body=RUNNERS[name],
     )
+
+
+def build_floor(folder: Path) -> tuple[Path | None, str]:
+    """``benchmarks/kernel_floor.c`` built into ``folder`` with the kernel's own flags
+    (``setup.py``; ``$CC`` or ``cc``): the library, or ``None`` and the compiler's reason."""
+    lib = folder / "kernel_floor.so"
+    compiler = shlex.split(os.environ.get("CC", "cc"))
+    command = [
+        *compiler,
+        "-O2",
+        "-ffp-contract=off",
+        "-pthread",
+        "-shared",
+        "-fPIC",
+        "-I",
+        str(REPO / "src" / "rmtllmf" / "fusion"),
+        str(REPO / "benchmarks" / "kernel_floor.c"),
+        "-o",
+        str(lib),
+        "-lm",
+    ]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        return None, f"no C compiler ({exc})"
+    if proc.returncode != 0:
+        return None, (proc.stderr.strip().splitlines() or ["compiler failed"])[-1][:300]
+    return lib, ""
 
 
 def run_once(code: str, inputs: list[Path], out: Path, bound: CopyBound) -> dict[str, object]:
@@ -302,12 +382,10 @@ def summarize(runs: list[dict[str, object]], warmup_seconds: list[float]) -> dic
 
 def run_contenders(
     contenders: list[str],
-    base: Path,
-    fts: list[Path],
+    work: Workload,
     outs: dict[str, Path],
     repeats: int,
     bound: CopyBound,
-    dtype: str,
     warmup: int = 1,
     interleave: bool = True,
 ) -> dict[str, dict[str, object]]:
@@ -317,8 +395,7 @@ def run_contenders(
     machine whose speed drifts (on the VMs here slow phases lasted minutes, and with the
     contenders run one after the other the first one met the one after the models were written
     in several runs); otherwise each contender's runs come one after the other."""
-    inputs = [d / "model.safetensors" for d in [base, *fts]]
-    codes = {name: child_code(name, base, fts, outs[name], dtype) for name in contenders}
+    codes = {name: child_code(name, work, outs[name]) for name in contenders}
     runs: dict[str, list[dict[str, object]]] = {name: [] for name in contenders}
     warmups: dict[str, list[float]] = {name: [] for name in contenders}
     errors: dict[str, dict[str, object]] = {}
@@ -331,7 +408,7 @@ def run_contenders(
     for r, name in schedule:
         if name in errors:
             continue
-        result = run_once(codes[name], inputs, outs[name], bound)
+        result = run_once(codes[name], work.inputs, outs[name], bound)
         if "error" in result:
             errors[name] = result
         elif r < warmup:
@@ -428,7 +505,7 @@ def check_agreement(outs: dict[str, Path]) -> dict[str, float]:
     ours = load_file(outs["rmtllmf"] / "merged.safetensors")
     diffs = {}
     for name, path in outs.items():
-        if name == "rmtllmf":
+        if name in ("rmtllmf", FLOOR):
             continue
         files = sorted(path.rglob("*.safetensors"))
         peer: dict[str, torch.Tensor] = {}
@@ -517,15 +594,19 @@ def main() -> None:
             f"once at that rate, with nothing written: {read_floor:.2f} s = "
             f"{read_floor / bound:.2f}x the bound"
         )
+        floor_lib, floor_error = build_floor(root) if FLOOR in contenders else (None, "")
+        if floor_lib is None and FLOOR in contenders:
+            contenders.remove(FLOOR)
+            report[FLOOR] = {"error": f"not built: {floor_error}"}
+            print(f"{FLOOR:>13}: not run (not built: {floor_error})")
+        work = Workload(base, fts, args.dtype, n_params, threads, floor_lib)
         outs = {name: root / f"out_{name}" for name in contenders}
         results = run_contenders(
             contenders,
-            base,
-            fts,
+            work,
             outs,
             args.repeats,
             copy_bound,
-            args.dtype,
             args.warmup,
             interleave=args.order == "interleaved",
         )
@@ -574,11 +655,27 @@ def main() -> None:
             print(f"rmtllmf's compiled kernel loaded: {ours.get('kernel')}")
             for name in contenders:
                 peer = report[name]
-                if name != "rmtllmf" and isinstance(peer, dict) and "seconds" in peer:
+                if name not in ("rmtllmf", FLOOR) and isinstance(peer, dict) and "seconds" in peer:
                     print(
                         f"{name:>13} / rmtllmf: {peer['seconds'] / ours['seconds']:.2f}x best, "
                         f"{peer['median_seconds'] / ours['median_seconds']:.2f}x median"
                     )
+            floor = report.get(FLOOR)
+            if isinstance(floor, dict) and "seconds" in floor:
+                rounds = [
+                    a / b
+                    for a, b in zip(
+                        cast(list[float], ours["all_seconds"]),
+                        cast(list[float], floor["all_seconds"]),
+                        strict=True,
+                    )
+                ]
+                report["rmtllmf_over_floor_by_round"] = rounds
+                print(
+                    f"rmtllmf / {FLOOR}, round by round: "
+                    f"[{', '.join(f'{r:.2f}' for r in rounds)}]; the floor's best is "
+                    f"{floor['seconds'] / bound:.2f}x the bound"
+                )
         report["max_abs_difference_vs_rmtllmf"] = check_agreement(outs)
         print("max |difference| vs rmtllmf:", report["max_abs_difference_vs_rmtllmf"])
         if args.json:
