@@ -545,3 +545,40 @@ def test_an_interrupted_merge_stops_its_threads_and_leaves_no_file(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["base.safetensors", *(p.name for p in paths)]
     )
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_an_interrupt_while_the_merge_thread_starts_still_stops_it(monkeypatch, started):
+    """Ctrl-C can reach the main thread while it starts the merge's helper thread, after the
+    thread has begun (``started``) or before: the merge is cancelled and waited for all the
+    same, never left running on files that its caller then closes, and a thread that never
+    began is not waited for."""
+    import threading
+    import time
+
+    from rmtllmf.fusion import fused
+
+    cancelled = threading.Event()
+    ran = threading.Event()
+    stopped_by_cancel: list[bool] = []
+
+    def work() -> None:
+        ran.set()
+        deadline = time.monotonic() + 20  # a test that fails, not one that hangs
+        while not cancelled.is_set() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        stopped_by_cancel.append(cancelled.is_set())
+
+    start = threading.Thread.start
+
+    def interrupted_start(self: threading.Thread) -> None:
+        if started:
+            start(self)
+            ran.wait(10)  # the work is under way when the interrupt arrives
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    with pytest.raises(KeyboardInterrupt):
+        fused._interruptible(work, cancelled.set)
+    assert cancelled.is_set()
+    assert stopped_by_cancel == ([True] if started else [])

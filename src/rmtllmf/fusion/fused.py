@@ -199,8 +199,11 @@ def _bytes(t: torch.Tensor) -> memoryview:
 def _interruptible(work: Callable[[], None], cancel: Callable[[], None]) -> None:
     """Run ``work`` in a helper thread while this thread waits for it, so that Ctrl-C (which
     Python delivers to the main thread) stops a long merge: on an interrupt, or any exception
-    while waiting, ``cancel`` asks ``work`` to stop after the jobs under way, that is waited
-    for, and the exception goes on. An exception raised by ``work`` is raised here."""
+    while starting or waiting, ``cancel`` asks ``work`` to stop after the jobs under way, that is
+    waited for (further interrupts meanwhile are ignored: the caller closes the files ``work``
+    writes to once this returns), and the exception goes on. ``work`` must do nothing once
+    ``cancel`` has run, also if it only starts after it. An exception raised by ``work`` is
+    raised here."""
     failures: list[BaseException] = []
     finished = threading.Event()  # waited on, not Thread.join: an interrupted join in Python
     # 3.11 can mark a running thread as stopped
@@ -213,12 +216,18 @@ def _interruptible(work: Callable[[], None], cancel: Callable[[], None]) -> None
         finally:
             finished.set()
 
-    threading.Thread(target=target, name="rmtllmf-merge", daemon=True).start()
+    thread = threading.Thread(target=target, name="rmtllmf-merge", daemon=True)
     try:
+        thread.start()  # inside the try: an interrupt can arrive while the thread starts
         finished.wait()
     except BaseException:
         cancel()
-        finished.wait()
+        while thread.is_alive():  # not alive: never started, or started and done
+            try:
+                finished.wait()
+                break
+            except KeyboardInterrupt:
+                continue
         raise
     if failures:
         raise failures[0]
