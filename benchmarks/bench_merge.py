@@ -71,8 +71,6 @@ if TYPE_CHECKING:
 
 SCALING = 0.3
 ITEMSIZE = {"float32": 4, "bfloat16": 2}
-KERNEL_DTYPE = {"float32": 0, "bfloat16": 2}
-"""The kernel's dtype codes (``rmtllmf.fusion.kernel.DTYPE_CODES``)."""
 FLOOR = "memory-floor"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -284,10 +282,14 @@ class Workload:
 
 def child_code(name: str, work: Workload, out: Path) -> str:
     """The program one fresh process runs to time contender ``name`` once."""
+    import torch
+
+    from rmtllmf.fusion.kernel import DTYPE_CODES
+
     return CHILD.format(
         scaling=SCALING,
         dtype=work.dtype,
-        kernel_dtype=KERNEL_DTYPE[work.dtype],
+        kernel_dtype=DTYPE_CODES[getattr(torch, work.dtype)],
         elements=work.elements,
         threads=work.threads,
         floor_lib=str(work.floor_lib),
