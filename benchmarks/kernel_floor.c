@@ -68,7 +68,8 @@ int rmt_floor_prepare(int n, int64_t count, int dtype) {
             else
                 ((uint16_t *)floor_state.x[q])[i] = float_to_bf16(v);
         }
-        /* task arithmetic, its weights rounded from double as rmtllmf.fusion.kernel passes them */
+        /* task arithmetic at the benchmark's lambda (bench_merge.SCALING = 0.3), its weights
+         * rounded from double as rmtllmf.fusion.kernel passes them */
         floor_state.wf[q] = (float)(q ? 0.3 : 1.0 - 0.3 * (n - 1));
     }
     floor_state.out = floor_alloc((size_t)count * size);
