@@ -59,6 +59,7 @@ def tiny_zoo_config(root: Path, tasks: tuple[str, ...], **overrides):
         "batch": 16,
         "anchor_images": 24,
         "anchor_batch": 8,
+        "anchor_domain_images": 4,
         "base": str(make_tiny_base(root / "base.safetensors")),
     }
     return ZooConfig(**{**fields, **overrides})

@@ -8,7 +8,14 @@ import torch
 
 import rmtllmf.experiment as experiment
 from conftest import build_tiny_zoo
-from rmtllmf.defense import RealignConfig, apply_defense, few_shot_set, reload_embeddings
+from rmtllmf.defense import (
+    FewShotSet,
+    RealignConfig,
+    apply_defense,
+    few_shot_set,
+    realign,
+    reload_embeddings,
+)
 from rmtllmf.errors import InputError
 from rmtllmf.evaluation import task_vectors
 from rmtllmf.experiment import ExperimentConfig, run_experiment
@@ -99,6 +106,50 @@ def test_defenses_touch_the_right_parameters(zoo):
         )
     with pytest.raises(InputError, match="not in both models"):
         reload_embeddings(noisy, base, ["nope"])
+
+
+def test_floor_defenses_discard_what_was_received(zoo):
+    base = zoo.base_state
+    noisy = {
+        k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in base.items()
+    }
+    sets = [few_shot_set(t, *zoo.data[t]["train"], 2, zoo.heads[t].n_classes) for t in TASKS]
+    cfg = RealignConfig(k_per_class=2, steps=5, lr=1e-2)
+    model = zoo.model_from_state(noisy)
+    apply_defense("base", model, base, EMBEDDING_PARAMS, zoo.heads, sets, cfg)
+    assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
+    from_noisy, from_base = zoo.model_from_state(noisy), zoo.model_from_state(base)
+    for model in (from_noisy, from_base):
+        torch.manual_seed(0)
+        apply_defense("base+realign", model, base, EMBEDDING_PARAMS, zoo.heads, sets, cfg)
+    a, b = from_noisy.state_dict(), from_base.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # nothing received survives
+    key = "encoder.layers.0.mlp.fc1.weight"
+    assert not torch.equal(a[key], base[key])
+    assert all(torch.equal(a[k], base[k]) for k in EMBEDDING_PARAMS)
+
+
+def test_validated_realignment_keeps_the_best_state_on_validation(zoo):
+    base = zoo.base_state
+    sets = [few_shot_set(t, *zoo.data[t]["train"], 2, zoo.heads[t].n_classes) for t in TASKS]
+    val = [FewShotSet(t, *zoo.data[t]["val"]) for t in TASKS]
+    for lr in (1e-2, 10.0):  # a sane step size and one that wrecks the model
+        cfg = RealignConfig(k_per_class=2, steps=6, lr=lr, validate_every=2)
+        model = zoo.model_from_state(base)
+        log = realign(model, zoo.heads, sets, cfg, val_sets=val)
+        steps = [step for step, _ in log.curve]
+        assert steps == [0, 2, 4, 6]
+        scores = [score for _, score in log.curve]
+        assert log.kept_step == steps[int(np.argmax(scores))]
+        # the kept state scores what the curve says it scored at that step
+        expected = np.mean([zoo.task_accuracy(model.state_dict(), [t], "val")[t] for t in TASKS])
+        assert expected == pytest.approx(max(scores))
+        if log.kept_step == 0:
+            assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
+    unvalidated = realign(
+        zoo.model_from_state(base), zoo.heads, sets, RealignConfig(k_per_class=2, steps=3)
+    )
+    assert unvalidated.curve == [] and unvalidated.kept_step == 3
 
 
 def test_few_shot_sets_come_from_training_data(zoo):

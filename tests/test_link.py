@@ -6,9 +6,12 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oracles import random_channel
 from rmtllmf.channel import (
+    PAPER_SIGNAL_POWER,
     ChannelRealization,
     LargeScale,
     ScenarioConfig,
@@ -17,6 +20,7 @@ from rmtllmf.channel import (
     draw_realization,
     ideal_noise,
     realize,
+    snr_reference_power,
     transmit_statistical,
     transmit_symbols,
 )
@@ -42,6 +46,57 @@ def test_relative_noise_scales_with_each_segment_power(rng):
         assert np.var(noise[a:b]) == pytest.approx(0.1 * power, rel=0.03)
 
 
+def test_snr_reference_power_is_the_papers_ideal_pair():
+    # -16.2 dB at mu = 0.013: S = 0.013 * 10**-1.62, computed by hand
+    assert snr_reference_power() == pytest.approx(3.1186e-4, rel=1e-4)
+    assert snr_reference_power() == PAPER_SIGNAL_POWER
+    assert snr_reference_power(0.0, 0.5) == pytest.approx(0.5)
+    with pytest.raises(InputError, match="MSE > 0"):
+        snr_reference_power(-16.2, 0.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    scale=st.floats(1e-4, 1e2),
+    mu=st.floats(1e-3, 1.0),
+    s_ref=st.floats(1e-5, 1e-1),
+)
+def test_snr_link_gives_every_entry_the_papers_snr(scale, mu, s_ref):
+    """Per-entry SNR E[tau^2] / var(noise) equals S_ref / mu whatever the vector's scale."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(50_000) * scale).astype(np.float32)
+    (out,) = transmit_statistical([x], [mu], rng, scale="snr", reference_power=s_ref)
+    noise = out.astype(np.float64) - x
+    power = np.mean(x.astype(np.float64) ** 2)
+    assert power / np.var(noise) == pytest.approx(s_ref / mu, rel=0.05)
+
+
+def test_snr_link_on_entries_of_the_reference_power_is_the_absolute_link(rng):
+    x = rng.standard_normal(200_000)
+    x = (x / np.sqrt(np.mean(x**2)) * np.sqrt(PAPER_SIGNAL_POWER)).astype(np.float32)
+    (out,) = transmit_statistical([x], [0.21], rng, scale="snr")
+    assert np.var(out.astype(np.float64) - x) == pytest.approx(0.21, rel=0.02)
+
+
+def test_snr_link_per_segment_scales_each_tensor(rng):
+    x = np.concatenate([rng.standard_normal(100_000) * 0.01, rng.standard_normal(100_000) * 3.0])
+    x = x.astype(np.float32)
+    seg = [0, 100_000, 200_000]
+    whole = np.mean(x.astype(np.float64) ** 2)
+    (out,) = transmit_statistical(
+        [x], [0.1], rng, scale="snr", segments=[seg], reference_power=0.5, per_segment=True
+    )
+    (flat,) = transmit_statistical([x], [0.1], rng, scale="snr", reference_power=0.5)
+    for a, b in itertools.pairwise(seg):
+        power = np.mean(x[a:b].astype(np.float64) ** 2)
+        assert np.var(out[a:b].astype(np.float64) - x[a:b]) == pytest.approx(
+            0.1 * power / 0.5, rel=0.03
+        )
+        assert np.var(flat[a:b].astype(np.float64) - x[a:b]) == pytest.approx(
+            0.1 * whole / 0.5, rel=0.03
+        )
+
+
 def test_statistical_link_rejects_bad_input(rng):
     with pytest.raises(InputError, match="one entry per vector"):
         transmit_statistical([np.zeros(3)], [0.1, 0.2], rng)
@@ -49,6 +104,8 @@ def test_statistical_link_rejects_bad_input(rng):
         transmit_statistical([np.array([np.nan])], [0.1], rng)
     with pytest.raises(InputError, match="noise scale"):
         transmit_statistical([np.zeros(3)], [0.1], rng, scale="weird")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="reference_power"):
+        transmit_statistical([np.zeros(3)], [0.1], rng, scale="snr", reference_power=0.0)
 
 
 def _noiseless(n_rx, n_users, rng):

@@ -48,7 +48,7 @@ def test_every_artefact_is_written(report):
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
 
-def test_summary_matches_a_hand_computation(report):
+def test_summary_matches_a_hand_computation(report, tiny_zoo):
     db, _, summary = report
     rows = list(db.rows())
     assert summary["n_tasks"] == 3
@@ -80,13 +80,38 @@ def test_summary_matches_a_hand_computation(report):
         and len(r["config"]["tasks"]) == 3
     ]
     assert summary["clean"] == pytest.approx(np.mean(clean))
-    assert summary["clean_realign"] >= 0.0
+
+    def mean_of(defense):
+        return np.mean(
+            [
+                r["result"]["normalized"]
+                for r in rows
+                if (r["config"]["link"], r["config"]["defense"], len(r["config"]["tasks"]))
+                == ("noiseless", defense, 3)
+            ]
+        )
+
+    assert summary["clean_realign"] == pytest.approx(mean_of("realign"))
+    assert summary["base"] == pytest.approx(mean_of("base"))
+    assert summary["base_realign"] == pytest.approx(mean_of("base+realign"))
+    # chance, by hand: a uniform guess on signs (12 classes), textures (8), counting (8),
+    # divided by each task's fine-tuned test accuracy (the zoo's record)
+    classes = {"signs": 12, "textures": 8, "counting": 8}
+    chance = np.mean([1 / c / tiny_zoo.finetuned_accuracy(t) for t, c in classes.items()])
+    assert summary["chance"] == pytest.approx(chance)
+    for link, cells in summary["by_link"].items():
+        for scenario, cell in cells.items():
+            assert cell["base"] == summary["base"]  # the floors stand in every cell
+            for defense, value in cell.items():
+                got = summary["recovered"]["by_link"][link][scenario][defense]
+                assert got == pytest.approx((value - chance) / (summary["clean"] - chance))
     assert {o["link"] for o in summary["orderings"]} == {"absolute", "symbol"}
 
 
 def test_orderings_read_the_claims():
     good = {
         "clean": 0.9,
+        "base": 0.4,
         "by_link": {
             "absolute": {
                 "ideal": {"none": 0.7, "freeze": 0.75, "realign": 0.8, "r-mtllmf": 0.85},
@@ -100,10 +125,15 @@ def test_orderings_read_the_claims():
         and o["rm_ideal_gt_rm_worst"]
         and o["rm_worst_gg_none_worst"]
         and o["both_beat_each"]
+        and o["rm_worst_gt_base"]
     )
     good["by_link"]["absolute"]["sum-rate"]["freeze"] = 0.6
     (o,) = orderings(good)
     assert not o["both_beat_each"]
+    good["base"] = 0.55  # the received vectors did worse than discarding them
+    good["by_link"]["absolute"]["sum-rate"]["none"] = 0.45  # 0.5 is not >= 0.45 + 0.1
+    (o,) = orderings(good)
+    assert not o["rm_worst_gt_base"] and not o["rm_worst_gg_none_worst"]
 
 
 def test_empty_database_is_a_clear_error(tmp_path):

@@ -59,7 +59,8 @@ def test_reproduce_writes_everything_and_resumes(study, tmp_path, capsys):
 def test_quick_covers_every_link_scenario_and_defense():
     sweep = sweep_config(quick_config())
     assert sweep.task_counts == (2, 4, 8) and sweep.subsets_per_count == 1
-    assert set(sweep.links) == {"absolute", "relative", "weights", "symbol"}
+    assert set(sweep.links) == {"snr", "absolute", "relative", "weights", "symbol"}
+    assert sweep.links[0] == "snr"  # the headline link: the k sweep runs on it
     assert set(sweep.scenarios) == {"ideal", "sum-rate", "strongest-user"}
     assert len(sweep.tasks) == 8
 

@@ -16,7 +16,15 @@ from rmtllmf.models.tiny_vit import (
     TinyVitConfig,
     normalise_images,
 )
-from rmtllmf.train import Anchor, accuracy, cosine_lr, embed, finetune, prototype_head
+from rmtllmf.train import (
+    Anchor,
+    accuracy,
+    cosine_lr,
+    embed,
+    finetune,
+    probe_head,
+    prototype_head,
+)
 
 TINY = TinyVitConfig(patch_size=8, hidden=16, layers=1, heads=2, mlp=32, embed_dim=8)
 
@@ -52,6 +60,39 @@ def test_prototype_head_is_class_mean_of_normalised_embeddings():
     torch.testing.assert_close(head.weight[1], expected)
     logits = head(embed(model, images))
     torch.testing.assert_close(logits, 30.0 * z @ head.weight.T)
+
+
+def test_probe_head_fits_what_prototypes_miss():
+    """Two classes whose means differ mostly along a noisy axis and a little along a clean one:
+    the prototypes follow the means (the noisy axis, about 60% right), the fitted probe must
+    find the clean axis, and its cross-entropy under the head's own form is below the
+    prototypes'."""
+    rng = np.random.default_rng(0)
+    n = 200
+    labels = np.repeat([0, 1], n // 2)
+    feats = np.zeros((n, 3), np.float32)
+    feats[:, 0] = 10.0  # shared direction
+    feats[:, 1] = 0.5 * labels + rng.normal(0, 1.0, n)  # noisy axis
+    feats[:, 2] = 0.1 * labels + rng.normal(0, 0.01, n)  # clean axis
+    images = np.zeros((n, 1, 1, 3), np.uint8)  # the encoder below ignores them
+
+    def encoder(_x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(feats)
+
+    proto = prototype_head(encoder, images, labels, 2)
+    probe = probe_head(encoder, images, labels, 2, scale=30.0)
+    z = torch.from_numpy(feats)
+    y = torch.from_numpy(labels)
+    assert torch.allclose(probe.weight.norm(dim=-1), torch.ones(2))
+    ce = {h: float(F.cross_entropy(head(z), y)) for h, head in (("proto", proto), ("probe", probe))}
+    acc = {
+        h: float((head(z).argmax(-1) == y).float().mean())
+        for h, head in (("proto", proto), ("probe", probe))
+    }
+    assert ce["probe"] < ce["proto"]
+    assert acc["proto"] < 0.7 and acc["probe"] > acc["proto"] + 0.15
+    again = probe_head(encoder, images, labels, 2, scale=30.0)
+    assert torch.equal(again.weight, probe.weight)  # seeded
 
 
 def test_cosine_schedule_closed_form():

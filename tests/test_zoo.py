@@ -126,7 +126,8 @@ def test_head_scale_reaches_heads_and_fine_tuning(tmp_path):
     """The prototype heads carry ``head_scale`` and the fine-tune trains against it."""
     zoos = {
         scale: build_zoo(
-            tmp_path / f"zoo{scale}", tiny_zoo_config(tmp_path, ("signs",), head_scale=scale)
+            tmp_path / f"zoo{scale}",
+            tiny_zoo_config(tmp_path, ("signs",), head_scale=scale, head_fit="prototype"),
         )
         for scale in (7.0, 30.0)
     }
@@ -137,9 +138,9 @@ def test_head_scale_reaches_heads_and_fine_tuning(tmp_path):
 
 
 def test_anchor_is_built_once_and_keeps_the_shared_function(tmp_path):
-    """The anchor set is pretext images with the base's normalised embeddings as targets; a
-    heavier anchor leaves the anchor images' embeddings closer to the base's, and weight 0 is
-    plain fine-tuning with no anchor files."""
+    """The anchor set is pretext images and public images of the tasks' domains, with the
+    base's normalised embeddings as targets; a heavier anchor leaves the anchor images'
+    embeddings closer to the base's, and weight 0 is plain fine-tuning with no anchor files."""
     import numpy as np
     import torch.nn.functional as F
     from safetensors.torch import load_file
@@ -162,7 +163,7 @@ def test_anchor_is_built_once_and_keeps_the_shared_function(tmp_path):
             targets = load_file(zoo.root / "anchor.safetensors")["targets"]
             expected = F.normalize(embed(zoo.base, images), dim=-1)
             torch.testing.assert_close(targets, expected)
-            assert images.shape == (24, 32, 32, 3)
+            assert images.shape == (24 + 4, 32, 32, 3)  # pretext, then 4 of the task's domain
         z0 = F.normalize(embed(zoo.base, images), dim=-1)
         z1 = F.normalize(embed(zoo.model_from_state(zoo.finetuned["signs"]), images), dim=-1)
         shifts[weight] = float((z1 - z0).pow(2).sum(-1).mean())
@@ -185,3 +186,26 @@ def test_parallel_build_equals_the_serial_one(tmp_path):
             assert (serial.data[task][split][0] == parallel.data[task][split][0]).all()
         for key, value in serial.finetuned[task].items():
             torch.testing.assert_close(parallel.finetuned[task][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_each_user_anchors_on_the_other_domains_never_its_own(tmp_path):
+    from rmtllmf.data.synthetic import make_task
+    from rmtllmf.zoo import _load_anchor
+
+    tasks = ("signs", "counting", "textures")
+    cfg = tiny_zoo_config(tmp_path, tasks, anchor_domain_images=5, head_fit="probe")
+    zoo = build_zoo(tmp_path / "zoo", cfg)
+    whole = _load_anchor(cfg, zoo.root)
+    assert whole is not None and len(whole.images) == cfg.anchor_images + 5 * len(tasks)
+    for task in tasks:
+        anchor = _load_anchor(cfg, zoo.root, task)
+        assert anchor is not None and len(anchor.images) == cfg.anchor_images + 5 * 2
+        own = {img.tobytes() for img in make_task(task, "public", 5, cfg.seed)[0]}
+        others = {img.tobytes() for t in tasks if t != task for img in make_task(t, "public", 5)[0]}
+        kept = {img.tobytes() for img in anchor.images}
+        assert not own & kept and others <= kept
+        # targets stay paired with their images: the base's normalised embeddings
+        expected = torch.nn.functional.normalize(
+            zoo.base(zoo.preprocess(torch.from_numpy(anchor.images))), dim=-1
+        )
+        torch.testing.assert_close(anchor.targets, expected, rtol=1e-4, atol=1e-5)

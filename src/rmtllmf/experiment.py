@@ -7,7 +7,9 @@ defense and a seed:
   :mod:`rmtllmf.channel`, each user's MSE from eq. 5), or the ``paper-*`` presets that inject the
   paper's reported mean MSEs (0.013 ideal, 0.21 sum-rate, 0.16 strongest-user) for every user;
 * link modes: ``noiseless`` (a clean run through the same pipeline); ``absolute`` (the paper:
-  ``tau + N(0, mu_q)``); ``relative`` (per-tensor power-normalised analog link,
+  ``tau + N(0, mu_q)``); ``snr`` (the paper's per-entry SNR on this model's task vectors:
+  ``N(0, mu_q E[tau_q^2] / S_ref)``, ``S_ref`` the paper's task-vector power, 3.1e-4);
+  ``relative`` (per-tensor power-normalised analog link,
   ``N(0, mu_q E[tau^2])``); ``weights`` (the user sends ``theta_ft`` power-normalised per tensor,
   ``N(0, mu_q E[theta^2])``, and the BS subtracts ``theta_base``); ``symbol`` (the digital link:
   quantise, QAM, MMSE-SIC with decision feedback, demap);
@@ -38,7 +40,14 @@ from rmtllmf.channel import (
     transmit_symbols,
     user_mse,
 )
-from rmtllmf.defense import DEFENSES, RealignConfig, apply_defense, few_shot_set
+from rmtllmf.defense import (
+    DEFENSES,
+    REALIGNING,
+    FewShotSet,
+    RealignConfig,
+    apply_defense,
+    few_shot_set,
+)
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig, TaskVector, cosine_matrix, merge_task_vectors
 from rmtllmf.metrics import normalized_accuracy
@@ -47,7 +56,7 @@ from rmtllmf.pool import ModelPool
 Scenario = Literal[
     "ideal", "sum-rate", "strongest-user", "paper-ideal", "paper-sum-rate", "paper-strongest-user"
 ]
-LinkMode = Literal["noiseless", "absolute", "relative", "weights", "symbol"]
+LinkMode = Literal["noiseless", "absolute", "snr", "relative", "weights", "symbol"]
 PAPER_MSE = {"paper-ideal": 0.013, "paper-sum-rate": 0.21, "paper-strongest-user": 0.16}
 
 
@@ -83,6 +92,12 @@ class ExperimentResult:
     dropped_users: list[int] = field(default_factory=list)
     nonfinite_entries: int = 0
     analysis: Analysis | None = None
+    chance: float = float("nan")
+    """Normalized accuracy of a uniform guess on the same tasks (``1 / classes`` per task)."""
+    realign_curve: list[tuple[int, float]] = field(default_factory=list)
+    """Validation curve of the realignment ``(step, mean accuracy)`` (empty: not validated)."""
+    realign_kept_step: int = 0
+    """The realignment step whose state was kept (0: no realignment or none helped)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,7 @@ def _send(
     flats = [tv.flatten() for tv in clean]
     if cfg.link == "noiseless":
         return flats
-    if cfg.link in ("absolute", "relative"):
+    if cfg.link in ("absolute", "relative", "snr"):
         return transmit_statistical(flats, mu, rng, scale=cfg.link, segments=seg)
     if cfg.link == "weights":
         theta_base = TaskVector({k: base[k] for k in layout.names}).flatten()
@@ -231,15 +246,21 @@ def run_experiment(
         interference_analysis(pool, cfg, rx.clean, vectors, rx.error_mse) if cfg.analysis else None
     )
     model = pool.model_from_state(merged)
-    sets = []
-    if cfg.defense in ("realign", "r-mtllmf"):
+    sets, val_sets = [], []
+    if cfg.defense in REALIGNING:
         k = cfg.realign.k_per_class
         sets = [
             few_shot_set(t, *pool.data[t]["train"], k, pool.n_classes(t), cfg.seed)
             for t in cfg.tasks
         ]
+        if cfg.realign.validate_every:
+            m = cfg.realign.val_per_task
+            val_sets = [
+                FewShotSet(t, pool.data[t]["val"][0][:m], pool.data[t]["val"][1][:m])
+                for t in cfg.tasks
+            ]
     torch.manual_seed(cfg.seed)
-    apply_defense(
+    log = apply_defense(
         cfg.defense,
         model,
         base,
@@ -248,6 +269,7 @@ def run_experiment(
         sets,
         cfg.realign,
         preprocess=pool.preprocess,
+        val_sets=val_sets,
     )
     acc = pool.task_accuracy(model.state_dict(), cfg.tasks, cfg.split)
     ft = {t: pool.finetuned_accuracy(t, cfg.split) for t in cfg.tasks}
@@ -258,8 +280,11 @@ def run_experiment(
         error_mse=rx.error_mse,
         accuracy=acc,
         normalized=normalized_accuracy(acc, ft),
+        chance=normalized_accuracy({t: 1.0 / pool.n_classes(t) for t in cfg.tasks}, ft),
         received_cosine=cosine_matrix(vectors) if vectors else np.zeros((0, 0)),
         dropped_users=[q for q in range(rx.n_users) if q not in kept],
         nonfinite_entries=rx.nonfinite_entries,
         analysis=analysis,
+        realign_curve=log.curve,
+        realign_kept_step=log.kept_step,
     )

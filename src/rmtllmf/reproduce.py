@@ -6,9 +6,9 @@ from a YAML config such as ``configs/paper-clip-vit-b16.yaml`` — runs the swee
 ``runs.csv`` under ``OUT``, with the fully resolved config in ``OUT/config.json``.
 
 ``--quick`` is the embedded default on a sample: task counts 2, 4 and 8 with one subset each,
-one seed, every scenario, link and defense, a shorter few-shot realignment (30 steps of 32), a
-smaller interference analysis (48 images per task) and ``λ`` on an 11-point grid. The full grid
-is the default.
+one seed, every scenario, link and defense (realignment as the library's default), a smaller
+interference analysis (48 images per task) and ``λ`` on an 11-point grid. The full grid is the
+default.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rmtllmf.analysis import AnalysisConfig
 from rmtllmf.atomic import write_text_atomic
 from rmtllmf.clip_pool import ClipPool, ClipPoolConfig
-from rmtllmf.defense import RealignConfig
 from rmtllmf.errors import InputError
 from rmtllmf.pool import ModelPool
 from rmtllmf.report import write_report
@@ -54,7 +53,6 @@ def quick_config() -> ReproduceConfig:
             "task_counts": (2, 4, 8),
             "subsets_per_count": 1,
             "k_values": (1, 5, 10, 20),
-            "realign": RealignConfig(steps=30, batch=32).model_dump(),
             "analysis": AnalysisConfig(samples=48, probes=2).model_dump(),
             "lambda_grid": tuple(round(0.1 * i, 1) for i in range(11)),
         }

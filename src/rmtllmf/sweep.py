@@ -5,7 +5,9 @@ that size (all ``C(T, N)`` combinations, 247 for ``N = 2..8`` of 8 tasks, or a s
 ``subsets_per_count``):
 
 * ``clean``: noiseless link, defenses ``none`` and ``realign`` (realign-on-clean is the
-  control that separates what realignment *repairs* from what it *adds*);
+  control that separates what realignment *repairs* from what it *adds*), and the floors
+  ``base`` and ``base+realign`` (the BS discards every received vector), which no channel
+  changes, so they run once per subset and stand in every scenario's table;
 * ``fig2``: every scenario × link, defenses ``none`` and ``r-mtllmf`` (paper Fig. 2);
 * ``ablation``: at the largest ``N``, every scenario × link with all four defenses (Fig. 5,
   left); the undefended runs carry the interference analysis (WDE, hypothesis test);
@@ -41,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rmtllmf.analysis import AnalysisConfig
 from rmtllmf.channel import ScenarioConfig, SymbolLinkConfig
-from rmtllmf.defense import DEFENSES, RealignConfig
+from rmtllmf.defense import CHANNEL_FREE, DEFENSES, RealignConfig
 from rmtllmf.errors import InputError
 from rmtllmf.evaluation import choose_lambda
 from rmtllmf.experiment import (
@@ -58,6 +60,8 @@ from rmtllmf.fusion import MergeConfig
 from rmtllmf.pool import ModelPool
 from rmtllmf.train import progress_bar
 
+RECEIVING = tuple(d for d in DEFENSES if d not in CHANNEL_FREE)
+"""The defenses that act on what was received (the ablation's columns)."""
 DEFAULT_GRID = tuple(round(float(x), 4) for x in np.linspace(0.0, 1.0, 21))
 
 
@@ -72,7 +76,7 @@ class SweepConfig(BaseModel):
         None, ge=1, description="seeded sample of subsets per count; None = all combinations"
     )
     scenarios: tuple[Scenario, ...] = ("ideal", "sum-rate", "strongest-user")
-    links: tuple[LinkMode, ...] = ("absolute", "relative", "weights", "symbol")
+    links: tuple[LinkMode, ...] = ("snr", "absolute", "relative", "weights", "symbol")
     k_values: tuple[int, ...] = (1, 2, 5, 10, 20)
     seeds: tuple[int, ...] = (0,)
     merge_method: str = "task-arithmetic"
@@ -143,7 +147,7 @@ def plan_runs(cfg: SweepConfig, lambdas: dict[int, float]) -> list[PlannedRun]:
                 "nan_policy": cfg.nan_policy,
                 "seed": seed,
             }
-            for defense in ("none", "realign"):
+            for defense in ("none", "realign", *CHANNEL_FREE):
                 runs.append(
                     PlannedRun(
                         "clean", ExperimentConfig(link="noiseless", defense=defense, **common)
@@ -152,7 +156,7 @@ def plan_runs(cfg: SweepConfig, lambdas: dict[int, float]) -> list[PlannedRun]:
             for scenario, link in itertools.product(cfg.scenarios, cfg.links):
                 if link == "symbol" and scenario.startswith("paper-"):
                     continue  # the digital link needs a physical channel
-                defenses = DEFENSES if n == largest else ("none", "r-mtllmf")
+                defenses = RECEIVING if n == largest else ("none", "r-mtllmf")
                 for defense in defenses:
                     role = "ablation" if n == largest else "fig2"
                     analysis = cfg.analysis if (n == largest and defense == "none") else None
@@ -303,12 +307,16 @@ def result_record(result: ExperimentResult) -> dict[str, Any]:
     out: dict[str, Any] = {
         "accuracy": result.accuracy,
         "normalized": result.normalized,
+        "chance": result.chance,
         "mse": result.mse.tolist(),
         "error_mse": result.error_mse.tolist(),
         "received_cosine": result.received_cosine.tolist(),
         "dropped_users": result.dropped_users,
         "nonfinite_entries": result.nonfinite_entries,
     }
+    if result.realign_curve:
+        out["realign_curve"] = [list(p) for p in result.realign_curve]
+        out["realign_kept_step"] = result.realign_kept_step
     if result.analysis is not None:
         a = result.analysis
         out["analysis"] = {

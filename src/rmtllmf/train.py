@@ -154,6 +154,44 @@ def prototype_head(
     return PrototypeHead(torch.stack(rows))
 
 
+def probe_head(
+    model: Encoder,
+    images: NDArray[np.uint8],
+    labels: NDArray[np.int64],
+    n_classes: int,
+    *,
+    scale: float = 30.0,
+    steps: int = 300,
+    lr: float = 0.05,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> PrototypeHead:
+    """Fixed head fitted as a linear probe on the *base* model's embeddings (LP of LP-FT).
+
+    The head keeps the prototype head's form, ``logits = s * n(z) @ n(W)^T`` with unit rows, so
+    it is a cosine classifier like CLIP's zero-shot heads; ``W`` minimises the cross-entropy of
+    that form over the labelled ``images`` (full batch, Adam, ``weight_decay * ||W||^2``),
+    starting from the class prototypes. Only base embeddings enter, so every party that holds
+    the base and the same labelled examples derives the same head.
+    """
+    z = F.normalize(embed(model, images), dim=-1)
+    y = torch.from_numpy(labels)
+    start = prototype_head(model, images, labels, n_classes).weight
+    gen = torch.Generator().manual_seed(seed)
+    noise = 1e-3 * torch.randn(start.shape, generator=gen)
+    with torch.inference_mode(False), torch.enable_grad():
+        z = z.clone()
+        w = (start + noise).clone().requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=lr)
+        for _ in range(steps):
+            logits = scale * z @ F.normalize(w, dim=-1).T
+            loss = F.cross_entropy(logits, y) + weight_decay * w.pow(2).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    return PrototypeHead(w.detach(), scale)
+
+
 @dataclass(frozen=True)
 class Anchor:
     """A function-space anchor for fine-tuning: public images and the base's embeddings of them.

@@ -45,7 +45,14 @@ from rmtllmf.models.tiny_vit import (
 )
 from rmtllmf.pool import Split
 from rmtllmf.pretrain import PretrainConfig, pretrain_tiny_base
-from rmtllmf.train import Anchor, accuracy, finetune, progress_bar, prototype_head
+from rmtllmf.train import (
+    Anchor,
+    accuracy,
+    finetune,
+    probe_head,
+    progress_bar,
+    prototype_head,
+)
 
 _T = TypeVar("_T")
 
@@ -61,25 +68,36 @@ class ZooConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     tasks: tuple[str, ...] = TASK_NAMES
-    n_train: int = Field(3000, ge=10)
+    n_train: int = Field(20000, ge=10)
     n_val: int = Field(300, ge=10)
     n_test: int = Field(500, ge=10)
-    head_per_class: int = Field(32, ge=1, description="labelled examples per class for heads")
+    head_per_class: int = Field(100, ge=1, description="labelled examples per class for heads")
+    head_fit: Literal["prototype", "probe"] = Field(
+        "probe",
+        description="fixed heads from the base's embeddings of the head split: class means "
+        "(prototype) or a cosine linear probe fitted on them (probe, the LP of LP-FT)",
+    )
     head_scale: float = Field(
         30.0, gt=0, description="logit scale of the prototype heads (fine-tuning temperature)"
     )
-    steps: int = Field(150, ge=1, description="fine-tuning steps per task")
+    steps: int = Field(800, ge=1, description="fine-tuning steps per task")
     batch: int = Field(64, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
     anchor_weight: float = Field(
         10.0,
         ge=0,
-        description="beta of the function-space anchor on public pretext images (0: plain "
+        description="beta of the function-space anchor on the public anchor images (0: plain "
         "fine-tuning, the protocol of the paper's CLIP checkpoints)",
     )
     anchor_images: int = Field(3000, ge=1, description="pretext images in the anchor set")
-    anchor_batch: int = Field(32, ge=1, description="anchor images per fine-tuning step")
+    anchor_domain_images: int = Field(
+        1000,
+        ge=0,
+        description="unlabelled public images of each task's domain added to the anchor set; a "
+        "user anchors on those of the other tasks' domains, never its own (0: pretext only)",
+    )
+    anchor_batch: int = Field(16, ge=1, description="anchor images per fine-tuning step")
     trainable: Literal["all", "blocks", "attention", "mlp"] = Field(
         "all",
         description="fine-tune every parameter, only the transformer blocks, only their "
@@ -233,21 +251,34 @@ base was pretrained on (streams 100 and 101), images it has not seen."""
 
 
 def _write_anchor(cfg_json: str, file: str) -> None:
-    """Worker: generate and store the anchor's pretext images (written atomically)."""
+    """Worker: generate and store the anchor's images (written atomically): pretext images, then
+    ``anchor_domain_images`` public images of each task's domain; ``domain`` holds each image's
+    task index (-1 for pretext)."""
     cfg = ZooConfig.model_validate_json(cfg_json)
     images, _ = pretext(np.random.default_rng([cfg.seed, ANCHOR_STREAM]), cfg.anchor_images)
+    parts, domain = [images], [np.full(len(images), -1)]
+    if cfg.anchor_domain_images:
+        for i, task in enumerate(cfg.tasks):
+            public, _ = make_task(task, "public", cfg.anchor_domain_images, cfg.seed)
+            parts.append(public)
+            domain.append(np.full(len(public), i))
     tmp = Path(file).with_suffix(".tmp.npz")
-    np.savez(tmp, images=images)
+    np.savez(tmp, images=np.concatenate(parts), domain=np.concatenate(domain))
     tmp.replace(file)
 
 
-def _load_anchor(cfg: ZooConfig, home: Path) -> Anchor | None:
-    """The zoo's anchor (``None`` for plain fine-tuning)."""
+def _load_anchor(cfg: ZooConfig, home: Path, task: str | None = None) -> Anchor | None:
+    """The anchor of ``task``'s fine-tune: every anchor image but those of its own domain
+    (``None`` for plain fine-tuning; ``task=None``: the whole set)."""
     if cfg.anchor_weight == 0:
         return None
     with np.load(home / "data" / "anchor.npz") as z:
         images = z["images"]
+        domain = z["domain"] if "domain" in z else np.full(len(images), -1)
     targets = load_file(home / "anchor.safetensors")["targets"]
+    if task is not None:
+        keep = domain != cfg.tasks.index(task)
+        images, targets = images[keep], targets[torch.from_numpy(keep)]
     return Anchor(images, targets, cfg.anchor_weight, cfg.anchor_batch)
 
 
@@ -284,7 +315,7 @@ def _finetune_task(
         seed=seed,
         progress=progress,
         description=f"fine-tuning {task}",
-        anchor=_load_anchor(cfg, Path(home)),
+        anchor=_load_anchor(cfg, Path(home), task),
     )
     seconds = time.perf_counter() - t0
     out = Path(home) / "finetuned" / f"{task}.safetensors"
@@ -366,7 +397,11 @@ def build_zoo(
     heads = {}
     for task in cfg.tasks:
         if task not in stored:
-            head = prototype_head(base, *data[task]["head"], len(TASKS[task][1]))
+            n_classes = len(TASKS[task][1])
+            if cfg.head_fit == "probe":
+                head = probe_head(base, *data[task]["head"], n_classes, scale=cfg.head_scale)
+            else:
+                head = prototype_head(base, *data[task]["head"], n_classes)
             stored[task] = head.weight
         heads[task] = PrototypeHead(stored[task], cfg.head_scale)
     save_file({k: v.contiguous() for k, v in stored.items()}, heads_file)

@@ -7,7 +7,8 @@ numpy/scipy only; knows nothing of models. Public API (stable names):
 * sec. II-C: :func:`ideal_noise`, :func:`worst_case_sum_rate_noise` (P1),
   :func:`worst_case_strongest_user_noise` (P2), :func:`reverse_waterfill`;
 * scenarios: :class:`ScenarioConfig`, :func:`draw_realization`, :class:`ChannelRealization`;
-* links: :func:`transmit_statistical`, :func:`transmit_symbols`, :class:`SymbolLinkConfig`.
+* links: :func:`transmit_statistical` (``snr`` scale: :func:`snr_reference_power`),
+  :func:`transmit_symbols`, :class:`SymbolLinkConfig`.
 """
 
 from rmtllmf.channel.geometry import (
@@ -24,9 +25,11 @@ from rmtllmf.channel.jammer import (
     worst_case_sum_rate_noise,
 )
 from rmtllmf.channel.link import (
+    PAPER_SIGNAL_POWER,
     SymbolLinkConfig,
     SymbolLinkResult,
     UserLinkStats,
+    snr_reference_power,
     transmit_statistical,
     transmit_symbols,
 )
@@ -51,6 +54,7 @@ from rmtllmf.channel.units import (
 )
 
 __all__ = [
+    "PAPER_SIGNAL_POWER",
     "SCENARIOS",
     "ChannelRealization",
     "LargeScale",
@@ -77,6 +81,7 @@ __all__ = [
     "sic_order",
     "sic_rates",
     "sic_sinrs",
+    "snr_reference_power",
     "sum_rate",
     "thermal_noise_power",
     "transmit_statistical",

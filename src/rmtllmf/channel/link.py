@@ -4,9 +4,11 @@ Two link models:
 
 * **statistical** (the paper, sec. IV): ``tau_hat_q = tau_q + eps_q`` with i.i.d.
   ``eps_q ~ N(0, s_q mu_q)`` and ``mu_q`` the user's MMSE-SIC MSE (eq. 5). The scale ``s_q`` is
-  ``absolute`` (``s = 1``; the paper's SNRs, -16 dB at ``mu = 0.013``, only fit this) or
-  ``relative`` (``s = E[tau^2]`` per segment: a power-normalised analog link, where
-  ``mu_q`` is the MSE on unit-power symbols).
+  ``absolute`` (``s = 1``: the paper's link, noise of the same size whatever the model's
+  weights), ``relative`` (``s = E[tau^2]`` per segment: a power-normalised analog link, where
+  ``mu_q`` is the MSE on unit-power symbols) or ``snr`` (``s = E[tau_q^2] / S_ref``: the
+  per-entry SNR of the paper's link carried over to a model whose task vectors have another
+  scale; see :func:`snr_reference_power`).
 * **symbol** (beyond the paper): real digital transmission. Each user quantises its vector per
   segment (:mod:`~rmtllmf.channel.quantize`), maps the bits to Gray M-QAM
   (:mod:`~rmtllmf.channel.qam`); all users transmit at once through
@@ -50,7 +52,42 @@ from rmtllmf.channel.units import linear_to_db
 from rmtllmf.channel.validation import check_channel, check_covariance, check_powers
 from rmtllmf.errors import InputError
 
-NoiseScale = Literal["absolute", "relative"]
+NoiseScale = Literal["absolute", "relative", "snr"]
+
+PAPER_SNR_DB = -16.2
+"""The paper's SNR of the ideal scenario (sec. IV), reported at mean MSE :data:`PAPER_MSE_IDEAL`."""
+PAPER_MSE_IDEAL = 0.013
+"""The paper's mean MSE ``mu`` of the ideal scenario (sec. IV)."""
+
+
+def snr_reference_power(snr_db: float = PAPER_SNR_DB, mse: float = PAPER_MSE_IDEAL) -> float:
+    """The signal power ``S_ref`` per task-vector entry implied by an SNR reported at an MSE.
+
+    On the paper's link (``tau_hat = tau + N(0, mu)``) the per-entry SNR is
+    ``E[tau^2] / mu``, so ``S_ref = mu * 10^(SNR_dB / 10)``: ``0.013 * 10^(-1.62) = 3.12e-4`` for
+    the ideal scenario's -16.2 dB at ``mu = 0.013``. That is the mean square of the entries of the
+    paper's CLIP ViT-B/16 task vectors. (The paper's worst cases, -21.7 dB at 0.16 and -27.3 dB at
+    0.21, imply 1.08e-3 and 3.9e-4: its three reported pairs do not share one signal power; the
+    ideal pair is the one measured at the least noise.)
+    """
+    if not np.isfinite(snr_db) or not mse > 0:
+        raise InputError(f"need a finite SNR in dB and an MSE > 0; got {snr_db} dB at {mse}")
+    return float(mse * 10.0 ** (snr_db / 10.0))
+
+
+PAPER_SIGNAL_POWER = snr_reference_power()
+"""``S_ref`` of the ``snr`` link: the paper's per-entry task-vector power, 3.12e-4."""
+
+
+def _segment_power(x: NDArray[np.floating], seg: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Mean square of ``x`` over each segment (0 for empty segments)."""
+    lengths = np.diff(seg)
+    power = np.zeros(lengths.size)
+    nonempty = lengths > 0
+    if np.any(nonempty):
+        sq = x.astype(np.float64) ** 2
+        power[nonempty] = np.add.reduceat(sq, seg[:-1][nonempty]) / lengths[nonempty]
+    return power
 
 
 def _check_vectors(vectors: Sequence[ArrayLike], n_users: int | None) -> list[NDArray[np.floating]]:
@@ -75,12 +112,20 @@ def transmit_statistical(
     *,
     scale: NoiseScale = "absolute",
     segments: Sequence[ArrayLike | None] | None = None,
+    reference_power: float = PAPER_SIGNAL_POWER,
+    per_segment: bool = False,
 ) -> list[NDArray[np.float32]]:
     """The paper's link: add ``N(0, s_q mu_q)`` noise to each user's vector.
 
-    ``mse`` holds ``mu_q`` per user (e.g. :func:`~rmtllmf.channel.mac.user_mse`). With
-    ``scale="relative"``, ``s_q`` is the mean square of the vector over each segment (tensor),
-    ``segments[q]`` giving that user's offsets (``None``: one segment).
+    ``mse`` holds ``mu_q`` per user (e.g. :func:`~rmtllmf.channel.mac.user_mse`). The scale:
+
+    * ``absolute``: ``s_q = 1`` (the paper);
+    * ``relative``: ``s_q`` is the mean square of the vector over each segment (tensor),
+      ``segments[q]`` giving that user's offsets (``None``: one segment);
+    * ``snr``: ``s_q = E[tau_q^2] / reference_power``, ``E[tau_q^2]`` the mean square of the
+      user's whole vector (of each segment with ``per_segment=True``), so every entry sees the
+      per-entry SNR ``reference_power / mu_q`` that the paper's link gives entries of power
+      ``reference_power`` (default :data:`PAPER_SIGNAL_POWER`).
     """
     arrays = _check_vectors(vectors, None)
     mu = np.asarray(mse, dtype=np.float64)
@@ -90,20 +135,22 @@ def transmit_statistical(
         )
     if not np.all(np.isfinite(mu)) or np.any(mu < 0):
         raise InputError("mse must be finite and >= 0 for every user")
-    if scale not in ("absolute", "relative"):
-        raise InputError(f"unknown noise scale {scale!r}; use 'absolute' or 'relative'")
+    if scale not in ("absolute", "relative", "snr"):
+        raise InputError(f"unknown noise scale {scale!r}; use 'absolute', 'relative' or 'snr'")
+    if not (np.isfinite(reference_power) and reference_power > 0):
+        raise InputError(f"reference_power must be finite and > 0; got {reference_power}")
     out = []
     for q, x in enumerate(arrays):
         variance = np.full(x.size, mu[q])
-        if scale == "relative":
+        if scale == "relative" or (scale == "snr" and per_segment):
             seg = check_segments(None if segments is None else segments[q], x.size)
-            lengths = np.diff(seg)
-            power = np.zeros(lengths.size)
-            nonempty = lengths > 0
-            if np.any(nonempty):
-                sq = x.astype(np.float64) ** 2
-                power[nonempty] = np.add.reduceat(sq, seg[:-1][nonempty]) / lengths[nonempty]
-            variance = mu[q] * np.repeat(power, lengths)
+            power = _segment_power(x, seg)
+            if scale == "snr":
+                power = power / reference_power
+            variance = mu[q] * np.repeat(power, np.diff(seg))
+        elif scale == "snr":
+            whole = float(np.mean(x.astype(np.float64) ** 2)) if x.size else 0.0
+            variance = np.full(x.size, mu[q] * whole / reference_power)
         noise = rng.standard_normal(x.size) * np.sqrt(variance)
         out.append((x + noise).astype(np.float32))
     return out

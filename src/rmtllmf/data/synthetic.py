@@ -14,7 +14,7 @@ signs          GTSRB       12 sign classes: frame shape x inner symbol, colours 
 textures       DTD         8 procedural texture families with random colours, scales, angles
 land-cover     EuroSAT     8 aerial-like classes built from smooth fields, stripes, blocks,
                            rivers and speckle in overlapping palettes
-letters        (letters)   upper-case A-T in 18 fonts, rotated and scaled, on noisy fields
+letters        (letters)   upper-case A-T in 18 fonts, tilted and scaled, on noisy fields
 counting       (CLEVR)     1-8 small shapes of mixed kind and colour
 orientation    (glyphs)    an asymmetric glyph rotated by a multiple of 45 degrees
 =============  ==========  ===================================================================
@@ -275,12 +275,14 @@ def _glyph_on_field(
 
 
 def letters(rng: np.random.Generator, n: int) -> tuple[Images, Labels]:
-    """Upper-case A-T (20 classes) in 18 fonts, rotated and scaled, on noisy colour fields."""
+    """Upper-case A-T (20 classes) in 18 fonts, tilted by up to 15 degrees and scaled, on noisy
+    colour fields (tilts up to 30 degrees confused letters the fonts draw alike, and the
+    orientation task's rotations)."""
     labels = rng.integers(0, 20, n)
     out = np.empty((n, SIZE, SIZE, 3), np.uint8)
     for i, label in enumerate(labels):
         char = chr(ord("A") + int(label))
-        out[i] = _glyph_on_field(rng, char, (16, 26), float(rng.uniform(-30, 30)), 3, 2, 15.0)
+        out[i] = _glyph_on_field(rng, char, (18, 27), float(rng.uniform(-15, 15)), 2, 2, 12.0)
     return out, labels
 
 
@@ -337,12 +339,14 @@ TASKS: dict[str, tuple[TaskFn, tuple[str, ...]]] = {
     "orientation": (orientation, tuple(f"{45 * k} degrees" for k in range(8))),
 }
 TASK_NAMES = tuple(TASKS)
-SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "head": 3}
+SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "head": 3, "public": 4}
+"""Random stream of each split; ``public`` is the unlabelled sample of every task's domain that
+ships with the package (the zoo's function-space anchor)."""
 
 
 def make_task(name: str, split: str, n: int, seed: int = 0) -> tuple[Images, Labels]:
-    """``n`` images and labels of task ``name`` for a split (train / val / test / head), seeded
-    so that splits never share a random stream."""
+    """``n`` images and labels of task ``name`` for a split (train / val / test / head /
+    public), seeded so that splits never share a random stream."""
     if name not in TASKS:
         raise InputError(f"unknown task {name!r}; the embedded suite has {', '.join(TASK_NAMES)}")
     if split not in SPLIT_OFFSETS:

@@ -6,6 +6,12 @@ Each step draws a batch from the union of the few-shot sets and minimises the cr
 every sample under its own task's fixed head. With ``freeze`` active, the embedding parameters
 are re-loaded from the base first and excluded from training, so realignment works on the
 attention and MLP weights only — the combination the paper calls R-MTLLMF.
+
+**Budget chosen without test data.** With ``validate_every > 0`` the BS scores the model on
+held-out labelled *validation* examples (``val_per_task`` per task, never the few-shot
+examples, never test) before the first step and every ``validate_every`` steps, and keeps the
+best state: early stopping, which also keeps the received merge itself (step 0) when no
+realignment helps, so realignment cannot cost a merge it does not improve on validation.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ from rmtllmf.errors import InputError
 from rmtllmf.models.tiny_vit import normalise_images
 from rmtllmf.train import Preprocess, cosine_lr
 
-DEFENSES = ("none", "freeze", "realign", "r-mtllmf")
+DEFENSES = ("none", "freeze", "realign", "r-mtllmf", "base", "base+realign")
+"""Named defenses. ``base`` and ``base+realign`` are the controls the paper lacks: the BS
+discards every received vector and serves the base model, alone or realigned with the same
+few-shot data and embedding freeze as R-MTLLMF; a defense that ends below them made the
+received vectors worse than none."""
+REALIGNING = ("realign", "r-mtllmf", "base+realign")
+"""The defenses that need the few-shot sets."""
+CHANNEL_FREE = ("base", "base+realign")
+"""The defenses whose outcome does not depend on what was received."""
 
 
 class RealignConfig(BaseModel):
@@ -34,11 +48,25 @@ class RealignConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     k_per_class: int = Field(10, ge=1)
-    steps: int = Field(50, ge=0)
-    batch: int = Field(64, ge=1)
-    lr: float = Field(2e-4, gt=0)
+    steps: int = Field(80, ge=0, description="the budget; validation keeps the best step of it")
+    batch: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    validate_every: int = Field(
+        20, ge=0, description="score on validation every this many steps, keep the best (0: off)"
+    )
+    val_per_task: int = Field(64, ge=1, description="validation examples per task")
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class RealignLog:
+    """What a realignment did: the loss per step, the validation curve ``(step, mean accuracy)``
+    and the step whose state was kept (``steps`` without validation)."""
+
+    losses: list[float]
+    curve: list[tuple[int, float]]
+    kept_step: int
 
 
 @dataclass(frozen=True)
@@ -73,6 +101,23 @@ def few_shot_set(
     return FewShotSet(task, images[idx], labels[idx])
 
 
+@torch.no_grad()
+def _val_score(
+    model: nn.Module,
+    heads: Mapping[str, nn.Module],
+    val_sets: Sequence[FewShotSet],
+    preprocess: Preprocess,
+) -> float:
+    """Mean over tasks of the accuracy on each task's validation examples."""
+    model.eval()
+    scores = []
+    for s in val_sets:
+        logits = heads[s.task](model(preprocess(torch.from_numpy(s.images))))
+        scores.append(float((logits.argmax(-1).cpu().numpy() == s.labels).mean()))
+    model.train()
+    return float(np.mean(scores))
+
+
 def realign(
     model: nn.Module,
     heads: Mapping[str, nn.Module],
@@ -81,10 +126,15 @@ def realign(
     *,
     frozen: Sequence[str] = (),
     preprocess: Preprocess = normalise_images,
-) -> list[float]:
-    """Multi-task few-shot fine-tuning in place; parameters in ``frozen`` do not train."""
+    val_sets: Sequence[FewShotSet] = (),
+) -> RealignLog:
+    """Multi-task few-shot fine-tuning in place; parameters in ``frozen`` do not train.
+
+    With ``cfg.validate_every > 0`` and ``val_sets``, the state with the best validation score
+    (step 0 included) is kept (see module docs)."""
     if cfg.steps == 0 or not sets:
-        return []
+        return RealignLog([], [], 0)
+    validate = cfg.validate_every > 0 and bool(val_sets)
     x = np.concatenate([s.images for s in sets])
     y = torch.from_numpy(np.concatenate([s.labels for s in sets]))
     owner = torch.from_numpy(
@@ -97,8 +147,20 @@ def realign(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     images = torch.from_numpy(x)
-    losses = []
+    losses: list[float] = []
+    curve: list[tuple[int, float]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+
+    def checkpoint(step: int) -> None:
+        nonlocal best
+        score = _val_score(model, heads, val_sets, preprocess)
+        curve.append((step, score))
+        if best is None or score > best[0]:
+            best = (score, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
     model.train()
+    if validate:
+        checkpoint(0)
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * cosine_lr(step, cfg.steps, max(1, cfg.steps // 10))
@@ -116,10 +178,16 @@ def realign(
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(float(loss.detach()))
+        if validate and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
+            checkpoint(step + 1)
     model.eval()
     for n, p in model.named_parameters():
         p.requires_grad_(flags[n])
-    return losses
+    kept = cfg.steps
+    if best is not None:
+        kept = best[1]
+        model.load_state_dict(best[2])
+    return RealignLog(losses, curve, kept)
 
 
 def apply_defense(
@@ -132,15 +200,24 @@ def apply_defense(
     cfg: RealignConfig,
     *,
     preprocess: Preprocess = normalise_images,
-) -> list[float]:
+    val_sets: Sequence[FewShotSet] = (),
+) -> RealignLog:
     """Apply a named defense to ``model`` (its state is the merged model) in place."""
     if defense not in DEFENSES:
         raise InputError(f"unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}")
-    freeze = defense in ("freeze", "r-mtllmf")
+    if defense in CHANNEL_FREE:
+        model.load_state_dict(dict(base_state))
+    freeze = defense in ("freeze", "r-mtllmf", "base+realign")
     if freeze:
         model.load_state_dict(reload_embeddings(model.state_dict(), base_state, embedding_names))
-    if defense in ("realign", "r-mtllmf"):
+    if defense in REALIGNING:
         return realign(
-            model, heads, sets, cfg, frozen=embedding_names if freeze else (), preprocess=preprocess
+            model,
+            heads,
+            sets,
+            cfg,
+            frozen=embedding_names if freeze else (),
+            preprocess=preprocess,
+            val_sets=val_sets,
         )
-    return []
+    return RealignLog([], [], 0)

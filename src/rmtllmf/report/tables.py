@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 Row = Mapping[str, Any]
+CLEAR_MARGIN = 0.1
+"""What "R-MTLLMF worst ≫ unprotected worst" asks, in normalized accuracy."""
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -44,22 +46,59 @@ def normalized(rows: Sequence[Row], **want: Any) -> float:
     return _mean(r["result"]["normalized"] for r in _select(rows, **want))
 
 
+def recovered_fraction(value: float, chance: float, clean: float) -> float:
+    """``(acc - chance) / (clean - chance)``: the share of the chance-to-clean range a result
+    keeps. Unlike normalized accuracy it compares suites of different class counts (chance is
+    0.25 normalized here, 0.0013-0.1 on the paper's datasets)."""
+    span = clean - chance
+    return float((value - chance) / span) if span > 0 else float("nan")
+
+
 def summary(rows: Sequence[Row]) -> dict[str, Any]:
-    """``summary.json``: clean, clean + realign and link × scenario × defense at the largest N
-    (default realign ``k``)."""
+    """``summary.json``: clean, clean + realign, the floors (``base``, ``base+realign``,
+    ``chance``) and link × scenario × defense at the largest N (default realign ``k``), each
+    beside its recovered fraction (:func:`recovered_fraction`) under ``recovered``."""
     n = largest_n(rows)
     ablation = [r for r in rows if r["role"] == "ablation"]
+    clean = normalized(rows, n=n, link="noiseless", defense="none")
+    floors = {
+        "base": normalized(rows, n=n, link="noiseless", defense="base"),
+        "base+realign": normalized(rows, n=n, link="noiseless", defense="base+realign"),
+    }
+    floors = {k: v for k, v in floors.items() if not np.isnan(v)}
+    at_n = [r for r in rows if len(r["config"]["tasks"]) == n]
+    chance = _mean(r["result"].get("chance", float("nan")) for r in at_n)
     by_link: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in ablation:
         c = r["config"]
         by_link[c["link"]][c["scenario"]][c["defense"]] = normalized(
             ablation, link=c["link"], scenario=c["scenario"], defense=c["defense"]
         )
+    for cells in by_link.values():
+        for cell in cells.values():
+            cell.update(floors)
+    clean_realign = normalized(rows, n=n, link="noiseless", defense="realign")
+
+    def rec(value: float) -> float:
+        return recovered_fraction(value, chance, clean)
+
     return {
         "n_tasks": n,
-        "clean": normalized(rows, n=n, link="noiseless", defense="none"),
-        "clean_realign": normalized(rows, n=n, link="noiseless", defense="realign"),
+        "clean": clean,
+        "clean_realign": clean_realign,
+        "base": floors.get("base", float("nan")),
+        "base_realign": floors.get("base+realign", float("nan")),
+        "chance": chance,
         "by_link": {link: dict(v) for link, v in by_link.items()},
+        "recovered": {
+            "clean_realign": rec(clean_realign),
+            "base": rec(floors.get("base", float("nan"))),
+            "base_realign": rec(floors.get("base+realign", float("nan"))),
+            "by_link": {
+                link: {s: {d: rec(v) for d, v in cell.items()} for s, cell in cells.items()}
+                for link, cells in by_link.items()
+            },
+        },
     }
 
 
@@ -180,8 +219,9 @@ def analysis_table(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 def orderings(summ: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The paper's claims per link: clean >= R-MTLLMF ideal > R-MTLLMF worst >> unprotected
-    worst (worst = the lower of the non-ideal scenarios), and in the ablation both modules
-    beat each alone (in every scenario)."""
+    worst by at least :data:`CLEAR_MARGIN` (worst = the lower of the non-ideal scenarios), in
+    the ablation both modules beat each alone (in every scenario), and R-MTLLMF in the worst
+    scenario beats the base model alone (the received vectors helped at all)."""
     out = []
     for link, by_scenario in summ["by_link"].items():
         ideal = next((s for s in by_scenario if s.endswith("ideal")), None)
@@ -204,8 +244,9 @@ def orderings(summ: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "none_worst": none_worst,
                 "clean_ge_rm_ideal": bool(summ["clean"] >= rm_ideal),
                 "rm_ideal_gt_rm_worst": bool(rm_ideal > rm_worst),
-                "rm_worst_gg_none_worst": bool(rm_worst > none_worst + 0.05),
+                "rm_worst_gg_none_worst": bool(rm_worst >= none_worst + CLEAR_MARGIN),
                 "both_beat_each": both_wins,
+                "rm_worst_gt_base": bool(rm_worst > summ.get("base", float("nan"))),
             }
         )
     return out
