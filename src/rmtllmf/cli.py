@@ -559,7 +559,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(
         f"clean {summary['clean']:.3f}, clean + realign {summary['clean_realign']:.3f}; "
-        f"report: {args.out / 'report.md'}"
+        f"floors: base {summary['base']:.3f}, base + realign {summary['base_realign']:.3f}, "
+        f"chance {summary['chance']:.3f}; report: {args.out / 'report.md'}"
     )
     return 0
 

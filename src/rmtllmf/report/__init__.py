@@ -52,7 +52,18 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
                 title = f"received task vectors, {scenario}, {links[0]} link"
                 files += figures.save(figures.heatmap(m, tasks, title), out, name)
         files += figures.save(
-            figures.fig5(summ["by_link"], kshot, summ["clean"]), out, "fig5_ablation"
+            figures.fig5(
+                summ["by_link"],
+                kshot,
+                summ["clean"],
+                {
+                    "base": summ["base"],
+                    "base+realign": summ["base_realign"],
+                    "chance": summ["chance"],
+                },
+            ),
+            out,
+            "fig5_ablation",
         )
     analysis = tables.analysis_table(rows)
     points = [r["result"]["analysis"] for r in rows if "analysis" in r["result"]]

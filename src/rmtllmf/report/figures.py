@@ -1,10 +1,11 @@
 """The paper's figures from the report tables, as PNG and PDF (matplotlib, Agg backend).
 
 * Fig. 2: normalized accuracy vs number of tasks per link; one line per scenario ×
-  {unprotected, R-MTLLMF} plus the clean merge; the band spans the subsets.
+  {unprotected, R-MTLLMF} plus the clean merge and the floors (base model alone, chance); the
+  band spans the subsets.
 * Figs. 3-4: received-vector cosine heatmaps, ideal vs worst case (undefended reception).
 * Fig. 5: the ablation (none / freeze / realign / R-MTLLMF) per link and scenario, and
-  normalized accuracy vs few-shot samples per class ``k``.
+  normalized accuracy vs few-shot samples per class ``k``, with the floors as lines.
 * Hypothesis test: rejection rate of H0 vs ``Σ μ_q``.
 """
 
@@ -22,6 +23,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 DEFENSE_ORDER = ("none", "freeze", "realign", "r-mtllmf")
+FLOOR_STYLE = {"clean": ("k", "--"), "base": ("0.45", "-."), "chance": ("0.65", ":")}
+"""Colour and line style of the reference lines: the clean merge and the floors."""
 
 
 def save(fig: Figure, out: Path, name: str) -> list[Path]:
@@ -45,8 +48,11 @@ def fig2(series: Mapping[str, Mapping[str, Sequence[tuple[int, float, float, flo
             if not pts:
                 continue
             n, mean, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
-            colour = "k" if label == "clean" else colours[label.split(",")[0]]
-            style = "--" if label == "clean" else ("-" if "R-MTLLMF" in label else ":")
+            if label in FLOOR_STYLE:
+                colour, style = FLOOR_STYLE[label]
+            else:
+                colour = colours[label.split(",")[0]]
+                style = "-" if "R-MTLLMF" in label else ":"
             ax.plot(n, mean, style, color=colour, marker="o", ms=3, label=label)
             ax.fill_between(n, lo, hi, color=colour, alpha=0.12)
         ax.set_title(f"link: {link}")
@@ -78,8 +84,10 @@ def fig5(
     by_link: Mapping[str, Mapping[str, Mapping[str, float]]],
     kshot: Mapping[str, Sequence[tuple[int, float]]],
     clean: float,
+    floors: Mapping[str, float] | None = None,
 ) -> Figure:
-    """Ablation bars (left) and normalized accuracy vs k (right)."""
+    """Ablation bars (left) and normalized accuracy vs k (right), with the clean merge and the
+    ``floors`` (``base``, ``base+realign``, ``chance``) as horizontal lines."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2.2, 1]})
     groups = [(link, s) for link, d in by_link.items() for s in d]
     width = 0.2
@@ -87,6 +95,10 @@ def fig5(
         vals = [by_link[link][s].get(defense, np.nan) for link, s in groups]
         ax.bar(np.arange(len(groups)) + (i - 1.5) * width, vals, width, label=defense)
     ax.axhline(clean, color="k", ls="--", lw=1, label="clean")
+    floor_lines = {k: v for k, v in (floors or {}).items() if v == v}
+    for (name, value), style in zip(floor_lines.items(), ("-.", ":", (0, (1, 3))), strict=False):
+        for axis in (ax, bx):
+            axis.axhline(value, color="0.45", ls=style, lw=1, label=name)
     ax.set_xticks(
         range(len(groups)),
         [f"{link}: {s}" for link, s in groups],

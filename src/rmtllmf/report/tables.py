@@ -103,7 +103,8 @@ def summary(rows: Sequence[Row]) -> dict[str, Any]:
 
 
 def fig2_series(rows: Sequence[Row]) -> dict[str, dict[str, list[tuple[int, float, float, float]]]]:
-    """Per link: line name -> ``(N, mean, min, max)`` over subsets (Fig. 2)."""
+    """Per link: line name -> ``(N, mean, min, max)`` over subsets (Fig. 2), with the floors
+    ``base`` (the BS discards what it received) and ``chance``."""
     out: dict[str, dict[str, list[tuple[int, float, float, float]]]] = {}
     counts = sorted({len(r["config"]["tasks"]) for r in rows})
     links = sorted({r["config"]["link"] for r in rows} - {"noiseless"})
@@ -123,8 +124,24 @@ def fig2_series(rows: Sequence[Row]) -> dict[str, dict[str, list[tuple[int, floa
                 pts.append((n, float(np.mean(vals)), float(np.min(vals)), float(np.max(vals))))
         return pts
 
+    def chance_series() -> list[tuple[int, float, float, float]]:
+        pts = []
+        for n in counts:
+            vals = [
+                r["result"]["chance"]
+                for r in _select(rows, n=n, link="noiseless", defense="none")
+                if "chance" in r["result"]
+            ]
+            if vals:
+                pts.append((n, float(np.mean(vals)), float(np.min(vals)), float(np.max(vals))))
+        return pts
+
     for link in links:
-        lines = {"clean": series(link="noiseless", defense="none")}
+        lines = {
+            "clean": series(link="noiseless", defense="none"),
+            "base": series(link="noiseless", defense="base"),
+            "chance": chance_series(),
+        }
         for scenario in scenarios:
             for defense, label in (("none", "unprotected"), ("r-mtllmf", "R-MTLLMF")):
                 lines[f"{scenario}, {label}"] = series(
