@@ -108,7 +108,7 @@ def test_paper_config_runs_end_to_end_on_stand_ins(stand_in, tmp_path):
     assert set(summary["by_link"]) == {"absolute", "symbol"}
     for by_s in summary["by_link"].values():
         for d in by_s.values():
-            assert set(d) == {"none", "freeze", "realign", "r-mtllmf"}
+            assert set(d) == {"none", "freeze", "realign", "r-mtllmf", "base", "base+realign"}
             assert all(0.0 <= v <= 2.0 for v in d.values())
     assert (tmp_path / "out" / "report.md").exists()
     assert (tmp_path / "out" / "fig5_ablation.png").exists()
