@@ -139,3 +139,19 @@ def test_orderings_read_the_claims():
 def test_empty_database_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no finished runs"):
         write_report(ResultsDB(tmp_path / "empty.db"), tmp_path / "out")
+
+
+def test_paper_numbers_in_the_recovered_metric():
+    from rmtllmf.report.tables import paper_reference
+
+    # the paper's chance, by hand: a uniform guess on Cars (196 classes), DTD (47), EuroSAT (10),
+    # GTSRB (43), MNIST (10), RESISC45 (45), SUN397 (397), SVHN (10), over the mean expert 0.923
+    chance = (1 / 196 + 1 / 47 + 1 / 10 + 1 / 43 + 1 / 10 + 1 / 45 + 1 / 397 + 1 / 10) / 8 / 0.923
+    rows = {(r["scenario"], r["defense"]): r for r in paper_reference()}
+    assert rows[("clean", "none")]["chance"] == pytest.approx(chance)
+    assert rows[("clean", "none")]["recovered"] == [1.0, 1.0]
+    sr = rows[("sum-rate", "r-mtllmf")]["recovered"][0]
+    assert sr == pytest.approx((0.548 - chance) / (0.912 - chance))
+    assert 0.57 < sr < 0.58  # the "about 0.58"
+    low, high = rows[("sum-rate", "none")]["recovered"]
+    assert low < 0 < high  # "between 4% and 6%" straddles chance

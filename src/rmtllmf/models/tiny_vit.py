@@ -9,10 +9,11 @@ embedding parameters the R-MTLLMF defense re-loads are named as in CLIP:
 ``embeddings.position_embedding.weight``.
 
 **Heads.** As with CLIP's zero-shot heads, a task's classifier is fixed and not part of any task
-vector: the rows are the normalised class prototypes (mean normalised base embedding of a fixed,
-seeded set of labelled "head" examples per class), and logits are
-``scale * <normalise(f(x)), w_c>``. Anyone holding the base model and a few labelled examples —
-the base station included — derives the same head.
+vector: logits are ``scale * <normalise(f(x)), w_c>`` with unit rows ``w_c`` derived from the
+*base* model's embeddings of a fixed, seeded set of labelled "head" examples per class, either
+the normalised class prototypes or a cosine linear probe fitted on them
+(:func:`rmtllmf.train.probe_head`). Anyone holding the base model and those examples — the base
+station included — derives the same head.
 """
 
 from __future__ import annotations

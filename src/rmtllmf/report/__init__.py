@@ -29,7 +29,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads(db.meta("sweep_config") or "{}")
-    summ = tables.summary(rows)
+    summ = {**tables.summary(rows), "paper": tables.paper_reference()}
     order = tables.orderings(summ)
     fig2 = tables.fig2_series(rows)
     kshot = tables.kshot_series(rows)

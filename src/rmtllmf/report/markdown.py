@@ -70,6 +70,25 @@ def render(
     lines += _table(
         ["link", "scenario", "none", "freeze", "realign", "R-MTLLMF", "base", "base+realign"], rows
     )
+    paper = summ.get("paper", [])
+    if paper:
+        lines += [
+            "",
+            "The paper's own numbers at N = 8 (CLIP ViT-B/16 on eight datasets of 10-397 classes;"
+            f" chance {_f(paper[0]['chance'])} normalized) in the same metric:",
+            "",
+        ]
+
+        def span(pair: Sequence[float]) -> str:
+            return _f(pair[0]) if pair[0] == pair[1] else f"{_f(pair[0])}-{_f(pair[1])}"
+
+        lines += _table(
+            ["scenario", "defense", "normalized", "recovered fraction"],
+            [
+                [p["scenario"], p["defense"], span(p["normalized"]), span(p["recovered"])]
+                for p in paper
+            ],
+        )
     lines += [
         "",
         "## The paper's ordering, per link",

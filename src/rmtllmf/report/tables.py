@@ -267,3 +267,45 @@ def orderings(summ: Mapping[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+PAPER_CLASSES = {
+    "Cars": 196,
+    "DTD": 47,
+    "EuroSAT": 10,
+    "GTSRB": 43,
+    "MNIST": 10,
+    "RESISC45": 45,
+    "SUN397": 397,
+    "SVHN": 10,
+}
+"""Class counts of the paper's eight datasets (its chance level)."""
+PAPER_FINETUNED_MEAN = 0.923
+"""Mean fine-tuned accuracy of the CLIP ViT-B/16 experts of the paper's setting (FusionBench)."""
+PAPER_NORMALIZED: dict[str, dict[str, tuple[float, float]]] = {
+    "clean": {"none": (0.912, 0.912)},
+    "ideal": {"none": (0.363, 0.363), "r-mtllmf": (0.891, 0.891)},
+    "sum-rate": {"none": (0.04, 0.06), "r-mtllmf": (0.548, 0.548)},
+    "strongest-user": {"none": (0.04, 0.06), "r-mtllmf": (0.533, 0.533)},
+}
+"""The paper's normalized accuracies at N = 8 (sec. IV, Fig. 2): ``(low, high)`` where it gives a
+range (unprotected worst cases: "between 4% and 6%")."""
+
+
+def paper_reference() -> list[dict[str, Any]]:
+    """The paper's N = 8 numbers beside their recovered fraction. Its chance level, normalized,
+    is ``mean_t(1 / C_t) / PAPER_FINETUNED_MEAN`` (0.051), the mean fine-tuned accuracy standing
+    in for the per-task ones the paper does not list."""
+    chance = float(np.mean([1 / c for c in PAPER_CLASSES.values()])) / PAPER_FINETUNED_MEAN
+    clean = PAPER_NORMALIZED["clean"]["none"][0]
+    return [
+        {
+            "scenario": scenario,
+            "defense": defense,
+            "normalized": list(bounds),
+            "recovered": [recovered_fraction(b, chance, clean) for b in bounds],
+            "chance": chance,
+        }
+        for scenario, cells in PAPER_NORMALIZED.items()
+        for defense, bounds in cells.items()
+    ]
