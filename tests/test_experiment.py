@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,29 @@ def test_defenses_touch_the_right_parameters(zoo):
         )
     with pytest.raises(InputError, match="not in both models"):
         reload_embeddings(noisy, base, ["nope"])
+
+
+def test_snr_links_give_the_papers_per_entry_snr(zoo):
+    """Received noise on the snr links against the closed form mu E[tau^2] / S_ref per entry,
+    E[tau^2] over the user's whole vector (snr) or over each tensor (snr-tensor), checked on the
+    user's tensors of 256+ entries within 3.5 standard errors of a variance estimate."""
+    from rmtllmf.channel import PAPER_SIGNAL_POWER
+    from rmtllmf.experiment import receive
+
+    for link in ("snr", "snr-tensor"):
+        cfg = ExperimentConfig(tasks=TASKS, scenario="paper-sum-rate", link=link)
+        rx = receive(zoo, cfg)
+        for (_, got), tv in zip(rx.received, rx.clean, strict=True):
+            flat = tv.flatten().astype(np.float64)
+            noise = got.flatten().astype(np.float64) - flat
+            whole = np.mean(flat**2)
+            for a, b in itertools.pairwise(tv.layout.segments):
+                if b - a < 256:
+                    continue
+                power = np.mean(flat[a:b] ** 2) if link == "snr-tensor" else whole
+                expected = 0.21 * power / PAPER_SIGNAL_POWER
+                tolerance = 3.5 * np.sqrt(2 / (b - a))
+                assert np.mean(noise[a:b] ** 2) == pytest.approx(expected, rel=tolerance)
 
 
 def test_floor_defenses_discard_what_was_received(zoo):

@@ -8,7 +8,8 @@ defense and a seed:
   paper's reported mean MSEs (0.013 ideal, 0.21 sum-rate, 0.16 strongest-user) for every user;
 * link modes: ``noiseless`` (a clean run through the same pipeline); ``absolute`` (the paper:
   ``tau + N(0, mu_q)``); ``snr`` (the paper's per-entry SNR on this model's task vectors:
-  ``N(0, mu_q E[tau_q^2] / S_ref)``, ``S_ref`` the paper's task-vector power, 3.1e-4);
+  ``N(0, mu_q E[tau_q^2] / S_ref)``, ``S_ref`` the paper's task-vector power, 3.1e-4;
+  ``snr-tensor`` takes ``E[tau^2]`` per tensor instead);
   ``relative`` (per-tensor power-normalised analog link,
   ``N(0, mu_q E[tau^2])``); ``weights`` (the user sends ``theta_ft`` power-normalised per tensor,
   ``N(0, mu_q E[theta^2])``, and the BS subtracts ``theta_base``); ``symbol`` (the digital link:
@@ -56,7 +57,7 @@ from rmtllmf.pool import ModelPool
 Scenario = Literal[
     "ideal", "sum-rate", "strongest-user", "paper-ideal", "paper-sum-rate", "paper-strongest-user"
 ]
-LinkMode = Literal["noiseless", "absolute", "snr", "relative", "weights", "symbol"]
+LinkMode = Literal["noiseless", "absolute", "snr", "snr-tensor", "relative", "weights", "symbol"]
 PAPER_MSE = {"paper-ideal": 0.013, "paper-sum-rate": 0.21, "paper-strongest-user": 0.16}
 
 
@@ -137,6 +138,8 @@ def _send(
         return flats
     if cfg.link in ("absolute", "relative", "snr"):
         return transmit_statistical(flats, mu, rng, scale=cfg.link, segments=seg)
+    if cfg.link == "snr-tensor":
+        return transmit_statistical(flats, mu, rng, scale="snr", segments=seg, per_segment=True)
     if cfg.link == "weights":
         theta_base = TaskVector({k: base[k] for k in layout.names}).flatten()
         sent = [f + theta_base for f in flats]
