@@ -251,7 +251,7 @@ def _tangent_finetune(root: str, config: str, task: str, index: int) -> State:
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         seed=seed,
-        anchor=zoo.anchor(),
+        anchor=zoo.anchor(task),
     )
     return model.vector()
 

@@ -146,12 +146,16 @@ def prototype_head(
 ) -> PrototypeHead:
     """Fixed head whose rows are the mean normalised embeddings of each class."""
     z = F.normalize(embed(model, images), dim=-1)
-    y = torch.from_numpy(labels)
+    return PrototypeHead(_class_means(z, torch.from_numpy(labels), n_classes))
+
+
+def _class_means(z: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``(n_classes, d)`` mean of the rows of ``z`` in each class (zeros for an empty class)."""
     rows = []
     for c in range(n_classes):
         members = z[y == c]
         rows.append(members.mean(0) if len(members) else torch.zeros(z.shape[1]))
-    return PrototypeHead(torch.stack(rows))
+    return torch.stack(rows)
 
 
 def probe_head(
@@ -176,7 +180,7 @@ def probe_head(
     """
     z = F.normalize(embed(model, images), dim=-1)
     y = torch.from_numpy(labels)
-    start = prototype_head(model, images, labels, n_classes).weight
+    start = F.normalize(_class_means(z, y, n_classes), dim=-1)
     gen = torch.Generator().manual_seed(seed)
     noise = 1e-3 * torch.randn(start.shape, generator=gen)
     with torch.inference_mode(False), torch.enable_grad():

@@ -4,10 +4,12 @@
 config and the base checkpoint, so different settings never collide):
 
 * ``data/<task>.npz``: train / val / test / head splits of the embedded suite;
-* ``heads.safetensors``: each task's fixed prototype head from the base model;
-* ``data/anchor.npz`` and ``anchor.safetensors``: public pretext images and the base's
-  normalised embeddings of them, the function-space anchor of the fine-tunes
-  (:class:`rmtllmf.train.Anchor`; absent when ``anchor_weight`` is 0);
+* ``heads.safetensors``: each task's fixed head from the base model's embeddings (a cosine
+  linear probe, or the class prototypes);
+* ``data/anchor.npz`` and ``anchor.safetensors``: public images (pretext images and unlabelled
+  images of every task's domain) and the base's normalised embeddings of them, the
+  function-space anchor of the fine-tunes (:class:`rmtllmf.train.Anchor`; a user anchors on all
+  but its own domain; absent when ``anchor_weight`` is 0);
 * ``finetuned/<task>.safetensors``: full fine-tunes against the fixed heads;
 * ``zoo.json``: the resolved config, seeds, base and fine-tuned accuracy per task and split.
 
@@ -210,9 +212,10 @@ class Zoo:
         """uint8 ``(B, H, W, 3)`` images to the model's input."""
         return normalise_images(images)
 
-    def anchor(self) -> Anchor | None:
-        """The function-space anchor the fine-tunes were trained with (``None``: plain)."""
-        return _load_anchor(self.config, self.root)
+    def anchor(self, task: str | None = None) -> Anchor | None:
+        """The function-space anchor ``task``'s fine-tune was trained with: every anchor image
+        but those of its own domain (``None``: plain fine-tuning; ``task=None``: the whole set)."""
+        return _load_anchor(self.config, self.root, task)
 
     def n_classes(self, task: str) -> int:
         """Number of classes of ``task``."""
@@ -274,7 +277,7 @@ def _load_anchor(cfg: ZooConfig, home: Path, task: str | None = None) -> Anchor 
         return None
     with np.load(home / "data" / "anchor.npz") as z:
         images = z["images"]
-        domain = z["domain"] if "domain" in z else np.full(len(images), -1)
+        domain = z["domain"]
     targets = load_file(home / "anchor.safetensors")["targets"]
     if task is not None:
         keep = domain != cfg.tasks.index(task)
