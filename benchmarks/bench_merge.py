@@ -284,7 +284,7 @@ def child_code(name: str, work: Workload, out: Path) -> str:
     """The program one fresh process runs to time contender ``name`` once."""
     import torch
 
-    from rmtllmf.fusion.kernel import DTYPE_CODES
+    from rmtllmf.fusion.fast.kernel import DTYPE_CODES
 
     return CHILD.format(
         scaling=SCALING,
@@ -313,7 +313,7 @@ def build_floor(folder: Path) -> tuple[Path | None, str]:
         "-shared",
         "-fPIC",
         "-I",
-        str(REPO / "src" / "rmtllmf" / "fusion"),
+        str(REPO / "src" / "rmtllmf" / "fusion" / "fast"),
         str(REPO / "benchmarks" / "kernel_floor.c"),
         "-o",
         str(lib),

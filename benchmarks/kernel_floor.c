@@ -1,6 +1,6 @@
 /*
  * The in-memory floor of rmtllmf's linear merge (benchmarks/bench_merge.py builds and runs it):
- * the merge kernel's own sums (this file includes src/rmtllmf/fusion/_linear_kernel.c, so the
+ * the merge kernel's own sums (this file includes src/rmtllmf/fusion/fast/_linear_kernel.c, so the
  * tiles, the prefetches and the AVX2 clones are the ones a merge runs) over the same inputs held
  * in the process's own memory instead of files. Jobs of KERNEL_CHUNK_BYTES of every input are
  * shared by the threads through an atomic counter as in the kernel; each output block of
@@ -22,7 +22,7 @@
  */
 #include "_linear_kernel.c"
 
-#define FLOOR_JOB_BYTES ((int64_t)1 << 21) /* rmtllmf.fusion.fused.KERNEL_CHUNK_BYTES */
+#define FLOOR_JOB_BYTES ((int64_t)1 << 21) /* rmtllmf.fusion.fast.fused.KERNEL_CHUNK_BYTES */
 
 static struct {
     int n, dtype;
@@ -69,7 +69,7 @@ int rmt_floor_prepare(int n, int64_t count, int dtype) {
                 ((uint16_t *)floor_state.x[q])[i] = float_to_bf16(v);
         }
         /* task arithmetic at the benchmark's lambda (bench_merge.SCALING = 0.3), its weights
-         * rounded from double as rmtllmf.fusion.kernel passes them */
+         * rounded from double as rmtllmf.fusion.fast.kernel passes them */
         floor_state.wf[q] = (float)(q ? 0.3 : 1.0 - 0.3 * (n - 1));
     }
     floor_state.out = floor_alloc((size_t)count * size);

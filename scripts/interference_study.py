@@ -38,8 +38,8 @@ from torch import nn
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from rmtllmf.train import accuracy, finetune
-from rmtllmf.zoo import Zoo, ZooConfig, build_zoo
+from rmtllmf.pools.tiny_vit import Zoo, ZooConfig, build_zoo
+from rmtllmf.training.loops import accuracy, finetune
 
 State = dict[str, torch.Tensor]
 

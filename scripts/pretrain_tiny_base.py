@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rmtllmf.pretrain import PretrainConfig, pretrain_tiny_base
+from rmtllmf.training.pretrain import PretrainConfig, pretrain_tiny_base
 
 ASSET = Path(__file__).resolve().parents[1] / "src/rmtllmf/models/assets/tiny_vit_base.safetensors"
 

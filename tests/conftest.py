@@ -47,7 +47,7 @@ def make_tiny_base(path: Path) -> Path:
 
 def tiny_zoo_config(root: Path, tasks: tuple[str, ...], **overrides):
     """A zoo config on the tiny random base with a few fine-tuning steps per task (seconds)."""
-    from rmtllmf.zoo import ZooConfig
+    from rmtllmf.pools.tiny_vit import ZooConfig
 
     fields = {
         "tasks": tasks,
@@ -67,7 +67,7 @@ def tiny_zoo_config(root: Path, tasks: tuple[str, ...], **overrides):
 
 def build_tiny_zoo(root: Path, tasks: tuple[str, ...]):
     """The zoo of :func:`tiny_zoo_config`, built under ``root``."""
-    from rmtllmf.zoo import build_zoo
+    from rmtllmf.pools.tiny_vit import build_zoo
 
     return build_zoo(root / "zoo", tiny_zoo_config(root, tasks))
 

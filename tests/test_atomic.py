@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rmtllmf.atomic import write_text_atomic
+from rmtllmf._io import write_text_atomic
 
 
 def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path):

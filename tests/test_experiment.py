@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import rmtllmf.experiment as experiment
+import rmtllmf.study.experiment as experiment
 from conftest import build_tiny_zoo
 from rmtllmf.defense import (
     FewShotSet,
@@ -19,10 +19,10 @@ from rmtllmf.defense import (
     reload_embeddings,
 )
 from rmtllmf.errors import InputError
-from rmtllmf.evaluation import task_vectors
-from rmtllmf.experiment import ExperimentConfig, run_experiment
 from rmtllmf.fusion import MergeConfig, merge_task_vectors
 from rmtllmf.models.tiny_vit import EMBEDDING_PARAMS
+from rmtllmf.study.clean import task_vectors
+from rmtllmf.study.experiment import ExperimentConfig, run_experiment
 
 TASKS = ("signs", "textures")
 
@@ -115,7 +115,7 @@ def test_snr_links_give_the_papers_per_entry_snr(zoo):
     E[tau^2] over the user's whole vector (snr) or over each tensor (snr-tensor), checked on the
     user's tensors of 256+ entries within 3.5 standard errors of a variance estimate."""
     from rmtllmf.channel import PAPER_SIGNAL_POWER
-    from rmtllmf.experiment import receive
+    from rmtllmf.study.experiment import receive
 
     for link in ("snr", "snr-tensor"):
         cfg = ExperimentConfig(tasks=TASKS, scenario="paper-sum-rate", link=link)
@@ -190,7 +190,7 @@ def test_few_shot_sets_come_from_training_data(zoo):
 
 
 def test_analysis_measures_channel_interference(zoo):
-    from rmtllmf.analysis import AnalysisConfig
+    from rmtllmf.study.analysis import AnalysisConfig
 
     analysis = AnalysisConfig(samples=16, probes=2)
     clean = run_experiment(

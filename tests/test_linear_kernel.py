@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmtllmf.fusion import kernel
+from rmtllmf.fusion.fast import kernel
 
 pytestmark = pytest.mark.skipif(
     kernel.KERNEL is None,

@@ -322,9 +322,9 @@ def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threa
     """The bandwidth path (the compiled kernel, or blocked pread with one BLAS product per
     block) equals the per-tensor formula for every dtype, across job edges, in one thread or
     several."""
-    import rmtllmf.fusion.fused as fused_module
-    from rmtllmf.fusion import kernel
+    import rmtllmf.fusion.fast.fused as fused_module
     from rmtllmf.fusion.checkpoint import RawSafetensors
+    from rmtllmf.fusion.fast import kernel
 
     if use_kernel and kernel.KERNEL is None:
         pytest.skip("the C kernel is not loaded (not built at install, or RMTLLMF_NO_KERNEL set)")
@@ -413,7 +413,7 @@ def test_merge_without_positional_io_streams_instead(tmp_path, monkeypatch):
 
 def _job_bytes(jobs) -> list[int]:
     """Bytes per element of each kernel job's dtype, times its count."""
-    from rmtllmf.fusion import kernel
+    from rmtllmf.fusion.fast import kernel
 
     size = {code: torch.empty(0, dtype=d).element_size() for d, code in kernel.DTYPE_CODES.items()}
     return [int(c) * size[int(d)] for c, d in zip(jobs.counts, jobs.dtypes, strict=True)]
@@ -442,7 +442,7 @@ def test_kernel_jobs_cover_every_tensor_once_in_windows_of_the_base_file(tmp_pat
     once in the output, hold at most KERNEL_CHUNK_BYTES, join tensors that lie back to back in
     every file (fewer jobs than tensors), and start, past a run's first job, at a multiple of
     KERNEL_CHUNK_BYTES in the base file, so that each job maps one huge page."""
-    import rmtllmf.fusion.fused as fused_module
+    import rmtllmf.fusion.fast.fused as fused_module
     from rmtllmf.fusion.checkpoint import RawSafetensors, safetensors_prefix
 
     chunk = 200
@@ -513,7 +513,7 @@ def test_an_interrupted_merge_stops_its_threads_and_leaves_no_file(tmp_path, mon
     import threading
     import time
 
-    from rmtllmf.fusion import kernel
+    from rmtllmf.fusion.fast import kernel
 
     running = threading.Event()
 
@@ -556,7 +556,7 @@ def test_an_interrupt_while_the_merge_thread_starts_still_stops_it(monkeypatch, 
     import threading
     import time
 
-    from rmtllmf.fusion import fused
+    from rmtllmf.fusion.fast import fused
 
     cancelled = threading.Event()
     ran = threading.Event()

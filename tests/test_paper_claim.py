@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 
 from rmtllmf.defense import RealignConfig
-from rmtllmf.evaluation import choose_lambda
-from rmtllmf.experiment import ExperimentConfig, receive, run_experiment
 from rmtllmf.fusion import MergeConfig
+from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
 from rmtllmf.report.tables import CLEAR_MARGIN
-from rmtllmf.zoo import ZooConfig, build_zoo
+from rmtllmf.study.clean import choose_lambda
+from rmtllmf.study.experiment import ExperimentConfig, receive, run_experiment
 
 TASKS = ("digits", "signs", "counting")
 

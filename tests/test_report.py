@@ -10,7 +10,8 @@ import pytest
 from rmtllmf.errors import InputError
 from rmtllmf.report import write_report
 from rmtllmf.report.tables import orderings
-from rmtllmf.sweep import ResultsDB, run_sweep
+from rmtllmf.study.store import ResultsDB
+from rmtllmf.study.sweep import run_sweep
 from test_sweep import small_config
 
 

@@ -8,11 +8,14 @@ import math
 
 import pytest
 
-import rmtllmf.sweep as sweep
-from rmtllmf.analysis import AnalysisConfig
+import rmtllmf.study.store as store
+import rmtllmf.study.sweep as sweep
 from rmtllmf.defense import RealignConfig
 from rmtllmf.errors import InputError
-from rmtllmf.sweep import ResultsDB, SweepConfig, export_csv, plan_runs, run_sweep, subsets
+from rmtllmf.study.analysis import AnalysisConfig
+from rmtllmf.study.plan import SweepConfig, plan_runs, subsets
+from rmtllmf.study.store import ResultsDB, export_csv
+from rmtllmf.study.sweep import run_sweep
 
 TASKS = ("signs", "textures", "counting")
 
@@ -118,7 +121,7 @@ def test_results_carry_analysis_and_export_to_csv(tiny_zoo, tmp_path):
 
 def test_database_from_other_code_version_is_refused(tmp_path, monkeypatch):
     ResultsDB(tmp_path / "r.db").close()
-    monkeypatch.setattr(sweep, "code_version", lambda: "0000000000000000")
+    monkeypatch.setattr(store, "code_version", lambda: "0000000000000000")
     with pytest.raises(InputError, match=r"code version .* --reset"):
         ResultsDB(tmp_path / "r.db")
     ResultsDB(tmp_path / "r.db", reset=True).close()

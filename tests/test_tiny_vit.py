@@ -16,7 +16,7 @@ from rmtllmf.models.tiny_vit import (
     TinyVitConfig,
     normalise_images,
 )
-from rmtllmf.train import (
+from rmtllmf.training.loops import (
     Anchor,
     accuracy,
     cosine_lr,
@@ -161,7 +161,7 @@ def test_anchor_rejects_mismatched_targets():
 
 
 def test_progress_logs_plain_lines_off_a_terminal(capsys):
-    from rmtllmf.train import progress_bar
+    from rmtllmf._progress import progress_bar
 
     with progress_bar(True, "work", 40) as advance:
         for _ in range(40):

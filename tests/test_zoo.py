@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_tiny_base, tiny_zoo_config
 from rmtllmf.models.tiny_vit import TinyVitConfig
-from rmtllmf.zoo import ZooConfig, build_zoo, load_base
+from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo, load_base
 
 
 def test_zoo_builds_caches_and_resumes(tmp_path):
@@ -65,8 +65,8 @@ def test_zoo_cli_reports_the_clean_merge(tmp_path, capsys):
 
 
 def test_zoo_pretrains_and_caches_a_base_when_none_is_shipped(tmp_path, monkeypatch):
-    import rmtllmf.zoo as zoo_module
-    from rmtllmf.pretrain import PretrainConfig
+    import rmtllmf.pools.tiny_vit as zoo_module
+    from rmtllmf.training.pretrain import PretrainConfig
 
     monkeypatch.setattr(zoo_module, "shipped_base_path", lambda: tmp_path / "not-shipped")
     tiny = TinyVitConfig(patch_size=8, hidden=16, layers=1, heads=2, mlp=32, embed_dim=8)
@@ -97,8 +97,8 @@ def test_shipped_base_is_what_the_pretraining_script_makes():
     `python scripts/pretrain_tiny_base.py` (1 thread, seeded) reproduces it."""
     from safetensors import safe_open
 
-    from rmtllmf.pretrain import PretrainConfig
-    from rmtllmf.zoo import shipped_base_path
+    from rmtllmf.pools.tiny_vit import shipped_base_path
+    from rmtllmf.training.pretrain import PretrainConfig
 
     path = shipped_base_path()
     assert path.exists(), "run scripts/pretrain_tiny_base.py to make the shipped base"
@@ -145,7 +145,7 @@ def test_anchor_is_built_once_and_keeps_the_shared_function(tmp_path):
     import torch.nn.functional as F
     from safetensors.torch import load_file
 
-    from rmtllmf.train import embed
+    from rmtllmf.training.loops import embed
 
     shifts = {}
     for weight in (100.0, 0.0):
@@ -190,7 +190,7 @@ def test_parallel_build_equals_the_serial_one(tmp_path):
 
 def test_each_user_anchors_on_the_other_domains_never_its_own(tmp_path):
     from rmtllmf.data.synthetic import make_task
-    from rmtllmf.zoo import _load_anchor
+    from rmtllmf.pools.tiny_vit import _load_anchor
 
     tasks = ("signs", "counting", "textures")
     cfg = tiny_zoo_config(tmp_path, tasks, anchor_domain_images=5, head_fit="probe")

@@ -22,15 +22,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rmtllmf.analysis import AnalysisConfig
-from rmtllmf.atomic import write_text_atomic
-from rmtllmf.clip_pool import ClipPool, ClipPoolConfig
+from rmtllmf._io import write_text_atomic
+from rmtllmf._progress import progress_bar
 from rmtllmf.errors import InputError
-from rmtllmf.pool import ModelPool
+from rmtllmf.pools.base import ModelPool
+from rmtllmf.pools.clip import ClipPool, ClipPoolConfig
+from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
 from rmtllmf.report import write_report
-from rmtllmf.sweep import ResultsDB, SweepConfig, ensure_lambdas, pending_runs, run_sweep
-from rmtllmf.train import progress_bar
-from rmtllmf.zoo import ZooConfig, build_zoo
+from rmtllmf.study.analysis import AnalysisConfig
+from rmtllmf.study.plan import SweepConfig
+from rmtllmf.study.store import ResultsDB
+from rmtllmf.study.sweep import ensure_lambdas, pending_runs, run_sweep
 
 
 class ReproduceConfig(BaseModel):

@@ -29,7 +29,7 @@ from torch import nn
 from rmtllmf.defense.freeze import reload_embeddings
 from rmtllmf.errors import InputError
 from rmtllmf.models.tiny_vit import normalise_images
-from rmtllmf.train import Preprocess, cosine_lr
+from rmtllmf.training.loops import Preprocess, cosine_lr
 
 DEFENSES = ("none", "freeze", "realign", "r-mtllmf", "base", "base+realign")
 """Named defenses. ``base`` and ``base+realign`` are the controls the paper lacks: the BS

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.checkpoint import RawSafetensors, resolve_files, write_safetensors_streaming
-from rmtllmf.fusion.fused import fused_linear_merge
+from rmtllmf.fusion.fast.fused import fused_linear_merge
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
 from rmtllmf.fusion.selection import ties_thresholds
 from rmtllmf.fusion.task_vector import ModelSource, TaskVector, _Source, selected_keys

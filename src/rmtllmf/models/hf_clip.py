@@ -147,7 +147,7 @@ class HfClip:
         return self.model.visual_projection(pooled)
 
     def __call__(self, normalised: torch.Tensor) -> torch.Tensor:
-        """Encoder interface used by :mod:`rmtllmf.train` (input already preprocessed)."""
+        """Encoder interface used by :mod:`rmtllmf.training.loops` (input already preprocessed)."""
         return self.encode_images(normalised)
 
     @torch.inference_mode()

@@ -12,8 +12,8 @@ embedding parameters the R-MTLLMF defense re-loads are named as in CLIP:
 vector: logits are ``scale * <normalise(f(x)), w_c>`` with unit rows ``w_c`` derived from the
 *base* model's embeddings of a fixed, seeded set of labelled "head" examples per class, either
 the normalised class prototypes or a cosine linear probe fitted on them
-(:func:`rmtllmf.train.probe_head`). Anyone holding the base model and those examples — the base
-station included — derives the same head.
+(:func:`rmtllmf.training.loops.probe_head`). Anyone holding the base model and those
+examples — the base station included — derives the same head.
 """
 
 from __future__ import annotations

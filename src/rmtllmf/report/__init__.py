@@ -18,7 +18,7 @@ from typing import Any
 
 from rmtllmf.errors import InputError
 from rmtllmf.report import figures, markdown, tables
-from rmtllmf.sweep import ResultsDB, code_version, export_csv
+from rmtllmf.study.store import ResultsDB, code_version, export_csv
 
 
 def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:

@@ -13,8 +13,8 @@ With ``lora=True`` (hf-clip) only low-rank adapters on the attention projections
 they are merged into the weights afterwards, so the task vector is the merged LoRA delta.
 
 With ``anchor_weight > 0`` the fine-tune also keeps the base's normalised embeddings on a set of
-public anchor images (:class:`rmtllmf.train.Anchor`), which makes task vectors interfere less
-when they are merged.
+public anchor images (:class:`rmtllmf.training.loops.Anchor`), which makes task vectors
+interfere less when they are merged.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import torch
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from rmtllmf.atomic import write_text_atomic
+from rmtllmf._io import write_text_atomic
 from rmtllmf.data.real import LabelledImages
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import TaskVector, save_state_dict
 from rmtllmf.models.hf_clip import HfClip
 from rmtllmf.models.tiny_vit import PrototypeHead
-from rmtllmf.train import Anchor, accuracy, finetune
+from rmtllmf.training.loops import Anchor, accuracy, finetune
 
 
 class FinetuneConfig(BaseModel):

@@ -1,4 +1,5 @@
-"""``hf-clip`` as a model pool: the paper's real setting behind :class:`rmtllmf.pool.ModelPool`.
+"""``hf-clip`` as a model pool: the paper's real setting behind
+:class:`rmtllmf.pools.base.ModelPool`.
 
 * Base: a Hugging Face ``CLIPModel`` (hub id or directory). Fine-tuned models: any CLIP
   checkpoint flavour (directory, safetensors file, hub id such as FusionBench's
@@ -27,11 +28,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from rmtllmf.atomic import write_text_atomic
+from rmtllmf._io import write_text_atomic
 from rmtllmf.data.real import load_hf_dataset
 from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.models.hf_clip import DEFAULT_TEMPLATES, EMBEDDING_PARAMS, HfClip, vision_state
-from rmtllmf.pool import Split
+from rmtllmf.pools.base import Split
 
 
 class ClipTaskSpec(BaseModel):
@@ -126,7 +127,7 @@ def _device(name: str) -> torch.device:
 
 
 class ClipPool:
-    """The paper's CLIP setting as a :class:`~rmtllmf.pool.ModelPool` (see module docs)."""
+    """The paper's CLIP setting as a :class:`~rmtllmf.pools.base.ModelPool` (see module docs)."""
 
     def __init__(self, cfg: ClipPoolConfig, cache_dir: str | Path | None = None) -> None:
         if not cfg.tasks:

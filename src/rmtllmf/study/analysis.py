@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from rmtllmf.fusion import MergeConfig, TaskVector, merge_task_vectors
 from rmtllmf.metrics import WdeResult, jacobian_sq_norm, logit_hypothesis_test
 from rmtllmf.metrics import weight_disentanglement_error as wde
-from rmtllmf.pool import ModelPool
+from rmtllmf.pools.base import ModelPool
 
 if TYPE_CHECKING:
-    from rmtllmf.experiment import ExperimentConfig
+    from rmtllmf.study.experiment import ExperimentConfig
 
 
 class AnalysisConfig(BaseModel):

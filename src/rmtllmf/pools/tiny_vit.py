@@ -8,8 +8,8 @@ config and the base checkpoint, so different settings never collide):
   linear probe, or the class prototypes);
 * ``data/anchor.npz`` and ``anchor.safetensors``: public images (pretext images and unlabelled
   images of every task's domain) and the base's normalised embeddings of them, the
-  function-space anchor of the fine-tunes (:class:`rmtllmf.train.Anchor`; a user anchors on all
-  but its own domain; absent when ``anchor_weight`` is 0);
+  function-space anchor of the fine-tunes (:class:`rmtllmf.training.loops.Anchor`; a user
+  anchors on all but its own domain; absent when ``anchor_weight`` is 0);
 * ``finetuned/<task>.safetensors``: full fine-tunes against the fixed heads;
 * ``zoo.json``: the resolved config, seeds, base and fine-tuned accuracy per task and split.
 
@@ -34,7 +34,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
-from rmtllmf.atomic import write_text_atomic
+from rmtllmf._io import write_text_atomic
+from rmtllmf._progress import progress_bar
 from rmtllmf.data.synthetic import TASK_NAMES, TASKS, make_task, pretext
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.checkpoint import load_state_dict
@@ -45,16 +46,15 @@ from rmtllmf.models.tiny_vit import (
     TinyVitConfig,
     normalise_images,
 )
-from rmtllmf.pool import Split
-from rmtllmf.pretrain import PretrainConfig, pretrain_tiny_base
-from rmtllmf.train import (
+from rmtllmf.pools.base import Split
+from rmtllmf.training.loops import (
     Anchor,
     accuracy,
     finetune,
     probe_head,
-    progress_bar,
     prototype_head,
 )
+from rmtllmf.training.pretrain import PretrainConfig, pretrain_tiny_base
 
 _T = TypeVar("_T")
 

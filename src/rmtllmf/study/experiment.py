@@ -29,7 +29,6 @@ import torch
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from rmtllmf.analysis import Analysis, AnalysisConfig, interference_analysis
 from rmtllmf.channel import (
     ChannelRealization,
     LargeScale,
@@ -52,7 +51,8 @@ from rmtllmf.defense import (
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig, TaskVector, cosine_matrix, merge_task_vectors
 from rmtllmf.metrics import normalized_accuracy
-from rmtllmf.pool import ModelPool
+from rmtllmf.pools.base import ModelPool
+from rmtllmf.study.analysis import Analysis, AnalysisConfig, interference_analysis
 
 Scenario = Literal[
     "ideal", "sum-rate", "strongest-user", "paper-ideal", "paper-sum-rate", "paper-strongest-user"

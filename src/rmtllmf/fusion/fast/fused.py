@@ -7,7 +7,7 @@ every input byte is read once and every output byte written once, so the floor o
 
 The work is cut into jobs:
 
-* kernel jobs (the compiled :mod:`rmtllmf.fusion.kernel`, for float32 / float64 / bfloat16 /
+* kernel jobs (the compiled :mod:`rmtllmf.fusion.fast.kernel`, for float32 / float64 / bfloat16 /
   float16 tensors whose inputs share the base's dtype): tensors that lie back to back in every
   file are joined into runs, cut at :data:`KERNEL_CHUNK_BYTES` multiples of the base file; the
   kernel memory-maps each job's window of every input, reads it in place, sums in registers and
@@ -47,8 +47,8 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from rmtllmf.errors import CheckpointError
-from rmtllmf.fusion import kernel
 from rmtllmf.fusion.checkpoint import RawSafetensors, safetensors_prefix
+from rmtllmf.fusion.fast import kernel
 
 BLOCK = 1 << 16
 """Elements of one tensor per block: 256 KB of float32 per input, few enough system calls, and

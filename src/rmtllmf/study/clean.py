@@ -9,8 +9,8 @@ import numpy as np
 
 from rmtllmf.fusion import MergeConfig, TaskVector, cosine_matrix, merge_task_vectors, select_lambda
 from rmtllmf.metrics import gap_recovery, normalized_accuracy
-from rmtllmf.pool import ModelPool
-from rmtllmf.zoo import Zoo
+from rmtllmf.pools.base import ModelPool
+from rmtllmf.pools.tiny_vit import Zoo
 
 
 @dataclass(frozen=True)

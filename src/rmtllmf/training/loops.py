@@ -7,63 +7,26 @@
   vectors), AdamW with warm-up and cosine decay, seeded; optionally anchored in function space
   (:class:`Anchor`).
 * :func:`accuracy`: batched evaluation under ``torch.inference_mode``.
-
-Progress is shown with rich progress bars when ``progress=True``.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from rich.progress import Progress
 from torch import nn
 
+from rmtllmf._progress import progress_bar
 from rmtllmf.models.tiny_vit import PrototypeHead, normalise_images
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 #: uint8 ``(B, H, W, 3)`` batch to the encoder's input tensor
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
-
-
-@contextmanager
-def progress_bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar on a terminal; plain log lines every 5% otherwise (CI, files).
-
-    Yields ``advance(description)``; does nothing when ``enabled`` is false.
-    """
-    if not enabled:
-        yield lambda _desc: None
-        return
-    if sys.stderr.isatty():
-        with Progress() as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda desc: bar.update(task, advance=1, description=desc)
-        return
-    start, done = time.perf_counter(), 0
-    every = max(1, total // 20)
-
-    def advance(desc: str) -> None:
-        nonlocal done
-        done += 1
-        if done % every == 0 or done == total:
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            eta = (total - done) / rate
-            print(
-                f"{desc}: {done}/{total} ({rate:.1f}/s, ETA {eta:.0f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    yield advance
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:

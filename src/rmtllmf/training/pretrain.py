@@ -20,10 +20,10 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
-from rmtllmf.atomic import write_text_atomic
+from rmtllmf._io import write_text_atomic
 from rmtllmf.data.synthetic import PRETEXT_HEADS, pretext
 from rmtllmf.models.tiny_vit import TinyVit, TinyVitConfig
-from rmtllmf.train import embed, pretrain
+from rmtllmf.training.loops import embed, pretrain
 
 #: 0.8M parameters, ~15M multiply-adds per image: the whole study must run on 2 CPU cores
 DEFAULT_MODEL = TinyVitConfig(patch_size=8, hidden=128, layers=4, heads=4, mlp=512, embed_dim=128)

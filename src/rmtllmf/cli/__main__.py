@@ -1,0 +1,5 @@
+"""``python -m rmtllmf.cli``."""
+
+from rmtllmf.cli import main
+
+raise SystemExit(main())

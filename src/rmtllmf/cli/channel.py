@@ -1,0 +1,108 @@
+"""``rmtllmf channel``: draw channel realizations and print what the uplink does."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from rmtllmf.channel.geometry import PathLossConfig
+from rmtllmf.channel.link import SymbolLinkConfig
+from rmtllmf.channel.report import ChannelSummary, measure, summarize
+from rmtllmf.channel.scenario import SCENARIOS, ScenarioConfig, draw_realization
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "channel",
+        help="draw one uplink realization and print per-user SNR, SINR, rate and MSE",
+        description="Per-user figures of the MIMO uplink (paper eqs. 3-5) for one scenario.",
+    )
+    p.add_argument("--scenario", choices=SCENARIOS, default="ideal")
+    p.add_argument("--users", type=int, default=8, help="single-antenna users Q (default 8)")
+    p.add_argument("--antennas", type=int, default=16, help="BS antennas N_R (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    jam = p.add_mutually_exclusive_group()
+    jam.add_argument("--jammer-dbm", type=float, help="jammer power P_N in dBm")
+    jam.add_argument("--jnr-db", type=float, help="jammer power over N_R * thermal (default 10)")
+    p.add_argument("--tx-dbm", type=float, default=-10.0, help="user power (default 0.1 mW)")
+    p.add_argument("--bandwidth-hz", type=float, default=180e3)
+    p.add_argument("--noise-figure-db", type=float, default=5.0)
+    p.add_argument(
+        "--path-loss", choices=["log-distance", "3gpp-umi", "3gpp-uma"], default="log-distance"
+    )
+    p.add_argument("--exponent", type=float, default=2.0, help="log-distance exponent")
+    p.add_argument("--r-min", type=float, default=100.0, help="closest user distance in m")
+    p.add_argument("--r-max", type=float, default=1000.0, help="farthest user distance in m")
+    p.add_argument("--qam", type=int, choices=[4, 16, 64, 256], default=64)
+    p.add_argument("--bits", type=int, default=8, help="quantiser bits for --symbols")
+    p.add_argument(
+        "--symbols", type=int, default=0, help="also simulate this many channel uses (measured)"
+    )
+    p.add_argument("--genie", action="store_true", help="genie-aided SIC for --symbols")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = ScenarioConfig(
+        scenario=args.scenario,
+        n_users=args.users,
+        n_antennas=args.antennas,
+        r_min_m=args.r_min,
+        r_max_m=args.r_max,
+        path_loss=PathLossConfig(model=args.path_loss, exponent=args.exponent),
+        tx_power_dbm=args.tx_dbm,
+        bandwidth_hz=args.bandwidth_hz,
+        noise_figure_db=args.noise_figure_db,
+        jammer_dbm=args.jammer_dbm,
+        jnr_db=args.jnr_db,
+    )
+    rng = np.random.default_rng(args.seed)
+    channel = draw_realization(cfg, rng)
+    summary = summarize(cfg, channel, args.qam)
+    if args.symbols > 0:
+        link = SymbolLinkConfig(bits=args.bits, modulation_order=args.qam, genie=args.genie)
+        summary = measure(summary, channel, link, args.symbols, rng)
+    if args.json:
+        out = {"config": cfg.model_dump(), "seed": args.seed, **summary.to_dict()}
+        print(json.dumps(out, indent=2))
+    else:
+        _print_summary(summary, args.qam)
+    return 0
+
+
+def _print_summary(summary: ChannelSummary, qam: int) -> None:
+    table = Table(title=f"Uplink, scenario '{summary.scenario}' ({qam}-QAM theory)")
+    for name in ("user", "dist m", "PL dB", "SNR dB", "SIC", "SINR dB", "rate nats", "MSE mu"):
+        table.add_column(name, justify="right")
+    table.add_column("BER theory", justify="right")
+    if summary.measured:
+        for name in ("MSE meas.", "BER meas."):
+            table.add_column(name, justify="right")
+    for i, r in enumerate(summary.users):
+        cells = [
+            str(r.user),
+            f"{r.distance_m:.0f}",
+            f"{r.path_loss_db:.1f}",
+            f"{r.snr_db:.1f}",
+            str(r.sic_position),
+            f"{r.sinr_db:.1f}",
+            f"{r.rate_nats:.3f}",
+            f"{r.mse:.4g}",
+            f"{r.ber_theory:.3g}",
+        ]
+        if summary.measured:
+            m = summary.measured[i]
+            cells += [f"{m.symbol_mse:.4g}", f"{m.ber:.3g}"]
+        table.add_row(*cells)
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    console.print(table)
+    jammer = "none" if summary.jammer_dbm == -np.inf else f"{summary.jammer_dbm:.1f} dBm"
+    console.print(
+        f"thermal {summary.thermal_dbm:.1f} dBm/antenna, jammer {jammer}, "
+        f"sum rate {summary.sum_rate_nats:.3f} nats/use, mean MSE {summary.mean_mse:.4g}"
+    )

@@ -1,0 +1,114 @@
+"""``rmtllmf zoo``: build the embedded zoo and report its experts and their clean merge."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from rmtllmf.cli.common import default_cache
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("zoo", help="build the embedded model zoo (tiny base + 8 fine-tunes)")
+    zsub = p.add_subparsers(dest="zoo_command", required=True)
+    b = zsub.add_parser("build", help="build or reuse the zoo and report the clean merge")
+    b.add_argument("--root", type=Path, default=None, help="cache directory (default ~/.cache)")
+    b.add_argument("--tasks", nargs="+", default=None, help="subset of the embedded tasks")
+    b.add_argument("--steps", type=int, default=None, help="fine-tuning steps per task")
+    b.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
+    b.add_argument("--batch", type=int, default=None, help="fine-tuning batch size")
+    b.add_argument("--n-train", type=int, default=None)
+    b.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=None,
+        help="beta of the function-space anchor on pretext images (0: plain fine-tuning)",
+    )
+    b.add_argument("--base", default=None, help="tiny base checkpoint (default: shipped)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="single-threaded processes that generate data and fine-tune (2 beat 1 process "
+        "with 2 threads on 2 cores)",
+    )
+    b.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
+    from rmtllmf.study.clean import evaluate_clean_merge
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    updates = {
+        k: v
+        for k, v in {
+            "tasks": tuple(args.tasks) if args.tasks else None,
+            "steps": args.steps,
+            "lr": args.lr,
+            "batch": args.batch,
+            "n_train": args.n_train,
+            "anchor_weight": args.anchor_weight,
+            "base": args.base,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
+    cfg = ZooConfig(**updates)
+    zoo = build_zoo(
+        args.root or default_cache() / "zoo", cfg, progress=not args.json, workers=args.workers
+    )
+    report = evaluate_clean_merge(zoo, cfg.tasks)
+    base = {t: zoo.record["base"][t]["test"] for t in cfg.tasks}
+    ft = {t: zoo.record["finetuned"][t]["test"] for t in cfg.tasks}
+    off = report.cosine[~np.eye(len(cfg.tasks), dtype=bool)]
+    summary = {
+        "root": str(zoo.root),
+        "config": cfg.model_dump(),
+        "base_test": base,
+        "finetuned_test": ft,
+        "merged_test": report.test_accuracy,
+        "mean_base": float(np.mean(list(base.values()))),
+        "mean_finetuned": float(np.mean(list(ft.values()))),
+        "mean_merged": float(np.mean(list(report.test_accuracy.values()))),
+        "lambda": report.scaling,
+        "normalized_accuracy": report.normalized,
+        "gap_recovery": report.gap_recovery,
+        "cosine_offdiag_mean": float(off.mean()) if off.size else float("nan"),
+        "cosine_offdiag_max": float(off.max()) if off.size else float("nan"),
+        "cosine": report.cosine.tolist(),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    table = Table(title=f"Embedded zoo ({zoo.root})")
+    for name in ("task", "base", "fine-tuned", "merged (TA)"):
+        table.add_column(name, justify="right")
+    for t in cfg.tasks:
+        table.add_row(t, f"{base[t]:.3f}", f"{ft[t]:.3f}", f"{report.test_accuracy[t]:.3f}")
+    table.add_row(
+        "mean",
+        f"{summary['mean_base']:.3f}",
+        f"{summary['mean_finetuned']:.3f}",
+        f"{summary['mean_merged']:.3f}",
+    )
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    console.print(table)
+    console.print(
+        f"task arithmetic, lambda={report.scaling:.2f} (chosen on validation): normalized accuracy "
+        f"{report.normalized:.3f}, gap recovery {report.gap_recovery:.2f}; task-vector cosine "
+        f"off-diagonal mean {summary['cosine_offdiag_mean']:.3f}, max "
+        f"{summary['cosine_offdiag_max']:.3f}"
+    )
+    return 0

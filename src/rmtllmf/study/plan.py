@@ -1,0 +1,166 @@
+"""The plan of the paper's study: every run over task subsets, scenarios, links, defenses, seeds.
+
+The plan (:func:`plan_runs`), for every task count ``N`` in ``task_counts`` and every subset of
+that size (all ``C(T, N)`` combinations, 247 for ``N = 2..8`` of 8 tasks, or a seeded sample of
+``subsets_per_count``):
+
+* ``clean``: noiseless link, defenses ``none`` and ``realign`` (realign-on-clean is the
+  control that separates what realignment *repairs* from what it *adds*), and the floors
+  ``base`` and ``base+realign`` (the BS discards every received vector), which no channel
+  changes, so they run once per subset and stand in every scenario's table;
+* ``fig2``: every scenario × link, defenses ``none`` and ``r-mtllmf`` (paper Fig. 2);
+* ``ablation``: at the largest ``N``, every scenario × link with all four defenses (Fig. 5,
+  left); the undefended runs carry the interference analysis (WDE, hypothesis test);
+* ``kshot``: at the largest ``N``, R-MTLLMF with ``k`` samples per class for each ``k`` in
+  ``k_values`` on the ideal and the first worst-case scenario, first link (Fig. 5, right).
+
+``λ_N`` (eq. 6) is chosen per task count on *validation* data (the clean merge of the first
+subset of that size over ``lambda_grid``), stored, and used for every run of that size.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from rmtllmf.channel import ScenarioConfig, SymbolLinkConfig
+from rmtllmf.defense import CHANNEL_FREE, DEFENSES, RealignConfig
+from rmtllmf.errors import InputError
+from rmtllmf.fusion import MergeConfig
+from rmtllmf.study.analysis import AnalysisConfig
+from rmtllmf.study.experiment import ExperimentConfig, LinkMode, Scenario
+
+RECEIVING = tuple(d for d in DEFENSES if d not in CHANNEL_FREE)
+"""The defenses that act on what was received (the ablation's columns)."""
+DEFAULT_GRID = tuple(round(float(x), 4) for x in np.linspace(0.0, 1.0, 21))
+
+
+class SweepConfig(BaseModel):
+    """What the sweep runs (frozen; stored beside the results)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tasks: tuple[str, ...] = Field(..., min_length=1)
+    task_counts: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    subsets_per_count: int | None = Field(
+        None, ge=1, description="seeded sample of subsets per count; None = all combinations"
+    )
+    scenarios: tuple[Scenario, ...] = ("ideal", "sum-rate", "strongest-user")
+    links: tuple[LinkMode, ...] = ("snr", "absolute", "relative", "weights", "symbol")
+    k_values: tuple[int, ...] = (1, 2, 5, 10, 20)
+    seeds: tuple[int, ...] = (0,)
+    merge_method: str = "task-arithmetic"
+    lambda_grid: tuple[float, ...] = DEFAULT_GRID
+    realign: RealignConfig = RealignConfig()
+    channel: ScenarioConfig = ScenarioConfig()
+    symbol: SymbolLinkConfig = SymbolLinkConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
+    nan_policy: Literal["zero", "drop-user", "error"] = "zero"
+    plan_seed: int = 0
+
+    def check(self) -> None:
+        """Clear errors for plans that cannot run."""
+        if len(set(self.tasks)) != len(self.tasks):
+            raise InputError(f"tasks repeat: {list(self.tasks)}")
+        too_big = [n for n in self.task_counts if not 1 <= n <= len(self.tasks)]
+        if too_big:
+            raise InputError(
+                f"task counts {too_big} do not fit a suite of {len(self.tasks)} tasks; "
+                f"use counts between 1 and {len(self.tasks)}"
+            )
+        if not self.task_counts or not self.links or not self.scenarios or not self.seeds:
+            raise InputError("task_counts, scenarios, links and seeds must not be empty")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the plan and the figure it feeds."""
+
+    role: str
+    config: ExperimentConfig
+
+
+def subsets(cfg: SweepConfig) -> dict[int, list[tuple[str, ...]]]:
+    """Task subsets per count: all combinations, or a seeded sample of them."""
+    out = {}
+    for n in sorted(set(cfg.task_counts)):
+        combos = list(itertools.combinations(cfg.tasks, n))
+        if cfg.subsets_per_count is not None and len(combos) > cfg.subsets_per_count:
+            rng = np.random.default_rng([cfg.plan_seed, n])
+            pick = sorted(rng.choice(len(combos), cfg.subsets_per_count, replace=False))
+            combos = [combos[i] for i in pick]
+        out[n] = combos
+    return out
+
+
+def kshot_scenarios(cfg: SweepConfig) -> list[Scenario]:
+    """Scenarios of the k sweep: the ideal one (or the first) and the first worst case."""
+    ideal = [s for s in cfg.scenarios if s.endswith("ideal")][:1] or list(cfg.scenarios[:1])
+    worst = [s for s in cfg.scenarios if s not in ideal][:1]
+    return ideal + worst
+
+
+def plan_runs(cfg: SweepConfig, lambdas: dict[int, float]) -> list[PlannedRun]:
+    """Every run of the sweep (see module docs), in a stable order."""
+    cfg.check()
+    runs: list[PlannedRun] = []
+    by_count = subsets(cfg)
+    largest = max(by_count)
+    for n, combos in by_count.items():
+        for tasks, seed in itertools.product(combos, cfg.seeds):
+            common = {
+                "tasks": tasks,
+                "merge": MergeConfig(method=cfg.merge_method, scaling=lambdas[n]),
+                "realign": cfg.realign,
+                "channel": cfg.channel,
+                "symbol": cfg.symbol,
+                "nan_policy": cfg.nan_policy,
+                "seed": seed,
+            }
+            for defense in ("none", "realign", *CHANNEL_FREE):
+                runs.append(
+                    PlannedRun(
+                        "clean", ExperimentConfig(link="noiseless", defense=defense, **common)
+                    )
+                )
+            for scenario, link in itertools.product(cfg.scenarios, cfg.links):
+                if link == "symbol" and scenario.startswith("paper-"):
+                    continue  # the digital link needs a physical channel
+                defenses = RECEIVING if n == largest else ("none", "r-mtllmf")
+                for defense in defenses:
+                    role = "ablation" if n == largest else "fig2"
+                    analysis = cfg.analysis if (n == largest and defense == "none") else None
+                    runs.append(
+                        PlannedRun(
+                            role,
+                            ExperimentConfig(
+                                scenario=scenario,
+                                link=link,
+                                defense=defense,
+                                analysis=analysis,
+                                **common,
+                            ),
+                        )
+                    )
+            if n == largest:
+                for scenario in kshot_scenarios(cfg):
+                    for k in cfg.k_values:
+                        if k == cfg.realign.k_per_class:
+                            continue  # that run is in the ablation already
+                        realign = cfg.realign.model_copy(update={"k_per_class": k})
+                        runs.append(
+                            PlannedRun(
+                                "kshot",
+                                ExperimentConfig(
+                                    scenario=scenario,
+                                    link=cfg.links[0],
+                                    defense="r-mtllmf",
+                                    **{**common, "realign": realign},
+                                ),
+                            )
+                        )
+    return runs

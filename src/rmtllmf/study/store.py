@@ -1,0 +1,209 @@
+"""The sweep's result store.
+
+Results go to an SQLite database keyed by the sha256 of each run's full resolved config and
+the model pool's identity: a finished run is committed at once, an interrupted sweep resumes
+where it stopped, and a run is never computed twice. The database records the code version
+(a hash of the package's sources); opening it with different code is an error, because mixing
+results of two code versions in one table would be silent corruption.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rmtllmf.errors import InputError
+from rmtllmf.study.experiment import ExperimentConfig, ExperimentResult
+
+
+def code_version() -> str:
+    """sha256 over the package's Python sources (any change to the code changes it)."""
+    digest = hashlib.sha256()
+    root = Path(str(resources.files("rmtllmf")))
+    for file in sorted(root.rglob("*.py")):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_key(pool_id: str, cfg: ExperimentConfig) -> str:
+    """The database key of a run: its resolved config and the pool it ran on."""
+    return hashlib.sha256((pool_id + cfg.model_dump_json()).encode()).hexdigest()
+
+
+class ResultsDB:
+    """The sweep's SQLite store (one row per finished run; see module docs)."""
+
+    def __init__(self, path: str | Path, *, reset: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if reset and self.path.exists():
+            self.path.unlink()
+        self.conn = sqlite3.connect(self.path, timeout=120)  # shards share the file
+        self.conn.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS runs (
+                key TEXT PRIMARY KEY, role TEXT NOT NULL, n_tasks INTEGER NOT NULL,
+                config TEXT NOT NULL, result TEXT NOT NULL, seconds REAL NOT NULL,
+                finished TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS lambdas (
+                pool TEXT NOT NULL, n_tasks INTEGER NOT NULL, value REAL NOT NULL,
+                scores TEXT NOT NULL, PRIMARY KEY (pool, n_tasks));
+            """
+        )
+        version = code_version()
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'code_version'").fetchone()
+        if row is None:
+            self.conn.execute("INSERT INTO meta VALUES ('code_version', ?)", (version,))
+            self.conn.commit()
+        elif row[0] != version:
+            self.conn.close()
+            raise InputError(
+                f"results database {self.path} was written by code version {row[0]}, this is "
+                f"{version}; results of two code versions must not mix: use another output "
+                "directory or rerun with --reset to discard the old results"
+            )
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a metadata entry (the sweep config, the pool record)."""
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self.conn.commit()
+
+    def meta(self, key: str) -> str | None:
+        """A metadata entry, or ``None``."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def done(self) -> set[str]:
+        """Keys of the finished runs."""
+        return {r[0] for r in self.conn.execute("SELECT key FROM runs")}
+
+    def add(self, key: str, role: str, result: ExperimentResult, seconds: float) -> None:
+        """Commit one finished run."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, datetime('now'))",
+            (
+                key,
+                role,
+                len(result.config.tasks),
+                result.config.model_dump_json(),
+                json.dumps(result_record(result)),
+                seconds,
+            ),
+        )
+        self.conn.commit()
+
+    def lambda_for(self, pool_id: str, n: int) -> float | None:
+        """The stored ``λ_N`` of a pool, or ``None``."""
+        row = self.conn.execute(
+            "SELECT value FROM lambdas WHERE pool = ? AND n_tasks = ?", (pool_id, n)
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def set_lambda(self, pool_id: str, n: int, value: float, scores: dict[float, float]) -> None:
+        """Store ``λ_N`` and its validation scores."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO lambdas VALUES (?, ?, ?, ?)",
+            (pool_id, n, value, json.dumps({str(k): v for k, v in scores.items()})),
+        )
+        self.conn.commit()
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every finished run: role, config and result as dicts."""
+        for role, config, result, seconds in self.conn.execute(
+            "SELECT role, config, result, seconds FROM runs ORDER BY rowid"
+        ):
+            yield {
+                "role": role,
+                "config": json.loads(config),
+                "result": json.loads(result),
+                "seconds": seconds,
+            }
+
+
+def result_record(result: ExperimentResult) -> dict[str, Any]:
+    """A run's result as plain JSON."""
+    out: dict[str, Any] = {
+        "accuracy": result.accuracy,
+        "normalized": result.normalized,
+        "chance": result.chance,
+        "mse": result.mse.tolist(),
+        "error_mse": result.error_mse.tolist(),
+        "received_cosine": result.received_cosine.tolist(),
+        "dropped_users": result.dropped_users,
+        "nonfinite_entries": result.nonfinite_entries,
+    }
+    if result.realign_curve:
+        out["realign_curve"] = [list(p) for p in result.realign_curve]
+        out["realign_kept_step"] = result.realign_kept_step
+    if result.analysis is not None:
+        a = result.analysis
+        out["analysis"] = {
+            **a.summary(),
+            "wde_clean_per_task": a.wde_clean.per_task,
+            "wde_received_per_task": a.wde_received.per_task,
+            "reject_robust_per_task": a.rejection_robust,
+            "reject_paper_per_task": a.rejection_paper,
+        }
+    return out
+
+
+def export_csv(db: ResultsDB, out: str | Path) -> Path:
+    """One row per run and task: config columns, accuracy, normalized accuracy, MSEs."""
+    path = Path(out)
+    with closing(path.open("w", newline="")) as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            [
+                "role",
+                "n_tasks",
+                "tasks",
+                "scenario",
+                "link",
+                "defense",
+                "k_per_class",
+                "lambda",
+                "seed",
+                "normalized",
+                "task",
+                "accuracy",
+                "mse",
+                "error_mse",
+                "seconds",
+            ]
+        )
+        for row in db.rows():
+            c, r = row["config"], row["result"]
+            for q, task in enumerate(c["tasks"]):
+                writer.writerow(
+                    [
+                        row["role"],
+                        len(c["tasks"]),
+                        "+".join(c["tasks"]),
+                        c["scenario"],
+                        c["link"],
+                        c["defense"],
+                        c["realign"]["k_per_class"],
+                        c["merge"]["scaling"],
+                        c["seed"],
+                        r["normalized"],
+                        task,
+                        r["accuracy"][task],
+                        r["mse"][q],
+                        r["error_mse"][q],
+                        row["seconds"],
+                    ]
+                )
+    return path
