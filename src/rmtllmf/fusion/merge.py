@@ -49,7 +49,7 @@ from rmtllmf.fusion.checkpoint import RawSafetensors, resolve_files, write_safet
 from rmtllmf.fusion.fast.fused import fused_linear_merge
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
 from rmtllmf.fusion.selection import ties_thresholds
-from rmtllmf.fusion.task_vector import ModelSource, TaskVector, _Source, selected_keys
+from rmtllmf.fusion.task_vector import ModelSource, TaskVector, TensorSource, selected_keys
 
 
 class MergeConfig(BaseModel):
@@ -377,8 +377,8 @@ def merge_checkpoints(
             threads = min(4, os.cpu_count() or 1)
             fused_linear_merge(raws, Path(out), raws[0].keys(), keys, weights, metadata, threads)
         return
-    b = _Source(base, allow_pickle)
-    fts = [_Source(f, allow_pickle) for f in finetuned]
+    b = TensorSource(base, allow_pickle)
+    fts = [TensorSource(f, allow_pickle) for f in finetuned]
     try:
         keys = set(selected_keys(b, fts, param_filter, "fine-tuned model"))
         order = b.keys()

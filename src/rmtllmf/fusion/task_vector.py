@@ -57,7 +57,7 @@ class VectorLayout:
         return int(self.sizes.sum())
 
 
-class _Source:
+class TensorSource:
     """Uniform per-tensor access to an in-memory state dict or a lazy checkpoint."""
 
     def __init__(self, source: ModelSource, allow_pickle: bool) -> None:
@@ -71,12 +71,14 @@ class _Source:
             self.label = str(source)
 
     def keys(self) -> list[str]:
+        """Tensor names in order."""
         if self._lazy is not None:
             return self._lazy.keys()
         assert self._dict is not None
         return list(self._dict)
 
     def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype of one tensor."""
         if self._lazy is not None:
             return self._lazy.meta(key)
         assert self._dict is not None
@@ -84,18 +86,20 @@ class _Source:
         return tuple(t.shape), t.dtype
 
     def get(self, key: str) -> torch.Tensor:
+        """One tensor (read from disk for a checkpoint)."""
         if self._lazy is not None:
             return self._lazy.get(key)
         assert self._dict is not None
         return self._dict[key]
 
     def close(self) -> None:
+        """Release the checkpoint's file, if any."""
         if self._lazy is not None:
             self._lazy.close()
 
 
 class TensorIndex(Protocol):
-    """Names, shapes and dtypes of a model's tensors (:class:`_Source`, or a
+    """Names, shapes and dtypes of a model's tensors (:class:`TensorSource`, or a
     :class:`~rmtllmf.fusion.checkpoint.RawSafetensors` file)."""
 
     @property
@@ -179,7 +183,7 @@ class TaskVector:
     ) -> TaskVector:
         """``tau = theta_ft - theta_base`` (eq. 1) over the selected floating-point parameters,
         computed in float32 one tensor at a time."""
-        b, f = _Source(base, allow_pickle), _Source(finetuned, allow_pickle)
+        b, f = TensorSource(base, allow_pickle), TensorSource(finetuned, allow_pickle)
         try:
             keys = selected_keys(b, [f], param_filter, "fine-tuned model")
             return cls({k: f.get(k).to(torch.float32) - b.get(k).to(torch.float32) for k in keys})

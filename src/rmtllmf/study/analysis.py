@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,9 +27,6 @@ from rmtllmf.fusion import MergeConfig, TaskVector, merge_task_vectors
 from rmtllmf.metrics import WdeResult, jacobian_sq_norm, logit_hypothesis_test
 from rmtllmf.metrics import weight_disentanglement_error as wde
 from rmtllmf.pools.base import ModelPool
-
-if TYPE_CHECKING:
-    from rmtllmf.study.experiment import ExperimentConfig
 
 
 class AnalysisConfig(BaseModel):
@@ -68,19 +65,21 @@ class Analysis:
 
 def interference_analysis(
     pool: ModelPool,
-    cfg: ExperimentConfig,
+    tasks: Sequence[str],
     clean: Sequence[TaskVector],
     received: Sequence[TaskVector],
     error_mse: NDArray[np.float64],
+    *,
+    scaling: float,
+    cfg: AnalysisConfig,
+    seed: int,
 ) -> Analysis:
-    """WDE and hypothesis test for ``cfg``'s subset (see module docs)."""
-    assert cfg.analysis is not None
-    acfg = cfg.analysis
+    """WDE and hypothesis test of merging ``clean`` vs ``received`` (task ``tasks[q]``'s
+    vectors at index ``q``) at ``λ = scaling``; see module docs."""
+    tasks = list(tasks)
     base = pool.base_state
-    lam = cfg.merge.scaling
     inputs = {
-        t: pool.preprocess(torch.from_numpy(pool.data[t]["test"][0][: acfg.samples]))
-        for t in cfg.tasks
+        t: pool.preprocess(torch.from_numpy(pool.data[t]["test"][0][: cfg.samples])) for t in tasks
     }
 
     @torch.inference_mode()
@@ -91,16 +90,24 @@ def interference_analysis(
     def predict(state: Mapping[str, torch.Tensor], task: str) -> NDArray[np.int64]:
         return logits(state, task).argmax(-1).numpy()
 
-    tasks = list(cfg.tasks)
-    wde_clean = wde(predict, base, tasks, clean, lambda_merged=lam)
-    wde_received = wde(predict, base, tasks, clean, lambda_merged=lam, merged_vectors=received)
-    undisturbed = merge_task_vectors(base, clean, MergeConfig(scaling=lam))
-    disturbed = merge_task_vectors(base, received, MergeConfig(scaling=lam)) if received else base
+    wde_clean = wde(predict, base, tasks, clean, lambda_merged=scaling)
+    wde_received = wde(predict, base, tasks, clean, lambda_merged=scaling, merged_vectors=received)
+    undisturbed = merge_task_vectors(base, clean, MergeConfig(scaling=scaling))
+    disturbed = (
+        merge_task_vectors(base, received, MergeConfig(scaling=scaling)) if received else base
+    )
+    sum_mu = float(np.nansum(error_mse))
+    test = partial(
+        logit_hypothesis_test,
+        lambda_n=scaling,
+        sum_mu=sum_mu,
+        sum_mu_ref=len(tasks) * cfg.mu_ref,
+        beta=cfg.beta,
+    )
     model = pool.model_from_state(undisturbed)
     names = clean[0].layout.names
     params = {k: v for k, v in model.named_parameters() if k in names}
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sum_mu = float(np.nansum(error_mse))
+    gen = torch.Generator().manual_seed(seed)
     robust: dict[str, float] = {}
     paper: dict[str, float] = {}
     for task in tasks:
@@ -112,24 +119,15 @@ def interference_analysis(
             out: torch.Tensor = head(torch.func.functional_call(model, p, (x,)))
             return out
 
-        jac_sq = jacobian_sq_norm(fn, params, probes=acfg.probes, generator=gen)
+        jac_sq = jacobian_sq_norm(fn, params, probes=cfg.probes, generator=gen)
         z_u, z_d = logits(undisturbed, task), logits(disturbed, task)
-        for form, out in (("robust", robust), ("paper", paper)):
-            out[task] = logit_hypothesis_test(
-                z_u,
-                z_d,
-                jac_sq,
-                lambda_n=lam,
-                sum_mu=sum_mu,
-                sum_mu_ref=len(tasks) * acfg.mu_ref,
-                beta=acfg.beta,
-                form=form,  # type: ignore[arg-type]
-            ).rejection_rate
+        robust[task] = test(z_u, z_d, jac_sq, form="robust").rejection_rate
+        paper[task] = test(z_u, z_d, jac_sq, form="paper").rejection_rate
     return Analysis(
         wde_clean=wde_clean,
         wde_received=wde_received,
         rejection_robust=robust,
         rejection_paper=paper,
         sum_mu=sum_mu,
-        sum_mu_ref=len(tasks) * acfg.mu_ref,
+        sum_mu_ref=len(tasks) * cfg.mu_ref,
     )

@@ -246,7 +246,18 @@ def run_experiment(
     vectors = rx.vectors
     merged = merge_task_vectors(base, vectors, cfg.merge) if vectors else dict(base)
     analysis = (
-        interference_analysis(pool, cfg, rx.clean, vectors, rx.error_mse) if cfg.analysis else None
+        interference_analysis(
+            pool,
+            cfg.tasks,
+            rx.clean,
+            vectors,
+            rx.error_mse,
+            scaling=cfg.merge.scaling,
+            cfg=cfg.analysis,
+            seed=cfg.seed,
+        )
+        if cfg.analysis
+        else None
     )
     model = pool.model_from_state(merged)
     sets, val_sets = [], []
