@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
             "family": "tiny-vit",
             "task": args.task,
             "zoo": cfg.model_dump(),
-            "base_accuracy": zoo.record["base"][args.task],
-            "finetuned_accuracy": zoo.record["finetuned"][args.task],
+            "base_accuracy": zoo.record.base[args.task],
+            "finetuned_accuracy": zoo.record.finetuned[args.task],
         }
         out = write_result(args.out, zoo.base_state, zoo.finetuned[args.task], record)
         print(

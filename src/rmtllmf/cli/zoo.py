@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         args.root or default_cache() / "zoo", cfg, progress=not args.json, workers=args.workers
     )
     report = evaluate_clean_merge(zoo, cfg.tasks)
-    base = {t: zoo.record["base"][t]["test"] for t in cfg.tasks}
-    ft = {t: zoo.record["finetuned"][t]["test"] for t in cfg.tasks}
+    base = {t: zoo.base_accuracy(t) for t in cfg.tasks}
+    ft = {t: zoo.finetuned_accuracy(t) for t in cfg.tasks}
     off = report.cosine[~np.eye(len(cfg.tasks), dtype=bool)]
     summary = {
         "root": str(zoo.root),

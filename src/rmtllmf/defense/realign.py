@@ -28,7 +28,6 @@ from torch import nn
 
 from rmtllmf.defense.freeze import reload_embeddings
 from rmtllmf.errors import InputError
-from rmtllmf.models.tiny_vit import normalise_images
 from rmtllmf.training.loops import Preprocess, cosine_lr
 
 DEFENSES = ("none", "freeze", "realign", "r-mtllmf", "base", "base+realign")
@@ -125,10 +124,11 @@ def realign(
     cfg: RealignConfig,
     *,
     frozen: Sequence[str] = (),
-    preprocess: Preprocess = normalise_images,
+    preprocess: Preprocess,
     val_sets: Sequence[FewShotSet] = (),
 ) -> RealignLog:
-    """Multi-task few-shot fine-tuning in place; parameters in ``frozen`` do not train.
+    """Multi-task few-shot fine-tuning in place; parameters in ``frozen`` do not train;
+    ``preprocess`` maps uint8 images to the model's input (the pool's).
 
     With ``cfg.validate_every > 0`` and ``val_sets``, the state with the best validation score
     (step 0 included) is kept (see module docs)."""
@@ -199,7 +199,7 @@ def apply_defense(
     sets: Sequence[FewShotSet],
     cfg: RealignConfig,
     *,
-    preprocess: Preprocess = normalise_images,
+    preprocess: Preprocess,
     val_sets: Sequence[FewShotSet] = (),
 ) -> RealignLog:
     """Apply a named defense to ``model`` (its state is the merged model) in place."""

@@ -9,16 +9,54 @@ defense and the metrics only ever see this.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from rmtllmf._io import write_text_atomic
+from rmtllmf.errors import InputError
 from rmtllmf.training.loops import Preprocess
 
 Split = tuple[NDArray[np.uint8], NDArray[np.int64]]
+
+
+class PoolRecord(BaseModel):
+    """What a pool measures once and caches as JSON: every task's base and fine-tuned accuracy
+    per split (``accuracy[task][split]``), with the pool's resolved config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any]
+    base: dict[str, dict[str, float]] = {}
+    finetuned: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    """fine-tuning time per task, where the pool trained its experts"""
+    base_file: str | None = None
+    """the base checkpoint, where the pool read one from disk"""
+
+    def accuracy(self, model: Literal["base", "finetuned"], task: str, split: str) -> float:
+        """A measured accuracy; a clear error for a task or split that was not measured."""
+        table = self.base if model == "base" else self.finetuned
+        if task not in table or split not in table[task]:
+            raise InputError(
+                f"no {model} accuracy of task {task!r} on split {split!r} in the pool's record "
+                f"(tasks {sorted(table)}); splits measured: val, test"
+            )
+        return table[task][split]
+
+    @classmethod
+    def load(cls, path: Path) -> PoolRecord:
+        """Read a record written by :meth:`save`."""
+        return cls.model_validate_json(path.read_text())
+
+    def save(self, path: Path) -> None:
+        """Write the record as JSON (atomically)."""
+        write_text_atomic(path, self.model_dump_json(indent=2))
 
 
 class ModelPool(Protocol):
@@ -42,6 +80,9 @@ class ModelPool(Protocol):
     def pool_id(self) -> str: ...
 
     @property
+    def record(self) -> PoolRecord: ...
+
+    @property
     def base_state(self) -> dict[str, torch.Tensor]: ...
 
     @property
@@ -62,4 +103,4 @@ class ModelPool(Protocol):
     def base_accuracy(self, task: str, split: str = "test") -> float: ...
 
 
-__all__ = ["ModelPool", "Preprocess", "Split"]
+__all__ = ["ModelPool", "PoolRecord", "Preprocess", "Split"]

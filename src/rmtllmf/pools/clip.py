@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from rmtllmf._io import write_text_atomic
 from rmtllmf.data.real import load_hf_dataset
 from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.models.hf_clip import DEFAULT_TEMPLATES, EMBEDDING_PARAMS, HfClip, vision_state
-from rmtllmf.pools.base import Split
+from rmtllmf.pools.base import PoolRecord, Split
 
 
 class ClipTaskSpec(BaseModel):
@@ -178,7 +176,7 @@ class ClipPool:
             zero_shot = self.clip.zero_shot_head(names, cfg.templates)
             projection = copy.deepcopy(self.clip.model.visual_projection)
             self.heads[task] = ProjectedHead(projection, zero_shot).to(self.device)
-        self._record = self._accuracies(cache_dir)
+        self.record = self._accuracies(cache_dir)
 
     # ModelPool -------------------------------------------------------------------------------
     @property
@@ -229,30 +227,28 @@ class ClipPool:
 
     def finetuned_accuracy(self, task: str, split: str = "test") -> float:
         """The task's own fine-tuned accuracy (normaliser)."""
-        return float(self._record["finetuned"][task][split])
+        return self.record.accuracy("finetuned", task, split)
 
     def base_accuracy(self, task: str, split: str = "test") -> float:
         """The base model's zero-shot accuracy on the task."""
-        return float(self._record["base"][task][split])
+        return self.record.accuracy("base", task, split)
 
     @property
     def pool_id(self) -> str:
         """Identity of this pool in result databases (hash of its config)."""
         return "hf-clip-" + hashlib.sha256(self.config.model_dump_json().encode()).hexdigest()[:12]
 
-    def _accuracies(self, cache_dir: str | Path | None) -> dict[str, Any]:
+    def _accuracies(self, cache_dir: str | Path | None) -> PoolRecord:
         file = Path(cache_dir) / f"{self.pool_id}.json" if cache_dir is not None else None
         if file is not None and file.exists():
-            return dict(json.loads(file.read_text()))
-        record: dict[str, Any] = {"config": self.config.model_dump(), "base": {}, "finetuned": {}}
+            return PoolRecord.load(file)
+        record = PoolRecord(config=self.config.model_dump())
         base_model = self.model_from_state(self._base)
         for task in self.config.tasks:
             ft_model = self.model_from_state(self.finetuned[task])
-            record["base"][task] = {s: self._accuracy(base_model, task, s) for s in ("val", "test")}
-            record["finetuned"][task] = {
-                s: self._accuracy(ft_model, task, s) for s in ("val", "test")
-            }
+            record.base[task] = {s: self._accuracy(base_model, task, s) for s in ("val", "test")}
+            record.finetuned[task] = {s: self._accuracy(ft_model, task, s) for s in ("val", "test")}
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(file, json.dumps(record, indent=2))
+            record.save(file)
         return record

@@ -34,7 +34,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
-from rmtllmf._io import write_text_atomic
 from rmtllmf._progress import progress_bar
 from rmtllmf.data.synthetic import TASK_NAMES, TASKS, make_task, pretext
 from rmtllmf.errors import InputError
@@ -46,7 +45,7 @@ from rmtllmf.models.tiny_vit import (
     TinyVitConfig,
     normalise_images,
 )
-from rmtllmf.pools.base import Split
+from rmtllmf.pools.base import PoolRecord, Split
 from rmtllmf.training.loops import (
     Anchor,
     accuracy,
@@ -170,7 +169,7 @@ class Zoo:
     heads: dict[str, PrototypeHead]
     data: dict[str, dict[str, Split]]
     finetuned: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    record: dict[str, Any] = field(default_factory=dict)
+    record: PoolRecord = field(default_factory=lambda: PoolRecord(config={}))
 
     @property
     def base_state(self) -> dict[str, torch.Tensor]:
@@ -192,11 +191,11 @@ class Zoo:
 
     def finetuned_accuracy(self, task: str, split: str = "test") -> float:
         """The task's own fine-tuned accuracy (the normaliser of normalized accuracy)."""
-        return float(self.record["finetuned"][task][split])
+        return self.record.accuracy("finetuned", task, split)
 
     def base_accuracy(self, task: str, split: str = "test") -> float:
         """The base model's accuracy on the task (with the task's head)."""
-        return float(self.record["base"][task][split])
+        return self.record.accuracy("base", task, split)
 
     @property
     def pool_id(self) -> str:
@@ -372,16 +371,10 @@ def build_zoo(
     (home / "data").mkdir(parents=True, exist_ok=True)
     (home / "finetuned").mkdir(exist_ok=True)
     record_file = home / "zoo.json"
-    record: dict[str, Any] = (
-        json.loads(record_file.read_text())
+    record = (
+        PoolRecord.load(record_file)
         if record_file.exists()
-        else {
-            "config": cfg.model_dump(),
-            "base_file": str(base_file),
-            "base": {},
-            "finetuned": {},
-            "seconds": {},
-        }
+        else PoolRecord(config=cfg.model_dump(), base_file=str(base_file))
     )
 
     data_files = {t: home / "data" / f"{t}.npz" for t in cfg.tasks}
@@ -425,20 +418,20 @@ def build_zoo(
         _in_workers(_finetune_task, jobs, workers, progress, "fine-tuning"),
         strict=True,
     ):
-        record["seconds"][task] = seconds
-        record["finetuned"].pop(task, None)
+        record.seconds[task] = seconds
+        record.finetuned.pop(task, None)
 
     zoo = Zoo(home, cfg, base, heads, data, record=record)
     for task in cfg.tasks:
-        if task not in record["base"]:
-            record["base"][task] = {
+        if task not in record.base:
+            record.base[task] = {
                 s: accuracy(base, heads[task], *data[task][s]) for s in ("val", "test")
             }
         zoo.finetuned[task] = load_file(ft_files[task])
-        if task not in record["finetuned"]:
+        if task not in record.finetuned:
             model = zoo.model_from_state(zoo.finetuned[task])
-            record["finetuned"][task] = {
+            record.finetuned[task] = {
                 s: accuracy(model, heads[task], *data[task][s]) for s in ("val", "test")
             }
-        write_text_atomic(record_file, json.dumps(record, indent=2))
+        record.save(record_file)
     return zoo

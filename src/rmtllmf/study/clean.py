@@ -1,4 +1,4 @@
-"""Judging merged models on the embedded zoo: task arithmetic with lambda chosen on validation."""
+"""The clean merge of any model pool: task arithmetic with lambda chosen on validation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import numpy as np
 from rmtllmf.fusion import MergeConfig, TaskVector, cosine_matrix, merge_task_vectors, select_lambda
 from rmtllmf.metrics import gap_recovery, normalized_accuracy
 from rmtllmf.pools.base import ModelPool
-from rmtllmf.pools.tiny_vit import Zoo
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,10 @@ class MergeReport:
     cosine: np.ndarray
 
 
-def task_vectors(zoo: Zoo, tasks: Sequence[str]) -> list[TaskVector]:
-    """Clean task vectors (eq. 1) of the zoo's fine-tuned models."""
-    base = zoo.base_state
-    return [TaskVector.from_models(base, zoo.finetuned[t]) for t in tasks]
+def task_vectors(pool: ModelPool, tasks: Sequence[str]) -> list[TaskVector]:
+    """Clean task vectors (eq. 1) of the pool's fine-tuned models."""
+    base = pool.base_state
+    return [TaskVector.from_models(base, pool.finetuned[t]) for t in tasks]
 
 
 def choose_lambda(
@@ -54,19 +53,19 @@ def choose_lambda(
 
 
 def evaluate_clean_merge(
-    zoo: Zoo,
+    pool: ModelPool,
     tasks: Sequence[str],
     method: str = "task-arithmetic",
     grid: Sequence[float] | None = None,
 ) -> MergeReport:
     """Merge the clean task vectors of ``tasks``; pick lambda on validation, report test."""
-    tvs = task_vectors(zoo, tasks)
-    base = zoo.base_state
-    best, scores = choose_lambda(zoo, tasks, method, grid)
+    tvs = task_vectors(pool, tasks)
+    base = pool.base_state
+    best, scores = choose_lambda(pool, tasks, method, grid)
     merged = merge_task_vectors(base, tvs, MergeConfig(method=method, scaling=best))
-    test = zoo.task_accuracy(merged, tasks, "test")
-    ft_test = {t: zoo.finetuned_accuracy(t, "test") for t in tasks}
-    base_test = {t: float(zoo.record["base"][t]["test"]) for t in tasks}
+    test = pool.task_accuracy(merged, tasks, "test")
+    ft_test = {t: pool.finetuned_accuracy(t, "test") for t in tasks}
+    base_test = {t: pool.base_accuracy(t, "test") for t in tasks}
     return MergeReport(
         tasks=tuple(tasks),
         scaling=best,

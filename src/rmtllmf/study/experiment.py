@@ -123,7 +123,7 @@ def channel_mse(
     return mu, PhysicalChannel(channel, scenario, large)
 
 
-def _send(
+def transmit(
     cfg: ExperimentConfig,
     clean: list[TaskVector],
     base: dict[str, torch.Tensor],
@@ -131,6 +131,8 @@ def _send(
     channel: PhysicalChannel | None,
     rng: np.random.Generator,
 ) -> list[NDArray[np.float32]]:
+    """Send the flattened task vectors over ``cfg.link`` (users with MSEs ``mu``; ``channel``
+    for the symbol link) and return what the BS receives, one flat vector per user."""
     layout = clean[0].layout
     seg = [layout.segments] * len(clean)
     flats = [tv.flatten() for tv in clean]
@@ -223,7 +225,17 @@ def receive(pool: ModelPool, cfg: ExperimentConfig) -> Reception:
     base = pool.base_state
     clean = [TaskVector.from_models(base, pool.finetuned[t]) for t in cfg.tasks]
     mu, channel = channel_mse(cfg, rng)
-    received = _send(cfg, clean, base, mu, channel, rng)
+    return reception_from(cfg, clean, transmit(cfg, clean, base, mu, channel, rng), mu)
+
+
+def reception_from(
+    cfg: ExperimentConfig,
+    clean: list[TaskVector],
+    received: list[NDArray[np.float32]],
+    mu: NDArray[np.float64],
+) -> Reception:
+    """What the BS holds given the flat vectors it ``received`` (after ``cfg.nan_policy``):
+    the seam where a caller may bring received vectors of its own."""
     keep, bad_total = _received_vectors(cfg, received, clean)
     error_mse = np.array(
         [float(np.nanmean((r - c.flatten()) ** 2)) for r, c in zip(received, clean, strict=True)]
