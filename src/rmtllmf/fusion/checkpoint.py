@@ -32,6 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from rmtllmf._io import atomic_output
 from rmtllmf.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -330,9 +331,8 @@ def save_state_dict(
     tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
 ) -> None:
     """Write tensors as one safetensors file (contiguous copies; shared storage is fine)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(out), metadata)
+    with atomic_output(path) as tmp:
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp, metadata)
 
 
 def write_safetensors_streaming(
@@ -350,10 +350,7 @@ def write_safetensors_streaming(
     """
     entries = list(layout)
     prefix, spans = safetensors_prefix(entries, metadata)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".partial")
-    with tmp.open("wb") as fh:
+    with atomic_output(path) as tmp, tmp.open("wb") as fh:
         fh.write(prefix)
         for (name, shape, dtype), (got_name, item) in zip(entries, tensors, strict=True):
             expected = spans[name][1] - spans[name][0]
@@ -376,4 +373,3 @@ def write_safetensors_streaming(
                 raise CheckpointError(
                     f"streamed tensor {name!r}: {written} bytes, announced {expected}"
                 )
-    tmp.replace(out)

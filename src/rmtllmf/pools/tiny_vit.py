@@ -34,6 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
+from rmtllmf._io import atomic_output
 from rmtllmf._progress import progress_bar
 from rmtllmf.data.synthetic import TASK_NAMES, TASKS, make_task, pretext
 from rmtllmf.errors import InputError
@@ -242,9 +243,8 @@ def _write_data(cfg_json: str, task: str, file: str) -> None:
     arrays: dict[str, Any] = {}
     for s_name, (x, y) in splits.items():
         arrays[f"{s_name}_x"], arrays[f"{s_name}_y"] = x, y
-    tmp = Path(file).with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(file)
+    with atomic_output(file, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 ANCHOR_STREAM = 200
@@ -264,9 +264,8 @@ def _write_anchor(cfg_json: str, file: str) -> None:
             public, _ = make_task(task, "public", cfg.anchor_domain_images, cfg.seed)
             parts.append(public)
             domain.append(np.full(len(public), i))
-    tmp = Path(file).with_suffix(".tmp.npz")
-    np.savez(tmp, images=np.concatenate(parts), domain=np.concatenate(domain))
-    tmp.replace(file)
+    with atomic_output(file, suffix=".npz") as tmp:
+        np.savez(tmp, images=np.concatenate(parts), domain=np.concatenate(domain))
 
 
 def _load_anchor(cfg: ZooConfig, home: Path, task: str | None = None) -> Anchor | None:
@@ -321,9 +320,8 @@ def _finetune_task(
     )
     seconds = time.perf_counter() - t0
     out = Path(home) / "finetuned" / f"{task}.safetensors"
-    tmp = out.with_suffix(".partial")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp)
     return seconds
 
 
@@ -400,12 +398,14 @@ def build_zoo(
                 head = prototype_head(base, *data[task]["head"], n_classes)
             stored[task] = head.weight
         heads[task] = PrototypeHead(stored[task], cfg.head_scale)
-    save_file({k: v.contiguous() for k, v in stored.items()}, heads_file)
+    with atomic_output(heads_file) as tmp:
+        save_file({k: v.contiguous() for k, v in stored.items()}, tmp)
     targets_file = home / "anchor.safetensors"
     if cfg.anchor_weight > 0 and not targets_file.exists():
         with np.load(anchor_file) as z:
             anchor = Anchor.from_base(base, z["images"], cfg.anchor_weight, cfg.anchor_batch)
-        save_file({"targets": anchor.targets.contiguous()}, targets_file)
+        with atomic_output(targets_file) as tmp:
+            save_file({"targets": anchor.targets.contiguous()}, tmp)
 
     ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
     jobs = [

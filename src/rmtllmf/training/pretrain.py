@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
-from rmtllmf._io import write_text_atomic
+from rmtllmf._io import atomic_output, write_text_atomic
 from rmtllmf.data.synthetic import PRETEXT_HEADS, pretext
 from rmtllmf.models.tiny_vit import TinyVit, TinyVitConfig
 from rmtllmf.training.loops import embed, pretrain
@@ -46,14 +46,12 @@ class PretrainConfig(BaseModel):
 
 def save_base(model: TinyVit, meta: dict[str, Any], out: Path) -> None:
     """Write the checkpoint (record in its metadata) and the same record as JSON beside it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".partial")
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        tmp,
-        {"format": "pt", "rmtllmf": json.dumps(meta)},
-    )
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            tmp,
+            {"format": "pt", "rmtllmf": json.dumps(meta)},
+        )
     write_text_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2))
 
 

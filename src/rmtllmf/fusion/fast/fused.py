@@ -46,6 +46,7 @@ import torch
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
+from rmtllmf._io import atomic_output
 from rmtllmf.errors import CheckpointError
 from rmtllmf.fusion.checkpoint import RawSafetensors, safetensors_prefix
 from rmtllmf.fusion.fast import kernel
@@ -256,7 +257,6 @@ def fused_linear_merge(
     if len(weights) != len(raws) - 1:
         raise ValueError(f"{len(weights)} weights for {len(raws) - 1} fine-tuned models")
     coefficients = [1.0 - float(sum(weights)), *map(float, weights)]
-    fds = [r.fileno() for r in raws]
     torch_threads = torch.get_num_threads()
     compiled = kernel.KERNEL if use_kernel else None
     try:
@@ -264,85 +264,115 @@ def fused_linear_merge(
         layout = [(k, base.entries[k][1], base.entries[k][0]) for k in order]
         prefix, spans = safetensors_prefix(layout, metadata)
         kernel_jobs, jobs = _plan(raws, order, selected, spans, compiled is not None)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".partial")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        done = False
-        try:
-            _pwrite_all(fd, memoryview(prefix), 0)
-            _allocate(fd, max((stop for _, stop in spans.values()), default=len(prefix)))
-            local = threading.local()
-
-            def run(job: _Job) -> None:
-                dtype = base.entries[job.key][0]
-                dst = spans[job.key][0] + job.first * dtype.itemsize
-                size = job.count * dtype.itemsize
-                worker: _Worker | None = getattr(local, "worker", None)
-                if worker is None:
-                    worker = local.worker = _Worker(len(raws), coefficients)
-                if job.kind == "copy":
-                    base.read_into(job.key, job.first * dtype.itemsize, worker.rows[0][:size])
-                    _pwrite_all(fd, worker.rows[0][:size], dst)
-                    return
-                acc_dtype = torch.promote_types(dtype, torch.float32)
-                stack, stack_np, acc, w = worker.views(acc_dtype)
-                width = job.count * acc_dtype.itemsize
-                for i, f in enumerate(raws):
-                    in_dtype = f.entries[job.key][0]
-                    start = job.first * in_dtype.itemsize
-                    if in_dtype == acc_dtype:
-                        f.read_into(job.key, start, worker.rows[i][:width])
-                    else:
-                        n_bytes = job.count * in_dtype.itemsize
-                        f.read_into(job.key, start, worker.scratch_bytes[:n_bytes])
-                        stack[i, : job.count].copy_(worker.scratch[:n_bytes].view(in_dtype))
-                result = acc[:, : job.count]
-                np.matmul(w, stack_np[:, : job.count], out=result)
-                if dtype == acc_dtype:
-                    _pwrite_all(fd, worker.acc_bytes[:width], dst)
-                else:
-                    worker.out[:size].view(dtype).copy_(torch.from_numpy(result[0]))
-                    _pwrite_all(fd, worker.out_bytes[:size], dst)
-
-            pending = iter(jobs)
-            lock = threading.Lock()
-            cancelled = threading.Event()
-            next_kernel_job = ctypes.c_int64(0)  # the kernel's job counter, shared with cancel
-
-            def run_share(_: int) -> None:
-                torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
-                while not cancelled.is_set():
-                    with lock:
-                        job = next(pending, None)
-                    if job is None:
-                        return
-                    run(job)
-
-            def work() -> None:
+        with atomic_output(out) as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _pwrite_all(fd, memoryview(prefix), 0)
+                _allocate(fd, max((stop for _, stop in spans.values()), default=len(prefix)))
+                blocks = _BlockMerger(raws, spans, coefficients, fd)
+                kernel_run = None
                 if compiled is not None and len(kernel_jobs):
-                    compiled.run(fds, kernel_jobs, fd, coefficients, threads, next_kernel_job)
-                if not jobs:
-                    return
-                numpy_jobs = any(j.kind == "numpy" for j in jobs)
-                with threadpool_limits(1) if numpy_jobs else nullcontext():  # BLAS on 1 thread
-                    if threads <= 1:
-                        run_share(0)
-                    else:
-                        with ThreadPoolExecutor(threads) as pool:
-                            list(pool.map(run_share, range(threads)))
+                    fds = [r.fileno() for r in raws]
 
-            def cancel() -> None:
-                cancelled.set()
-                next_kernel_job.value = len(kernel_jobs)
+                    def kernel_run(counter: ctypes.c_int64) -> None:
+                        assert compiled is not None
+                        compiled.run(fds, kernel_jobs, fd, coefficients, threads, counter)
 
-            _interruptible(work, cancel)
-            done = True
-        finally:
-            os.close(fd)
-            if not done:
-                tmp.unlink(missing_ok=True)  # nothing half-written is left behind
-        tmp.replace(out)
+                _run_jobs(blocks, jobs, kernel_run, len(kernel_jobs), threads)
+            finally:
+                os.close(fd)
     except OSError as exc:
         raise CheckpointError(f"cannot write the merged model to {out}: {exc}") from exc
     finally:
         torch.set_num_threads(torch_threads)
+
+
+class _BlockMerger:
+    """Runs numpy and copy jobs into the output ``fd``; each worker thread has its buffers."""
+
+    def __init__(
+        self,
+        raws: Sequence[RawSafetensors],
+        spans: dict[str, tuple[int, int]],
+        coefficients: Sequence[float],
+        fd: int,
+    ) -> None:
+        self.raws, self.spans, self.coefficients, self.fd = raws, spans, coefficients, fd
+        self.local = threading.local()
+
+    def run(self, job: _Job) -> None:
+        """Merge (or copy) one block: read each input's bytes, one BLAS product, write."""
+        base, fd = self.raws[0], self.fd
+        dtype = base.entries[job.key][0]
+        dst = self.spans[job.key][0] + job.first * dtype.itemsize
+        size = job.count * dtype.itemsize
+        worker: _Worker | None = getattr(self.local, "worker", None)
+        if worker is None:
+            worker = self.local.worker = _Worker(len(self.raws), self.coefficients)
+        if job.kind == "copy":
+            base.read_into(job.key, job.first * dtype.itemsize, worker.rows[0][:size])
+            _pwrite_all(fd, worker.rows[0][:size], dst)
+            return
+        acc_dtype = torch.promote_types(dtype, torch.float32)
+        stack, stack_np, acc, w = worker.views(acc_dtype)
+        width = job.count * acc_dtype.itemsize
+        for i, f in enumerate(self.raws):
+            in_dtype = f.entries[job.key][0]
+            start = job.first * in_dtype.itemsize
+            if in_dtype == acc_dtype:
+                f.read_into(job.key, start, worker.rows[i][:width])
+            else:
+                n_bytes = job.count * in_dtype.itemsize
+                f.read_into(job.key, start, worker.scratch_bytes[:n_bytes])
+                stack[i, : job.count].copy_(worker.scratch[:n_bytes].view(in_dtype))
+        result = acc[:, : job.count]
+        np.matmul(w, stack_np[:, : job.count], out=result)
+        if dtype == acc_dtype:
+            _pwrite_all(fd, worker.acc_bytes[:width], dst)
+        else:
+            worker.out[:size].view(dtype).copy_(torch.from_numpy(result[0]))
+            _pwrite_all(fd, worker.out_bytes[:size], dst)
+
+
+def _run_jobs(
+    blocks: _BlockMerger,
+    jobs: Sequence[_Job],
+    kernel_run: Callable[[ctypes.c_int64], None] | None,
+    n_kernel_jobs: int,
+    threads: int,
+) -> None:
+    """The kernel's jobs (``kernel_run``, given the kernel's shared job counter), then the numpy
+    and copy jobs on ``threads`` workers that take them in turn; interruptible (Ctrl-C cancels
+    both after the jobs under way)."""
+    pending = iter(jobs)
+    lock = threading.Lock()
+    cancelled = threading.Event()
+    next_kernel_job = ctypes.c_int64(0)  # the kernel's job counter, shared with cancel
+
+    def run_share(_: int) -> None:
+        torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
+        while not cancelled.is_set():
+            with lock:
+                job = next(pending, None)
+            if job is None:
+                return
+            blocks.run(job)
+
+    def work() -> None:
+        if kernel_run is not None:
+            kernel_run(next_kernel_job)
+        if not jobs:
+            return
+        numpy_jobs = any(j.kind == "numpy" for j in jobs)
+        with threadpool_limits(1) if numpy_jobs else nullcontext():  # BLAS on 1 thread
+            if threads <= 1:
+                run_share(0)
+            else:
+                with ThreadPoolExecutor(threads) as pool:
+                    list(pool.map(run_share, range(threads)))
+
+    def cancel() -> None:
+        cancelled.set()
+        next_kernel_job.value = n_kernel_jobs
+
+    _interruptible(work, cancel)
