@@ -52,10 +52,12 @@ CHILD = textwrap.dedent(
     elif what == "sharded-task-arithmetic":
         merge_checkpoints(root / "base", fts, root / f"{what}.safetensors", MergeConfig())
     elif what in ("sharded-ties", "sharded-dare-ties"):
-        config = MergeConfig(method=what.split("-")[1], dare_combine="ties", density=0.2)
+        method = what.split("-")[1]
+        options = {"density": 0.2, **({"combine": "ties"} if method == "dare" else {})}
+        config = MergeConfig(method=method, options=options)
         merge_checkpoints(root / "base", fts, root / f"{what}.safetensors", config)
     else:
-        config = {"ties": MergeConfig(method="ties", density=0.2, scaling=0.5),
+        config = {"ties": MergeConfig(method="ties", scaling=0.5, options={"density": 0.2}),
                   "task-arithmetic": MergeConfig(scaling=0.3)}[what]
         merge_checkpoints(root / "base.safetensors", fts, root / f"{what}.safetensors", config)
     done.set(); sampler.join()

@@ -16,8 +16,10 @@ from rmtllmf.fusion import (
     MergeConfig,
     ParamFilter,
     TaskVector,
+    linear_weights,
     merge_checkpoints,
     merge_task_vectors,
+    register,
     select_lambda,
 )
 
@@ -40,8 +42,39 @@ def _ties_reference(taus: np.ndarray, density: float, scaling: float) -> np.ndar
 
 def test_registry_lists_every_method():
     assert {"task-arithmetic", "average", "ties", "dare"} <= set(MERGE_METHODS)
-    with pytest.raises(InputError, match="unknown merge method 'nope'"):
-        merge_task_vectors({}, [TaskVector({})], MergeConfig(method="nope"))
+    with pytest.raises(ValueError, match="unknown merge method 'nope'"):
+        MergeConfig(method="nope")
+
+
+def test_each_method_validates_its_own_options():
+    assert MergeConfig(method="ties").options == {"density": 0.2, "merge": "mean"}
+    assert MergeConfig(method="dare", options={"combine": "ties"}).options["combine"] == "ties"
+    with pytest.raises(ValueError, match="'task-arithmetic' takes no options"):
+        MergeConfig(options={"density": 0.2})
+    with pytest.raises(ValueError, match=r"'ties' takes density, merge.*density"):
+        MergeConfig(method="ties", options={"density": 1.5})
+    with pytest.raises(ValueError, match=r"'ties' takes density, merge.*drop_rate"):
+        MergeConfig(method="ties", options={"drop_rate": 0.5})
+
+
+def test_the_registry_says_which_methods_are_linear():
+    assert linear_weights(MergeConfig(scaling=0.4), 3) == [0.4, 0.4, 0.4]
+    assert linear_weights(MergeConfig(method="average"), 4) == [0.25] * 4
+    assert linear_weights(MergeConfig(method="ties"), 2) is None
+
+    @register("half-sum", "0.5 * sum_q tau_q", linear=lambda config, n: [0.5] * n)
+    def half_sum(taus, ctx):
+        return 0.5 * torch.stack(list(taus)).sum(dim=0)
+
+    try:
+        assert linear_weights(MergeConfig(method="half-sum"), 2) == [0.5, 0.5]
+        base, fts = _models()
+        tvs = [TaskVector.from_models(base, ft) for ft in fts]
+        merged = merge_task_vectors(base, tvs, MergeConfig(method="half-sum"))
+        k = next(iter(tvs[0].tensors))
+        torch.testing.assert_close(merged[k], base[k] + 0.5 * sum(tv.tensors[k] for tv in tvs))
+    finally:
+        del MERGE_METHODS["half-sum"]
 
 
 def test_task_arithmetic_and_average():
@@ -59,7 +92,7 @@ def test_task_arithmetic_and_average():
 def test_ties_matches_the_paper_steps():
     base, fts = _models(4)
     tvs = [TaskVector.from_models(base, ft) for ft in fts]
-    cfg = MergeConfig(method="ties", density=0.3, scaling=0.7)
+    cfg = MergeConfig(method="ties", scaling=0.7, options={"density": 0.3})
     merged = merge_task_vectors(base, tvs, cfg)
     flat = np.stack([tv.flatten() for tv in tvs]).astype(np.float64)
     expected = _ties_reference(flat, 0.3, 0.7)
@@ -83,13 +116,15 @@ def test_dare_ties_is_ties_over_the_dropped_vectors(peer):
     base = {k: base[k] for k in keep}
     fts = [{k: ft[k] for k in keep} for ft in fts]
     tvs = [TaskVector.from_models(base, ft) for ft in fts]
-    cfg = MergeConfig(method="dare", dare_combine="ties", density=0.2, drop_rate=0.5, scaling=0.6)
+    cfg = MergeConfig(
+        method="dare", scaling=0.6, options={"combine": "ties", "density": 0.2, "drop_rate": 0.5}
+    )
     got = TaskVector.from_models(base, merge_task_vectors(base, tvs, cfg)).flatten()
     dropped = np.stack(
         [
             TaskVector(
                 {
-                    k: _dare_drop(t, cfg.drop_rate, dare_seed(cfg, i, k), 0)
+                    k: _dare_drop(t, cfg.options["drop_rate"], dare_seed(cfg, i, k), 0)
                     for k, t in tv.tensors.items()
                 }
             ).flatten()
@@ -97,7 +132,7 @@ def test_dare_ties_is_ties_over_the_dropped_vectors(peer):
         ]
     )
     if peer == "paper":
-        expected = _ties_reference(dropped.astype(np.float64), cfg.density, cfg.scaling)
+        expected = _ties_reference(dropped.astype(np.float64), cfg.options["density"], cfg.scaling)
     else:
         pytest.importorskip("fusion_bench", reason="peer check needs `pip install fusion-bench`")
         from fusion_bench.method.ties_merging.ties_merging_utils import ties_merging
@@ -110,17 +145,21 @@ def test_dare_ties_is_ties_over_the_dropped_vectors(peer):
 def test_dare_is_reproducible_and_unbiased():
     base, fts = _models(2)
     tvs = [TaskVector.from_models(base, ft) for ft in fts]
-    cfg = MergeConfig(method="dare", drop_rate=0.5, scaling=1.0, seed=3)
+    cfg = MergeConfig(method="dare", scaling=1.0, options={"drop_rate": 0.5, "seed": 3})
     a = merge_task_vectors(base, tvs, cfg)
     b = merge_task_vectors(base, tvs, cfg)
     torch.testing.assert_close(a["a.weight"], b["a.weight"])
     ta = merge_task_vectors(base, tvs, MergeConfig(scaling=1.0))
-    none = merge_task_vectors(base, tvs, cfg.model_copy(update={"drop_rate": 0.0}))
+    keep_all = MergeConfig(method="dare", scaling=1.0, options={"drop_rate": 0.0})
+    none = merge_task_vectors(base, tvs, keep_all)
     torch.testing.assert_close(none["a.weight"], ta["a.weight"])
     # unbiased: averaged over seeds the drop-and-rescale delta approaches the full delta
+
+    def dare_at_seed(seed: int) -> MergeConfig:
+        return MergeConfig(method="dare", scaling=1.0, options={"drop_rate": 0.5, "seed": seed})
+
     deltas = [
-        merge_task_vectors(base, tvs, cfg.model_copy(update={"seed": s}))["a.weight"]
-        - base["a.weight"]
+        merge_task_vectors(base, tvs, dare_at_seed(s))["a.weight"] - base["a.weight"]
         for s in range(200)
     ]
     mean = torch.stack(deltas).mean(0)
@@ -183,7 +222,7 @@ def test_agrees_with_fusionbench(tmp_path, method):
         peer = TiesMergingAlgorithm(
             scaling_factor=0.6, threshold=20, remove_keys=[], merge_func="mean"
         )
-        cfg = MergeConfig(method="ties", scaling=0.6, density=0.2, ties_merge="mean")
+        cfg = MergeConfig(method="ties", scaling=0.6, options={"density": 0.2, "merge": "mean"})
     else:
         peer = TaskArithmeticAlgorithm(scaling_factor=0.3)
         cfg = MergeConfig(scaling=0.3)

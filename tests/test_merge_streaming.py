@@ -20,8 +20,8 @@ from rmtllmf.fusion import MergeConfig, TaskVector, merge_checkpoints, merge_tas
     "cfg",
     [
         MergeConfig(scaling=0.3),
-        MergeConfig(method="ties", density=0.2, scaling=0.5),
-        MergeConfig(method="dare", dare_combine="ties", density=0.5, drop_rate=0.3),
+        MergeConfig(method="ties", scaling=0.5, options={"density": 0.2}),
+        MergeConfig(method="dare", options={"combine": "ties", "density": 0.5, "drop_rate": 0.3}),
         MergeConfig(method="average"),
     ],
 )
@@ -48,11 +48,11 @@ def test_streaming_merge_from_disk_equals_in_memory(tmp_path, cfg):
     [
         MergeConfig(scaling=0.3),
         MergeConfig(method="average"),
-        MergeConfig(method="ties", density=0.2, scaling=0.5),
-        MergeConfig(method="ties", density=1.0, ties_merge="sum"),
-        MergeConfig(method="ties", density=0.5, ties_merge="max"),
-        MergeConfig(method="dare", drop_rate=0.3, seed=5),
-        MergeConfig(method="dare", dare_combine="ties", density=0.5, drop_rate=0.3),
+        MergeConfig(method="ties", scaling=0.5, options={"density": 0.2}),
+        MergeConfig(method="ties", options={"density": 1.0, "merge": "sum"}),
+        MergeConfig(method="ties", options={"density": 0.5, "merge": "max"}),
+        MergeConfig(method="dare", options={"drop_rate": 0.3, "seed": 5}),
+        MergeConfig(method="dare", options={"combine": "ties", "density": 0.5, "drop_rate": 0.3}),
     ],
 )
 def test_sliceable_merges_stream_slices_bit_for_bit(tmp_path, monkeypatch, cfg):
@@ -96,7 +96,7 @@ def test_sliced_ties_breaks_exact_ties_by_the_whole_tensors_majority(tmp_path, m
     taus = torch.cat([torch.tensor([[1.0, -1.0, 0.0]]), rows])  # (20 entries, 3 models)
     base = {"w": torch.zeros(20)}
     fts = [{"w": taus[:, q].clone()} for q in range(3)]
-    cfg = MergeConfig(method="ties", density=1.0, scaling=1.0)
+    cfg = MergeConfig(method="ties", scaling=1.0, options={"density": 1.0})
     merge_checkpoints(base, fts, tmp_path / "m.safetensors", cfg)
     got = load_file(tmp_path / "m.safetensors")["w"]
     assert got[0] == 1.0

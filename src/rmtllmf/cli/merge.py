@@ -8,6 +8,16 @@ from pathlib import Path
 
 from rmtllmf._io import write_text_atomic
 
+OPTION_FLAGS: dict[str, tuple[type, str]] = {
+    "density": (float, "ties, dare with --combine ties: fraction of entries kept (default 0.2)"),
+    "merge": (str, "ties, dare with --combine ties: disjoint merge mean|sum|max (default mean)"),
+    "drop-rate": (float, "dare: drop probability p (default 0.5)"),
+    "combine": (str, "dare: task-arithmetic|ties (default task-arithmetic)"),
+    "seed": (int, "dare: seed of the drop masks (default 0)"),
+}
+"""The merge methods' options as flags; each is passed only when given, and the method's options
+model validates it (a flag the method does not take is an error)."""
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
@@ -24,11 +34,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--base", required=True, help="base model: .safetensors file or HF directory")
     p.add_argument("--models", nargs="+", required=True, help="fine-tuned models (same format)")
     p.add_argument("--lambda", dest="scaling", type=float, default=0.3, help="scaling lambda_N")
-    p.add_argument("--density", type=float, default=0.2, help="TIES: fraction of entries kept")
-    p.add_argument("--ties-merge", choices=["mean", "sum", "max"], default="mean")
-    p.add_argument("--drop-rate", type=float, default=0.5, help="DARE: drop probability p")
-    p.add_argument("--dare-combine", choices=["task-arithmetic", "ties"], default="task-arithmetic")
-    p.add_argument("--seed", type=int, default=0)
+    for flag, (kind, help_text) in OPTION_FLAGS.items():
+        p.add_argument(f"--{flag}", type=kind, default=None, help=help_text)
     p.add_argument("--include", nargs="*", default=["*"], help="parameter name globs to merge")
     p.add_argument("--exclude", nargs="*", default=[], help="globs kept at the base's values")
     p.add_argument("--allow-pickle", action="store_true", help="accept trusted pickle checkpoints")
@@ -38,15 +45,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from rmtllmf.fusion import MergeConfig, ParamFilter, merge_checkpoints
 
-    config = MergeConfig(
-        method=args.method,
-        scaling=args.scaling,
-        density=args.density,
-        ties_merge=args.ties_merge,
-        drop_rate=args.drop_rate,
-        dare_combine=args.dare_combine,
-        seed=args.seed,
-    )
+    given = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag in OPTION_FLAGS}
+    options = {k: v for k, v in given.items() if v is not None}
+    config = MergeConfig(method=args.method, scaling=args.scaling, options=options)
     params = ParamFilter(include=tuple(args.include), exclude=tuple(args.exclude))
     out = Path(args.out)
     merge_checkpoints(args.base, args.models, out, config, params, allow_pickle=args.allow_pickle)

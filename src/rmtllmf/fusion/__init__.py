@@ -3,16 +3,22 @@
 * :class:`TaskVector` (eq. 1): build from checkpoints tensor by tensor, arithmetic, cosine,
   flatten for the channel, safetensors in and out;
 * :data:`MERGE_METHODS`: ``task-arithmetic`` (eq. 6), ``average``, ``ties``, ``dare``, one
-  signature; :func:`merge_task_vectors` (in memory) and :func:`merge_checkpoints` (streaming);
+  signature, each entry holding its options model and, if linear, its weights;
+  :func:`merge_task_vectors` (in memory) and :func:`merge_checkpoints` (streaming);
 * :func:`select_lambda`: validation grid search of ``lambda_N``.
 """
 
 from rmtllmf.fusion.checkpoint import LazyCheckpoint, load_state_dict, save_state_dict
 from rmtllmf.fusion.merge import (
     MERGE_METHODS,
+    DareOptions,
     LambdaSearch,
     MergeConfig,
+    MergeMethod,
+    NoOptions,
+    TiesOptions,
     get_method,
+    linear_weights,
     merge_checkpoints,
     merge_task_vectors,
     register,
@@ -24,14 +30,19 @@ from rmtllmf.fusion.task_vector import TaskVector, VectorLayout, cosine_matrix
 __all__ = [
     "ALL_PARAMS",
     "MERGE_METHODS",
+    "DareOptions",
     "LambdaSearch",
     "LazyCheckpoint",
     "MergeConfig",
+    "MergeMethod",
+    "NoOptions",
     "ParamFilter",
     "TaskVector",
+    "TiesOptions",
     "VectorLayout",
     "cosine_matrix",
     "get_method",
+    "linear_weights",
     "load_state_dict",
     "merge_checkpoints",
     "merge_task_vectors",

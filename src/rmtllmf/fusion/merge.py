@@ -37,12 +37,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self, TypeVar
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.checkpoint import RawSafetensors, resolve_files, write_safetensors_streaming
@@ -52,18 +52,66 @@ from rmtllmf.fusion.selection import ties_thresholds
 from rmtllmf.fusion.task_vector import ModelSource, TaskVector, TensorSource, selected_keys
 
 
+class NoOptions(BaseModel):
+    """A method without options of its own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TiesOptions(BaseModel):
+    """TIES's options: the fraction of each task vector's entries kept and the disjoint merge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    density: float = Field(0.2, gt=0.0, le=1.0, description="fraction of entries kept")
+    merge: Literal["mean", "sum", "max"] = "mean"
+
+
+class DareOptions(BaseModel):
+    """DARE's options: the drop probability, the combiner and, for TIES, its options."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    drop_rate: float = Field(0.5, ge=0.0, lt=1.0, description="probability p of dropping")
+    combine: Literal["task-arithmetic", "ties"] = "task-arithmetic"
+    density: float = Field(0.2, gt=0.0, le=1.0, description="TIES combiner: entries kept")
+    merge: Literal["mean", "sum", "max"] = "mean"
+    seed: int = 0
+
+
+_Options = TypeVar("_Options", bound=BaseModel)
+
+
 class MergeConfig(BaseModel):
-    """How to merge (frozen). ``scaling`` is the paper's ``lambda_N``."""
+    """How to merge (frozen). ``scaling`` is the paper's ``lambda_N``; ``options`` are the
+    method's own parameters, validated by its registry entry (its ``options`` model) and stored
+    resolved, defaults filled in."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     method: str = "task-arithmetic"
     scaling: float = Field(0.3, ge=0.0, description="lambda for task-arithmetic / ties / dare")
-    density: float = Field(0.2, gt=0.0, le=1.0, description="TIES: fraction of entries kept")
-    ties_merge: Literal["mean", "sum", "max"] = "mean"
-    drop_rate: float = Field(0.5, ge=0.0, lt=1.0, description="DARE: probability p of dropping")
-    dare_combine: Literal["task-arithmetic", "ties"] = "task-arithmetic"
-    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _resolve_options(self) -> Self:
+        entry = get_method(self.method)
+        try:
+            resolved = entry.options.model_validate(self.options).model_dump()
+        except ValidationError as exc:
+            takes = ", ".join(entry.options.model_fields) or "no options"
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(
+                f"merge method {self.method!r} takes {takes}; fix its options ({problems})"
+            ) from None
+        object.__setattr__(self, "options", resolved)
+        return self
+
+    def parsed(self, kind: type[_Options]) -> _Options:
+        """The options as the method's typed model."""
+        return kind.model_validate(self.options)
 
 
 @dataclass(frozen=True)
@@ -95,12 +143,17 @@ def stacked_task_vectors(taus: Sequence[torch.Tensor], ctx: TensorContext) -> to
     return torch.stack(list(taus))
 
 
+LinearWeights = Callable[[MergeConfig, int], list[float]]
+"""``(config, N) -> [w_1, ..., w_N]`` of a method linear in the models (:func:`linear_weights`)."""
+
+
 @dataclass(frozen=True)
 class MergeMethod:
-    """A registry entry: the per-tensor function, whether it needs global TIES thresholds (taken
-    over the magnitudes of ``vectors``), and whether it is sliceable: after the optional
-    ``prepass`` over a parameter's slices, the merged delta of any slice of its entries is that
-    slice of its merged delta, so a driver may merge a large tensor slice by slice."""
+    """A registry entry, everything about a method: the per-tensor function, its options model,
+    whether it needs global TIES thresholds (taken over the magnitudes of ``vectors``), whether
+    it is sliceable (after the optional ``prepass`` over a parameter's slices, the merged delta
+    of any slice of its entries is that slice of its merged delta, so a driver may merge a large
+    tensor slice by slice) and, for a method linear in the models, its weights."""
 
     fn: MergeFn
     needs_thresholds: Callable[[MergeConfig], bool]
@@ -108,6 +161,8 @@ class MergeMethod:
     sliceable: bool = False
     prepass: Prepass | None = None
     vectors: VectorsFn = stacked_task_vectors
+    options: type[BaseModel] = NoOptions
+    linear: LinearWeights | None = None
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
@@ -126,7 +181,8 @@ def merge_thresholds(
         for name, offset, taus in slices():
             yield list(method.vectors(taus, TensorContext(name, config, offset=offset)).abs())
 
-    return ties_thresholds(magnitudes, n_models, config.density)
+    density = float(config.options["density"])
+    return ties_thresholds(magnitudes, n_models, density)
 
 
 def register(
@@ -137,12 +193,14 @@ def register(
     sliceable: bool = False,
     prepass: Prepass | None = None,
     vectors: VectorsFn = stacked_task_vectors,
+    options: type[BaseModel] = NoOptions,
+    linear: LinearWeights | None = None,
 ) -> Callable[[MergeFn], MergeFn]:
-    """Add a merge method to the registry under ``name``."""
+    """Add a merge method to the registry under ``name`` (see :class:`MergeMethod`)."""
 
     def wrap(fn: MergeFn) -> MergeFn:
         MERGE_METHODS[name] = MergeMethod(
-            fn, needs_thresholds, summary, sliceable, prepass, vectors
+            fn, needs_thresholds, summary, sliceable, prepass, vectors, options, linear
         )
         return fn
 
@@ -156,13 +214,23 @@ def get_method(name: str) -> MergeMethod:
     return MERGE_METHODS[name]
 
 
-@register("task-arithmetic", "theta_base + lambda * sum_q tau_q (eq. 6)", sliceable=True)
+@register(
+    "task-arithmetic",
+    "theta_base + lambda * sum_q tau_q (eq. 6)",
+    sliceable=True,
+    linear=lambda config, n: [config.scaling] * n,
+)
 def task_arithmetic(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``lambda * sum_q tau_q``."""
     return ctx.config.scaling * torch.stack(list(taus)).sum(dim=0)
 
 
-@register("average", "mean of the fine-tuned weights: theta_base + mean_q tau_q", sliceable=True)
+@register(
+    "average",
+    "mean of the fine-tuned weights: theta_base + mean_q tau_q",
+    sliceable=True,
+    linear=lambda config, n: [1.0 / n] * n,
+)
 def average(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``mean_q tau_q``."""
     return torch.stack(list(taus)).mean(dim=0)
@@ -219,15 +287,15 @@ def ties_majority(
 @register(
     "ties",
     "trim top-density, elect sign, disjoint merge (Yadav et al. 2023)",
-    needs_thresholds=lambda c: c.density < 1.0,
+    needs_thresholds=lambda c: c.parsed(TiesOptions).density < 1.0,
     sliceable=True,
     prepass=ties_majority,
+    options=TiesOptions,
 )
 def ties(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``lambda * disjoint_merge(elect(trim(tau_q)))``."""
-    combined = ties_combine(
-        stacked_task_vectors(taus, ctx), ctx.thresholds, ctx.config.ties_merge, ctx.majority
-    )
+    merge = ctx.config.parsed(TiesOptions).merge
+    combined = ties_combine(stacked_task_vectors(taus, ctx), ctx.thresholds, merge, ctx.majority)
     return ctx.config.scaling * combined
 
 
@@ -262,17 +330,16 @@ def _dare_drop(tau: torch.Tensor, p: float, seed: int, offset: int) -> torch.Ten
 
 def dare_seed(config: MergeConfig, task: int, name: str) -> int:
     """Seed of the drop mask of one (task, parameter): stable across runs and orders."""
-    return (config.seed * 1_000_003 + task * 7919 + zlib.crc32(name.encode())) % (2**63)
+    seed = config.parsed(DareOptions).seed
+    return (seed * 1_000_003 + task * 7919 + zlib.crc32(name.encode())) % (2**63)
 
 
 def _dare_dropped(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """The task vectors' entries at ``ctx.offset`` on, dropped and rescaled, stacked."""
     cfg = ctx.config
+    p = cfg.parsed(DareOptions).drop_rate
     return torch.stack(
-        [
-            _dare_drop(t, cfg.drop_rate, dare_seed(cfg, i, ctx.name), ctx.offset)
-            for i, t in enumerate(taus)
-        ]
+        [_dare_drop(t, p, dare_seed(cfg, i, ctx.name), ctx.offset) for i, t in enumerate(taus)]
     )
 
 
@@ -280,7 +347,7 @@ def dare_majority(
     slices: Iterable[tuple[int, Sequence[torch.Tensor]]], ctx: TensorContext
 ) -> TensorContext:
     """DARE's prepass: with TIES as the combiner, the majority sign of the dropped slices."""
-    if ctx.config.dare_combine != "ties":
+    if ctx.config.parsed(DareOptions).combine != "ties":
         return ctx
     return _majority((_dare_dropped(taus, replace(ctx, offset=o)) for o, taus in slices), ctx)
 
@@ -288,17 +355,18 @@ def dare_majority(
 @register(
     "dare",
     "drop-and-rescale, then task arithmetic or TIES (Yu et al. 2024)",
-    needs_thresholds=lambda c: c.dare_combine == "ties" and c.density < 1.0,
+    needs_thresholds=lambda c: (o := c.parsed(DareOptions)).combine == "ties" and o.density < 1.0,
     sliceable=True,
     prepass=dare_majority,
     vectors=_dare_dropped,
+    options=DareOptions,
 )
 def dare(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """Drop with probability ``p``, rescale by ``1/(1-p)``, combine."""
-    cfg = ctx.config
+    cfg, o = ctx.config, ctx.config.parsed(DareOptions)
     dropped = _dare_dropped(taus, ctx)
-    if cfg.dare_combine == "ties":
-        return cfg.scaling * ties_combine(dropped, ctx.thresholds, cfg.ties_merge, ctx.majority)
+    if o.combine == "ties":
+        return cfg.scaling * ties_combine(dropped, ctx.thresholds, o.merge, ctx.majority)
     return cfg.scaling * dropped.sum(dim=0)
 
 
@@ -338,12 +406,9 @@ def merge_task_vectors(
 def linear_weights(config: MergeConfig, n_models: int) -> list[float] | None:
     """Per-model weights ``w_q`` when the method is linear in the models, i.e.
     ``merged = (1 - sum_q w_q) theta_base + sum_q w_q theta_q`` (task arithmetic: ``w = lambda``;
-    average: ``w = 1/N``); ``None`` for non-linear methods."""
-    if config.method == "task-arithmetic":
-        return [config.scaling] * n_models
-    if config.method == "average":
-        return [1.0 / n_models] * n_models
-    return None
+    average: ``w = 1/N``), as its registry entry declares; ``None`` for non-linear methods."""
+    linear = get_method(config.method).linear
+    return None if linear is None else linear(config, n_models)
 
 
 def merge_checkpoints(
