@@ -109,7 +109,7 @@ def test_dare_ties_is_ties_over_the_dropped_vectors(peer):
     drop, then ``ties_merging`` of the flat dropped vectors). Thresholds of the raw task vectors
     would keep ``floor(d * density) + 1`` of the raw entries instead, about half of them dropped:
     a different merge."""
-    from rmtllmf.fusion.merge import _dare_drop, dare_seed
+    from rmtllmf.fusion.methods import _dare_drop, dare_seed
 
     base, fts = _models(4, seed=2)
     keep = [k for k, v in base.items() if v.dtype == torch.float32]

@@ -75,7 +75,7 @@ def test_sliceable_merges_stream_slices_bit_for_bit(tmp_path, monkeypatch, cfg):
 @given(st.integers(0, 3 * 4096), st.lists(st.integers(0, 3 * 4096), max_size=5), st.integers(0, 9))
 def test_dare_uniforms_depend_on_position_only(n, cuts, seed):
     """Entries offset .. offset+n-1 drawn in any cut are the same draws as drawn whole."""
-    from rmtllmf.fusion.merge import _dare_uniforms
+    from rmtllmf.fusion.methods import _dare_uniforms
 
     whole = _dare_uniforms(n, 0, seed)
     bounds = [0, *sorted(c for c in cuts if c <= n), n]

@@ -58,7 +58,8 @@ class SicReceiver:
 def build_sic_receiver(
     H: NDArray[np.complex128], p: NDArray[np.float64], C_z: NDArray[np.complex128]
 ) -> SicReceiver:
-    """Unbiased MMSE-SIC filters for ``(H, p, C_z)`` (inputs assumed validated).
+    """Eq. 3's receiver: unbiased MMSE-SIC filters for ``(H, p, C_z)`` (inputs assumed validated)
+    and each user's SINR.
 
     Where ``h_q`` has energy outside the range of ``X_q`` (singular noise), the filter is the
     projection onto that noise-free direction: unbiased, zero noise, ``SINR = inf``. A user with
@@ -100,8 +101,8 @@ def build_sic_receiver(
 def draw_projected_noise(
     rx: SicReceiver, n: int, rng: np.random.Generator
 ) -> NDArray[np.complex64]:
-    """``e = W^H z`` for ``n`` channel uses, drawn as ``F w`` with ``F F^H = W^H C_z W`` and
-    ``w ~ CN(0, I_Q)``; shape ``(Q, n)`` in decoding order."""
+    """Eq. 2's noise after the filters: ``e = W^H z`` for ``n`` channel uses, drawn as ``F w``
+    with ``F F^H = W^H C_z W`` and ``w ~ CN(0, I_Q)``; shape ``(Q, n)`` in decoding order."""
     w = rng.standard_normal((2, rx.n_users, n), dtype=np.float32)
     white = (w[0] + 1j * w[1]).astype(np.complex64) * np.float32(np.sqrt(0.5))
     result: NDArray[np.complex64] = rx.noise_factor @ white
@@ -116,8 +117,9 @@ def sic_detect(
     *,
     genie: bool = False,
 ) -> tuple[NDArray[np.uint8 | np.uint16], NDArray[np.complex64]]:
-    """Detect ``sent`` (constellation points, shape ``(Q, n)``, decoding order) given the projected
-    noise; returns the hard-decision symbol indices and the unbiased pre-decision statistics."""
+    """Eq. 2 in reduced form, ``W^H y = G s + e``, then SIC: detect ``sent`` (constellation
+    points, shape ``(Q, n)``, decoding order) given the projected noise ``e``; returns the
+    hard-decision symbol indices and the unbiased pre-decision statistics."""
     G = rx.effective
     stats = G @ sent + noise
     decided = np.empty_like(sent)

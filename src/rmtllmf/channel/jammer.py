@@ -33,7 +33,7 @@ _BISECTION_MAX_STEPS = 400
 
 
 def ideal_noise(n_rx: int, thermal_power: float) -> NDArray[np.complex128]:
-    """Thermal noise only, ``C_z = sigma^2 I`` (sec. II-C1)."""
+    """Sec. II-C1 (ideal case): thermal noise only, ``C_z = sigma^2 I``."""
     if n_rx < 1:
         raise InputError(f"n_rx must be >= 1 receive antenna, got {n_rx}")
     sigma2 = check_nonnegative(thermal_power, "thermal_power")
@@ -41,7 +41,7 @@ def ideal_noise(n_rx: int, thermal_power: float) -> NDArray[np.complex128]:
 
 
 def waterfill_level(upsilon: NDArray[np.float64], nu: float) -> NDArray[np.float64]:
-    """Total noise ``x_i(nu)`` per eigen-direction, eq. 14 in a cancellation-free form.
+    """Eq. 14: total noise ``x_i(nu)`` per eigen-direction, in a cancellation-free form.
 
     With ``t = u nu``, ``x = (u/2)(sqrt(1 + 4/t) - 1)`` is evaluated as
 
@@ -76,8 +76,8 @@ def _waterfill_level_log(u: NDArray[np.float64], log_nu: float) -> NDArray[np.fl
 def reverse_waterfill(
     upsilon: ArrayLike, jammer_power: float, thermal_power: float = 0.0
 ) -> tuple[NDArray[np.float64], float]:
-    """Jammer eigenvalues ``s_i >= 0`` minimising ``sum_i log(1 + u_i/(sigma^2 + s_i))`` subject to
-    ``sum_i s_i = P_N``; returns ``(s, nu)``.
+    """Eqs. 13-14 on the eigenvalues: jammer eigenvalues ``s_i >= 0`` minimising
+    ``sum_i log(1 + u_i/(sigma^2 + s_i))`` subject to ``sum_i s_i = P_N``; returns ``(s, nu)``.
 
     The objective is convex in ``s`` and its KKT conditions give ``x_i = sigma^2 + s_i`` with
     ``x_i (x_i + u_i) = u_i / nu`` wherever ``s_i > 0`` (:func:`waterfill_level`). The jammed
@@ -131,7 +131,7 @@ def reverse_waterfill(
 def worst_case_sum_rate_noise(
     H: ArrayLike, p: ArrayLike, jammer_power: float, thermal_power: float = 0.0
 ) -> NDArray[np.complex128]:
-    """Worst-case noise covariance for the sum rate (P1, eqs. 13-14), with a thermal floor.
+    """P1, eqs. 13-14: worst-case noise covariance for the sum rate, with a thermal floor.
 
     ``C_z = sigma^2 I + U diag(s) U^H``, ``U`` the eigenvectors of ``H P H^H`` and ``s`` from
     :func:`reverse_waterfill`, so that ``tr(C_z - sigma^2 I) = P_N``. If ``H P H^H = 0`` the jammer
@@ -156,7 +156,7 @@ def worst_case_sum_rate_noise(
 def worst_case_strongest_user_noise(
     H: ArrayLike, p: ArrayLike, jammer_power: float, thermal_power: float = 0.0
 ) -> NDArray[np.complex128]:
-    """Worst-case noise covariance for the strongest user (P2, eq. 15), with a thermal floor.
+    """P2, eq. 15: worst-case noise covariance for the strongest user, with a thermal floor.
 
     ``C_z = sigma^2 I + P_N h_Q h_Q^H / ||h_Q||^2`` where ``Q`` is last in the SIC order (largest
     ``p_q ||h_q||^2``). Then ``R_Q = log(1 + p_Q ||h_Q||^2 / (sigma^2 + P_N))``, the minimum over

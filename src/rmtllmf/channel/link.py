@@ -115,7 +115,8 @@ def transmit_statistical(
     reference_power: float = PAPER_SIGNAL_POWER,
     per_segment: bool = False,
 ) -> list[NDArray[np.float32]]:
-    """The paper's link: add ``N(0, s_q mu_q)`` noise to each user's vector.
+    """Eq. 9's ``tau_hat_q = tau_q + eps_q``, the paper's link: add ``N(0, s_q mu_q)`` noise to
+    each user's vector (``eps_q`` is eq. 9's decoding error ``ε̃_q``).
 
     ``mse`` holds ``mu_q`` per user (e.g. :func:`~rmtllmf.channel.mac.user_mse`). The scale:
 

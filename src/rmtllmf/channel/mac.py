@@ -69,7 +69,7 @@ def _warn_infinite(users: list[int], what: str) -> None:
 
 
 def sic_sinrs(H: ArrayLike, p: ArrayLike, C_z: ArrayLike) -> NDArray[np.float64]:
-    """Post-MMSE-SIC SINR of each user, ``p_q h_q^H X_q^{-1} h_q`` (the argument of eq. 3).
+    """Eq. 3's SINR: post-MMSE-SIC ``p_q h_q^H X_q^{-1} h_q`` of each user (inside the log).
 
     Returns ``inf`` (with a :class:`DegenerateChannelWarning`) where ``h_q`` leaves the range of
     ``X_q``; a user with ``p_q = 0`` or ``h_q = 0`` has SINR 0.
@@ -94,18 +94,20 @@ def sic_sinrs(H: ArrayLike, p: ArrayLike, C_z: ArrayLike) -> NDArray[np.float64]
 
 
 def sic_rates(H: ArrayLike, p: ArrayLike, C_z: ArrayLike) -> NDArray[np.float64]:
-    """Per-user achievable rate under MMSE-SIC in nats per channel use (eq. 3)."""
+    """Eq. 3: per-user achievable rate ``R_q`` under MMSE-SIC in nats per channel use."""
     return np.log1p(sic_sinrs(H, p, C_z))
 
 
 def user_mse(H: ArrayLike, p: ArrayLike, C_z: ArrayLike) -> NDArray[np.float64]:
-    """Per-user MSE of the linear MMSE symbol estimate, ``mu_q = 1/(1 + SINR_q) = exp(-R_q)``
-    (eq. 5). Always in ``(0, 1]``, or exactly 0 for an infinite SINR."""
+    """Eq. 5: per-user MSE of the linear MMSE symbol estimate, ``mu_q = 1/(1 + SINR_q) =
+    exp(-R_q)``. Always in ``(0, 1]``, or exactly 0 for an infinite SINR."""
     return 1.0 / (1.0 + sic_sinrs(H, p, C_z))
 
 
 def sum_rate(H: ArrayLike, p: ArrayLike, C_z: ArrayLike) -> float:
-    """Sum rate ``log det(I + H P H^H C_z^{-1})`` in nats per channel use (eq. 4, exact form).
+    """Eq. 4 (exact form): sum rate ``log det(I + H P H^H C_z^{-1})`` in nats per channel use.
+
+    The paper's printed ``log(1 + sum_q p_q h_q^H C_z^{-1} h_q)`` equals it only for one user.
 
     For singular ``C_z`` this is evaluated on the range of ``C_z`` when every user's signal lies
     there, and is ``inf`` (with a warning) otherwise.

@@ -16,7 +16,8 @@ def reload_embeddings(
     base: Mapping[str, torch.Tensor],
     names: Sequence[str],
 ) -> dict[str, torch.Tensor]:
-    """A copy of ``merged`` whose parameters ``names`` hold the base's values."""
+    """Sec. III, freeze: a copy of ``merged`` whose parameters ``names`` hold the base's values,
+    ``theta_MTLLM[e] <- theta_base[e]``."""
     missing = [n for n in names if n not in merged or n not in base]
     if missing:
         raise InputError(

@@ -127,8 +127,8 @@ def realign(
     preprocess: Preprocess,
     val_sets: Sequence[FewShotSet] = (),
 ) -> RealignLog:
-    """Multi-task few-shot fine-tuning in place; parameters in ``frozen`` do not train;
-    ``preprocess`` maps uint8 images to the model's input (the pool's).
+    """Sec. III, realign: multi-task few-shot fine-tuning in place; parameters in ``frozen`` do
+    not train; ``preprocess`` maps uint8 images to the model's input (the pool's).
 
     With ``cfg.validate_every > 0`` and ``val_sets``, the state with the best validation score
     (step 0 included) is kept (see module docs)."""

@@ -10,21 +10,22 @@
 
 from rmtllmf.fusion.checkpoint import LazyCheckpoint, load_state_dict, save_state_dict
 from rmtllmf.fusion.merge import (
-    MERGE_METHODS,
-    DareOptions,
     LambdaSearch,
+    merge_checkpoints,
+    merge_task_vectors,
+    select_lambda,
+)
+from rmtllmf.fusion.methods import DareOptions, TiesOptions
+from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
+from rmtllmf.fusion.registry import (
+    MERGE_METHODS,
     MergeConfig,
     MergeMethod,
     NoOptions,
-    TiesOptions,
     get_method,
     linear_weights,
-    merge_checkpoints,
-    merge_task_vectors,
     register,
-    select_lambda,
 )
-from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
 from rmtllmf.fusion.task_vector import TaskVector, VectorLayout, cosine_matrix
 
 __all__ = [

@@ -181,7 +181,7 @@ class TaskVector:
         param_filter: ParamFilter = ALL_PARAMS,
         allow_pickle: bool = False,
     ) -> TaskVector:
-        """``tau = theta_ft - theta_base`` (eq. 1) over the selected floating-point parameters,
+        """Eq. 1: ``tau = theta_ft - theta_base`` over the selected floating-point parameters,
         computed in float32 one tensor at a time."""
         b, f = TensorSource(base, allow_pickle), TensorSource(finetuned, allow_pickle)
         try:

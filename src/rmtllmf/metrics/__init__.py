@@ -2,7 +2,8 @@
 
 * :mod:`~rmtllmf.metrics.accuracy`: normalized accuracy and gap recovery;
 * :mod:`~rmtllmf.metrics.disentanglement`: the weight disentanglement error ξ(λ), eqs. 7-8;
-* :mod:`~rmtllmf.metrics.hypothesis`: the logit hypothesis test of eqs. 9-12.
+* :mod:`~rmtllmf.metrics.hypothesis`: the logit hypothesis test of eqs. 9-12 and the rejection
+  rate it predicts (eq. 12, :func:`predicted_rejection_rate`).
 
 Pairwise cosine similarity of task vectors lives with the vectors
 (:func:`rmtllmf.fusion.cosine_matrix`).
@@ -15,6 +16,7 @@ from rmtllmf.metrics.hypothesis import (
     jacobian_sq_norm,
     logit_hypothesis_test,
     paper_ratio_statistic,
+    predicted_rejection_rate,
     relative_logit_deviation,
 )
 
@@ -26,6 +28,7 @@ __all__ = [
     "logit_hypothesis_test",
     "normalized_accuracy",
     "paper_ratio_statistic",
+    "predicted_rejection_rate",
     "relative_logit_deviation",
     "weight_disentanglement_error",
 ]

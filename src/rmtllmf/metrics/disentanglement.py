@@ -33,7 +33,7 @@ Predict = Callable[[Mapping[str, torch.Tensor], str], NDArray[np.int64]]
 
 @dataclass(frozen=True)
 class WdeResult:
-    """``ξ`` (eq. 7), its per-task terms ``E_x Γ`` and their mean."""
+    """Eq. 7: ``ξ``, its per-task terms ``E_x Γ`` (eq. 8) and their mean."""
 
     per_task: dict[str, float]
     total: float
@@ -54,7 +54,8 @@ def weight_disentanglement_error(
     lambda_individual: float | Sequence[float] = 1.0,
     merged_vectors: Sequence[TaskVector] | None = None,
 ) -> WdeResult:
-    """``ξ(λ)`` of eqs. 7-8 for the clean ``vectors`` of ``tasks``.
+    """Eqs. 7-8: ``ξ(λ)`` for the clean ``vectors`` of ``tasks``, with ``Γ`` the indicator of
+    disagreement between task i's own model and the merged model.
 
     ``lambda_individual`` is ``λ_i`` (one value or one per task; 1.0 makes the reference the
     fine-tuned model itself), ``lambda_merged`` is ``λ_N`` of eq. 6.

@@ -29,6 +29,15 @@ e.g. the ideal link's), not at the run's own ``Σμ``: a threshold that scaled w
 noise would make the rejection rate constant to first order, and eq. 12
 (``Pr(|R - 1| ≤ T) → 1`` as ``Σ μ_q → 0``) would say nothing. The measured rejection rate of
 H0 as a function of ``Σ μ_q`` is then the paper's claim made testable.
+
+Prediction (eq. 12)
+-------------------
+Under the same first-order model a logit's deviation over its standard deviation at ``Σμ_ref``
+is ``N(0, Σμ/Σμ_ref)``, so the rejection rate is ``2 (1 - Φ(z_β sqrt(Σμ_ref / Σμ)))`` whatever
+``x``, ``J`` and ``λ_N`` (:func:`predicted_rejection_rate`): ``2β`` at ``Σμ = Σμ_ref``, 0 as
+``Σμ → 0``, which is eq. 12. This holds per logit for ``paper`` and for ``robust`` with one
+logit; ``robust`` over ``C`` logits whose Jacobian rows are orthogonal with equal norms has
+``||J ε||² ∝ χ²_C`` and rate ``Pr(χ²_C > C z_β² Σμ_ref / Σμ)`` (``n_logits = C``).
 """
 
 from __future__ import annotations
@@ -36,11 +45,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from scipy.stats import chi2
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from rmtllmf.errors import InputError
@@ -49,13 +59,14 @@ Statistic = Literal["robust", "paper"]
 
 
 def relative_logit_deviation(z_u: torch.Tensor, z_d: torch.Tensor) -> torch.Tensor:
-    """``||z_d - z_u|| / ||z_u||`` per sample (rows of ``(B, C)`` logits)."""
+    """Eqs. 10-11, robust statistic: ``r(x) = ||z_d - z_u|| / ||z_u||`` per sample (rows of
+    ``(B, C)`` logits); to first order ``|R(x) - 1|`` for a scalar logit."""
     out: torch.Tensor = (z_d - z_u).norm(dim=-1) / z_u.norm(dim=-1).clamp_min(1e-12)
     return out
 
 
 def paper_ratio_statistic(z_u: torch.Tensor, z_d: torch.Tensor) -> torch.Tensor:
-    """The paper's ``|R(x) - 1| = |z_u / z_d - 1|`` per logit (``(B, C)``)."""
+    """Eq. 10's statistic, the paper's ``|R(x) - 1| = |z_u / z_d - 1|`` per logit (``(B, C)``)."""
     out: torch.Tensor = (z_u / z_d - 1.0).abs()
     return out
 
@@ -67,7 +78,8 @@ def jacobian_sq_norm(
     probes: int = 8,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Hutchinson estimate of ``||J_c(x)||²`` per sample and logit, ``(B, C)``.
+    """Eqs. 10-11: Hutchinson estimate of ``||J_c(x)||²`` (``J_θ`` of eq. 10) per sample and
+    logit, ``(B, C)``.
 
     ``fn(params)`` returns ``(B, C)`` logits; ``J`` is their Jacobian with respect to the
     tensors in ``params`` (the ones the channel perturbs). Each probe ``v ~ N(0, I)`` costs one
@@ -93,7 +105,7 @@ def jacobian_sq_norm(
 
 @dataclass(frozen=True)
 class HypothesisTest:
-    """Outcome of the test on a batch: statistic and threshold per sample (or per logit)."""
+    """Eqs. 11-12 on a batch: the statistic and the threshold ``T`` per sample (or per logit)."""
 
     statistic: NDArray[np.float64]
     threshold: NDArray[np.float64]
@@ -104,7 +116,8 @@ class HypothesisTest:
 
     @property
     def rejection_rate(self) -> float:
-        """Share of samples (``robust``) or logits (``paper``) where H0 is rejected."""
+        """Eq. 12, measured: share of samples (``robust``) or logits (``paper``) where H0 is
+        rejected, ``statistic > T``."""
         return float(np.mean(self.statistic > self.threshold))
 
 
@@ -119,7 +132,8 @@ def logit_hypothesis_test(
     beta: float = 0.05,
     form: Statistic = "robust",
 ) -> HypothesisTest:
-    """Test H0 on logits ``z_u`` (undisturbed) vs ``z_d`` (disturbed), both ``(B, C)``.
+    """Eq. 11: test H0 on logits ``z_u`` (undisturbed) vs ``z_d`` (disturbed), both ``(B, C)``,
+    with ``T = z_β sqrt(Var)`` and ``Var`` of eq. 11 at ``sum_mu_ref``.
 
     ``jac_sq`` is ``||J_c(x)||²`` (``(B, C)``, :func:`jacobian_sq_norm`), ``sum_mu`` the run's
     ``Σ_q μ_q`` (reported), ``sum_mu_ref`` the reference noise level that sets ``T``.
@@ -151,3 +165,60 @@ def logit_hypothesis_test(
         beta=beta,
         form=form,
     )
+
+
+@overload
+def predicted_rejection_rate(
+    sum_mu: float, sum_mu_ref: float, *, beta: float = 0.05, n_logits: int = 1
+) -> float: ...
+
+
+@overload
+def predicted_rejection_rate(
+    sum_mu: NDArray[np.float64], sum_mu_ref: float, *, beta: float = 0.05, n_logits: int = 1
+) -> NDArray[np.float64]: ...
+
+
+def predicted_rejection_rate(
+    sum_mu: float | NDArray[np.float64],
+    sum_mu_ref: float,
+    *,
+    beta: float = 0.05,
+    n_logits: int = 1,
+) -> float | NDArray[np.float64]:
+    """Eq. 12, predicted: the rate ``1 - Pr(|R(x) - 1| ≤ T)`` at which the test rejects H0.
+
+    To first order (eq. 10) with ``ε̃_q`` zero-mean Gaussian, white, of per-entry variance
+    ``μ_q``, and ``T`` set at ``sum_mu_ref`` (:func:`logit_hypothesis_test`), the rate is
+    ``Pr(χ²_k > k z_β² Σμ_ref / Σμ)`` with ``k = n_logits`` and ``z_β = Φ⁻¹(1 - β)``. For
+    ``n_logits = 1`` (the ``paper`` statistic, per logit; ``robust`` on one logit) that is
+    ``2 (1 - Φ(z_β sqrt(Σμ_ref / Σμ)))``: ``2β`` at ``Σμ = Σμ_ref``, 0 at ``Σμ = 0``, 1 as
+    ``Σμ → ∞``. ``n_logits = C > 1`` is the ``robust`` statistic over ``C`` logits whose
+    Jacobian rows are orthogonal with equal norms (``J Jᵀ ∝ I``, e.g. a linear head on noisy
+    weights); other Jacobians give a weighted sum of ``χ²_1`` instead.
+
+    ``sum_mu`` (``Σ_q μ_q``, a float or an array of them, each ``>= 0``) gives a float or an
+    array of the same shape.
+    """
+    if not (np.isfinite(sum_mu_ref) and sum_mu_ref > 0):
+        raise InputError(
+            f"sum_mu_ref must be finite and > 0 (the tolerated noise), got {sum_mu_ref}"
+        )
+    if not 0 < beta < 1:
+        raise InputError(f"significance level beta must be in (0, 1), got {beta}")
+    if n_logits < 1:
+        raise InputError(f"n_logits must be >= 1, got {n_logits}")
+    mu = np.asarray(sum_mu, dtype=np.float64)
+    if np.any(np.isnan(mu)) or np.any(mu < 0):
+        raise InputError("sum_mu must be >= 0 (a sum of MSEs); got a negative value or NaN")
+    z_beta = NormalDist().inv_cdf(1.0 - beta)
+    if z_beta < 0:  # beta > 1/2: T < 0 <= statistic, every sample is rejected
+        rate = np.ones_like(mu)
+    else:
+        positive = mu > 0
+        level = np.full_like(mu, np.inf)  # Σμ = 0: no deviation, nothing exceeds T >= 0
+        level[positive] = n_logits * z_beta**2 * sum_mu_ref / mu[positive]
+        rate = np.asarray(chi2.sf(level, n_logits), dtype=np.float64)
+    if isinstance(sum_mu, np.ndarray):
+        return rate
+    return float(rate)

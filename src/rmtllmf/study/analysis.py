@@ -74,8 +74,9 @@ def interference_analysis(
     cfg: AnalysisConfig,
     seed: int,
 ) -> Analysis:
-    """WDE and hypothesis test of merging ``clean`` vs ``received`` (task ``tasks[q]``'s
-    vectors at index ``q``) at ``λ = scaling``; see module docs."""
+    """Eqs. 7-11 on one run: WDE and hypothesis test of merging ``clean`` vs ``received``, whose
+    difference is eq. 9's ``Δθ`` (task ``tasks[q]``'s vectors at index ``q``, ``λ = scaling``);
+    see module docs."""
     tasks = list(tasks)
     base = pool.base_state
     inputs = {

@@ -26,7 +26,7 @@ class MergeReport:
 
 
 def task_vectors(pool: ModelPool, tasks: Sequence[str]) -> list[TaskVector]:
-    """Clean task vectors (eq. 1) of the pool's fine-tuned models."""
+    """Eq. 1: clean task vectors of the pool's fine-tuned models."""
     base = pool.base_state
     return [TaskVector.from_models(base, pool.finetuned[t]) for t in tasks]
 
@@ -37,8 +37,9 @@ def choose_lambda(
     method: str = "task-arithmetic",
     grid: Sequence[float] | None = None,
 ) -> tuple[float, dict[float, float]]:
-    """``λ`` maximising the clean merge's normalized accuracy on *validation* data (tangent
-    task arithmetic's protocol; ``grid`` defaults to ``linspace(0, 1, 21)``) and every score."""
+    """Eq. 6's ``λ_N``: the ``λ`` maximising the clean merge's normalized accuracy on
+    *validation* data (tangent task arithmetic's protocol; ``grid`` defaults to
+    ``linspace(0, 1, 21)``), and every score."""
     base = pool.base_state
     tvs = [TaskVector.from_models(base, pool.finetuned[t]) for t in tasks]
     ft_val = {t: pool.finetuned_accuracy(t, "val") for t in tasks}

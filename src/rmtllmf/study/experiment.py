@@ -113,7 +113,7 @@ class PhysicalChannel:
 def channel_mse(
     cfg: ExperimentConfig, rng: np.random.Generator
 ) -> tuple[NDArray[np.float64], PhysicalChannel | None]:
-    """Each user's MSE ``mu_q`` (eq. 5) and the drawn channel (``None`` for presets)."""
+    """Eq. 5: each user's MSE ``mu_q`` and the drawn channel (``None`` for presets)."""
     if cfg.scenario in PAPER_MSE:
         return np.full(len(cfg.tasks), PAPER_MSE[cfg.scenario]), None
     scenario = cfg.channel.model_copy(update={"scenario": cfg.scenario, "n_users": len(cfg.tasks)})
