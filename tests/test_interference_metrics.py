@@ -1,10 +1,12 @@
-"""WDE (eqs. 7-8) against a brute-force loop; the hypothesis test (eqs. 9-12) against closed
-forms on linear models, where the first-order expansion of eq. 10 is exact."""
+"""WDE (eqs. 7-8) against a brute-force loop; the hypothesis test (eqs. 9-12) and its predicted
+rejection rate (eq. 12) against closed forms and Monte Carlo on linear models, where the
+first-order expansion of eq. 10 is exact."""
 
 from __future__ import annotations
 
 from statistics import NormalDist
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -17,9 +19,11 @@ from rmtllmf.metrics import (
     jacobian_sq_norm,
     logit_hypothesis_test,
     paper_ratio_statistic,
+    predicted_rejection_rate,
     relative_logit_deviation,
     weight_disentanglement_error,
 )
+from rmtllmf.report.figures import rejection
 
 
 def _linear_setup(seed: int = 0):
@@ -123,21 +127,92 @@ def _scalar_linear_test(ratio: float, n: int = 20000, seed: int = 0):
 def test_rejection_rate_at_the_reference_noise_is_two_beta():
     # r / sqrt(Var) = |N(0, 1)|, so Pr(r > z_beta sqrt(Var)) = 2 beta
     assert _scalar_linear_test(1.0).rejection_rate == pytest.approx(0.10, abs=0.01)
+    assert predicted_rejection_rate(0.02, 0.02, beta=0.05) == pytest.approx(0.10, abs=1e-12)
 
 
 @settings(max_examples=15, deadline=None)
 @given(st.floats(0.05, 20.0))
-def test_rejection_rate_follows_the_closed_form(ratio):
+def test_predicted_rejection_rate_matches_monte_carlo_and_the_closed_form(ratio):
     # sum_mu = ratio * sum_mu_ref: Pr = 2 (1 - Phi(z_beta / sqrt(ratio))); -> 0 as sum_mu -> 0
+    mu_ref = 0.02
+    predicted = predicted_rejection_rate(ratio * mu_ref, mu_ref, beta=0.05)
     z = NormalDist().inv_cdf(0.95)
-    expected = 2 * (1 - NormalDist().cdf(z / ratio**0.5))
-    assert _scalar_linear_test(ratio).rejection_rate == pytest.approx(expected, abs=0.015)
+    assert predicted == pytest.approx(2 * (1 - NormalDist().cdf(z / ratio**0.5)), abs=1e-12)
+    assert _scalar_linear_test(ratio).rejection_rate == pytest.approx(predicted, abs=0.015)
+
+
+def _multi_logit_test(ratio: float, classes: int, n: int = 20000, seed: int = 0):
+    """Linear head z = x W with C logits, noise on W: J J^T = ||x||^2 I, the robust statistic
+    pools C independent Gaussians."""
+    g = torch.Generator().manual_seed(seed)
+    d, lam, mu_ref = 6, 0.7, 0.01
+    mu = ratio * mu_ref
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(d, classes, generator=g, dtype=torch.float64)
+    eps = lam * mu**0.5 * torch.randn(n, d, classes, generator=g, dtype=torch.float64)
+    z_u = x @ w
+    z_d = z_u + torch.einsum("nd,ndc->nc", x, eps)
+    jac_sq = (x**2).sum(-1, keepdim=True).expand(n, classes)  # ||dz_c/dW||^2 = ||x||^2
+    return logit_hypothesis_test(
+        z_u, z_d, jac_sq, lambda_n=lam, sum_mu=mu, sum_mu_ref=mu_ref, beta=0.05
+    )
+
+
+@pytest.mark.parametrize("ratio", [0.6, 1.0, 4.0])
+def test_predicted_rejection_rate_of_the_robust_statistic_over_several_logits(ratio):
+    mu_ref = 0.01
+    z = NormalDist().inv_cdf(0.95)
+    two = predicted_rejection_rate(ratio * mu_ref, mu_ref, n_logits=2)
+    assert two == pytest.approx(np.exp(-(z**2) / ratio), abs=1e-12)  # chi2_2 tail: exp(-x/2)
+    for classes in (2, 5):
+        measured = _multi_logit_test(ratio, classes).rejection_rate
+        predicted = predicted_rejection_rate(ratio * mu_ref, mu_ref, n_logits=classes)
+        assert measured == pytest.approx(predicted, abs=0.015)  # 4 standard errors at 0.5
+
+
+def test_predicted_rejection_rate_limits_and_arrays():
+    mu = np.array([0.0, 0.05, 0.1, 1.0, 10.0, 1e12])
+    rates = predicted_rejection_rate(mu, 1.0, beta=0.05)
+    assert isinstance(rates, np.ndarray)
+    assert rates.shape == mu.shape
+    assert rates[0] == 0.0  # eq. 12: no noise, H0 always holds
+    assert np.all(np.diff(rates) > 0)
+    assert rates[-1] == pytest.approx(1.0, abs=1e-3)
+    assert float(rates[3]) == pytest.approx(predicted_rejection_rate(1.0, 1.0))
+    assert isinstance(predicted_rejection_rate(0.5, 1.0), float)
+    assert predicted_rejection_rate(0.5, 1.0, beta=0.7) == 1.0  # z_beta < 0: T < 0
+    for kwargs, match in (
+        ({"sum_mu": -1.0, "sum_mu_ref": 1.0}, "sum_mu must"),
+        ({"sum_mu": float("nan"), "sum_mu_ref": 1.0}, "sum_mu must"),
+        ({"sum_mu": 1.0, "sum_mu_ref": 0.0}, "sum_mu_ref"),
+        ({"sum_mu": 1.0, "sum_mu_ref": 1.0, "beta": 1.0}, "beta"),
+        ({"sum_mu": 1.0, "sum_mu_ref": 1.0, "n_logits": 0}, "n_logits"),
+    ):
+        with pytest.raises(InputError, match=match):
+            predicted_rejection_rate(**kwargs)
 
 
 def test_rejection_rate_grows_with_sum_mu():
     rates = [_scalar_linear_test(r).rejection_rate for r in (0.01, 0.3, 1.0, 5.0)]
     assert rates[0] < 1e-3
     assert rates == sorted(rates)
+
+
+def test_rejection_figure_draws_the_eq12_prediction():
+    points = [
+        {"sum_mu": s, "sum_mu_ref": 0.04, "reject_robust": r, "reject_paper": r}
+        for s, r in ((0.01, 0.0), (0.04, 0.1), (0.4, 0.7))
+    ]
+    fig = rejection(points, beta=0.05)
+    ax = fig.axes[0]
+    (line,) = [ln for ln in ax.get_lines() if "eq. 12" in str(ln.get_label())]
+    xs, ys = (np.asarray(v, dtype=np.float64) for v in line.get_data())
+    assert xs.min() <= 0.01 and xs.max() >= 0.4
+    z = NormalDist().inv_cdf(0.95)
+    expected = [2 * (1 - NormalDist().cdf(z * (0.04 / x) ** 0.5)) for x in xs]
+    np.testing.assert_allclose(ys, expected, atol=1e-12)
+    assert "eq. 12" in " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    plt.close(fig)
 
 
 def test_hypothesis_bad_input():

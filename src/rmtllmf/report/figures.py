@@ -6,7 +6,7 @@
 * Figs. 3-4: received-vector cosine heatmaps, ideal vs worst case (undefended reception).
 * Fig. 5: the ablation (none / freeze / realign / R-MTLLMF) per link and scenario, and
   normalized accuracy vs few-shot samples per class ``k``, with the floors as lines.
-* Hypothesis test: rejection rate of H0 vs ``Σ μ_q``.
+* Hypothesis test: rejection rate of H0 vs ``Σ μ_q``, measured and as eq. 12 predicts it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+
+from rmtllmf.metrics import predicted_rejection_rate
 
 DEFENSE_ORDER = ("none", "freeze", "realign", "r-mtllmf")
 FLOOR_STYLE = {"clean": ("k", "--"), "base": ("0.45", "-."), "chance": ("0.65", ":")}
@@ -124,13 +126,24 @@ def fig5(
     return fig
 
 
-def rejection(points: Sequence[Mapping[str, Any]]) -> Figure:
-    """Rejection rate of H0 (robust and paper statistics) vs ``Σ μ_q``."""
+def rejection(points: Sequence[Mapping[str, Any]], *, beta: float = 0.05) -> Figure:
+    """Eq. 12: rejection rate of H0 vs ``Σ μ_q``, measured (robust and paper statistics, markers)
+    and predicted to first order for one logit (a line per ``Σμ_ref``,
+    :func:`~rmtllmf.metrics.predicted_rejection_rate`); ``beta`` is the test's significance
+    level (the sweep's ``analysis.beta``)."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for form, marker in (("reject_robust", "o"), ("reject_paper", "x")):
         xs = [p["sum_mu"] for p in points if p["sum_mu"] > 0]
         ys = [p[form] for p in points if p["sum_mu"] > 0]
         ax.scatter(xs, ys, marker=marker, label=form.replace("reject_", "statistic: "))
+    refs = sorted({float(p["sum_mu_ref"]) for p in points})
+    if refs:
+        span = [float(p["sum_mu"]) for p in points if p["sum_mu"] > 0] + refs
+        grid = np.geomspace(min(span) / 3, max(span) * 3, 200)
+        for i, ref in enumerate(refs):
+            label = f"predicted, eq. 12 (β = {beta:g})" if i == 0 else "_nolegend_"
+            rate = predicted_rejection_rate(grid, ref, beta=beta)
+            ax.plot(grid, rate, color="C2", lw=1.2, label=label)
     if points:
         ax.axvline(points[0]["sum_mu_ref"], color="k", ls="--", lw=1, label="Σμ_ref (sets T)")
     ax.set_xscale("log")
