@@ -278,60 +278,110 @@ def transmit_symbols(
     receivers, states = _receivers_for(
         channel, n_uses, config.coherence_symbols, redraw, fading_rng
     )
-    coherence = config.coherence_symbols or max(n_uses, 1)
     starts = list(range(0, n_uses, chunk))
-    chunk_seeds = noise_root.bit_generator.seed_seq.spawn(len(starts))  # type: ignore[attr-defined]
-    received = [np.empty(x.size, dtype=np.float32) for x in arrays]
+    link = _SymbolChunks(
+        arrays=arrays,
+        quantizers=quantizers,
+        const=const,
+        config=config,
+        unit_codes=unit_codes,
+        unit_syms=unit_syms,
+        receivers=receivers,
+        coherence=config.coherence_symbols or max(n_uses, 1),
+        spans=[(s0, min(s0 + chunk, n_uses)) for s0 in starts],
+        seeds=noise_root.bit_generator.seed_seq.spawn(len(starts)),  # type: ignore[attr-defined]
+        received=[np.empty(x.size, dtype=np.float32) for x in arrays],
+        progress=progress,
+    )
+    total = _Accumulator(np.zeros(n_users), np.zeros(n_users, dtype=np.int64))
+    workers = min(config.resolved_workers, max(len(starts), 1))
+    # Chunks are the unit of parallelism; BLAS threads on top of them only contend for cores.
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        for acc in pool.map(link.run, range(len(starts))):
+            total.add(acc)
+    return SymbolLinkResult(
+        link.received, _stats(arrays, link.received, total, receivers, states, n_uses, k, const)
+    )
 
-    def run_chunk(i: int) -> _Accumulator:
-        s0 = starts[i]
-        s1 = min(s0 + chunk, n_uses)
+
+@dataclass
+class _SymbolChunks:
+    """The digital uplink's work, one chunk of channel uses at a time (chunks run in threads;
+    each has its own noise generator, so the result does not depend on their order)."""
+
+    arrays: list[NDArray[np.float32]]
+    quantizers: list[Quantizer]
+    const: QamConstellation
+    config: SymbolLinkConfig
+    unit_codes: int
+    unit_syms: int
+    receivers: list[SicReceiver]
+    coherence: int
+    spans: list[tuple[int, int]]
+    seeds: list[np.random.SeedSequence]
+    received: list[NDArray[np.float32]]
+    progress: Callable[[int], None] | None
+
+    def run(self, i: int) -> _Accumulator:
+        """Channel uses ``spans[i]``: modulate, send and detect, demodulate into ``received``."""
+        s0, s1 = self.spans[i]
+        crng = np.random.Generator(np.random.PCG64(self.seeds[i]))
+        sent_idx, code_ranges = self._modulate(s0, s1, crng)
+        decided, acc = self._detect(sent_idx, s0, s1, crng)
+        k = self.const.bits_per_symbol
+        for q, (c0, c1) in enumerate(code_ranges):
+            if c1 > c0:
+                codes = symbols_to_codes(decided[q], self.config.bits, k, c1 - c0)
+                self.received[q][c0:c1] = self.quantizers[q].decode(codes, c0)
+        if self.progress is not None:
+            self.progress(s1 - s0)
+        return acc
+
+    def _modulate(
+        self, s0: int, s1: int, crng: np.random.Generator
+    ) -> tuple[NDArray[np.uint16], list[tuple[int, int]]]:
+        """Each user's symbol indices for uses ``s0..s1`` (random filler once its stream has
+        ended) and the range of its codes they carry."""
         n = s1 - s0
-        crng = np.random.Generator(np.random.PCG64(chunk_seeds[i]))
-        sent_idx = np.empty((n_users, n), dtype=np.uint16)
+        k = self.const.bits_per_symbol
+        sent_idx = np.empty((len(self.arrays), n), dtype=np.uint16)
         code_ranges = []
-        for q, x in enumerate(arrays):
-            c0 = s0 // unit_syms * unit_codes
-            c1 = min(-(-s1 // unit_syms) * unit_codes, x.size)
+        for q, x in enumerate(self.arrays):
+            c0 = s0 // self.unit_syms * self.unit_codes
+            c1 = min(-(-s1 // self.unit_syms) * self.unit_codes, x.size)
             code_ranges.append((c0, max(c0, c1)))
             syms = np.empty(0, dtype=np.uint16)
             if c1 > c0:
-                syms = codes_to_symbols(quantizers[q].encode(x[c0:c1], c0), config.bits, k)[:n]
+                codes = self.quantizers[q].encode(x[c0:c1], c0)
+                syms = codes_to_symbols(codes, self.config.bits, k)[:n]
             sent_idx[q, : syms.size] = syms
             if syms.size < n:
-                sent_idx[q, syms.size :] = crng.integers(0, const.order, n - syms.size)
+                sent_idx[q, syms.size :] = crng.integers(0, self.const.order, n - syms.size)
+        return sent_idx, code_ranges
+
+    def _detect(
+        self, sent_idx: NDArray[np.uint16], s0: int, s1: int, crng: np.random.Generator
+    ) -> tuple[NDArray[np.uint16], _Accumulator]:
+        """Eq. 2 over each fading block of uses ``s0..s1``: noise, SIC detection, and the
+        symbol-MSE and bit-error counts."""
+        n_users = len(self.arrays)
         acc = _Accumulator(np.zeros(n_users), np.zeros(n_users, dtype=np.int64))
         decided = np.empty_like(sent_idx)
+        coherence = self.coherence
         for b0 in range(s0 - s0 % coherence, s1, coherence):
             a, b = max(b0, s0) - s0, min(b0 + coherence, s1) - s0
-            rx = receivers[b0 // coherence]
+            rx = self.receivers[b0 // coherence]
             order_idx = sent_idx[rx.order, a:b]
-            points = const.points[order_idx]
+            points = self.const.points[order_idx]
             noise = draw_projected_noise(rx, b - a, crng)
-            det, stat = sic_detect(rx, points, noise, const, genie=config.genie)
+            det, stat = sic_detect(rx, points, noise, self.const, genie=self.config.genie)
             decided[rx.order, a:b] = det
             err = stat * rx.shrink.astype(np.float32)[:, None] - points
             acc.sq_err[rx.order] += np.sum(err.real**2 + err.imag**2, axis=1, dtype=np.float64)
             acc.bit_err[rx.order] += np.sum(
                 np.bitwise_count(order_idx ^ det), axis=1, dtype=np.int64
             )
-        for q, (c0, c1) in enumerate(code_ranges):
-            if c1 > c0:
-                codes = symbols_to_codes(decided[q], config.bits, k, c1 - c0)
-                received[q][c0:c1] = quantizers[q].decode(codes, c0)
-        if progress is not None:
-            progress(n)
-        return acc
-
-    total = _Accumulator(np.zeros(n_users), np.zeros(n_users, dtype=np.int64))
-    workers = min(config.resolved_workers, max(len(starts), 1))
-    # Chunks are the unit of parallelism; BLAS threads on top of them only contend for cores.
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        for acc in pool.map(run_chunk, range(len(starts))):
-            total.add(acc)
-    return SymbolLinkResult(
-        received, _stats(arrays, received, total, receivers, states, n_uses, k, const)
-    )
+        return decided, acc
 
 
 def _mean_square_error(a: NDArray[np.floating], b: NDArray[np.floating]) -> float:
