@@ -375,6 +375,33 @@ def build_zoo(
         else PoolRecord(config=cfg.model_dump(), base_file=str(base_file))
     )
 
+    data = _build_data(cfg, home, workers, progress)
+    heads = _build_heads(cfg, home, base, data)
+    ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
+    jobs = [
+        (cfg.model_dump_json(), str(base_file), str(home), t, i, progress and workers == 1)
+        for i, (t, f) in enumerate(ft_files.items())
+        if not f.exists()
+    ]
+    for task, seconds in zip(
+        [j[3] for j in jobs],
+        _in_workers(_finetune_task, jobs, workers, progress, "fine-tuning"),
+        strict=True,
+    ):
+        record.seconds[task] = seconds
+        record.finetuned.pop(task, None)
+    zoo = Zoo(home, cfg, base, heads, data, record=record)
+    for task in cfg.tasks:
+        zoo.finetuned[task] = load_file(ft_files[task])
+        _measure(zoo, task)
+        record.save(record_file)
+    return zoo
+
+
+def _build_data(
+    cfg: ZooConfig, home: Path, workers: int, progress: bool
+) -> dict[str, dict[str, Split]]:
+    """Every task's splits (and the anchor images), generated where missing, then loaded."""
     data_files = {t: home / "data" / f"{t}.npz" for t in cfg.tasks}
     pending = [(cfg.model_dump_json(), t, str(f)) for t, f in data_files.items() if not f.exists()]
     anchor_file = home / "data" / "anchor.npz"
@@ -385,7 +412,14 @@ def build_zoo(
     for task, file in data_files.items():
         with np.load(file) as z:
             data[task] = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "val", "test", "head")}
+    return data
 
+
+def _build_heads(
+    cfg: ZooConfig, home: Path, base: TinyVit, data: dict[str, dict[str, Split]]
+) -> dict[str, PrototypeHead]:
+    """The fixed heads from the base's embeddings of each head split (fitted where missing),
+    and the anchor's targets, the base's embeddings of the anchor images."""
     heads_file = home / "heads.safetensors"
     stored = load_file(heads_file) if heads_file.exists() else {}
     heads = {}
@@ -402,36 +436,19 @@ def build_zoo(
         save_file({k: v.contiguous() for k, v in stored.items()}, tmp)
     targets_file = home / "anchor.safetensors"
     if cfg.anchor_weight > 0 and not targets_file.exists():
-        with np.load(anchor_file) as z:
+        with np.load(home / "data" / "anchor.npz") as z:
             anchor = Anchor.from_base(base, z["images"], cfg.anchor_weight, cfg.anchor_batch)
         with atomic_output(targets_file) as tmp:
             save_file({"targets": anchor.targets.contiguous()}, tmp)
+    return heads
 
-    ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
-    jobs = [
-        (cfg.model_dump_json(), str(base_file), str(home), t, i, progress and workers == 1)
-        for i, (t, f) in enumerate(ft_files.items())
-        if not f.exists()
-    ]
-    for task, seconds in zip(
-        [j[3] for j in jobs],
-        _in_workers(_finetune_task, jobs, workers, progress, "fine-tuning"),
-        strict=True,
-    ):
-        record.seconds[task] = seconds
-        record.finetuned.pop(task, None)
 
-    zoo = Zoo(home, cfg, base, heads, data, record=record)
-    for task in cfg.tasks:
-        if task not in record.base:
-            record.base[task] = {
-                s: accuracy(base, heads[task], *data[task][s]) for s in ("val", "test")
-            }
-        zoo.finetuned[task] = load_file(ft_files[task])
-        if task not in record.finetuned:
-            model = zoo.model_from_state(zoo.finetuned[task])
-            record.finetuned[task] = {
-                s: accuracy(model, heads[task], *data[task][s]) for s in ("val", "test")
-            }
-        record.save(record_file)
-    return zoo
+def _measure(zoo: Zoo, task: str) -> None:
+    """Record the base's and the fine-tuned model's validation and test accuracy on ``task``
+    (once: the record keeps them)."""
+    data, head, record = zoo.data[task], zoo.heads[task], zoo.record
+    if task not in record.base:
+        record.base[task] = {s: accuracy(zoo.base, head, *data[s]) for s in ("val", "test")}
+    if task not in record.finetuned:
+        model = zoo.model_from_state(zoo.finetuned[task])
+        record.finetuned[task] = {s: accuracy(model, head, *data[s]) for s in ("val", "test")}
