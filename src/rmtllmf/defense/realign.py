@@ -148,46 +148,73 @@ def realign(
     gen = torch.Generator().manual_seed(cfg.seed)
     images = torch.from_numpy(x)
     losses: list[float] = []
-    curve: list[tuple[int, float]] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-
-    def checkpoint(step: int) -> None:
-        nonlocal best
-        score = _val_score(model, heads, val_sets, preprocess)
-        curve.append((step, score))
-        if best is None or score > best[0]:
-            best = (score, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
-
+    keeper = _BestState(model, heads, val_sets, preprocess)
     model.train()
     if validate:
-        checkpoint(0)
+        keeper.check(0)
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * cosine_lr(step, cfg.steps, max(1, cfg.steps // 10))
         idx = torch.randint(0, len(y), (min(cfg.batch, len(y)),), generator=gen)
-        z = model(preprocess(images[idx]))
-        y_b, owner_b = y[idx].to(z.device), owner[idx].to(z.device)
-        loss = torch.zeros((), device=z.device)
-        for i, s in enumerate(sets):
-            mask = owner_b == i
-            if mask.any():
-                loss = loss + F.cross_entropy(heads[s.task](z[mask]), y_b[mask], reduction="sum")
-        loss = loss / len(idx)
+        loss = _multitask_loss(model, heads, sets, preprocess(images[idx]), y[idx], owner[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(float(loss.detach()))
         if validate and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
-            checkpoint(step + 1)
+            keeper.check(step + 1)
     model.eval()
     for n, p in model.named_parameters():
         p.requires_grad_(flags[n])
     kept = cfg.steps
-    if best is not None:
-        kept = best[1]
-        model.load_state_dict(best[2])
-    return RealignLog(losses, curve, kept)
+    if keeper.best is not None:
+        kept = keeper.best[1]
+        model.load_state_dict(keeper.best[2])
+    return RealignLog(losses, keeper.curve, kept)
+
+
+def _multitask_loss(
+    model: nn.Module,
+    heads: Mapping[str, nn.Module],
+    sets: Sequence[FewShotSet],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    owner: torch.Tensor,
+) -> torch.Tensor:
+    """Mean cross-entropy of a mixed batch, each example scored by its own task's head
+    (``owner`` indexes ``sets``)."""
+    z = model(x)
+    y, owner = y.to(z.device), owner.to(z.device)
+    loss = torch.zeros((), device=z.device)
+    for i, s in enumerate(sets):
+        mask = owner == i
+        if mask.any():
+            loss = loss + F.cross_entropy(heads[s.task](z[mask]), y[mask], reduction="sum")
+    return loss / len(y)
+
+
+class _BestState:
+    """Scores the model on the validation sets at checkpoints and keeps the best state."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        heads: Mapping[str, nn.Module],
+        val_sets: Sequence[FewShotSet],
+        preprocess: Preprocess,
+    ) -> None:
+        self.model, self.heads, self.val_sets, self.preprocess = model, heads, val_sets, preprocess
+        self.curve: list[tuple[int, float]] = []
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+
+    def check(self, step: int) -> None:
+        """Score the model at ``step``; keep a copy of its state if it is the best so far."""
+        score = _val_score(self.model, self.heads, self.val_sets, self.preprocess)
+        self.curve.append((step, score))
+        if self.best is None or score > self.best[0]:
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best = (score, step, state)
 
 
 def apply_defense(

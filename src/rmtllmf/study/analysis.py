@@ -112,15 +112,7 @@ def interference_analysis(
     robust: dict[str, float] = {}
     paper: dict[str, float] = {}
     for task in tasks:
-        x, head = inputs[task], pool.heads[task]
-
-        def fn(
-            p: dict[str, torch.Tensor], x: torch.Tensor = x, head: torch.nn.Module = head
-        ) -> torch.Tensor:
-            out: torch.Tensor = head(torch.func.functional_call(model, p, (x,)))
-            return out
-
-        jac_sq = jacobian_sq_norm(fn, params, probes=cfg.probes, generator=gen)
+        jac_sq = _jacobian_sq_norm(model, pool.heads[task], params, inputs[task], cfg.probes, gen)
         z_u, z_d = logits(undisturbed, task), logits(disturbed, task)
         robust[task] = test(z_u, z_d, jac_sq, form="robust").rejection_rate
         paper[task] = test(z_u, z_d, jac_sq, form="paper").rejection_rate
@@ -132,3 +124,20 @@ def interference_analysis(
         sum_mu=sum_mu,
         sum_mu_ref=len(tasks) * cfg.mu_ref,
     )
+
+
+def _jacobian_sq_norm(
+    model: torch.nn.Module,
+    head: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    probes: int,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """Eq. 10's ``||J||_F^2`` of the head's logits on ``x`` with respect to ``params``."""
+
+    def fn(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        out: torch.Tensor = head(torch.func.functional_call(model, p, (x,)))
+        return out
+
+    return jacobian_sq_norm(fn, params, probes=probes, generator=gen)

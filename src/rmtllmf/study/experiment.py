@@ -243,6 +243,26 @@ def reception_from(
     return Reception(clean, keep, mu, error_mse, bad_total, len(received))
 
 
+def _realign_sets(
+    pool: ModelPool, cfg: ExperimentConfig
+) -> tuple[list[FewShotSet], list[FewShotSet]]:
+    """The BS's labelled data for realignment: ``k`` training examples per class of each task,
+    and the first ``val_per_task`` validation examples when the kept state is validated."""
+    if cfg.defense not in REALIGNING:
+        return [], []
+    k = cfg.realign.k_per_class
+    sets = [
+        few_shot_set(t, *pool.data[t]["train"], k, pool.n_classes(t), cfg.seed) for t in cfg.tasks
+    ]
+    if not cfg.realign.validate_every:
+        return sets, []
+    m = cfg.realign.val_per_task
+    val_sets = [
+        FewShotSet(t, pool.data[t]["val"][0][:m], pool.data[t]["val"][1][:m]) for t in cfg.tasks
+    ]
+    return sets, val_sets
+
+
 def run_experiment(
     pool: ModelPool, cfg: ExperimentConfig, reception: Reception | None = None
 ) -> ExperimentResult:
@@ -272,19 +292,7 @@ def run_experiment(
         else None
     )
     model = pool.model_from_state(merged)
-    sets, val_sets = [], []
-    if cfg.defense in REALIGNING:
-        k = cfg.realign.k_per_class
-        sets = [
-            few_shot_set(t, *pool.data[t]["train"], k, pool.n_classes(t), cfg.seed)
-            for t in cfg.tasks
-        ]
-        if cfg.realign.validate_every:
-            m = cfg.realign.val_per_task
-            val_sets = [
-                FewShotSet(t, pool.data[t]["val"][0][:m], pool.data[t]["val"][1][:m])
-                for t in cfg.tasks
-            ]
+    sets, val_sets = _realign_sets(pool, cfg)
     torch.manual_seed(cfg.seed)
     log = apply_defense(
         cfg.defense,
