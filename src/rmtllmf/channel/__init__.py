@@ -24,15 +24,7 @@ from rmtllmf.channel.jammer import (
     worst_case_strongest_user_noise,
     worst_case_sum_rate_noise,
 )
-from rmtllmf.channel.link import (
-    PAPER_SIGNAL_POWER,
-    SymbolLinkConfig,
-    SymbolLinkResult,
-    UserLinkStats,
-    snr_reference_power,
-    transmit_statistical,
-    transmit_symbols,
-)
+from rmtllmf.channel.link import PAPER_SIGNAL_POWER, snr_reference_power, transmit_statistical
 from rmtllmf.channel.mac import sic_order, sic_rates, sic_sinrs, sum_rate, user_mse
 from rmtllmf.channel.qam import QamConstellation, qam_ber_awgn
 from rmtllmf.channel.scenario import (
@@ -44,6 +36,12 @@ from rmtllmf.channel.scenario import (
     draw_realization,
     noise_covariance,
     realize,
+)
+from rmtllmf.channel.symbol_link import (
+    SymbolLinkConfig,
+    SymbolLinkResult,
+    UserLinkStats,
+    transmit_symbols,
 )
 from rmtllmf.channel.units import (
     db_to_linear,

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from rmtllmf.channel.link import SymbolLinkConfig, UserLinkStats, transmit_symbols
 from rmtllmf.channel.mac import sic_order, sic_sinrs, sum_rate
 from rmtllmf.channel.qam import qam_ber_awgn
 from rmtllmf.channel.scenario import ChannelRealization, ScenarioConfig
+from rmtllmf.channel.symbol_link import SymbolLinkConfig, UserLinkStats, transmit_symbols
 from rmtllmf.channel.units import linear_to_db, watt_to_dbm
 
 

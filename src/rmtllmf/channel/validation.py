@@ -6,6 +6,8 @@ naming the argument and the fix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -85,3 +87,19 @@ def check_covariance(C: ArrayLike, n_rx: int, name: str = "C_z") -> NDArray[np.c
                 "a noise covariance must be PSD"
             )
     return arr
+
+
+def check_vectors(vectors: Sequence[ArrayLike], n_users: int | None) -> list[NDArray[np.floating]]:
+    """The users' vectors as flat, finite float arrays (one per user when ``n_users`` is set)."""
+    arrays = [np.asarray(v) for v in vectors]
+    if n_users is not None and len(arrays) != n_users:
+        raise InputError(f"got {len(arrays)} vectors for {n_users} users; send one per user")
+    for q, a in enumerate(arrays):
+        if a.ndim != 1 or not np.issubdtype(a.dtype, np.floating):
+            raise InputError(
+                f"vector of user {q} must be a flat float array (flatten the task vector first); "
+                f"got dtype {a.dtype}, shape {a.shape}"
+            )
+        if not np.all(np.isfinite(a)):
+            raise InputError(f"vector of user {q} contains NaN or Inf; it cannot be transmitted")
+    return arrays

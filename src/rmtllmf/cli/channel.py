@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from rmtllmf.channel.geometry import PathLossConfig
-from rmtllmf.channel.link import SymbolLinkConfig
 from rmtllmf.channel.report import ChannelSummary, measure, summarize
 from rmtllmf.channel.scenario import SCENARIOS, ScenarioConfig, draw_realization
+from rmtllmf.channel.symbol_link import SymbolLinkConfig
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
