@@ -65,7 +65,7 @@ def test_zoo_cli_reports_the_clean_merge(tmp_path, capsys):
 
 
 def test_zoo_pretrains_and_caches_a_base_when_none_is_shipped(tmp_path, monkeypatch):
-    import rmtllmf.pools.tiny_vit as zoo_module
+    import rmtllmf.pools.zoo_config as zoo_module
     from rmtllmf.training.pretrain import PretrainConfig
 
     monkeypatch.setattr(zoo_module, "shipped_base_path", lambda: tmp_path / "not-shipped")
@@ -190,15 +190,15 @@ def test_parallel_build_equals_the_serial_one(tmp_path):
 
 def test_each_user_anchors_on_the_other_domains_never_its_own(tmp_path):
     from rmtllmf.data.synthetic import make_task
-    from rmtllmf.pools.tiny_vit import _load_anchor
+    from rmtllmf.pools.zoo_data import load_anchor
 
     tasks = ("signs", "counting", "textures")
     cfg = tiny_zoo_config(tmp_path, tasks, anchor_domain_images=5, head_fit="probe")
     zoo = build_zoo(tmp_path / "zoo", cfg)
-    whole = _load_anchor(cfg, zoo.root)
+    whole = load_anchor(cfg, zoo.root)
     assert whole is not None and len(whole.images) == cfg.anchor_images + 5 * len(tasks)
     for task in tasks:
-        anchor = _load_anchor(cfg, zoo.root, task)
+        anchor = load_anchor(cfg, zoo.root, task)
         assert anchor is not None and len(anchor.images) == cfg.anchor_images + 5 * 2
         own = {img.tobytes() for img in make_task(task, "public", 5, cfg.seed)[0]}
         others = {img.tobytes() for t in tasks if t != task for img in make_task(t, "public", 5)[0]}

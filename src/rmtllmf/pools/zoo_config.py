@@ -1,0 +1,118 @@
+"""The embedded zoo's configuration and its base checkpoint (shipped, given, or pretrained)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors import safe_open
+
+from rmtllmf.data.synthetic import TASK_NAMES
+from rmtllmf.errors import InputError
+from rmtllmf.fusion.checkpoint import load_state_dict
+from rmtllmf.models.tiny_vit import TinyVit, TinyVitConfig
+from rmtllmf.training.pretrain import PretrainConfig, pretrain_tiny_base
+
+
+def shipped_base_path() -> Path:
+    """The tiny base checkpoint shipped inside the package."""
+    return Path(str(resources.files("rmtllmf.models") / "assets" / "tiny_vit_base.safetensors"))
+
+
+class ZooConfig(BaseModel):
+    """How the zoo is built (frozen); part of the cache key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tasks: tuple[str, ...] = TASK_NAMES
+    n_train: int = Field(20000, ge=10)
+    n_val: int = Field(300, ge=10)
+    n_test: int = Field(500, ge=10)
+    head_per_class: int = Field(100, ge=1, description="labelled examples per class for heads")
+    head_fit: Literal["prototype", "probe"] = Field(
+        "probe",
+        description="fixed heads from the base's embeddings of the head split: class means "
+        "(prototype) or a cosine linear probe fitted on them (probe, the LP of LP-FT)",
+    )
+    head_scale: float = Field(
+        30.0, gt=0, description="logit scale of the prototype heads (fine-tuning temperature)"
+    )
+    steps: int = Field(800, ge=1, description="fine-tuning steps per task")
+    batch: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    anchor_weight: float = Field(
+        10.0,
+        ge=0,
+        description="beta of the function-space anchor on the public anchor images (0: plain "
+        "fine-tuning, the protocol of the paper's CLIP checkpoints)",
+    )
+    anchor_images: int = Field(3000, ge=1, description="pretext images in the anchor set")
+    anchor_domain_images: int = Field(
+        1000,
+        ge=0,
+        description="unlabelled public images of each task's domain added to the anchor set; a "
+        "user anchors on those of the other tasks' domains, never its own (0: pretext only)",
+    )
+    anchor_batch: int = Field(16, ge=1, description="anchor images per fine-tuning step")
+    trainable: Literal["all", "blocks", "attention", "mlp"] = Field(
+        "all",
+        description="fine-tune every parameter, only the transformer blocks, only their "
+        "attention projections or only their MLPs",
+    )
+    seed: int = 0
+    base: str | None = Field(
+        None, description="base checkpoint; None = the shipped one, else pretrain and cache one"
+    )
+    pretrain: PretrainConfig = PretrainConfig()
+
+
+TRAINABLE: dict[str, Callable[[str], bool] | None] = {
+    "all": None,
+    "blocks": lambda n: n.startswith("encoder.layers."),
+    "attention": lambda n: n.startswith("encoder.layers.") and ".self_attn." in n,
+    "mlp": lambda n: n.startswith("encoder.layers.") and ".mlp." in n,
+}
+"""Which parameters a zoo fine-tune trains (``ZooConfig.trainable``)."""
+
+
+def load_base(path: str | Path | None = None) -> TinyVit:
+    """The tiny base model (architecture read from the checkpoint's metadata)."""
+    file = Path(path) if path is not None else shipped_base_path()
+    if not file.exists():
+        raise InputError(
+            f"tiny base checkpoint {file} not found; run scripts/pretrain_tiny_base.py to make it"
+        )
+    with safe_open(str(file), framework="pt") as fh:
+        meta = json.loads((fh.metadata() or {}).get("rmtllmf", "{}"))
+    model = TinyVit(TinyVitConfig(**meta.get("config", {})))
+    model.load_state_dict(load_state_dict(file))
+    return model.eval()
+
+
+def resolve_base(cfg: ZooConfig, cache: Path, *, progress: bool = False) -> Path:
+    """The base checkpoint: ``cfg.base``, else the shipped one, else one pretrained with
+    ``cfg.pretrain`` into ``cache`` (once; reused afterwards)."""
+    if cfg.base:
+        return Path(cfg.base)
+    if shipped_base_path().exists():
+        return shipped_base_path()
+    path = cache / f"tiny_vit_base-{digest(cfg.pretrain.model_dump_json().encode())}.safetensors"
+    if not path.exists():
+        if progress:
+            print(
+                f"no tiny base is shipped: pretraining one into {path} (cached; on one CPU core "
+                "the default took 27 minutes here)",
+                flush=True,
+            )
+        pretrain_tiny_base(path, cfg.pretrain, progress=progress)
+    return path
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
