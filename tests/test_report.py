@@ -9,8 +9,8 @@ import pytest
 
 from rmtllmf.errors import InputError
 from rmtllmf.report import write_report
-from rmtllmf.report.tables import orderings
-from rmtllmf.study.store import ResultsDB
+from rmtllmf.report.tables import Ordering, Recovered, Summary, orderings
+from rmtllmf.study.store import ResultsDB, RunRecord
 from rmtllmf.study.sweep import run_sweep
 from test_sweep import small_config
 
@@ -49,45 +49,53 @@ def test_every_artefact_is_written(report):
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
 
+def _by_hand(r, zoo):
+    """A run's normalized accuracy by hand: its per-task accuracies over each task's fine-tuned
+    accuracy (the zoo's record), averaged over its tasks; checks the stored value on the way."""
+    assert set(r.result.accuracy) == set(r.config.tasks)
+    value = np.mean([a / zoo.finetuned_accuracy(t) for t, a in r.result.accuracy.items()])
+    assert r.result.normalized == pytest.approx(value)
+    return value
+
+
+def _ablation_by_hand(rows, zoo, link, scenario, defense):
+    """:func:`_by_hand` of each ablation run of one cell (N = 3, default k = 2)."""
+    return [
+        _by_hand(r, zoo)
+        for r in rows
+        if r.role == "ablation"
+        and (len(r.config.tasks), r.config.link, r.config.scenario, r.config.defense)
+        == (3, link, scenario, defense)
+        and r.config.realign.k_per_class == 2
+    ]
+
+
 def test_summary_matches_a_hand_computation(report, tiny_zoo):
     db, _, summary = report
     rows = list(db.rows())
+    assert all(isinstance(r, RunRecord) for r in rows)
     assert summary["n_tasks"] == 3
     assert set(summary["by_link"]) == {"absolute", "symbol"}
     assert set(summary["by_link"]["absolute"]) == {"ideal", "sum-rate"}
     for link in ("absolute", "symbol"):
         for scenario in ("ideal", "sum-rate"):
             for defense in ("none", "freeze", "realign", "r-mtllmf"):
-                vals = []
-                for r in rows:
-                    c = r["config"]
-                    if (
-                        len(c["tasks"]),
-                        c["link"],
-                        c["scenario"],
-                        c["defense"],
-                        c["realign"]["k_per_class"],
-                    ) == (3, link, scenario, defense, 2) and r["role"] == "ablation":
-                        fts = r["result"]["accuracy"]
-                        vals.append(r["result"]["normalized"])
-                        assert 0 <= min(fts.values()) <= max(fts.values()) <= 1
+                vals = _ablation_by_hand(rows, tiny_zoo, link, scenario, defense)
                 assert len(vals) == 2  # two seeds
                 assert summary["by_link"][link][scenario][defense] == pytest.approx(np.mean(vals))
     clean = [
-        r["result"]["normalized"]
+        _by_hand(r, tiny_zoo)
         for r in rows
-        if r["config"]["link"] == "noiseless"
-        and r["config"]["defense"] == "none"
-        and len(r["config"]["tasks"]) == 3
+        if r.config.link == "noiseless" and r.config.defense == "none" and len(r.config.tasks) == 3
     ]
     assert summary["clean"] == pytest.approx(np.mean(clean))
 
     def mean_of(defense):
         return np.mean(
             [
-                r["result"]["normalized"]
+                _by_hand(r, tiny_zoo)
                 for r in rows
-                if (r["config"]["link"], r["config"]["defense"], len(r["config"]["tasks"]))
+                if (r.config.link, r.config.defense, len(r.config.tasks))
                 == ("noiseless", defense, 3)
             ]
         )
@@ -102,39 +110,105 @@ def test_summary_matches_a_hand_computation(report, tiny_zoo):
     assert summary["chance"] == pytest.approx(chance)
     for link, cells in summary["by_link"].items():
         for scenario, cell in cells.items():
-            assert cell["base"] == summary["base"]  # the floors stand in every cell
+            # the floors stand in every cell, at their hand-computed values
+            assert cell["base"] == pytest.approx(mean_of("base"))
+            assert cell["base+realign"] == pytest.approx(mean_of("base+realign"))
             for defense, value in cell.items():
                 got = summary["recovered"]["by_link"][link][scenario][defense]
                 assert got == pytest.approx((value - chance) / (summary["clean"] - chance))
     assert {o["link"] for o in summary["orderings"]} == {"absolute", "symbol"}
 
 
-def test_orderings_read_the_claims():
-    good = {
-        "clean": 0.9,
-        "base": 0.4,
-        "by_link": {
-            "absolute": {
-                "ideal": {"none": 0.7, "freeze": 0.75, "realign": 0.8, "r-mtllmf": 0.85},
-                "sum-rate": {"none": 0.1, "freeze": 0.2, "realign": 0.3, "r-mtllmf": 0.5},
-            }
-        },
-    }
-    (o,) = orderings(good)
-    assert (
-        o["clean_ge_rm_ideal"]
-        and o["rm_ideal_gt_rm_worst"]
-        and o["rm_worst_gg_none_worst"]
-        and o["both_beat_each"]
-        and o["rm_worst_gt_base"]
+def test_summary_json_keeps_its_keys_and_order(report):
+    _, out, _ = report
+    written = json.loads((out / "summary.json").read_text())
+    assert list(written) == [
+        "n_tasks",
+        "clean",
+        "clean_realign",
+        "base",
+        "base_realign",
+        "chance",
+        "by_link",
+        "recovered",
+        "paper",
+        "orderings",
+        "cosine_offdiag",
+        "analysis",
+        "code_version",
+        "pool_id",
+        "seeds",
+        "config",
+        "figures",
+    ]
+    assert list(written["recovered"]) == ["clean_realign", "base", "base_realign", "by_link"]
+    assert list(written["orderings"][0]) == [
+        "link",
+        "clean",
+        "rm_ideal",
+        "rm_worst",
+        "none_worst",
+        "clean_ge_rm_ideal",
+        "rm_ideal_gt_rm_worst",
+        "rm_worst_gg_none_worst",
+        "both_beat_each",
+        "rm_worst_gt_base",
+    ]
+    assert list(written["analysis"][0]) == [
+        "scenario",
+        "link",
+        "wde_clean",
+        "wde_received",
+        "sum_mu",
+        "sum_mu_ref",
+        "reject_robust",
+        "reject_paper",
+    ]
+    assert list(written["paper"][0]) == ["scenario", "defense", "normalized", "recovered", "chance"]
+
+
+def _summary(clean: float, base: float, by_link: dict) -> Summary:
+    """A summary carrying only what :func:`orderings` reads."""
+    nan = float("nan")
+    return Summary(
+        n_tasks=8,
+        clean=clean,
+        clean_realign=nan,
+        base=base,
+        base_realign=nan,
+        chance=nan,
+        by_link=by_link,
+        recovered=Recovered(clean_realign=nan, base=nan, base_realign=nan, by_link={}),
     )
-    good["by_link"]["absolute"]["sum-rate"]["freeze"] = 0.6
+
+
+def test_orderings_read_the_claims():
+    ideal = {"none": 0.7, "freeze": 0.75, "realign": 0.8, "r-mtllmf": 0.85}
+    sum_rate = {"none": 0.1, "freeze": 0.2, "realign": 0.3, "r-mtllmf": 0.5}
+    good = _summary(0.9, 0.4, {"absolute": {"ideal": ideal, "sum-rate": sum_rate}})
     (o,) = orderings(good)
-    assert not o["both_beat_each"]
-    good["base"] = 0.55  # the received vectors did worse than discarding them
-    good["by_link"]["absolute"]["sum-rate"]["none"] = 0.45  # 0.5 is not >= 0.45 + 0.1
-    (o,) = orderings(good)
-    assert not o["rm_worst_gt_base"] and not o["rm_worst_gg_none_worst"]
+    assert isinstance(o, Ordering)
+    assert (o.link, o.clean, o.rm_ideal, o.rm_worst, o.none_worst) == (
+        "absolute",
+        0.9,
+        0.85,
+        0.5,
+        0.1,
+    )
+    assert (
+        o.clean_ge_rm_ideal
+        and o.rm_ideal_gt_rm_worst
+        and o.rm_worst_gg_none_worst
+        and o.both_beat_each
+        and o.rm_worst_gt_base
+    )
+    sum_rate = {**sum_rate, "freeze": 0.6}
+    (o,) = orderings(_summary(0.9, 0.4, {"absolute": {"ideal": ideal, "sum-rate": sum_rate}}))
+    assert not o.both_beat_each
+    # the received vectors did worse than discarding them (base 0.55), and 0.5 is not >= 0.45 + 0.1
+    sum_rate = {**sum_rate, "none": 0.45}
+    (o,) = orderings(_summary(0.9, 0.55, {"absolute": {"ideal": ideal, "sum-rate": sum_rate}}))
+    assert not o.rm_worst_gt_base and not o.rm_worst_gg_none_worst
 
 
 def test_empty_database_is_a_clear_error(tmp_path):
@@ -148,11 +222,11 @@ def test_paper_numbers_in_the_recovered_metric():
     # the paper's chance, by hand: a uniform guess on Cars (196 classes), DTD (47), EuroSAT (10),
     # GTSRB (43), MNIST (10), RESISC45 (45), SUN397 (397), SVHN (10), over the mean expert 0.923
     chance = (1 / 196 + 1 / 47 + 1 / 10 + 1 / 43 + 1 / 10 + 1 / 45 + 1 / 397 + 1 / 10) / 8 / 0.923
-    rows = {(r["scenario"], r["defense"]): r for r in paper_reference()}
-    assert rows[("clean", "none")]["chance"] == pytest.approx(chance)
-    assert rows[("clean", "none")]["recovered"] == [1.0, 1.0]
-    sr = rows[("sum-rate", "r-mtllmf")]["recovered"][0]
+    rows = {(r.scenario, r.defense): r for r in paper_reference()}
+    assert rows[("clean", "none")].chance == pytest.approx(chance)
+    assert rows[("clean", "none")].recovered == (1.0, 1.0)
+    sr = rows[("sum-rate", "r-mtllmf")].recovered[0]
     assert sr == pytest.approx((0.548 - chance) / (0.912 - chance))
     assert 0.57 < sr < 0.58  # the issue's "about 0.58"
-    low, high = rows[("sum-rate", "none")]["recovered"]
+    low, high = rows[("sum-rate", "none")].recovered
     assert low < 0 < high  # "between 4% and 6%" straddles chance

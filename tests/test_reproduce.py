@@ -102,10 +102,7 @@ def test_sigkill_mid_sweep_then_rerun_gives_the_same_numbers(study, tmp_path):
     subprocess.run(argv(tmp_path / "killed"), check=True, capture_output=True)
 
     def numbers(out):
-        return {
-            json.dumps(r["config"], sort_keys=True): r["result"]
-            for r in ResultsDB(out / "results.db").rows()
-        }
+        return {r.config.model_dump_json(): r.result for r in ResultsDB(out / "results.db").rows()}
 
     assert numbers(tmp_path / "killed") == numbers(tmp_path / "reference")
 

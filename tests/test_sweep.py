@@ -13,8 +13,9 @@ import rmtllmf.study.sweep as sweep
 from rmtllmf.defense import RealignConfig
 from rmtllmf.errors import InputError
 from rmtllmf.study.analysis import AnalysisConfig
+from rmtllmf.study.experiment import ExperimentConfig
 from rmtllmf.study.plan import SweepConfig, plan_runs, subsets
-from rmtllmf.study.store import ResultsDB, export_csv
+from rmtllmf.study.store import ResultsDB, RunRecord, RunResult, export_csv
 from rmtllmf.study.sweep import run_sweep
 
 TASKS = ("signs", "textures", "counting")
@@ -98,7 +99,7 @@ def test_interrupted_sweep_resumes_to_identical_results(tiny_zoo, tmp_path, monk
 
     def results(d):
         return {
-            json.dumps(r["config"], sort_keys=True): json.dumps(r["result"], sort_keys=True)
+            r.config.model_dump_json(): json.dumps(r.result.to_json(), sort_keys=True)
             for r in d.rows()
         }
 
@@ -109,14 +110,55 @@ def test_results_carry_analysis_and_export_to_csv(tiny_zoo, tmp_path):
     db = ResultsDB(tmp_path / "r.db")
     run_sweep(tiny_zoo, "zoo", small_config(links=("absolute",), k_values=(2,)), db)
     rows = list(db.rows())
-    analysed = [r for r in rows if "analysis" in r["result"]]
-    assert analysed and all(0 <= r["result"]["analysis"]["reject_robust"] <= 1 for r in analysed)
+    analysed = [r for r in rows if r.result.analysis is not None]
+    assert analysed and all(0 <= r.result.analysis.reject_robust <= 1 for r in analysed)
+    for r in analysed:  # the flat rejection rate is the mean of the per-task ones
+        per_task = r.result.analysis.reject_robust_per_task
+        assert set(per_task) == set(r.config.tasks)
+        mean = sum(per_task.values()) / len(per_task)
+        assert r.result.analysis.reject_robust == pytest.approx(mean)
+    # the stored JSON reads into the typed record and writes back to the very same text
+    stored = [raw for (raw,) in db.conn.execute("SELECT result FROM runs ORDER BY rowid")]
+    assert [json.dumps(r.result.to_json()) for r in rows] == stored
     out = export_csv(db, tmp_path / "runs.csv")
     with out.open() as fh:
         table = list(csv.DictReader(fh))
-    assert len(table) == sum(len(r["config"]["tasks"]) for r in rows)
+    assert len(table) == sum(len(r.config.tasks) for r in rows)
+    first = rows[0]
+    assert [t["task"] for t in table[: len(first.config.tasks)]] == list(first.config.tasks)
+    assert float(table[0]["accuracy"]) == first.result.accuracy[first.config.tasks[0]]
     assert all(0.0 <= float(t["accuracy"]) <= 1.0 for t in table)
     assert all(not math.isnan(float(t["normalized"])) for t in table)
+
+
+def test_older_rows_read_typed(tmp_path):
+    """A row written before ``chance``, the realignment curve and the analysis were stored."""
+    db = ResultsDB(tmp_path / "r.db")
+    cfg = ExperimentConfig(tasks=("signs", "textures"), defense="freeze", seed=3)
+    old = {
+        "accuracy": {"signs": 0.5, "textures": 0.25},
+        "normalized": 0.4,
+        "mse": [0.01, 0.02],
+        "error_mse": [0.001, 0.002],
+        "received_cosine": [[1.0, 0.1], [0.1, 1.0]],
+        "dropped_users": [],
+        "nonfinite_entries": 0,
+    }
+    db.conn.execute(
+        "INSERT INTO runs VALUES ('k', 'clean', 2, ?, ?, 1.5, datetime('now'))",
+        (cfg.model_dump_json(), json.dumps(old)),
+    )
+    (row,) = db.rows()
+    assert isinstance(row, RunRecord) and isinstance(row.result, RunResult)
+    assert (row.role, row.config, row.seconds) == ("clean", cfg, 1.5)
+    assert math.isnan(row.result.chance)
+    assert row.result.accuracy == {"signs": 0.5, "textures": 0.25}
+    assert row.result.mse == (0.01, 0.02)
+    assert row.result.received_cosine == ((1.0, 0.1), (0.1, 1.0))
+    assert row.result.realign_curve == () and row.result.realign_kept_step == 0
+    assert row.result.analysis is None
+    assert row.result.to_json() == {**old, "chance": row.result.chance}
+    db.close()
 
 
 def test_database_from_other_code_version_is_refused(tmp_path, monkeypatch):

@@ -13,12 +13,63 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rmtllmf.errors import InputError
 from rmtllmf.report import figures, markdown, tables
-from rmtllmf.study.store import ResultsDB, code_version, export_csv
+from rmtllmf.study.store import ResultsDB, RunRecord, code_version, export_csv
+
+Cosines = dict[str, tuple[float, float, float]]
+"""Reception name -> (mean, min, max) off-diagonal received-vector cosine."""
+
+
+def _cosines(rows: Sequence[RunRecord], links: Sequence[str], scenarios: Sequence[str]) -> Cosines:
+    """Off-diagonal cosine of the clean vectors and of every link × scenario's received ones."""
+    cosines = {"clean": tables.offdiag(tables.mean_cosine(rows, link="noiseless"))}
+    for link in links:
+        for scenario in scenarios:
+            cosines[f"{scenario}, {link}"] = tables.offdiag(
+                tables.mean_cosine(rows, link=link, scenario=scenario)
+            )
+    return cosines
+
+
+def _figures(
+    rows: Sequence[RunRecord],
+    summ: tables.Summary,
+    fig2: dict[str, dict[str, tables.Series]],
+    kshot: dict[str, list[tuple[int, float]]],
+    out: Path,
+) -> list[Path]:
+    """Save every figure under ``out``; returns the files written (PNG and PDF of each)."""
+    links = list(summ.by_link)
+    scenarios = list(dict.fromkeys(s for d in summ.by_link.values() for s in d))
+    files = figures.save(figures.fig2(fig2), out, "fig2_accuracy_vs_tasks")
+    if links and scenarios:
+        tasks = next(list(r.config.tasks) for r in rows if len(r.config.tasks) == summ.n_tasks)
+        ideal = next((s for s in scenarios if s.endswith("ideal")), scenarios[0])
+        worst = next((s for s in scenarios if s != ideal), ideal)
+        for name, scenario in (("fig3_cosine_ideal", ideal), ("fig4_cosine_worst", worst)):
+            m = tables.mean_cosine(rows, link=links[0], scenario=scenario)
+            if m.size:
+                title = f"received task vectors, {scenario}, {links[0]} link"
+                files += figures.save(figures.heatmap(m, tasks, title), out, name)
+        floors = {"base": summ.base, "base+realign": summ.base_realign, "chance": summ.chance}
+        files += figures.save(
+            figures.fig5(summ.by_link, kshot, summ.clean, floors), out, "fig5_ablation"
+        )
+    analysed = [
+        (r.result.analysis, r.config.analysis)
+        for r in rows
+        if r.result.analysis is not None and r.config.analysis is not None
+    ]
+    if analysed:
+        points = [result.to_json() for result, _ in analysed]
+        beta = analysed[0][1].beta  # the sweep's significance level
+        files += figures.save(figures.rejection(points, beta=beta), out, "hypothesis_rejection")
+    return files
 
 
 def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
@@ -29,67 +80,35 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads(db.meta("sweep_config") or "{}")
-    summ = {**tables.summary(rows), "paper": tables.paper_reference()}
+    summ = tables.summary(rows)
     order = tables.orderings(summ)
     fig2 = tables.fig2_series(rows)
     kshot = tables.kshot_series(rows)
-    links = list(summ["by_link"])
-    scenarios = list(dict.fromkeys(s for d in summ["by_link"].values() for s in d))
-    tasks = next(r["config"]["tasks"] for r in rows if len(r["config"]["tasks"]) == summ["n_tasks"])
-    cosines = {"clean": tables.offdiag(tables.mean_cosine(rows, link="noiseless"))}
-    for link in links:
-        for scenario in scenarios:
-            cosines[f"{scenario}, {link}"] = tables.offdiag(
-                tables.mean_cosine(rows, link=link, scenario=scenario)
-            )
-    files = figures.save(figures.fig2(fig2), out, "fig2_accuracy_vs_tasks")
-    if links and scenarios:
-        ideal = next((s for s in scenarios if s.endswith("ideal")), scenarios[0])
-        worst = next((s for s in scenarios if s != ideal), ideal)
-        for name, scenario in (("fig3_cosine_ideal", ideal), ("fig4_cosine_worst", worst)):
-            m = tables.mean_cosine(rows, link=links[0], scenario=scenario)
-            if m.size:
-                title = f"received task vectors, {scenario}, {links[0]} link"
-                files += figures.save(figures.heatmap(m, tasks, title), out, name)
-        files += figures.save(
-            figures.fig5(
-                summ["by_link"],
-                kshot,
-                summ["clean"],
-                {
-                    "base": summ["base"],
-                    "base+realign": summ["base_realign"],
-                    "chance": summ["chance"],
-                },
-            ),
-            out,
-            "fig5_ablation",
-        )
+    scenarios = list(dict.fromkeys(s for d in summ.by_link.values() for s in d))
+    cosines = _cosines(rows, list(summ.by_link), scenarios)
+    files = _figures(rows, summ, fig2, kshot, out)
     analysis = tables.analysis_table(rows)
-    points = [r["result"]["analysis"] for r in rows if "analysis" in r["result"]]
-    if points:
-        files += figures.save(figures.rejection(points), out, "hypothesis_rejection")
-    meta = {
-        "runs": len(rows),
-        "code_version": code_version(),
-        "pool_id": db.meta("pool_id"),
-        "seeds": config.get("seeds"),
-        "config": json.dumps(config, indent=2),
-    }
+    meta = markdown.ReportMeta(
+        runs=len(rows),
+        code_version=code_version(),
+        pool_id=db.meta("pool_id"),
+        seeds=config.get("seeds"),
+        config=json.dumps(config, indent=2),
+    )
     text = markdown.render(
         summ, order, tables.channel_table(rows), analysis, cosines, fig2, kshot, meta
     )
     (out / "report.md").write_text(text)
     full = {
-        **summ,
-        "orderings": order,
+        **summ.to_json(),
+        "orderings": [o.to_json() for o in order],
         "cosine_offdiag": {
             k: dict(zip(("mean", "min", "max"), v, strict=True)) for k, v in cosines.items()
         },
-        "analysis": analysis,
-        "code_version": meta["code_version"],
-        "pool_id": meta["pool_id"],
-        "seeds": meta["seeds"],
+        "analysis": [a.to_json() for a in analysis],
+        "code_version": meta.code_version,
+        "pool_id": meta.pool_id,
+        "seeds": meta.seeds,
         "config": config,
         "figures": [p.name for p in files],
     }

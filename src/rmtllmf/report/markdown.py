@@ -1,16 +1,42 @@
-"""The markdown report: the tables behind every figure, the orderings, the configuration."""
+"""The markdown report: the tables behind every figure, the orderings, the configuration.
+
+:func:`render` composes one function per section; each returns its lines (with the blank lines
+that separate it from its neighbours), and the report is their concatenation.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+
+from rmtllmf.report.tables import AnalysisRow, ChannelRow, Ordering, Summary
+
+Fig2Data = Mapping[str, Mapping[str, Sequence[tuple[int, float, float, float]]]]
+"""Per link: line name -> ``(N, mean, min, max)`` points (:func:`tables.fig2_series`)."""
+KshotData = Mapping[str, Sequence[tuple[int, float]]]
+"""``scenario (link)`` -> ``(k, normalized)`` points (:func:`tables.kshot_series`)."""
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class ReportMeta:
+    """What the report says about where its numbers come from."""
+
+    runs: int
+    code_version: str
+    pool_id: str | None
+    seeds: list[int] | None
+    config: str
+    """The sweep config, as indented JSON."""
 
 
 def _f(x: float) -> str:
+    """A number to three decimals, ``n/a`` for NaN."""
     return "n/a" if x != x else f"{x:.3f}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table's lines."""
     return [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -18,78 +44,99 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def render(
-    summ: Mapping[str, Any],
-    order: Sequence[Mapping[str, Any]],
-    channel: Sequence[Mapping[str, Any]],
-    analysis: Sequence[Mapping[str, Any]],
-    cosines: Mapping[str, tuple[float, float, float]],
-    fig2: Mapping[str, Mapping[str, Sequence[tuple[int, float, float, float]]]],
-    kshot: Mapping[str, Sequence[tuple[int, float]]],
-    meta: Mapping[str, Any],
-) -> str:
-    """The whole report as markdown."""
-    n = summ["n_tasks"]
-    lines = [
+def _header(meta: ReportMeta) -> list[str]:
+    """Title, provenance and what the numbers mean."""
+    return [
         "# R-MTLLMF study report",
         "",
-        f"Runs: {meta['runs']} · code version `{meta['code_version']}` · pool `{meta['pool_id']}`"
-        f" · seeds {meta['seeds']}",
+        f"Runs: {meta.runs} · code version `{meta.code_version}` · pool `{meta.pool_id}`"
+        f" · seeds {meta.seeds}",
         "",
         "All numbers are normalized accuracies (merged / the task's own fine-tuned accuracy, "
         "averaged over the subset's tasks and then over subsets and seeds).",
         "",
-        f"## At N = {n} tasks: every link, scenario and defense (summary.json)",
+    ]
+
+
+def _at_largest_n(summ: Summary) -> list[str]:
+    """Clean merge, floors and every link × scenario × defense at the largest N."""
+    lines = [
+        f"## At N = {summ.n_tasks} tasks: every link, scenario and defense (summary.json)",
         "",
-        f"Clean merge: **{_f(summ['clean'])}**; clean + realign (the control: what few-shot "
-        f"training adds without any channel noise): **{_f(summ['clean_realign'])}**.",
+        f"Clean merge: **{_f(summ.clean)}**; clean + realign (the control: what few-shot "
+        f"training adds without any channel noise): **{_f(summ.clean_realign)}**.",
         "",
         f"Floors: the base model alone (the BS discards every received vector) "
-        f"**{_f(summ.get('base', float('nan')))}**, the base realigned with the same few-shot "
-        f"data **{_f(summ.get('base_realign', float('nan')))}**, chance "
-        f"**{_f(summ.get('chance', float('nan')))}**. A defense below `base` made the received "
+        f"**{_f(summ.base)}**, the base realigned with the same few-shot "
+        f"data **{_f(summ.base_realign)}**, chance "
+        f"**{_f(summ.chance)}**. A defense below `base` made the received "
         "vectors worse than none; below `base+realign`, realignment did better without them.",
         "",
         "Each cell: normalized accuracy, and in brackets the recovered fraction "
         "(acc − chance) / (clean − chance), comparable to the paper's numbers.",
         "",
     ]
-    rec = summ.get("recovered", {}).get("by_link", {})
+    rec = summ.recovered.by_link
     cols = ("none", "freeze", "realign", "r-mtllmf", "base", "base+realign")
     rows = []
-    for link, by_s in summ["by_link"].items():
+    for link, by_s in summ.by_link.items():
         for scenario, d in by_s.items():
             r = rec.get(link, {}).get(scenario, {})
-            rows.append(
-                [
-                    link,
-                    scenario,
-                    *(f"{_f(d.get(k, float('nan')))} ({_f(r.get(k, float('nan')))})" for k in cols),
-                ]
-            )
-    lines += _table(
-        ["link", "scenario", "none", "freeze", "realign", "R-MTLLMF", "base", "base+realign"], rows
-    )
-    paper = summ.get("paper", [])
-    if paper:
-        lines += [
-            "",
-            "The paper's own numbers at N = 8 (CLIP ViT-B/16 on eight datasets of 10-397 classes;"
-            f" chance {_f(paper[0]['chance'])} normalized) in the same metric:",
-            "",
-        ]
+            cells = (f"{_f(d.get(k, NAN))} ({_f(r.get(k, NAN))})" for k in cols)
+            rows.append([link, scenario, *cells])
+    header = ["link", "scenario", "none", "freeze", "realign", "R-MTLLMF", "base", "base+realign"]
+    return lines + _table(header, rows)
 
-        def span(pair: Sequence[float]) -> str:
-            return _f(pair[0]) if pair[0] == pair[1] else f"{_f(pair[0])}-{_f(pair[1])}"
 
-        lines += _table(
+def _paper(summ: Summary) -> list[str]:
+    """The paper's own N = 8 numbers in the same metric (nothing when the summary has none)."""
+    paper = summ.paper
+    if not paper:
+        return []
+
+    def span(pair: Sequence[float]) -> str:
+        return _f(pair[0]) if pair[0] == pair[1] else f"{_f(pair[0])}-{_f(pair[1])}"
+
+    return [
+        "",
+        "The paper's own numbers at N = 8 (CLIP ViT-B/16 on eight datasets of 10-397 classes;"
+        f" chance {_f(paper[0].chance)} normalized) in the same metric:",
+        "",
+        *_table(
             ["scenario", "defense", "normalized", "recovered fraction"],
-            [
-                [p["scenario"], p["defense"], span(p["normalized"]), span(p["recovered"])]
-                for p in paper
-            ],
-        )
-    lines += [
+            [[p.scenario, p.defense, span(p.normalized), span(p.recovered)] for p in paper],
+        ),
+    ]
+
+
+def _orderings(order: Sequence[Ordering]) -> list[str]:
+    """The paper's claims, checked per link."""
+    yes = {True: "yes", False: "**no**"}
+    header = [
+        "link",
+        "clean",
+        "R-MTLLMF ideal",
+        "R-MTLLMF worst",
+        "none worst",
+        "clean ≥ RM ideal",
+        "RM ideal > RM worst",
+        "RM worst ≫ none worst",
+        "both > each",
+        "RM worst > base",
+    ]
+    body = [
+        [
+            o.link,
+            *(_f(v) for v in (o.clean, o.rm_ideal, o.rm_worst, o.none_worst)),
+            yes[o.clean_ge_rm_ideal],
+            yes[o.rm_ideal_gt_rm_worst],
+            yes[o.rm_worst_gg_none_worst],
+            yes[o.both_beat_each],
+            yes[o.rm_worst_gt_base],
+        ]
+        for o in order
+    ]
+    return [
         "",
         "## The paper's ordering, per link",
         "",
@@ -98,38 +145,13 @@ def render(
         "alone in every scenario, and R-MTLLMF worst beats the base model alone (the received "
         "vectors helped).",
         "",
+        *_table(header, body),
     ]
-    yes = {True: "yes", False: "**no**"}
-    lines += _table(
-        [
-            "link",
-            "clean",
-            "R-MTLLMF ideal",
-            "R-MTLLMF worst",
-            "none worst",
-            "clean ≥ RM ideal",
-            "RM ideal > RM worst",
-            "RM worst ≫ none worst",
-            "both > each",
-            "RM worst > base",
-        ],
-        [
-            [
-                o["link"],
-                _f(o["clean"]),
-                _f(o["rm_ideal"]),
-                _f(o["rm_worst"]),
-                _f(o["none_worst"]),
-                yes[o["clean_ge_rm_ideal"]],
-                yes[o["rm_ideal_gt_rm_worst"]],
-                yes[o["rm_worst_gg_none_worst"]],
-                yes[o["both_beat_each"]],
-                yes[o["rm_worst_gt_base"]],
-            ]
-            for o in order
-        ],
-    )
-    lines += ["", "## Fig. 2 data: normalized accuracy vs N (mean [min, max] over subsets)", ""]
+
+
+def _fig2(fig2: Fig2Data) -> list[str]:
+    """Fig. 2's lines per link: mean [min, max] over subsets at each N."""
+    lines = ["", "## Fig. 2 data: normalized accuracy vs N (mean [min, max] over subsets)", ""]
     for link, series in fig2.items():
         counts = sorted({p[0] for pts in series.values() for p in pts})
         body = [
@@ -143,30 +165,86 @@ def render(
             for label, pts in series.items()
         ]
         lines += [f"### link: {link}", "", *_table(["line", *(f"N={c}" for c in counts)], body), ""]
-    lines += ["## Fig. 5 data: R-MTLLMF vs samples per class k", ""]
-    lines += _table(
-        ["scenario (link)", "k: normalized"],
-        [[label, ", ".join(f"{k}: {_f(v)}" for k, v in pts)] for label, pts in kshot.items()],
-    )
-    lines += ["", "## Figs. 3-4 data: received-vector cosine similarity (off-diagonal)", ""]
-    lines += _table(
-        ["reception", "mean", "min", "max"],
-        [[name, *(_f(v) for v in vals)] for name, vals in cosines.items()],
-    )
-    lines += ["", f"## Channel per scenario (N = {n}, mean over seeds)", ""]
-    lines += _table(
-        ["scenario", "μ_q per user", "SINR per user (dB)", "measured per-entry error by link"],
-        [
+    return lines
+
+
+def _kshot(kshot: KshotData) -> list[str]:
+    """Fig. 5's right panel: R-MTLLMF against samples per class."""
+    return [
+        "## Fig. 5 data: R-MTLLMF vs samples per class k",
+        "",
+        *_table(
+            ["scenario (link)", "k: normalized"],
+            [[label, ", ".join(f"{k}: {_f(v)}" for k, v in pts)] for label, pts in kshot.items()],
+        ),
+    ]
+
+
+def _cosines(cosines: Mapping[str, tuple[float, float, float]]) -> list[str]:
+    """Figs. 3-4: off-diagonal received-vector cosine per reception."""
+    return [
+        "",
+        "## Figs. 3-4 data: received-vector cosine similarity (off-diagonal)",
+        "",
+        *_table(
+            ["reception", "mean", "min", "max"],
+            [[name, *(_f(v) for v in vals)] for name, vals in cosines.items()],
+        ),
+    ]
+
+
+def _channel(channel: Sequence[ChannelRow], n: int) -> list[str]:
+    """μ_q, SINR and the measured per-entry error per scenario at N = ``n``."""
+    return [
+        "",
+        f"## Channel per scenario (N = {n}, mean over seeds)",
+        "",
+        *_table(
+            ["scenario", "μ_q per user", "SINR per user (dB)", "measured per-entry error by link"],
             [
-                c["scenario"],
-                ", ".join(f"{m:.3g}" for m in c["mu"]),
-                ", ".join(f"{s:.1f}" for s in c["sinr_db"]),
-                ", ".join(f"{k}: {v:.3g}" for k, v in c["error_mse"].items()),
-            ]
-            for c in channel
-        ],
-    )
-    lines += [
+                [
+                    c.scenario,
+                    ", ".join(f"{m:.3g}" for m in c.mu),
+                    ", ".join(f"{s:.1f}" for s in c.sinr_db),
+                    ", ".join(f"{k}: {v:.3g}" for k, v in c.error_mse.items()),
+                ]
+                for c in channel
+            ],
+        ),
+    ]
+
+
+def _analysis(analysis: Sequence[AnalysisRow]) -> list[str]:
+    """WDE and the hypothesis test per scenario × link."""
+    header = [
+        "scenario",
+        "link",
+        "WDE clean",
+        "WDE received",
+        "Σμ measured",
+        "Σμ_ref",
+        "reject (robust)",
+        "reject (paper)",
+    ]
+    body = [
+        [
+            a.scenario,
+            a.link,
+            *(
+                _f(v)
+                for v in (
+                    a.wde_clean,
+                    a.wde_received,
+                    a.sum_mu,
+                    a.sum_mu_ref,
+                    a.reject_robust,
+                    a.reject_paper,
+                )
+            ),
+        ]
+        for a in analysis
+    ]
+    return [
         "",
         "## Weight disentanglement error and hypothesis test (undefended merge)",
         "",
@@ -175,36 +253,36 @@ def render(
         "test inputs where H0 (noise does not change the logits) is rejected, robust statistic "
         "and the paper's ratio, threshold set at Σμ_ref.",
         "",
+        *_table(header, body),
     ]
-    lines += _table(
-        [
-            "scenario",
-            "link",
-            "WDE clean",
-            "WDE received",
-            "Σμ measured",
-            "Σμ_ref",
-            "reject (robust)",
-            "reject (paper)",
-        ],
-        [
-            [
-                a["scenario"],
-                a["link"],
-                *(
-                    _f(a[k])
-                    for k in (
-                        "wde_clean",
-                        "wde_received",
-                        "sum_mu",
-                        "sum_mu_ref",
-                        "reject_robust",
-                        "reject_paper",
-                    )
-                ),
-            ]
-            for a in analysis
-        ],
+
+
+def _configuration(meta: ReportMeta) -> list[str]:
+    """The resolved sweep config."""
+    return ["", "## Configuration", "", "```json", meta.config, "```", ""]
+
+
+def render(
+    summ: Summary,
+    order: Sequence[Ordering],
+    channel: Sequence[ChannelRow],
+    analysis: Sequence[AnalysisRow],
+    cosines: Mapping[str, tuple[float, float, float]],
+    fig2: Fig2Data,
+    kshot: KshotData,
+    meta: ReportMeta,
+) -> str:
+    """The whole report as markdown."""
+    sections = (
+        _header(meta),
+        _at_largest_n(summ),
+        _paper(summ),
+        _orderings(order),
+        _fig2(fig2),
+        _kshot(kshot),
+        _cosines(cosines),
+        _channel(channel, summ.n_tasks),
+        _analysis(analysis),
+        _configuration(meta),
     )
-    lines += ["", "## Configuration", "", "```json", meta["config"], "```", ""]
-    return "\n".join(lines)
+    return "\n".join(line for section in sections for line in section)

@@ -13,13 +13,17 @@ import csv
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import closing
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from rmtllmf.errors import InputError
+from rmtllmf.study.analysis import Analysis
 from rmtllmf.study.experiment import ExperimentConfig, ExperimentResult
 
 
@@ -120,44 +124,156 @@ class ResultsDB:
         )
         self.conn.commit()
 
-    def rows(self) -> Iterator[dict[str, Any]]:
-        """Every finished run: role, config and result as dicts."""
+    def rows(self) -> Iterator[RunRecord]:
+        """Every finished run, typed, in the order they were committed."""
         for role, config, result, seconds in self.conn.execute(
             "SELECT role, config, result, seconds FROM runs ORDER BY rowid"
         ):
-            yield {
-                "role": role,
-                "config": json.loads(config),
-                "result": json.loads(result),
-                "seconds": seconds,
-            }
+            try:
+                cfg = ExperimentConfig.model_validate_json(config)
+            except ValidationError as exc:
+                raise InputError(f"results database {self.path}: a run's config: {exc}") from exc
+            yield RunRecord(
+                role=role,
+                config=cfg,
+                result=RunResult.from_json(json.loads(result)),
+                seconds=seconds,
+            )
+
+
+@dataclass(frozen=True)
+class AnalysisRecord:
+    """A run's interference analysis as stored: the flat numbers of
+    :meth:`~rmtllmf.study.analysis.Analysis.summary` and the per-task dicts."""
+
+    wde_clean: float
+    wde_received: float
+    reject_robust: float
+    reject_paper: float
+    sum_mu: float
+    sum_mu_ref: float
+    wde_clean_per_task: dict[str, float]
+    wde_received_per_task: dict[str, float]
+    reject_robust_per_task: dict[str, float]
+    reject_paper_per_task: dict[str, float]
+
+    @classmethod
+    def from_analysis(cls, a: Analysis) -> AnalysisRecord:
+        """The record of a finished analysis."""
+        flat = a.summary()
+        return cls(
+            wde_clean=flat["wde_clean"],
+            wde_received=flat["wde_received"],
+            reject_robust=flat["reject_robust"],
+            reject_paper=flat["reject_paper"],
+            sum_mu=flat["sum_mu"],
+            sum_mu_ref=flat["sum_mu_ref"],
+            wde_clean_per_task=dict(a.wde_clean.per_task),
+            wde_received_per_task=dict(a.wde_received.per_task),
+            reject_robust_per_task=dict(a.rejection_robust),
+            reject_paper_per_task=dict(a.rejection_paper),
+        )
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> AnalysisRecord:
+        """Read the stored JSON object (see :meth:`to_json`)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored JSON object: the flat numbers, then the per-task dicts."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one run measured, as stored in the database (plain numbers, no arrays).
+
+    ``realign_curve`` is empty when the run was not validated; then ``realign_kept_step`` is 0
+    and neither is stored. ``chance`` is NaN for rows written before it was recorded.
+    """
+
+    accuracy: dict[str, float]
+    normalized: float
+    chance: float
+    mse: tuple[float, ...]
+    error_mse: tuple[float, ...]
+    received_cosine: tuple[tuple[float, ...], ...]
+    dropped_users: tuple[int, ...]
+    nonfinite_entries: int
+    realign_curve: tuple[tuple[int, float], ...] = ()
+    realign_kept_step: int = 0
+    analysis: AnalysisRecord | None = None
+
+    @classmethod
+    def from_experiment(cls, result: ExperimentResult) -> RunResult:
+        """The record of a finished run."""
+        curve = tuple((step, acc) for step, acc in result.realign_curve)
+        return cls(
+            accuracy=dict(result.accuracy),
+            normalized=result.normalized,
+            chance=result.chance,
+            mse=tuple(result.mse.tolist()),
+            error_mse=tuple(result.error_mse.tolist()),
+            received_cosine=tuple(tuple(row) for row in result.received_cosine.tolist()),
+            dropped_users=tuple(result.dropped_users),
+            nonfinite_entries=result.nonfinite_entries,
+            realign_curve=curve,
+            realign_kept_step=result.realign_kept_step if curve else 0,
+            analysis=None
+            if result.analysis is None
+            else AnalysisRecord.from_analysis(result.analysis),
+        )
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RunResult:
+        """Read the stored JSON object (older rows lack ``chance``: NaN)."""
+        return cls(
+            accuracy=dict(d["accuracy"]),
+            normalized=d["normalized"],
+            chance=d.get("chance", float("nan")),
+            mse=tuple(d["mse"]),
+            error_mse=tuple(d["error_mse"]),
+            received_cosine=tuple(tuple(row) for row in d["received_cosine"]),
+            dropped_users=tuple(d["dropped_users"]),
+            nonfinite_entries=d["nonfinite_entries"],
+            realign_curve=tuple((step, acc) for step, acc in d.get("realign_curve", ())),
+            realign_kept_step=d.get("realign_kept_step", 0),
+            analysis=None if "analysis" not in d else AnalysisRecord.from_json(d["analysis"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored JSON object; its keys and values never change, so old databases read."""
+        out: dict[str, Any] = {
+            "accuracy": self.accuracy,
+            "normalized": self.normalized,
+            "chance": self.chance,
+            "mse": list(self.mse),
+            "error_mse": list(self.error_mse),
+            "received_cosine": [list(row) for row in self.received_cosine],
+            "dropped_users": list(self.dropped_users),
+            "nonfinite_entries": self.nonfinite_entries,
+        }
+        if self.realign_curve:
+            out["realign_curve"] = [list(p) for p in self.realign_curve]
+            out["realign_kept_step"] = self.realign_kept_step
+        if self.analysis is not None:
+            out["analysis"] = self.analysis.to_json()
+        return out
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished run of the sweep: its plan role, resolved config, result and wall time."""
+
+    role: str
+    config: ExperimentConfig
+    result: RunResult
+    seconds: float
 
 
 def result_record(result: ExperimentResult) -> dict[str, Any]:
-    """A run's result as plain JSON."""
-    out: dict[str, Any] = {
-        "accuracy": result.accuracy,
-        "normalized": result.normalized,
-        "chance": result.chance,
-        "mse": result.mse.tolist(),
-        "error_mse": result.error_mse.tolist(),
-        "received_cosine": result.received_cosine.tolist(),
-        "dropped_users": result.dropped_users,
-        "nonfinite_entries": result.nonfinite_entries,
-    }
-    if result.realign_curve:
-        out["realign_curve"] = [list(p) for p in result.realign_curve]
-        out["realign_kept_step"] = result.realign_kept_step
-    if result.analysis is not None:
-        a = result.analysis
-        out["analysis"] = {
-            **a.summary(),
-            "wde_clean_per_task": a.wde_clean.per_task,
-            "wde_received_per_task": a.wde_received.per_task,
-            "reject_robust_per_task": a.rejection_robust,
-            "reject_paper_per_task": a.rejection_paper,
-        }
-    return out
+    """A run's result as plain JSON (what the database stores; :meth:`RunResult.to_json`)."""
+    return RunResult.from_experiment(result).to_json()
 
 
 def export_csv(db: ResultsDB, out: str | Path) -> Path:
@@ -185,25 +301,25 @@ def export_csv(db: ResultsDB, out: str | Path) -> Path:
             ]
         )
         for row in db.rows():
-            c, r = row["config"], row["result"]
-            for q, task in enumerate(c["tasks"]):
+            c, r = row.config, row.result
+            for q, task in enumerate(c.tasks):
                 writer.writerow(
                     [
-                        row["role"],
-                        len(c["tasks"]),
-                        "+".join(c["tasks"]),
-                        c["scenario"],
-                        c["link"],
-                        c["defense"],
-                        c["realign"]["k_per_class"],
-                        c["merge"]["scaling"],
-                        c["seed"],
-                        r["normalized"],
+                        row.role,
+                        len(c.tasks),
+                        "+".join(c.tasks),
+                        c.scenario,
+                        c.link,
+                        c.defense,
+                        c.realign.k_per_class,
+                        c.merge.scaling,
+                        c.seed,
+                        r.normalized,
                         task,
-                        r["accuracy"][task],
-                        r["mse"][q],
-                        r["error_mse"][q],
-                        row["seconds"],
+                        r.accuracy[task],
+                        r.mse[q],
+                        r.error_mse[q],
+                        row.seconds,
                     ]
                 )
     return path
