@@ -25,3 +25,12 @@ def test_undefined_cases_are_errors():
         normalized_accuracy({"a": 0.5}, {})
     with pytest.raises(InputError, match="undefined"):
         normalized_accuracy({"a": 0.5}, {"a": 0.0})
+
+
+def test_recovered_fraction_is_the_share_of_the_chance_to_clean_range():
+    from rmtllmf.metrics import recovered_fraction
+
+    assert recovered_fraction(0.5, chance=0.1, clean=0.9) == pytest.approx(0.5)
+    assert recovered_fraction(0.1, chance=0.1, clean=0.9) == 0.0
+    assert recovered_fraction(0.05, chance=0.1, clean=0.9) == pytest.approx(-0.0625)
+    assert math.isnan(recovered_fraction(0.5, chance=0.9, clean=0.9))

@@ -217,7 +217,7 @@ def test_empty_database_is_a_clear_error(tmp_path):
 
 
 def test_paper_numbers_in_the_recovered_metric():
-    from rmtllmf.report.tables import paper_reference
+    from rmtllmf.report.paper import paper_reference
 
     # the paper's chance, by hand: a uniform guess on Cars (196 classes), DTD (47), EuroSAT (10),
     # GTSRB (43), MNIST (10), RESISC45 (45), SUN397 (397), SVHN (10), over the mean expert 0.923

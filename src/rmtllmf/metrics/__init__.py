@@ -9,7 +9,7 @@ Pairwise cosine similarity of task vectors lives with the vectors
 (:func:`rmtllmf.fusion.cosine_matrix`).
 """
 
-from rmtllmf.metrics.accuracy import gap_recovery, normalized_accuracy
+from rmtllmf.metrics.accuracy import gap_recovery, normalized_accuracy, recovered_fraction
 from rmtllmf.metrics.disentanglement import WdeResult, weight_disentanglement_error
 from rmtllmf.metrics.hypothesis import (
     HypothesisTest,
@@ -29,6 +29,7 @@ __all__ = [
     "normalized_accuracy",
     "paper_ratio_statistic",
     "predicted_rejection_rate",
+    "recovered_fraction",
     "relative_logit_deviation",
     "weight_disentanglement_error",
 ]
