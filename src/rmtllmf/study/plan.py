@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -112,7 +112,7 @@ def plan_runs(cfg: SweepConfig, lambdas: dict[int, float]) -> list[PlannedRun]:
     largest = max(by_count)
     for n, combos in by_count.items():
         for tasks, seed in itertools.product(combos, cfg.seeds):
-            common = {
+            common: dict[str, Any] = {
                 "tasks": tasks,
                 "merge": MergeConfig(method=cfg.merge_method, scaling=lambdas[n]),
                 "realign": cfg.realign,
@@ -121,46 +121,50 @@ def plan_runs(cfg: SweepConfig, lambdas: dict[int, float]) -> list[PlannedRun]:
                 "nan_policy": cfg.nan_policy,
                 "seed": seed,
             }
-            for defense in ("none", "realign", *CHANNEL_FREE):
-                runs.append(
-                    PlannedRun(
-                        "clean", ExperimentConfig(link="noiseless", defense=defense, **common)
-                    )
-                )
-            for scenario, link in itertools.product(cfg.scenarios, cfg.links):
-                if link == "symbol" and scenario.startswith("paper-"):
-                    continue  # the digital link needs a physical channel
-                defenses = RECEIVING if n == largest else ("none", "r-mtllmf")
-                for defense in defenses:
-                    role = "ablation" if n == largest else "fig2"
-                    analysis = cfg.analysis if (n == largest and defense == "none") else None
-                    runs.append(
-                        PlannedRun(
-                            role,
-                            ExperimentConfig(
-                                scenario=scenario,
-                                link=link,
-                                defense=defense,
-                                analysis=analysis,
-                                **common,
-                            ),
-                        )
-                    )
+            runs += _clean_runs(common)
+            runs += _channel_runs(cfg, common, ablation=n == largest)
             if n == largest:
-                for scenario in kshot_scenarios(cfg):
-                    for k in cfg.k_values:
-                        if k == cfg.realign.k_per_class:
-                            continue  # that run is in the ablation already
-                        realign = cfg.realign.model_copy(update={"k_per_class": k})
-                        runs.append(
-                            PlannedRun(
-                                "kshot",
-                                ExperimentConfig(
-                                    scenario=scenario,
-                                    link=cfg.links[0],
-                                    defense="r-mtllmf",
-                                    **{**common, "realign": realign},
-                                ),
-                            )
-                        )
+                runs += _kshot_runs(cfg, common)
+    return runs
+
+
+def _clean_runs(common: dict[str, Any]) -> list[PlannedRun]:
+    """The noiseless link: the clean merge, realign-on-clean and the floors."""
+    return [
+        PlannedRun("clean", ExperimentConfig(link="noiseless", defense=defense, **common))
+        for defense in ("none", "realign", *CHANNEL_FREE)
+    ]
+
+
+def _channel_runs(cfg: SweepConfig, common: dict[str, Any], *, ablation: bool) -> list[PlannedRun]:
+    """Every scenario × link: Fig. 2's two defenses, or at the largest N the ablation's four
+    (its undefended runs carry the interference analysis)."""
+    runs = []
+    for scenario, link in itertools.product(cfg.scenarios, cfg.links):
+        if link == "symbol" and scenario.startswith("paper-"):
+            continue  # the digital link needs a physical channel
+        for defense in RECEIVING if ablation else ("none", "r-mtllmf"):
+            analysis = cfg.analysis if (ablation and defense == "none") else None
+            config = ExperimentConfig(
+                scenario=scenario, link=link, defense=defense, analysis=analysis, **common
+            )
+            runs.append(PlannedRun("ablation" if ablation else "fig2", config))
+    return runs
+
+
+def _kshot_runs(cfg: SweepConfig, common: dict[str, Any]) -> list[PlannedRun]:
+    """R-MTLLMF with ``k`` samples per class on the k sweep's scenarios, first link (Fig. 5)."""
+    runs = []
+    for scenario in kshot_scenarios(cfg):
+        for k in cfg.k_values:
+            if k == cfg.realign.k_per_class:
+                continue  # that run is in the ablation already
+            realign = cfg.realign.model_copy(update={"k_per_class": k})
+            config = ExperimentConfig(
+                scenario=scenario,
+                link=cfg.links[0],
+                defense="r-mtllmf",
+                **{**common, "realign": realign},
+            )
+            runs.append(PlannedRun("kshot", config))
     return runs
