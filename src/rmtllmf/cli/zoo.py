@@ -6,13 +6,19 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from rmtllmf.cli.common import default_cache
+
+if TYPE_CHECKING:
+    from rmtllmf.pools.tiny_vit import Zoo, ZooConfig
+    from rmtllmf.study.clean import MergeReport
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,35 +51,40 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build or reuse the zoo, merge its experts cleanly, and print a table or JSON."""
     import torch
 
-    from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
+    from rmtllmf.pools.tiny_vit import build_zoo
     from rmtllmf.study.clean import evaluate_clean_merge
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    updates = {
-        k: v
-        for k, v in {
-            "tasks": tuple(args.tasks) if args.tasks else None,
-            "steps": args.steps,
-            "lr": args.lr,
-            "batch": args.batch,
-            "n_train": args.n_train,
-            "anchor_weight": args.anchor_weight,
-            "base": args.base,
-            "seed": args.seed,
-        }.items()
-        if v is not None
-    }
-    cfg = ZooConfig(**updates)
-    zoo = build_zoo(
-        args.root or default_cache() / "zoo", cfg, progress=not args.json, workers=args.workers
-    )
-    report = evaluate_clean_merge(zoo, cfg.tasks)
+    cfg = _zoo_config(args)
+    root = args.root or default_cache() / "zoo"
+    zoo = build_zoo(root, cfg, progress=not args.json, workers=args.workers)
+    summary = _summary(zoo, cfg, evaluate_clean_merge(zoo, cfg.tasks))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(cfg.tasks, summary)
+    return 0
+
+
+def _zoo_config(args: argparse.Namespace) -> ZooConfig:
+    """The zoo config: the defaults, overridden by the flags that were given."""
+    from rmtllmf.pools.tiny_vit import ZooConfig
+
+    names = ("steps", "lr", "batch", "n_train", "anchor_weight", "base", "seed")
+    given: dict[str, Any] = {"tasks": tuple(args.tasks) if args.tasks else None}
+    given.update((name, getattr(args, name)) for name in names)
+    return ZooConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def _summary(zoo: Zoo, cfg: ZooConfig, report: MergeReport) -> dict[str, Any]:
+    """The JSON record: the config, accuracies per task and their means, the merge and cosines."""
     base = {t: zoo.base_accuracy(t) for t in cfg.tasks}
     ft = {t: zoo.finetuned_accuracy(t) for t in cfg.tasks}
     off = report.cosine[~np.eye(len(cfg.tasks), dtype=bool)]
-    summary = {
+    return {
         "root": str(zoo.root),
         "config": cfg.model_dump(),
         "base_test": base,
@@ -89,26 +100,22 @@ def run(args: argparse.Namespace) -> int:
         "cosine_offdiag_max": float(off.max()) if off.size else float("nan"),
         "cosine": report.cosine.tolist(),
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    table = Table(title=f"Embedded zoo ({zoo.root})")
+
+
+def _print_summary(tasks: Sequence[str], s: dict[str, Any]) -> None:
+    """The summary as a table of accuracies per task and a line on the merge."""
+    table = Table(title=f"Embedded zoo ({s['root']})")
     for name in ("task", "base", "fine-tuned", "merged (TA)"):
         table.add_column(name, justify="right")
-    for t in cfg.tasks:
-        table.add_row(t, f"{base[t]:.3f}", f"{ft[t]:.3f}", f"{report.test_accuracy[t]:.3f}")
-    table.add_row(
-        "mean",
-        f"{summary['mean_base']:.3f}",
-        f"{summary['mean_finetuned']:.3f}",
-        f"{summary['mean_merged']:.3f}",
-    )
+    for t in tasks:
+        base, ft, merged = s["base_test"][t], s["finetuned_test"][t], s["merged_test"][t]
+        table.add_row(t, f"{base:.3f}", f"{ft:.3f}", f"{merged:.3f}")
+    table.add_row("mean", *(f"{s[k]:.3f}" for k in ("mean_base", "mean_finetuned", "mean_merged")))
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
     console.print(
-        f"task arithmetic, lambda={report.scaling:.2f} (chosen on validation): normalized accuracy "
-        f"{report.normalized:.3f}, gap recovery {report.gap_recovery:.2f}; task-vector cosine "
-        f"off-diagonal mean {summary['cosine_offdiag_mean']:.3f}, max "
-        f"{summary['cosine_offdiag_max']:.3f}"
+        f"task arithmetic, lambda={s['lambda']:.2f} (chosen on validation): normalized accuracy "
+        f"{s['normalized_accuracy']:.3f}, gap recovery {s['gap_recovery']:.2f}; task-vector "
+        f"cosine off-diagonal mean {s['cosine_offdiag_mean']:.3f}, max "
+        f"{s['cosine_offdiag_max']:.3f}"
     )
-    return 0
