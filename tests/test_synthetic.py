@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmtllmf.data.synthetic import PRETEXT_HEADS, TASK_NAMES, TASKS, make_task, pretext
+from rmtllmf.data.pretext import PRETEXT_HEADS, pretext
+from rmtllmf.data.synthetic import TASK_NAMES, TASKS, make_task
 from rmtllmf.errors import InputError
 
 

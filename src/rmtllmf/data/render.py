@@ -158,3 +158,35 @@ def draw_shape(
     else:
         raise ValueError(f"unknown shape {kind!r}")
     draw.polygon(pts, fill=colour, outline=outline, width=width)
+
+
+def texture(rng: np.random.Generator, kind: int) -> NDArray[np.float32]:
+    """A grey texture in [0, 1] of one of 8 families."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    u = x * np.cos(angle) + y * np.sin(angle)
+    v = -x * np.sin(angle) + y * np.cos(angle)
+    period = rng.uniform(4, 9)
+    if kind == 0:  # stripes
+        t = (np.sin(2 * np.pi * u / period) > 0).astype(np.float32)
+    elif kind == 1:  # checkerboard
+        t = ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+    elif kind == 2:  # dots
+        t = (
+            (np.mod(u, period) - period / 2) ** 2 + (np.mod(v, period) - period / 2) ** 2
+            < (period / 4) ** 2
+        ).astype(np.float32)
+    elif kind == 3:  # waves
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * (u + 2 * np.sin(2 * np.pi * v / (3 * period))) / period)
+    elif kind == 4:  # grid
+        t = ((np.mod(u, period) < 1.5) | (np.mod(v, period) < 1.5)).astype(np.float32)
+    elif kind == 5:  # zigzag
+        t = np.sin(2 * np.pi * (u + np.abs(np.mod(v, period) - period / 2)) / period) > 0
+        t = t.astype(np.float32)
+    elif kind == 6:  # blotches (thresholded smooth noise)
+        t = noise_background(rng, int(rng.integers(4, 8)))[..., 0].astype(np.float32) / 255
+        t = (t > np.median(t)).astype(np.float32)
+    else:  # crosshatch
+        t = (np.sin(2 * np.pi * u / period) > 0.6) | (np.sin(2 * np.pi * v / period) > 0.6)
+        t = t.astype(np.float32)
+    return np.asarray(t, dtype=np.float32)

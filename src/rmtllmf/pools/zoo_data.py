@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from rmtllmf._io import atomic_output
-from rmtllmf.data.synthetic import TASKS, make_task, pretext
+from rmtllmf.data.pretext import pretext
+from rmtllmf.data.synthetic import TASKS, make_task
 from rmtllmf.pools.base import Split
 from rmtllmf.pools.zoo_config import ZooConfig
 from rmtllmf.training.loops import Anchor

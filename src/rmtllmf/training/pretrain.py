@@ -1,4 +1,4 @@
-"""Pretraining the embedded tiny base on the pretext (:func:`rmtllmf.data.synthetic.pretext`).
+"""Pretraining the embedded tiny base on the pretext (:func:`rmtllmf.data.pretext.pretext`).
 
 The base learns the factors of variation of the embedded tasks (glyphs, shapes, textures,
 colours, counts, rotation, size) from label sets disjoint from the tasks'. The checkpoint is
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
 from rmtllmf._io import atomic_output, write_text_atomic
-from rmtllmf.data.synthetic import PRETEXT_HEADS, pretext
+from rmtllmf.data.pretext import PRETEXT_HEADS, pretext
 from rmtllmf.models.tiny_vit import TinyVit, TinyVitConfig
 from rmtllmf.training.loops import embed, pretrain
 
