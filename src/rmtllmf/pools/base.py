@@ -59,6 +59,20 @@ class PoolRecord(BaseModel):
         write_text_atomic(path, self.model_dump_json(indent=2))
 
 
+class RecordedAccuracies:
+    """The pool methods that read the measured accuracies from the pool's ``record``."""
+
+    record: PoolRecord
+
+    def finetuned_accuracy(self, task: str, split: str = "test") -> float:
+        """The task's own fine-tuned accuracy (the normaliser of normalized accuracy)."""
+        return self.record.accuracy("finetuned", task, split)
+
+    def base_accuracy(self, task: str, split: str = "test") -> float:
+        """The base model's accuracy on the task, with the task's head."""
+        return self.record.accuracy("base", task, split)
+
+
 class ModelPool(Protocol):
     """A base model, one fine-tuned model per task, fixed task heads and task data.
 
@@ -103,4 +117,4 @@ class ModelPool(Protocol):
     def base_accuracy(self, task: str, split: str = "test") -> float: ...
 
 
-__all__ = ["ModelPool", "PoolRecord", "Preprocess", "Split"]
+__all__ = ["ModelPool", "PoolRecord", "Preprocess", "RecordedAccuracies", "Split"]

@@ -30,7 +30,7 @@ from torch import nn
 from rmtllmf.data.real import load_hf_dataset
 from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.models.hf_clip import DEFAULT_TEMPLATES, EMBEDDING_PARAMS, HfClip, vision_state
-from rmtllmf.pools.base import PoolRecord, Split
+from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
 
 
 class ClipTaskSpec(BaseModel):
@@ -124,7 +124,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class ClipPool:
+class ClipPool(RecordedAccuracies):
     """The paper's CLIP setting as a :class:`~rmtllmf.pools.base.ModelPool` (see module docs)."""
 
     def __init__(self, cfg: ClipPoolConfig, cache_dir: str | Path | None = None) -> None:
@@ -224,14 +224,6 @@ class ClipPool:
         """Accuracy of ``state`` on each task's split with that task's head."""
         model = self.model_from_state(state)
         return {t: self._accuracy(model, t, split) for t in tasks}
-
-    def finetuned_accuracy(self, task: str, split: str = "test") -> float:
-        """The task's own fine-tuned accuracy (normaliser)."""
-        return self.record.accuracy("finetuned", task, split)
-
-    def base_accuracy(self, task: str, split: str = "test") -> float:
-        """The base model's zero-shot accuracy on the task."""
-        return self.record.accuracy("base", task, split)
 
     @property
     def pool_id(self) -> str:

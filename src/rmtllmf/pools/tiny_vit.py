@@ -40,7 +40,7 @@ from rmtllmf.models.tiny_vit import (
     TinyVit,
     normalise_images,
 )
-from rmtllmf.pools.base import PoolRecord, Split
+from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
 from rmtllmf.pools.zoo_config import (
     TRAINABLE,
     ZooConfig,
@@ -62,7 +62,7 @@ _T = TypeVar("_T")
 
 
 @dataclass
-class Zoo:
+class Zoo(RecordedAccuracies):
     """A built zoo: data, heads, base and fine-tuned state dicts, and the measured accuracies."""
 
     root: Path
@@ -90,14 +90,6 @@ class Zoo:
         """Accuracy of the model ``state`` on each task's split, with that task's head."""
         model = self.model_from_state(state)
         return {t: accuracy(model, self.heads[t], *self.data[t][split]) for t in tasks}
-
-    def finetuned_accuracy(self, task: str, split: str = "test") -> float:
-        """The task's own fine-tuned accuracy (the normaliser of normalized accuracy)."""
-        return self.record.accuracy("finetuned", task, split)
-
-    def base_accuracy(self, task: str, split: str = "test") -> float:
-        """The base model's accuracy on the task (with the task's head)."""
-        return self.record.accuracy("base", task, split)
 
     @property
     def pool_id(self) -> str:

@@ -10,7 +10,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -37,41 +37,33 @@ def largest_n(rows: Sequence[RunRecord]) -> int:
     return max(len(r.config.tasks) for r in rows)
 
 
-def _select(
-    rows: Sequence[RunRecord],
-    *,
-    n: int | None = None,
-    k: int | None = None,
-    link: str | None = None,
-    scenario: str | None = None,
-    defense: str | None = None,
-) -> list[RunRecord]:
-    """The rows whose config matches every given field (``n``: task count, ``k``: realign
-    samples per class; ``None`` matches anything)."""
+class Where(TypedDict, total=False):
+    """Which runs to take: ``n`` (task count), ``k`` (realign samples per class) and config
+    fields; an absent key matches anything."""
+
+    n: int
+    k: int
+    link: str
+    scenario: str
+    defense: str
+
+
+def _select(rows: Sequence[RunRecord], **where: Unpack[Where]) -> list[RunRecord]:
+    """The rows whose config matches every given field of :class:`Where`."""
     return [
         r
         for r in rows
-        if (n is None or len(r.config.tasks) == n)
-        and (k is None or r.config.realign.k_per_class == k)
-        and (link is None or r.config.link == link)
-        and (scenario is None or r.config.scenario == scenario)
-        and (defense is None or r.config.defense == defense)
+        if ("n" not in where or len(r.config.tasks) == where["n"])
+        and ("k" not in where or r.config.realign.k_per_class == where["k"])
+        and ("link" not in where or r.config.link == where["link"])
+        and ("scenario" not in where or r.config.scenario == where["scenario"])
+        and ("defense" not in where or r.config.defense == where["defense"])
     ]
 
 
-def normalized(
-    rows: Sequence[RunRecord],
-    *,
-    n: int | None = None,
-    k: int | None = None,
-    link: str | None = None,
-    scenario: str | None = None,
-    defense: str | None = None,
-) -> float:
-    """Mean normalized accuracy of the rows matching the given config fields (see
-    :func:`_select`)."""
-    sel = _select(rows, n=n, k=k, link=link, scenario=scenario, defense=defense)
-    return _mean(r.result.normalized for r in sel)
+def normalized(rows: Sequence[RunRecord], **where: Unpack[Where]) -> float:
+    """Mean normalized accuracy of the rows matching ``where`` (:class:`Where`)."""
+    return _mean(r.result.normalized for r in _select(rows, **where))
 
 
 @dataclass(frozen=True)
@@ -198,11 +190,14 @@ def fig2_series(rows: Sequence[RunRecord]) -> dict[str, dict[str, Series]]:
     scenarios = list(dict.fromkeys(r.config.scenario for r in rows if r.config.link != "noiseless"))
 
     def series(link: str, defense: str, scenario: str | None = None) -> Series:
+        where = Where(link=link, defense=defense)
+        if scenario is not None:
+            where["scenario"] = scenario
         return _spread(
             counts,
             lambda n: [
                 r.result.normalized
-                for r in _select(rows, n=n, link=link, scenario=scenario, defense=defense)
+                for r in _select(rows, **(where | Where(n=n)))
                 if r.role in ("clean", "fig2", "ablation")
             ],
         )
@@ -252,9 +247,12 @@ def mean_cosine(
     """Mean received-vector cosine matrix of the undefended runs on ``link`` in ``scenario``
     (``None``: any) at the largest N (the defense acts after reception, so ``none`` runs carry
     every received set)."""
-    n = largest_n(rows)
-    sel = _select(rows, n=n, defense="none", link=link, scenario=scenario)
-    mats = [np.array(r.result.received_cosine) for r in sel]
+    where = Where(n=largest_n(rows), defense="none")
+    if link is not None:
+        where["link"] = link
+    if scenario is not None:
+        where["scenario"] = scenario
+    mats = [np.array(r.result.received_cosine) for r in _select(rows, **where)]
     mats = [m for m in mats if m.size and m.shape == mats[0].shape]
     return np.mean(mats, axis=0) if mats else np.zeros((0, 0))
 
