@@ -35,9 +35,9 @@ class PretrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: TinyVitConfig = DEFAULT_MODEL
-    images: int = Field(120_000, ge=16)
+    images: int = Field(240_000, ge=16)
     held_out: int = Field(4000, ge=16)
-    steps: int = Field(5000, ge=1)
+    steps: int = Field(15_000, ge=1)
     batch: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     glyph_weight: float = Field(3.0, gt=0, description="loss weight of the glyph head")
