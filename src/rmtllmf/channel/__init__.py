@@ -24,7 +24,12 @@ from rmtllmf.channel.jammer import (
     worst_case_strongest_user_noise,
     worst_case_sum_rate_noise,
 )
-from rmtllmf.channel.link import PAPER_SIGNAL_POWER, snr_reference_power, transmit_statistical
+from rmtllmf.channel.link import (
+    PAPER_SIGNAL_POWER,
+    noise_variance,
+    snr_reference_power,
+    transmit_statistical,
+)
 from rmtllmf.channel.mac import sic_order, sic_rates, sic_sinrs, sum_rate, user_mse
 from rmtllmf.channel.qam import QamConstellation, qam_ber_awgn
 from rmtllmf.channel.scenario import (
@@ -70,6 +75,7 @@ __all__ = [
     "ideal_noise",
     "linear_to_db",
     "noise_covariance",
+    "noise_variance",
     "path_loss_db",
     "place_users",
     "qam_ber_awgn",

@@ -108,3 +108,43 @@ def transmit_statistical(
         noise = rng.standard_normal(x.size) * np.sqrt(variance)
         out.append((x + noise).astype(np.float32))
     return out
+
+
+def noise_variance(
+    received: ArrayLike,
+    mse: float,
+    *,
+    scale: NoiseScale = "absolute",
+    segments: ArrayLike | None = None,
+    per_segment: bool = False,
+    reference_power: float = PAPER_SIGNAL_POWER,
+    offset: ArrayLike | None = None,
+) -> NDArray[np.float64]:
+    """The BS's estimate of the per-entry variance of the noise :func:`transmit_statistical`
+    added to one user's vector, one value per segment, from the user's MSE ``mu`` and the
+    received vector alone.
+
+    ``absolute``: ``sigma^2 = mu`` exactly. Otherwise the noise is ``mu c P`` with ``P`` the
+    sent vector's mean square (per segment for ``relative`` and with ``per_segment``, over the
+    whole vector for ``snr``) and ``c = 1`` (``relative``) or ``1 / reference_power``
+    (``snr``). Noise and signal are independent and zero-mean, so the received mean square is
+    ``P (1 + mu c)`` and ``sigma^2 = mu c mean(r^2) / (1 + mu c)``, unbiased up to the
+    sampling error of ``mean(r^2)``. ``offset`` is added to ``received`` before its power is
+    taken: the ``weights`` link sends ``theta_base + tau`` and the BS subtracts ``theta_base``.
+    """
+    r = np.asarray(received, dtype=np.float64)
+    if offset is not None:
+        r = r + np.asarray(offset, dtype=np.float64)
+    seg = check_segments(segments, r.size)
+    if not (np.isfinite(mse) and mse >= 0):
+        raise InputError(f"mse must be finite and >= 0; got {mse}")
+    if scale == "absolute":
+        return np.full(seg.size - 1, float(mse))
+    if scale not in ("relative", "snr"):
+        raise InputError(f"unknown noise scale {scale!r}; use 'absolute', 'relative' or 'snr'")
+    c = 1.0 if scale == "relative" else 1.0 / reference_power
+    if scale == "snr" and not per_segment:
+        power = np.full(seg.size - 1, float(np.mean(r**2)) if r.size else 0.0)
+    else:
+        power = _segment_power(r, seg)
+    return mse * c * power / (1.0 + mse * c)

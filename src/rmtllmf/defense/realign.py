@@ -27,18 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from rmtllmf.defense.freeze import reload_embeddings
+from rmtllmf.defense.registry import DEFENSES
 from rmtllmf.errors import InputError
 from rmtllmf.training.loops import Preprocess, cosine_lr
-
-DEFENSES = ("none", "freeze", "realign", "r-mtllmf", "base", "base+realign")
-"""Named defenses. ``base`` and ``base+realign`` are the controls the paper lacks: the BS
-discards every received vector and serves the base model, alone or realigned with the same
-few-shot data and embedding freeze as R-MTLLMF; a defense that ends below them made the
-received vectors worse than none."""
-REALIGNING = ("realign", "r-mtllmf", "base+realign")
-"""The defenses that need the few-shot sets."""
-CHANNEL_FREE = ("base", "base+realign")
-"""The defenses whose outcome does not depend on what was received."""
 
 
 class RealignConfig(BaseModel):
@@ -229,21 +220,22 @@ def apply_defense(
     preprocess: Preprocess,
     val_sets: Sequence[FewShotSet] = (),
 ) -> RealignLog:
-    """Apply a named defense to ``model`` (its state is the merged model) in place."""
+    """Apply a named defense's model stages to ``model`` (its state is the merged model) in
+    place: discard what was received, freeze, realign (:mod:`rmtllmf.defense.registry`)."""
     if defense not in DEFENSES:
         raise InputError(f"unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}")
-    if defense in CHANNEL_FREE:
+    spec = DEFENSES[defense]
+    if spec.discard:
         model.load_state_dict(dict(base_state))
-    freeze = defense in ("freeze", "r-mtllmf", "base+realign")
-    if freeze:
+    if spec.freeze:
         model.load_state_dict(reload_embeddings(model.state_dict(), base_state, embedding_names))
-    if defense in REALIGNING:
+    if spec.realign:
         return realign(
             model,
             heads,
             sets,
             cfg,
-            frozen=embedding_names if freeze else (),
+            frozen=embedding_names if spec.freeze else (),
             preprocess=preprocess,
             val_sets=val_sets,
         )

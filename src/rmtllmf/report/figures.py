@@ -92,10 +92,14 @@ def fig5(
     ``floors`` (``base``, ``base+realign``, ``chance``) as horizontal lines."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2.2, 1]})
     groups = [(link, s) for link, d in by_link.items() for s in d]
-    width = 0.2
-    for i, defense in enumerate(DEFENSE_ORDER):
+    present = {d for cells in by_link.values() for cell in cells.values() for d in cell}
+    extra = sorted(present - set(DEFENSE_ORDER) - {"base", "base+realign"})
+    bars = [*DEFENSE_ORDER, *extra]
+    width = 0.8 / len(bars)
+    for i, defense in enumerate(bars):
         vals = [by_link[link][s].get(defense, np.nan) for link, s in groups]
-        ax.bar(np.arange(len(groups)) + (i - 1.5) * width, vals, width, label=defense)
+        offset = (i - (len(bars) - 1) / 2) * width
+        ax.bar(np.arange(len(groups)) + offset, vals, width, label=defense)
     ax.axhline(clean, color="k", ls="--", lw=1, label="clean")
     floor_lines = {k: v for k, v in (floors or {}).items() if v == v}
     for (name, value), style in zip(floor_lines.items(), ("-.", ":", (0, (1, 3))), strict=False):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from rmtllmf.defense import CHANNEL_FREE, DEFENSES, PAPER
 from rmtllmf.report.tables import AnalysisRow, ChannelRow, Ordering, Summary
 
 Fig2Data = Mapping[str, Mapping[str, Sequence[tuple[int, float, float, float]]]]
@@ -77,14 +78,16 @@ def _at_largest_n(summ: Summary) -> list[str]:
         "",
     ]
     rec = summ.recovered.by_link
-    cols = ("none", "freeze", "realign", "r-mtllmf", "base", "base+realign")
+    present = {d for cells in summ.by_link.values() for cell in cells.values() for d in cell}
+    extra = [d for d in DEFENSES if d in present and d not in (*PAPER, *CHANNEL_FREE)]
+    cols = (*PAPER, *extra, *CHANNEL_FREE)
     rows = []
     for link, by_s in summ.by_link.items():
         for scenario, d in by_s.items():
             r = rec.get(link, {}).get(scenario, {})
             cells = (f"{_f(d.get(k, NAN))} ({_f(r.get(k, NAN))})" for k in cols)
             rows.append([link, scenario, *cells])
-    header = ["link", "scenario", "none", "freeze", "realign", "R-MTLLMF", "base", "base+realign"]
+    header = ["link", "scenario", *(c if c != "r-mtllmf" else "R-MTLLMF" for c in cols)]
     return lines + _table(header, rows)
 
 

@@ -35,6 +35,7 @@ from rmtllmf.channel import (
     ScenarioConfig,
     SymbolLinkConfig,
     draw_large_scale,
+    noise_variance,
     realize,
     transmit_statistical,
     transmit_symbols,
@@ -46,6 +47,7 @@ from rmtllmf.defense import (
     FewShotSet,
     RealignConfig,
     apply_defense,
+    blind_defense,
     few_shot_set,
 )
 from rmtllmf.errors import InputError
@@ -243,6 +245,48 @@ def reception_from(
     return Reception(clean, keep, mu, error_mse, bad_total, len(received))
 
 
+def noise_variances(
+    cfg: ExperimentConfig, rx: Reception, base: dict[str, torch.Tensor]
+) -> list[NDArray[np.float64]]:
+    """The BS's estimate of each merged user's per-tensor noise variance on ``cfg.link``
+    (:func:`rmtllmf.channel.noise_variance`): what it knows of the channel, no labels."""
+    if cfg.link == "symbol":
+        raise InputError(
+            "the receiver defenses need an analog link with a known noise law (noiseless, "
+            "absolute, snr, snr-tensor, relative, weights), not the symbol link"
+        )
+    layout = rx.clean[0].layout
+    seg = layout.segments
+    if cfg.link == "noiseless":
+        return [np.zeros(seg.size - 1) for _ in rx.received]
+    scale = {"absolute": "absolute", "snr": "snr", "snr-tensor": "snr"}.get(cfg.link, "relative")
+    offset = None
+    if cfg.link == "weights":
+        offset = TaskVector({k: base[k] for k in layout.names}).flatten()
+    return [
+        noise_variance(
+            tv.flatten(),
+            float(rx.mse[q]),
+            scale=scale,  # type: ignore[arg-type]
+            segments=seg,
+            per_segment=cfg.link == "snr-tensor",
+            offset=offset,
+        )
+        for q, tv in rx.received
+    ]
+
+
+def _blind_vectors(
+    cfg: ExperimentConfig, rx: Reception, base: dict[str, torch.Tensor]
+) -> list[TaskVector]:
+    """The received vectors after the defense's first stage (denoise, gate, robust aggregate)."""
+    layout = rx.clean[0].layout
+    flats = [tv.flatten() for tv in rx.vectors]
+    noise = noise_variances(cfg, rx, base)
+    out = blind_defense(flats, noise, layout, DEFENSES[cfg.defense])
+    return [TaskVector.from_flat(f, layout) for f in out]
+
+
 def _realign_sets(
     pool: ModelPool, cfg: ExperimentConfig
 ) -> tuple[list[FewShotSet], list[FewShotSet]]:
@@ -276,7 +320,8 @@ def run_experiment(
     rx = reception if reception is not None else receive(pool, cfg)
     base = pool.base_state
     vectors = rx.vectors
-    merged = merge_task_vectors(base, vectors, cfg.merge) if vectors else dict(base)
+    defended = _blind_vectors(cfg, rx, base) if DEFENSES[cfg.defense].blind else vectors
+    merged = merge_task_vectors(base, defended, cfg.merge) if defended else dict(base)
     analysis = (
         interference_analysis(
             pool,

@@ -28,14 +28,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmtllmf.channel import ScenarioConfig, SymbolLinkConfig
-from rmtllmf.defense import CHANNEL_FREE, DEFENSES, RealignConfig
+from rmtllmf.defense import BLIND, CHANNEL_FREE, DEFENSES, PAPER, RealignConfig
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig
 from rmtllmf.study.analysis import AnalysisConfig
 from rmtllmf.study.experiment import ExperimentConfig, LinkMode, Scenario
 
-RECEIVING = tuple(d for d in DEFENSES if d not in CHANNEL_FREE)
-"""The defenses that act on what was received (the ablation's columns)."""
 DEFAULT_GRID = tuple(round(float(x), 4) for x in np.linspace(0.0, 1.0, 21))
 
 
@@ -61,6 +59,12 @@ class SweepConfig(BaseModel):
     analysis: AnalysisConfig = AnalysisConfig()
     nan_policy: Literal["zero", "drop-user", "error"] = "zero"
     plan_seed: int = 0
+    extra_defenses: tuple[str, ...] = Field(
+        (),
+        description="defenses run beside the paper's four in the ablation (e.g. the receiver "
+        "defenses shrink, svd, gate, median, trimmed-mean, svd+r-mtllmf), on every link they "
+        "apply to; a realigning one also joins the k sweep",
+    )
 
     def check(self) -> None:
         """Clear errors for plans that cannot run."""
@@ -74,6 +78,14 @@ class SweepConfig(BaseModel):
             )
         if not self.task_counts or not self.links or not self.scenarios or not self.seeds:
             raise InputError("task_counts, scenarios, links and seeds must not be empty")
+        unknown = [
+            d for d in self.extra_defenses if d not in DEFENSES or d in (*PAPER, *CHANNEL_FREE)
+        ]
+        if unknown:
+            extra = [d for d in DEFENSES if d not in (*PAPER, *CHANNEL_FREE)]
+            raise InputError(
+                f"extra_defenses {unknown} are not defenses beyond the paper's; choose from {extra}"
+            )
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,10 @@ def _channel_runs(cfg: SweepConfig, common: dict[str, Any], *, ablation: bool) -
     for scenario, link in itertools.product(cfg.scenarios, cfg.links):
         if link == "symbol" and scenario.startswith("paper-"):
             continue  # the digital link needs a physical channel
-        for defense in RECEIVING if ablation else ("none", "r-mtllmf"):
+        defenses = (*PAPER, *cfg.extra_defenses) if ablation else ("none", "r-mtllmf")
+        for defense in defenses:
+            if link == "symbol" and defense in BLIND:
+                continue  # no known noise law to denoise with
             analysis = cfg.analysis if (ablation and defense == "none") else None
             config = ExperimentConfig(
                 scenario=scenario, link=link, defense=defense, analysis=analysis, **common
@@ -153,9 +168,14 @@ def _channel_runs(cfg: SweepConfig, common: dict[str, Any], *, ablation: bool) -
 
 
 def _kshot_runs(cfg: SweepConfig, common: dict[str, Any]) -> list[PlannedRun]:
-    """R-MTLLMF with ``k`` samples per class on the k sweep's scenarios, first link (Fig. 5)."""
+    """R-MTLLMF (and each realigning extra defense) with ``k`` samples per class on the k
+    sweep's scenarios, first link (Fig. 5)."""
     runs = []
-    for scenario in kshot_scenarios(cfg):
+    realigning = ("r-mtllmf", *(d for d in cfg.extra_defenses if DEFENSES[d].realign))
+    symbol = cfg.links[0] == "symbol"
+    for scenario, defense in itertools.product(kshot_scenarios(cfg), realigning):
+        if symbol and defense in BLIND:
+            continue
         for k in cfg.k_values:
             if k == cfg.realign.k_per_class:
                 continue  # that run is in the ablation already
@@ -163,7 +183,7 @@ def _kshot_runs(cfg: SweepConfig, common: dict[str, Any]) -> list[PlannedRun]:
             config = ExperimentConfig(
                 scenario=scenario,
                 link=cfg.links[0],
-                defense="r-mtllmf",
+                defense=defense,
                 **{**common, "realign": realign},
             )
             runs.append(PlannedRun("kshot", config))
