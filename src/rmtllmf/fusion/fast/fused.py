@@ -197,6 +197,12 @@ def _bytes(t: torch.Tensor) -> memoryview:
     return t.view(torch.uint8).reshape(-1).numpy().data
 
 
+POLL_SECONDS = 0.05
+"""How often the waiting thread wakes to act on a pending Ctrl-C. A wait without a timeout can
+miss a signal that arrives just before it blocks (the handler runs, the wait does not end) and
+would then act on it only when the merge is over."""
+
+
 def _interruptible(work: Callable[[], None], cancel: Callable[[], None]) -> None:
     """Run ``work`` in a helper thread while this thread waits for it, so that Ctrl-C (which
     Python delivers to the main thread) stops a long merge: on an interrupt, or any exception
@@ -220,13 +226,14 @@ def _interruptible(work: Callable[[], None], cancel: Callable[[], None]) -> None
     thread = threading.Thread(target=target, name="rmtllmf-merge", daemon=True)
     try:
         thread.start()  # inside the try: an interrupt can arrive while the thread starts
-        finished.wait()
+        while not finished.wait(POLL_SECONDS):
+            pass
     except BaseException:
         cancel()
-        while thread.is_alive():  # not alive: never started, or started and done
+        # not alive: never started, or started and done
+        while thread.is_alive() and not finished.is_set():
             try:
-                finished.wait()
-                break
+                finished.wait(POLL_SECONDS)
             except KeyboardInterrupt:
                 continue
         raise
