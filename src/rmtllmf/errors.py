@@ -7,6 +7,12 @@ catch ``ValueError`` keep working.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class RmtllmfError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -26,3 +32,41 @@ class DegenerateChannelWarning(UserWarning):
 
 class CheckpointError(RmtllmfError):
     """A checkpoint cannot be read or written: missing, truncated, pickled, or mismatched."""
+
+
+def validation_message(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
+    """A pydantic ``ValidationError`` as one line, each problem as ``where: what (got value)``.
+
+    ``where`` is the user's name for the field: ``names`` maps a field name or dotted path
+    (``n_users``, ``path_loss.exponent``) to it (a flag such as ``--users``); other fields keep
+    their dotted path (``sweep.task_counts[0]``), which is the key to fix in a YAML file. No
+    pydantic URLs, no input types, no line breaks.
+    """
+    names = names or {}
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = [str(x) for x in err.get("loc", ())]
+        path = ".".join(x for x in loc if not x.isdigit())
+        dotted = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".")
+        where = names.get(path) or (names.get(loc[-1]) if loc else None) or dotted
+        what = _PHRASES.get(str(err.get("type")), str(err.get("msg", "invalid")))
+        what = what.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if what[:1].isupper() and not what[1:2].isupper():
+            what = what[0].lower() + what[1:]
+        shown = err.get("input")
+        got = (
+            f" (got {shown!r})"
+            if err.get("type") not in ("missing", "model_type")
+            and isinstance(shown, str | int | float | bool)
+            and len(repr(shown)) <= 40
+            else ""
+        )
+        parts.append(f"{where}: {what}{got}" if where else f"{what}{got}")
+    return " ".join("; ".join(parts).split())
+
+
+_PHRASES = {
+    "extra_forbidden": "is not a known setting",
+    "missing": "is required",
+}
+"""Pydantic error types whose own wording does not read well after a field name."""

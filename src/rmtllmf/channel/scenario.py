@@ -40,6 +40,10 @@ ScenarioName = Literal["ideal", "sum-rate", "strongest-user"]
 SCENARIOS: tuple[ScenarioName, ...] = ("ideal", "sum-rate", "strongest-user")
 #: Jammer-to-noise ratio used when neither ``jammer_dbm`` nor ``jnr_db`` is given.
 DEFAULT_JNR_DB = 10.0
+#: Largest magnitude of a power or ratio given in dB / dBm: 200 dBm is 1e17 W, far past any
+#: radio, while the linear powers of +-200 dB stay finite through the MSE and rate formulas (a
+#: value such as 1e9 dBm would overflow to an infinite power).
+DB_LIMIT = 200.0
 
 
 class ScenarioConfig(BaseModel):
@@ -54,12 +58,20 @@ class ScenarioConfig(BaseModel):
     r_max_m: float = Field(1000.0, gt=0)
     placement: Placement = "uniform-distance"
     path_loss: PathLossConfig = PathLossConfig()
-    tx_power_dbm: float = Field(-10.0, description="per-user power limit P_q; -10 dBm = 0.1 mW")
-    bandwidth_hz: float = Field(180e3, gt=0)
-    noise_figure_db: float = Field(5.0, ge=0)
-    jammer_dbm: float | None = None
+    tx_power_dbm: float = Field(
+        -10.0,
+        ge=-DB_LIMIT,
+        le=DB_LIMIT,
+        description="per-user power limit P_q; -10 dBm = 0.1 mW",
+    )
+    bandwidth_hz: float = Field(180e3, gt=0, allow_inf_nan=False)
+    noise_figure_db: float = Field(5.0, ge=0, le=DB_LIMIT)
+    jammer_dbm: float | None = Field(None, ge=-DB_LIMIT, le=DB_LIMIT)
     jnr_db: float | None = Field(
-        None, description="jammer power over total thermal power N_R*sigma^2; default 10 dB"
+        None,
+        ge=-DB_LIMIT,
+        le=DB_LIMIT,
+        description="jammer power over total thermal power N_R*sigma^2; default 10 dB",
     )
 
     @model_validator(mode="after")

@@ -1,4 +1,9 @@
-"""The ``rmtllmf`` command line."""
+"""The ``rmtllmf`` command line.
+
+Errors are one line on stderr, ``rmtllmf: error: <what was wrong>; <what to do>``, with exit
+status 2 for bad input (flags, files, configs) and 1 for anything unexpected; ``--debug``
+prints the traceback as well, and Ctrl-C exits with 130.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
-from rmtllmf.cli import channel, evaluate, finetune, merge, reproduce, zoo
-from rmtllmf.errors import RmtllmfError
+from rmtllmf import __version__
+from rmtllmf.cli import channel, evaluate, export, finetune, merge, reproduce, zoo
+from rmtllmf.cli.common import CliParser, error_message
 
 COMMANDS = {
     "channel": channel,
@@ -22,25 +29,40 @@ COMMANDS = {
     "finetune": finetune,
     "evaluate": evaluate,
     "reproduce": reproduce,
+    "export": export,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="rmtllmf", description="Resilient multi-task model fusion over jammed MIMO uplinks."
+    parser = CliParser(
+        prog="rmtllmf",
+        description="Resilient multi-task model fusion over jammed MIMO uplinks (R-MTLLMF).",
+        epilog="Run 'rmtllmf COMMAND --help' for what a command does, its flags and examples.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"rmtllmf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS.values():
         module.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rmtllmf`` console script."""
+    """Entry point of the ``rmtllmf`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or bool(os.environ.get("RMTLLMF_DEBUG"))
+    module = COMMANDS[args.command]
     try:
-        return int(COMMANDS[args.command].run(args))
-    except (RmtllmfError, ValueError) as exc:
-        print(f"rmtllmf: error: {exc}", file=sys.stderr)
-        return 2
+        return int(module.run(args))
+    except KeyboardInterrupt:
+        print("rmtllmf: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        command = " ".join(
+            ["rmtllmf", args.command, *filter(None, [getattr(args, "zoo_command", None)])]
+        )
+        message, status = error_message(exc, getattr(module, "FLAGS", None), command)
+        print(f"rmtllmf: error: {message}", file=sys.stderr)
+        return status

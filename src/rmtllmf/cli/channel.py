@@ -12,42 +12,87 @@ from rich.table import Table
 
 from rmtllmf.channel.geometry import PathLossConfig
 from rmtllmf.channel.report import ChannelSummary, measure, summarize
-from rmtllmf.channel.scenario import SCENARIOS, ScenarioConfig, draw_realization
+from rmtllmf.channel.scenario import (
+    DB_LIMIT,
+    DEFAULT_JNR_DB,
+    SCENARIOS,
+    ScenarioConfig,
+    draw_realization,
+)
 from rmtllmf.channel.symbol_link import SymbolLinkConfig
+from rmtllmf.cli.common import examples
+from rmtllmf.errors import InputError
+
+FLAGS = {
+    "n_users": "--users",
+    "n_antennas": "--antennas",
+    "r_min_m": "--r-min",
+    "r_max_m": "--r-max",
+    "tx_power_dbm": "--tx-dbm",
+    "bandwidth_hz": "--bandwidth-hz",
+    "noise_figure_db": "--noise-figure-db",
+    "jammer_dbm": "--jammer-dbm",
+    "jnr_db": "--jnr-db",
+    "exponent": "--exponent",
+    "model": "--path-loss",
+    "bits": "--bits",
+    "modulation_order": "--qam",
+}
+"""Config field -> the flag that sets it, so errors name what the user typed."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "channel",
         help="draw one uplink realization and print per-user SNR, SINR, rate and MSE",
-        description="Per-user figures of the MIMO uplink (paper eqs. 3-5) for one scenario.",
+        description="Per-user figures of the MIMO uplink (paper eqs. 3-5) for one scenario: "
+        "users placed at random between --r-min and --r-max, Rayleigh fading, full power, and "
+        "the scenario's jammer (none, worst case for the sum rate, or for the strongest user). "
+        "Theory by default; --symbols also simulates the digital link and measures it.",
+        epilog=examples(
+            "rmtllmf channel --scenario sum-rate --jnr-db 10",
+            "rmtllmf channel --users 4 --antennas 8 --symbols 2000 --qam 16",
+            "rmtllmf channel --scenario strongest-user --jammer-dbm 0 --json > uplink.json",
+        ),
     )
-    p.add_argument("--scenario", choices=SCENARIOS, default="ideal")
-    p.add_argument("--users", type=int, default=8, help="single-antenna users Q (default 8)")
-    p.add_argument("--antennas", type=int, default=16, help="BS antennas N_R (default 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenario", choices=SCENARIOS, default="ideal", help="jammer model")
+    p.add_argument("--users", type=int, default=8, help="single-antenna users Q")
+    p.add_argument("--antennas", type=int, default=16, help="BS antennas N_R")
+    p.add_argument("--seed", type=int, default=0, help="seed of placement and fading")
     jam = p.add_mutually_exclusive_group()
-    jam.add_argument("--jammer-dbm", type=float, help="jammer power P_N in dBm")
-    jam.add_argument("--jnr-db", type=float, help="jammer power over N_R * thermal (default 10)")
-    p.add_argument("--tx-dbm", type=float, default=-10.0, help="user power (default 0.1 mW)")
-    p.add_argument("--bandwidth-hz", type=float, default=180e3)
-    p.add_argument("--noise-figure-db", type=float, default=5.0)
+    jam.add_argument(
+        "--jammer-dbm",
+        type=float,
+        help=f"jammer power P_N in dBm, within +-{DB_LIMIT:g} (default: from --jnr-db)",
+    )
+    jam.add_argument(
+        "--jnr-db",
+        type=float,
+        help=f"jammer power over N_R * thermal power in dB (default {DEFAULT_JNR_DB:g})",
+    )
+    p.add_argument("--tx-dbm", type=float, default=-10.0, help="user power in dBm (0.1 mW)")
+    p.add_argument("--bandwidth-hz", type=float, default=180e3, help="bandwidth B")
+    p.add_argument("--noise-figure-db", type=float, default=5.0, help="receiver noise figure")
     p.add_argument(
-        "--path-loss", choices=["log-distance", "3gpp-umi", "3gpp-uma"], default="log-distance"
+        "--path-loss",
+        choices=["log-distance", "3gpp-umi", "3gpp-uma"],
+        default="log-distance",
+        help="path-loss model",
     )
     p.add_argument("--exponent", type=float, default=2.0, help="log-distance exponent")
     p.add_argument("--r-min", type=float, default=100.0, help="closest user distance in m")
     p.add_argument("--r-max", type=float, default=1000.0, help="farthest user distance in m")
-    p.add_argument("--qam", type=int, choices=[4, 16, 64, 256], default=64)
+    p.add_argument("--qam", type=int, choices=[4, 16, 64, 256], default=64, help="QAM order")
     p.add_argument("--bits", type=int, default=8, help="quantiser bits for --symbols")
-    p.add_argument(
-        "--symbols", type=int, default=0, help="also simulate this many channel uses (measured)"
-    )
+    p.add_argument("--symbols", type=int, default=0, help="also simulate this many channel uses")
     p.add_argument("--genie", action="store_true", help="genie-aided SIC for --symbols")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Draw the uplink of the flags' scenario and print its per-user figures."""
+    if args.symbols < 0:
+        raise InputError(f"--symbols {args.symbols} is negative; give 0 (theory only) or more")
     cfg = ScenarioConfig(
         scenario=args.scenario,
         n_users=args.users,

@@ -1,11 +1,214 @@
-"""What the subcommands share."""
+"""What the subcommands share: the parser class and help format, error messages, output checks,
+and the notices a long command prints before it starts."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, NoReturn
+
+from rmtllmf.errors import CheckpointError, InputError, RmtllmfError, validation_message
+
+if TYPE_CHECKING:
+    from rmtllmf.pools.tiny_vit import ZooConfig
 
 
 def default_cache() -> Path:
     """Where built zoos live: ``$RMTLLMF_CACHE`` or ``~/.cache/rmtllmf``."""
     return Path(os.environ.get("RMTLLMF_CACHE", "~/.cache/rmtllmf")).expanduser()
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped, examples as written; every optional flag's help ends with its
+    default.
+
+    A flag whose help already says ``default`` keeps its wording (it explains what a ``None``
+    default means); a required flag and a switch say so instead.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):  # command lines keep their line breaks
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default is argparse.SUPPRESS
+            or "default" in text
+            or "%(default)" in text
+        ):
+            return text
+        if action.required:
+            return f"{text} (required)".strip()
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            return f"{text} (default: {'on' if action.default else 'off'})".strip()
+        default = action.default
+        if isinstance(default, list | tuple):
+            shown = " ".join(str(x) for x in default) if default else "none"
+        else:
+            shown = "none" if default is None else str(default)
+        return f"{text} (default: {shown})".strip()
+
+
+class CliParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line that names the flag and points at ``--help``;
+    its subcommands use the same class, the :class:`HelpFormatter` and take ``--debug``. Flags
+    are never abbreviated: a prefix (``--jammer``) is an unknown flag, not ``--jammer-dbm``."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # a typo such as --jammer is an error
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="on an error, print the full traceback too (off by default)",
+        )
+
+    def error(self, message: str) -> NoReturn:
+        """One line on stderr: the problem as argparse words it, and where to read more."""
+        self.exit(2, f"{self.prog}: error: {one_line(message)}; see {self.prog} --help\n")
+
+
+def examples(*lines: str) -> str:
+    """The ``examples:`` epilog of a subcommand's ``--help``."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: line breaks and blank runs become single spaces; library URLs go."""
+    text = re.sub(r"\s*For further information visit \S+", "", text)
+    return " ".join(text.split())
+
+
+FIX_WORDS = re.compile(
+    r"\b(give|choose|use|drop|fix|add|write|check|run|rerun|pass|convert|re-save|re-download|"
+    r"remove|see|install|merge|select|set|pick|leave|build|delete|rename)\b",
+    re.IGNORECASE,
+)
+"""Words with which a message says what to do; a message without one gets a hint."""
+
+
+def error_message(
+    exc: BaseException, flags: Mapping[str, str] | None = None, command: str = "rmtllmf"
+) -> tuple[str, int]:
+    """What ``rmtllmf`` prints for an exception, and its exit status.
+
+    Bad input (project errors, ``ValueError`` including pydantic's, missing or unwritable
+    files) gives status 2 and a message in the user's words: ``flags`` maps config field names
+    to the flags that set them (``n_users`` -> ``--users``); anything else is an internal error
+    (status 1) that asks for ``--debug``.
+    """
+    from pydantic import ValidationError
+
+    names = dict(flags or {})
+    if isinstance(exc, RmtllmfError | ValueError):
+        if isinstance(exc, ValidationError):
+            text = f"{validation_message(exc, names)}; fix the value (see {command} --help)"
+        else:
+            text = str(exc)
+        for field, flag in names.items():
+            # plain words ("steps") also occur in prose, snake_case names don't; a message that
+            # already names the flag keeps its wording
+            if "_" in field and flag not in text:
+                text = re.sub(rf"\b{re.escape(field)}\b", flag, text)
+        if not FIX_WORDS.search(text):
+            fix = (
+                "re-save or re-download that checkpoint, or give another"
+                if isinstance(exc, CheckpointError)
+                else f"see {command} --help"
+            )
+            text = f"{text.rstrip('. ')}; {fix}"
+        return one_line(text), 2
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        what = exc.strerror or type(exc).__name__
+        hint = {
+            PermissionError: "choose a location you may write to, or fix its permissions",
+            FileNotFoundError: "check the path",
+            FileExistsError: "choose another path or remove the existing one",
+            IsADirectoryError: "give a file, not a directory",
+            NotADirectoryError: "a part of the path is a file, not a directory",
+        }.get(type(exc), "check the path, its permissions and the free space")
+        return one_line(f"{what}:{where}; {hint}"), 2
+    text = one_line(f"{type(exc).__name__}: {exc}")
+    return f"internal error ({text}); rerun with --debug for the traceback and report it", 1
+
+
+def check_output_dir(path: Path, flag: str = "--out") -> Path:
+    """``path`` as an output directory: refused, before any work, when it is a file or when it
+    (or the nearest folder above it that exists) cannot be written."""
+    if path.exists() and not path.is_dir():
+        raise InputError(
+            f"{flag} {path} is a file, not a directory; give a directory (new or existing)"
+        )
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"{flag} {path}: {probe} is a file; give a path under a directory")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(
+            f"{flag} {path}: {probe} is read-only; choose a directory you may write to"
+        )
+    return path
+
+
+def notice(text: str, stream: IO[str] | None = None) -> None:
+    """A line on stderr (stdout stays machine-readable for ``--json``) before long work."""
+    print(f"rmtllmf: {text}", file=stream or sys.stderr, flush=True)
+
+
+def minutes(seconds: float) -> str:
+    """A duration as people say it: ``40 s``, ``3 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+ZOO_SECONDS_PER_STEP = 0.1
+"""Single-threaded seconds per fine-tuning step of the embedded zoo at batch 64 + 16 anchor
+images (docs/embedded-zoo.md: eight 800-step fine-tunes of 67-70 s each, two at a time)."""
+ZOO_SECONDS_PER_IMAGE = 2e-4
+"""Seconds to render one synthetic image (data generation before the fine-tunes)."""
+
+
+def announce_zoo(root: Path, cfg: ZooConfig, workers: int = 1) -> None:
+    """Say, before it starts, that the embedded zoo will be built, how much and how long."""
+    from rmtllmf.pools.tiny_vit import missing_finetunes
+
+    missing = missing_finetunes(root, cfg)
+    if not missing:
+        return
+    per_step = ZOO_SECONDS_PER_STEP * (cfg.batch + cfg.anchor_batch * (cfg.anchor_weight > 0)) / 80
+    per_task = cfg.steps * per_step + ZOO_SECONDS_PER_IMAGE * (cfg.n_train + cfg.n_val + cfg.n_test)
+    parallel = max(1, min(workers, len(missing)))
+    seconds = per_task * len(missing) / parallel
+    notice(
+        f"building the embedded zoo first: {len(missing)} fine-tune(s) of {cfg.steps} steps, "
+        f"about {minutes(seconds)} on {parallel} process(es); cached under {root} and reused "
+        "by later commands"
+    )
+
+
+def check_embedded_tasks(tasks: Sequence[str] | None, flag: str = "--tasks") -> None:
+    """Each of ``tasks`` is a task of the embedded suite (checked before any work)."""
+    from rmtllmf.data.synthetic import TASK_NAMES
+
+    unknown = [t for t in tasks or () if t not in TASK_NAMES]
+    if unknown:
+        raise InputError(
+            f"{flag}: {', '.join(unknown)} not in the embedded suite; choose from "
+            f"{', '.join(TASK_NAMES)}"
+        )

@@ -11,14 +11,40 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from rmtllmf.cli.common import examples
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("evaluate", help="per-task and normalized accuracy of a model")
-    p.add_argument("--family", choices=["tiny-vit", "hf-clip"], default="tiny-vit")
+    p = sub.add_parser(
+        "evaluate",
+        help="per-task and normalized accuracy of a model",
+        description="Score a checkpoint (an expert, a merge) on its tasks, next to the "
+        "fine-tuned experts: accuracy per task, and normalized accuracy (accuracy over the "
+        "expert's) when every task has an expert. tiny-vit scores the embedded tasks (building "
+        "the embedded zoo first if it is not cached: the command says so and how long); "
+        "hf-clip scores zero-shot heads on --data: a dataset's --split, or every image of an "
+        "image folder (the table says which).",
+        epilog=examples(
+            "rmtllmf evaluate --model merged.safetensors --tasks signs digits",
+            "rmtllmf evaluate --family hf-clip --base openai/clip-vit-base-patch16 "
+            "--model merged/ --data cars=data/cars-test --finetuned cars=ft/cars --json",
+        ),
+    )
+    p.add_argument(
+        "--family", choices=["tiny-vit", "hf-clip"], default="tiny-vit", help="model family"
+    )
     p.add_argument("--model", required=True, help="checkpoint to evaluate (e.g. a merge)")
-    p.add_argument("--tasks", nargs="+", default=None, help="tiny-vit: embedded tasks")
-    p.add_argument("--split", default="test")
-    p.add_argument("--base", default=None, help="hf-clip: base model directory or id")
+    p.add_argument(
+        "--tasks", nargs="+", default=None, help="tiny-vit: embedded tasks (default: all 8)"
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        help="tiny-vit: val or test; hf-clip: the datasets' split (image folders: all images)",
+    )
+    p.add_argument(
+        "--base", default=None, help="hf-clip: base model directory or id (default: ViT-B/16)"
+    )
     p.add_argument(
         "--data",
         nargs="+",
@@ -33,9 +59,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="TASK=CKPT",
         help="hf-clip: fine-tuned checkpoints, the normalisers",
     )
-    p.add_argument("--online", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--online", action="store_true", help="allow hub downloads (hf-clip)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     scores = tiny_vit_scores if args.family == "tiny-vit" else hf_clip_scores
-    acc, finetuned = scores(args)
-    result = _result(args, acc, finetuned)
+    acc, finetuned, scored = scores(args)
+    result = _result(args, acc, finetuned, scored)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -56,14 +82,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _result(
-    args: argparse.Namespace, acc: dict[str, float], finetuned: dict[str, float]
+    args: argparse.Namespace,
+    acc: dict[str, float],
+    finetuned: dict[str, float],
+    scored: dict[str, str],
 ) -> dict[str, object]:
-    """The JSON record; normalized accuracy only when every task has a fine-tuned accuracy."""
+    """The JSON record; normalized accuracy only when every task has a fine-tuned accuracy.
+    ``split`` names what was scored: the split, or ``all images`` of an image folder (per task
+    in ``scored``)."""
     from rmtllmf.metrics import normalized_accuracy
 
     result: dict[str, object] = {
         "model": args.model,
-        "split": args.split,
+        "split": " / ".join(dict.fromkeys(scored.values())),
+        "scored": scored,
         "accuracy": acc,
         "mean_accuracy": float(np.mean(list(acc.values()))),
     }
@@ -80,7 +112,7 @@ def _print_table(
     result: dict[str, object],
 ) -> None:
     """Accuracy, fine-tuned accuracy and their ratio per task, then the means if normalized."""
-    table = Table(title=f"{args.model} ({args.split})")
+    table = Table(title=f"{args.model} ({result['split']})")
     for name in ("task", "accuracy", "fine-tuned", "normalized"):
         table.add_column(name, justify="right")
     for t, a in acc.items():

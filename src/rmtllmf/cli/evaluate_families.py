@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rmtllmf.cli.common import default_cache
-from rmtllmf.errors import InputError
+from rmtllmf.errors import CheckpointError, InputError
 
 if TYPE_CHECKING:
     from rmtllmf.data.real import LabelledImages
     from rmtllmf.models.hf_clip import HfClip
 
-Scores = tuple[dict[str, float], dict[str, float]]
-"""Accuracy of the evaluated model per task, and of the fine-tuned experts per task."""
+Scores = tuple[dict[str, float], dict[str, float], dict[str, str]]
+"""Accuracy of the evaluated model per task, of the fine-tuned experts per task, and what was
+scored per task (``test``, ``val``, or ``all images`` of an image folder)."""
 
 
 def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
@@ -33,16 +34,70 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _named(exc: CheckpointError, flag: str, path: str) -> CheckpointError:
+    """A checkpoint error of ``flag``'s file; ``evaluate`` reads no pickles (it has no
+    ``--allow-pickle``), so a pickle gets the way to convert it instead."""
+    if "pickle" in str(exc):
+        return CheckpointError(
+            f"{flag} {path} is a pickle checkpoint, which evaluate does not load (pickles can run "
+            'code); convert it once: python -c "import torch, safetensors.torch as s; '
+            f"s.save_file(torch.load('{path}', weights_only=True), 'model.safetensors')\""
+        )
+    return CheckpointError(f"{flag}: {exc}")
+
+
+def _check_against_base(model: str, base_file: Path) -> None:
+    """``--model`` has the base's tensors (names and shapes): read from the headers only."""
+    from rmtllmf.fusion import LazyCheckpoint
+
+    with LazyCheckpoint(model) as ckpt, LazyCheckpoint(base_file) as base:
+        names, theirs = base.keys(), ckpt.keys()
+        missing = [k for k in names if k not in ckpt]
+        unexpected = [k for k in theirs if k not in base]
+        shapes = [k for k in names if k in ckpt and ckpt.meta(k)[0] != base.meta(k)[0]]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("lacks", missing), ("has extra", unexpected), ("reshapes", shapes))
+            if keys
+        ]
+        raise InputError(
+            f"--model {model} is not a tiny-vit checkpoint of this base: it {'; '.join(parts)}; "
+            "give a fine-tune or merge of the embedded base (or --family hf-clip)"
+        )
+
+
 def tiny_vit_scores(args: argparse.Namespace) -> Scores:
-    """Score ``--model`` and the zoo's fine-tunes on the embedded tasks (building the zoo)."""
+    """Score ``--model`` and the zoo's fine-tunes on the embedded tasks; ``--model`` is checked
+    against the base before the zoo is built (which the command announces)."""
+    from rmtllmf.cli.common import announce_zoo, check_embedded_tasks
     from rmtllmf.fusion import load_state_dict
     from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
+    from rmtllmf.pools.zoo_config import base_path
 
+    check_embedded_tasks(args.tasks)
+    if args.split not in ("val", "test"):
+        raise InputError(f"--split {args.split!r}: the embedded tasks have val and test; pick one")
     cfg = ZooConfig(**({"tasks": tuple(args.tasks)} if args.tasks else {}))
-    zoo = build_zoo(default_cache() / "zoo", cfg, progress=not args.json)
-    acc = zoo.task_accuracy(load_state_dict(args.model), cfg.tasks, args.split)
+    root = default_cache() / "zoo"
+    base_file = base_path(cfg, root / "base")
+    try:
+        if base_file.is_file():
+            _check_against_base(args.model, base_file)
+        state = load_state_dict(args.model)
+    except CheckpointError as exc:
+        raise _named(exc, "--model", args.model) from exc
+    if not args.json:
+        announce_zoo(root, cfg)
+    zoo = build_zoo(root, cfg, progress=not args.json)
+    acc = zoo.task_accuracy(state, cfg.tasks, args.split)
     finetuned = {t: zoo.finetuned_accuracy(t, args.split) for t in cfg.tasks}
-    return acc, finetuned
+    return acc, finetuned, dict.fromkeys(cfg.tasks, args.split)
+
+
+def _is_folder(path: str) -> bool:
+    """An image folder (``root/<class>/<images>``), not a ``save_to_disk`` dataset."""
+    return Path(path).is_dir() and not (Path(path) / "dataset_dict.json").exists()
 
 
 def _load_suites(
@@ -55,7 +110,7 @@ def _load_suites(
     for task, path in data_paths.items():
         suites[task] = (
             load_image_folder(path, clip.image_size)
-            if Path(path).is_dir() and not (Path(path) / "dataset_dict.json").exists()
+            if _is_folder(path)
             else load_hf_dataset(path, args.split, clip.image_size, offline=not args.online)
         )
     return suites
@@ -63,12 +118,23 @@ def _load_suites(
 
 def hf_clip_scores(args: argparse.Namespace) -> Scores:
     """Score ``--model`` and the ``--finetuned`` checkpoints with zero-shot heads on ``--data``."""
+    from rmtllmf.fusion import LazyCheckpoint
     from rmtllmf.models.hf_clip import BASE_IDS, HfClip, vision_state
     from rmtllmf.training.clip import clip_accuracy
 
     data_paths = _pairs(args.data, "--data")
     if not data_paths:
         raise InputError("--family hf-clip needs --data TASK=PATH for at least one task")
+    finetuned_paths = _pairs(args.finetuned, "--finetuned")
+    for flag, path in [
+        ("--model", args.model),
+        *(("--finetuned", p) for p in finetuned_paths.values()),
+    ]:
+        try:
+            with LazyCheckpoint(path):  # readable, not pickled: checked before any model loads
+                pass
+        except CheckpointError as exc:
+            raise _named(exc, flag, path) from exc
     clip = HfClip.from_pretrained(args.base or BASE_IDS["vit-b-16"], offline=not args.online)
     suites = _load_suites(args, clip, data_paths)
     heads = {t: clip.zero_shot_head(d.classnames) for t, d in suites.items()}
@@ -79,6 +145,7 @@ def hf_clip_scores(args: argparse.Namespace) -> Scores:
         return {t: clip_accuracy(clip, heads[t], d) for t, d in suites.items()}
 
     finetuned = {}
-    for task, ckpt in _pairs(args.finetuned, "--finetuned").items():
+    for task, ckpt in finetuned_paths.items():
         finetuned[task] = score(ckpt)[task]
-    return score(args.model), finetuned
+    scored = {t: "all images" if _is_folder(p) else args.split for t, p in data_paths.items()}
+    return score(args.model), finetuned, scored

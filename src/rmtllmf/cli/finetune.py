@@ -6,25 +6,76 @@ import argparse
 import os
 from pathlib import Path
 
+from rmtllmf.cli.common import check_output_dir, examples
+
+FLAGS = {
+    name: "--" + name.replace("_", "-")
+    for name in ("steps", "batch", "lr", "seed", "lora_rank", "anchor_weight")
+}
+"""Config field -> the flag that sets it, so errors name what the user typed."""
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "finetune",
         help="fine-tune a base model on one task; writes the checkpoint and its task vector",
+        description="Fine-tune one user's model on one task and write OUT/model.safetensors, "
+        "OUT/task_vector.safetensors and OUT/finetune.json. tiny-vit: one embedded task, "
+        "through the embedded zoo's cache (built first if needed; the command says so). "
+        "hf-clip: a Hugging Face CLIP's vision tower with zero-shot heads, fully or with LoRA, "
+        "on an image folder (validation: --val-folder, or a seeded hold-out of the folder that "
+        "is never trained on) or a dataset (its validation split).",
+        epilog=examples(
+            "rmtllmf finetune --task signs --steps 400 --out ft/signs",
+            "rmtllmf finetune --family hf-clip --base openai/clip-vit-base-patch16 "
+            "--train-folder data/cars --val-fraction 0.2 --lora --out ft/cars",
+        ),
     )
-    p.add_argument("--family", choices=["tiny-vit", "hf-clip"], default="tiny-vit")
-    p.add_argument("--task", help="tiny-vit: a task of the embedded suite")
-    p.add_argument("--base", default=None, help="base model (hf-clip: directory or hub id)")
-    p.add_argument("--train-folder", help="hf-clip: image folder root/<class>/<images>")
-    p.add_argument("--dataset", help="hf-clip: Hugging Face dataset id or save_to_disk directory")
-    p.add_argument("--dataset-config", default=None)
-    p.add_argument("--templates", nargs="+", default=None, help="zero-shot prompt templates")
+    p.add_argument(
+        "--family", choices=["tiny-vit", "hf-clip"], default="tiny-vit", help="model family"
+    )
+    p.add_argument("--task", help="tiny-vit: a task of the embedded suite (required there)")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="base model (default: tiny-vit's shipped base; hf-clip: ViT-B/16; "
+        "hf-clip: a directory or hub id)",
+    )
+    p.add_argument(
+        "--train-folder", help="hf-clip: image folder root/<class>/<images> (default: none)"
+    )
+    p.add_argument(
+        "--val-folder",
+        default=None,
+        help="hf-clip: validation image folder with the same classes (default: hold out "
+        "--val-fraction of --train-folder)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="hf-clip: share of each class of --train-folder held out for validation (seeded "
+        "by --seed, never trained on)",
+    )
+    p.add_argument(
+        "--dataset",
+        help="hf-clip: Hugging Face dataset id or save_to_disk directory (default: none)",
+    )
+    p.add_argument("--dataset-config", default=None, help="hf-clip: the dataset's config name")
+    p.add_argument(
+        "--templates",
+        nargs="+",
+        default=None,
+        help="zero-shot prompt templates (default: the library's CLIP templates)",
+    )
     p.add_argument("--online", action="store_true", help="allow hub downloads (hf-clip)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="default 1e-5 (full), 1e-4 (LoRA)")
+    p.add_argument("--steps", type=int, default=200, help="training steps")
+    p.add_argument("--batch", type=int, default=32, help="hf-clip: batch size")
+    p.add_argument(
+        "--lr", type=float, default=None, help="default 1e-5 (full), 1e-4 (LoRA), tiny-vit 1e-3"
+    )
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (hf-clip, peft)")
-    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-rank", type=int, default=8, help="hf-clip: LoRA rank with --lora")
     p.add_argument(
         "--anchor-weight",
         type=float,
@@ -32,10 +83,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="beta of the function-space anchor (tiny-vit default 10, hf-clip 0)",
     )
     p.add_argument(
-        "--anchor-folder", default=None, help="hf-clip: public anchor images (an image folder)"
+        "--anchor-folder",
+        default=None,
+        help="hf-clip: public anchor images, an image folder (default: none)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of training and the hold-out")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
 
 
@@ -45,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rmtllmf.cli.finetune_families import finetune_hf_clip, finetune_tiny_vit
 
+    check_output_dir(args.out)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     if args.family == "tiny-vit":
         return finetune_tiny_vit(args)

@@ -6,12 +6,13 @@ Imported only when the command runs: it loads torch and the training code.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from rmtllmf.cli.common import default_cache
-from rmtllmf.data.real import LabelledImages, load_hf_dataset, load_image_folder
+from rmtllmf.cli.common import announce_zoo, check_embedded_tasks, default_cache
+from rmtllmf.data.real import LabelledImages, hold_out, load_hf_dataset, load_image_folder
 from rmtllmf.errors import InputError
 from rmtllmf.models.hf_clip import BASE_IDS, DEFAULT_TEMPLATES, HfClip
 from rmtllmf.training.clip import FinetuneConfig, clip_accuracy, finetune_clip, write_result
@@ -23,6 +24,7 @@ def finetune_tiny_vit(args: argparse.Namespace) -> int:
 
     if not args.task:
         raise InputError("--family tiny-vit needs --task (one of the embedded tasks)")
+    check_embedded_tasks([args.task], "--task")
     cfg = ZooConfig(
         tasks=(args.task,),
         steps=args.steps,
@@ -31,6 +33,7 @@ def finetune_tiny_vit(args: argparse.Namespace) -> int:
         **({"lr": args.lr} if args.lr else {}),
         **({"anchor_weight": args.anchor_weight} if args.anchor_weight is not None else {}),
     )
+    announce_zoo(default_cache() / "zoo", cfg)
     zoo = build_zoo(default_cache() / "zoo", cfg, progress=True)
     record = {
         "family": "tiny-vit",
@@ -47,15 +50,32 @@ def finetune_tiny_vit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_and_val(args: argparse.Namespace, clip: HfClip) -> tuple[LabelledImages, LabelledImages]:
-    """The training and validation data: an image folder (validated on itself) or a dataset."""
+def _train_and_val(
+    args: argparse.Namespace, clip: HfClip
+) -> tuple[LabelledImages, LabelledImages, str]:
+    """The training and validation data and where validation comes from: ``--val-folder``, a
+    seeded stratified hold-out of ``--train-folder`` (never trained on), or the dataset's
+    validation split (or a seeded 10% of its train split, excluded from training)."""
     if args.train_folder:
-        train = load_image_folder(args.train_folder, clip.image_size)
-        return train, train
+        data = load_image_folder(args.train_folder, clip.image_size)
+        if args.val_folder:
+            val = load_image_folder(args.val_folder, clip.image_size)
+            if val.classnames != data.classnames:
+                raise InputError(
+                    f"--val-folder classes {list(val.classnames)} differ from --train-folder's "
+                    f"{list(data.classnames)}; give folders with the same class sub-directories"
+                )
+            return data, val, f"--val-folder {args.val_folder}"
+        train, val = hold_out(data, args.val_fraction, args.seed)
+        source = (
+            f"{len(val.labels)} of {len(data.labels)} images of --train-folder held out "
+            f"(--val-fraction {args.val_fraction}, seed {args.seed}; not trained on)"
+        )
+        return train, val, source
     kw = {"config": args.dataset_config, "offline": not args.online}
     train = load_hf_dataset(args.dataset, "train", clip.image_size, **kw)
     val = load_hf_dataset(args.dataset, "validation", clip.image_size, **kw)
-    return train, val
+    return train, val, f"the validation split of --dataset {args.dataset}"
 
 
 def _clip_config(args: argparse.Namespace) -> FinetuneConfig:
@@ -86,8 +106,19 @@ def finetune_hf_clip(args: argparse.Namespace) -> int:
     """Fine-tune a Hugging Face CLIP's vision tower on one task and write the result."""
     if bool(args.train_folder) == bool(args.dataset):
         raise InputError("--family hf-clip needs exactly one of --train-folder or --dataset")
+    if args.val_folder and not args.train_folder:
+        raise InputError("--val-folder goes with --train-folder; a --dataset brings its own")
+    if not 0 < args.val_fraction < 1:
+        raise InputError(f"--val-fraction {args.val_fraction} must lie between 0 and 1")
+    for flag in ("train_folder", "val_folder", "anchor_folder"):
+        folder = getattr(args, flag)
+        if folder and not Path(folder).is_dir():
+            name = "--" + flag.replace("_", "-")
+            raise InputError(
+                f"{name} {folder} is not a directory; give an image folder root/<class>/<images>"
+            )
     clip = HfClip.from_pretrained(args.base or BASE_IDS["vit-b-16"], offline=not args.online)
-    train, val = _train_and_val(args, clip)
+    train, val, val_source = _train_and_val(args, clip)
     head = clip.zero_shot_head(train.classnames, tuple(args.templates or DEFAULT_TEMPLATES))
     ft_cfg = _clip_config(args)
     anchor_images = _anchor_images(args, clip)
@@ -101,9 +132,14 @@ def finetune_hf_clip(args: argparse.Namespace) -> int:
         "finetune": ft_cfg.model_dump(),
         "classnames": list(train.classnames),
         "val_accuracy": {"base": before, "finetuned": after},
+        "validation": {"source": val_source, "images": len(val.labels)},
+        "train_images": len(train.labels),
         "first_loss": losses[0],
         "last_loss": losses[-1],
     }
     out = write_result(args.out, base_state, clip.vision_state(), record, prefix="vision_model.")
-    print(f"fine-tuned: validation accuracy {before:.3f} -> {after:.3f}; wrote {out}")
+    print(
+        f"fine-tuned: validation accuracy {before:.3f} -> {after:.3f} on {len(val.labels)} "
+        f"images ({val_source}); wrote {out}"
+    )
     return 0

@@ -135,3 +135,35 @@ def load_hf_dataset(
     )
     images = np.stack([_to_array(img, size) for img in ds[image_key]])
     return LabelledImages(images, np.asarray(ds[label_key], dtype=np.int64), classnames)
+
+
+def hold_out(
+    data: LabelledImages, fraction: float, seed: int
+) -> tuple[LabelledImages, LabelledImages]:
+    """A seeded, stratified split into training and validation images (never the same image in
+    both): of each class, ``round(fraction * n)`` images (at least one) are held out, leaving
+    at least one to train on. An error when some class has fewer than two images."""
+    if not 0 < fraction < 1:
+        raise InputError(f"validation fraction {fraction} must lie strictly between 0 and 1")
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    thin = []
+    for c, name in enumerate(data.classnames):
+        idx = np.flatnonzero(data.labels == c)
+        if len(idx) < 2:
+            thin.append(name)
+            continue
+        idx = rng.permutation(idx)
+        n_val = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    if thin:
+        raise InputError(
+            f"classes {thin} have fewer than 2 images, so none can be held out for validation; "
+            "add images or give a separate validation folder"
+        )
+    tr, va = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+    return (
+        LabelledImages(data.images[tr], data.labels[tr], data.classnames),
+        LabelledImages(data.images[va], data.labels[va], data.classnames),
+    )

@@ -10,8 +10,10 @@ Sources accepted everywhere a checkpoint is expected:
 
 :class:`LazyCheckpoint` opens safetensors with ``safe_open`` and reads one tensor at a time (a
 view of the memory-mapped file), so a merge of ``N`` models holds at most a slice of one tensor
-per model in memory. :func:`write_safetensors_streaming` writes a safetensors file from a
-generator of tensors, without holding the whole model.
+per model in memory. Every floating-point tensor it hands out is checked to be finite: a NaN or
+an infinity is refused with the file and the key named (:func:`check_finite`), unless the reader
+is opened with ``allow_nonfinite=True``. :func:`write_safetensors_streaming` writes a
+safetensors file from a generator of tensors, without holding the whole model.
 """
 
 from __future__ import annotations
@@ -71,8 +73,21 @@ def resolve_files(path: str | Path) -> list[Path]:
         return [p]
     index = p / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [p / name for name in dict.fromkeys(weight_map.values())]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = [str(name) for name in dict.fromkeys(weight_map.values())]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"cannot read the shard index {index} ({exc}); it must be JSON with a "
+                "'weight_map' of tensor name -> shard file, as transformers writes it"
+            ) from exc
+        outside = [n for n in names if Path(n).anchor or ".." in Path(n).parts]
+        if outside:
+            raise CheckpointError(
+                f"the shard index {index} names files outside its directory ({outside[0]!r}); "
+                "shard files must lie beside the index"
+            )
+        return [p / name for name in names]
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (p / name).exists():
             return [p / name]
@@ -154,20 +169,80 @@ def _read_header(fd: int, path: Path) -> tuple[_Spans, _Entries]:
     return spans, entries
 
 
-class LazyCheckpoint(_Closing):
-    """Read-only, per-tensor access to a checkpoint. Use as a context manager."""
+FINITE_CHUNK = 1 << 20
+"""Entries per step of :func:`check_finite` (a 1 MiB boolean scratch, whatever the tensor)."""
 
-    def __init__(self, path: str | Path, *, allow_pickle: bool = False) -> None:
+
+def count_nonfinite(tensor: torch.Tensor) -> int:
+    """How many entries of a floating-point tensor are NaN or infinite (0 for other dtypes).
+
+    The sum of the entries is the filter, at the speed of memory: a NaN or an infinity makes it
+    NaN or infinite (``inf + -inf`` is NaN), so a finite sum proves every entry finite. Only a
+    sum that is not finite (a non-finite entry, or finite entries whose sum overflows) is
+    counted exactly, :data:`FINITE_CHUNK` entries at a time."""
+    if not tensor.dtype.is_floating_point:
+        return 0
+    flat = tensor.reshape(-1)
+    wide = torch.promote_types(tensor.dtype, torch.float32)  # float16 sums overflow early
+    if math.isfinite(float(flat.sum(dtype=wide))):
+        return 0
+    bad = 0
+    for start in range(0, flat.numel(), FINITE_CHUNK):
+        part = flat[start : start + FINITE_CHUNK]
+        if not bool(torch.isfinite(part).all()):
+            bad += int((~torch.isfinite(part)).sum())
+    return bad
+
+
+def nonfinite_error(where: str, key: str, tensor: torch.Tensor, bad: int) -> CheckpointError:
+    """The one-line refusal of a tensor with NaN or infinite entries."""
+    kinds = [
+        name
+        for name, found in (
+            ("NaN", bool(torch.isnan(tensor).any())),
+            ("inf", bool(torch.isinf(tensor).any())),
+        )
+        if found
+    ]
+    return CheckpointError(
+        f"{where}: tensor {key!r} holds {'/'.join(kinds) or 'non-finite'} values ({bad} of "
+        f"{tensor.numel()} entries); a merge of it would be NaN or inf there. Check or re-save "
+        "that checkpoint, or pass --allow-nonfinite (allow_nonfinite=True) to use it anyway"
+    )
+
+
+def check_finite(tensor: torch.Tensor, where: str, key: str) -> None:
+    """Raise :class:`~rmtllmf.errors.CheckpointError` naming ``where`` (a file) and ``key`` if
+    the floating-point ``tensor`` holds a NaN or an infinity."""
+    bad = count_nonfinite(tensor)
+    if bad:
+        raise nonfinite_error(where, key, tensor, bad)
+
+
+class LazyCheckpoint(_Closing):
+    """Read-only, per-tensor access to a checkpoint. Use as a context manager.
+
+    Floating-point tensors are checked to be finite when first read (:func:`check_finite`);
+    ``allow_nonfinite=True`` hands them out as they are."""
+
+    def __init__(
+        self, path: str | Path, *, allow_pickle: bool = False, allow_nonfinite: bool = False
+    ) -> None:
         self.path = Path(path)
+        self.allow_nonfinite = allow_nonfinite
         self._stack = ExitStack()
         self._where: dict[str, Any] = {}
+        self._file: dict[str, Path] = {}
+        self._checked: set[str] = set()
         self._eager: dict[str, torch.Tensor] = {}
         self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         for file in resolve_files(path):
             if file.suffix in PICKLE_SUFFIXES:
                 if not allow_pickle:
                     raise _pickle_refusal(file)
-                self._eager.update(_load_pickle(file))
+                tensors = _load_pickle(file)
+                self._eager.update(tensors)
+                self._file.update(dict.fromkeys(tensors, file))
                 continue
             try:
                 handle = self._stack.enter_context(safe_open(str(file), framework="pt"))
@@ -179,6 +254,7 @@ class LazyCheckpoint(_Closing):
                 ) from exc
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                 self._where[key] = handle
+                self._file[key] = file
 
     def close(self) -> None:
         """Release the open files."""
@@ -191,16 +267,28 @@ class LazyCheckpoint(_Closing):
     def __contains__(self, key: object) -> bool:
         return key in self._where or key in self._eager
 
-    def get(self, key: str) -> torch.Tensor:
-        """Load one tensor."""
-        if key in self._eager:
-            return self._eager[key]
-        if key not in self._where:
+    def file_of(self, key: str) -> Path:
+        """The file (of a sharded checkpoint, the shard) that holds tensor ``key``."""
+        if key not in self._file:
             raise CheckpointError(f"tensor {key!r} is missing from {self.path}")
-        try:
-            tensor: torch.Tensor = self._where[key].get_tensor(key)
-        except SafetensorError as exc:
-            raise CheckpointError(f"cannot read tensor {key!r} from {self.path}: {exc}") from exc
+        return self._file[key]
+
+    def get(self, key: str) -> torch.Tensor:
+        """Load one tensor (checked to be finite, see the class)."""
+        if key in self._eager:
+            tensor = self._eager[key]
+        elif key not in self._where:
+            raise CheckpointError(f"tensor {key!r} is missing from {self.path}")
+        else:
+            try:
+                tensor = self._where[key].get_tensor(key)
+            except SafetensorError as exc:
+                raise CheckpointError(
+                    f"cannot read tensor {key!r} from {self.path}: {exc}"
+                ) from exc
+        if not self.allow_nonfinite and key not in self._checked:
+            check_finite(tensor, str(self._file[key]), key)
+            self._checked.add(key)
         return tensor
 
     def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
@@ -318,12 +406,16 @@ def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict(
-    source: str | Path | dict[str, torch.Tensor], *, allow_pickle: bool = False
+    source: str | Path | dict[str, torch.Tensor],
+    *,
+    allow_pickle: bool = False,
+    allow_nonfinite: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """A whole state dict from a path (see module docs) or an in-memory dict (returned as is)."""
+    """A whole state dict from a path (see module docs; NaN and infinities refused unless
+    ``allow_nonfinite``) or an in-memory dict (returned as is)."""
     if isinstance(source, dict):
         return source
-    with LazyCheckpoint(source, allow_pickle=allow_pickle) as ckpt:
+    with LazyCheckpoint(source, allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite) as ckpt:
         return ckpt.state_dict()
 
 

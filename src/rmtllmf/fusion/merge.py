@@ -8,6 +8,15 @@ are merged from disk a slice of :data:`SLICE_ELEMENTS` entries at a time, after 
 the slices where a method needs a statistic of the whole tensor (TIES's majority sign), so
 memory stays at one slice per model whatever the model size.
 
+The output is a ``.safetensors`` file, or, for a Hugging Face base directory, a directory that
+``from_pretrained`` loads (sharded above ``max_shard_size``; :mod:`rmtllmf.fusion.hf_dir`). Both
+are written beside the target and renamed into place: a failed merge writes nothing. Fine-tuned
+models may be LoRA adapter directories (:mod:`rmtllmf.fusion.adapters`). NaN and infinities are
+refused with the file and key named unless ``allow_nonfinite``: the streaming path checks each
+input tensor as it reads it; the fused path checks what it wrote (a non-finite input entry of a
+linear merge always gives a non-finite output entry) and then names the input that holds one,
+before the output is published; an output that overflows from finite inputs is refused too.
+
 The scaling ``lambda`` is configurable; :func:`select_lambda` runs the validation grid search of
 tangent task arithmetic, ``lambda in linspace(0, 1, 21)`` by default.
 """
@@ -24,10 +33,31 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from rmtllmf.errors import InputError
+from rmtllmf._io import atomic_output
+from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.fusion import methods as _methods  # noqa: F401  (registers the built-in methods)
-from rmtllmf.fusion.checkpoint import RawSafetensors, resolve_files, write_safetensors_streaming
+from rmtllmf.fusion.adapters import is_adapter_dir
+from rmtllmf.fusion.checkpoint import (
+    LazyCheckpoint,
+    RawSafetensors,
+    check_finite,
+    count_nonfinite,
+    resolve_files,
+    write_safetensors_streaming,
+)
 from rmtllmf.fusion.fast.fused import fused_linear_merge
+from rmtllmf.fusion.hf_dir import (
+    DEFAULT_MAX_SHARD_SIZE,
+    Layout,
+    OutputKind,
+    ShardWriter,
+    WrittenDirectory,
+    check_base_dir,
+    is_hf_model_dir,
+    output_kind,
+    parse_size,
+    write_hf_directory,
+)
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
 from rmtllmf.fusion.registry import (
     MergeConfig,
@@ -37,7 +67,14 @@ from rmtllmf.fusion.registry import (
     linear_weights,
     merge_thresholds,
 )
-from rmtllmf.fusion.task_vector import ModelSource, TaskVector, TensorSource, selected_keys
+from rmtllmf.fusion.task_vector import (
+    ModelReader,
+    ModelSource,
+    TaskVector,
+    TensorSource,
+    open_finetuned,
+    selected_keys,
+)
 
 
 def merge_task_vectors(
@@ -51,26 +88,42 @@ def merge_task_vectors(
     if not task_vectors:
         raise InputError("no task vectors to merge; give at least one")
     method = get_method(config.method)
+    config.check_models(len(task_vectors))
     names = [k for k in task_vectors[0].tensors if param_filter.matches(k)]
     for tv in task_vectors[1:]:
         task_vectors[0]._check_same(tv)
+
+    def taus(k: str) -> list[torch.Tensor]:
+        return _weighted([tv.tensors[k] for tv in task_vectors], config.weights)
+
     thresholds = None
     if method.needs_thresholds(config):
         thresholds = merge_thresholds(
-            method,
-            config,
-            lambda: ((k, 0, [tv.tensors[k] for tv in task_vectors]) for k in names),
-            len(task_vectors),
+            method, config, lambda: ((k, 0, taus(k)) for k in names), len(task_vectors)
         )
     out = {k: v.clone() for k, v in base.items()}
     for k in names:
         if k not in base:
             raise InputError(f"the base model lacks parameter {k!r} of the task vectors")
-        delta = method.fn(
-            [tv.tensors[k] for tv in task_vectors], TensorContext(k, config, thresholds)
-        )
+        delta = method.fn(taus(k), TensorContext(k, config, thresholds))
         out[k] = (base[k].to(torch.float32) + delta).to(base[k].dtype)
     return out
+
+
+def _weighted(taus: list[torch.Tensor], weights: Sequence[float] | None) -> list[torch.Tensor]:
+    """``[w_q tau_q]`` (the task vectors themselves without weights)."""
+    if weights is None:
+        return taus
+    return [w * t for w, t in zip(weights, taus, strict=True)]
+
+
+@dataclass(frozen=True)
+class MergeOutput:
+    """What :func:`merge_checkpoints` wrote: a ``.safetensors`` file or a model directory."""
+
+    path: Path
+    kind: OutputKind
+    directory: WrittenDirectory | None = None
 
 
 def merge_checkpoints(
@@ -81,86 +134,216 @@ def merge_checkpoints(
     param_filter: ParamFilter = ALL_PARAMS,
     *,
     allow_pickle: bool = False,
-) -> None:
-    """Merge checkpoints from disk into a safetensors file, a slice of one tensor per model at a
-    time.
+    allow_nonfinite: bool = False,
+    dtype: torch.dtype | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    extra_files: Mapping[str, str] | None = None,
+    require_tokenizer: bool = False,
+) -> MergeOutput:
+    """Merge checkpoints from disk, a slice of one tensor per model at a time.
 
-    The output has exactly the base's keys, shapes and dtypes; parameters not selected (and all
-    integer buffers) are copied from the base.
+    ``out`` is a ``.safetensors`` file, or a directory for a Hugging Face base directory (one
+    that has ``config.json``): the directory then loads with ``from_pretrained``, its weights
+    sharded above ``max_shard_size``, the base's config and tokenizer / processor files carried
+    over and ``extra_files`` (name -> text) added (:func:`~rmtllmf.fusion.hf_dir.
+    write_hf_directory`). The output path is checked before any work
+    (:func:`~rmtllmf.fusion.hf_dir.output_kind`: never one of the inputs).
+
+    The weights have exactly the base's keys, shapes and dtypes (floating-point tensors cast to
+    ``dtype`` if given); parameters not selected (and all integer buffers) are copied from the
+    base. Fine-tuned models may be LoRA adapter directories. NaN or infinite values are refused
+    (see the module docs) unless ``allow_nonfinite``.
     """
     if not finetuned:
         raise InputError("no fine-tuned models to merge; give at least one (--models ...)")
+    config.check_models(len(finetuned))
+    if dtype is not None and not dtype.is_floating_point:
+        raise InputError(f"output dtype {dtype} is not a floating-point dtype (--dtype)")
+    kind = output_kind(out, [s for s in (base, *finetuned) if not isinstance(s, Mapping)])
+    target = Path(out)
+    if kind == "directory" and (isinstance(base, Mapping) or not is_hf_model_dir(base)):
+        what = "an in-memory state dict" if isinstance(base, Mapping) else f"{base}"
+        raise InputError(
+            f"--out {out} is a directory, written for from_pretrained, which needs the base to be "
+            f"a Hugging Face model directory with config.json, but the base is {what}; give "
+            "--out a .safetensors file, or a base directory with config.json"
+        )
+    if kind == "directory":
+        assert not isinstance(base, Mapping)
+        check_base_dir(base, require_tokenizer=require_tokenizer)
+        parse_size(max_shard_size)
     metadata = {"format": "pt", "rmtllmf_merge": config.model_dump_json()}
+    with ExitStack() as stack:
+        plan = _fused_plan(base, finetuned, config, param_filter, dtype, metadata, stack)
+        if plan is None:
+            plan = _streaming_plan(
+                base, finetuned, config, param_filter, dtype, metadata, stack,
+                allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite,
+            )  # fmt: skip
+        layout, write, readers = plan
+
+        def write_checked(path: Path, keys: Sequence[str]) -> None:
+            write(path, keys)
+            if not allow_nonfinite:
+                _check_written(path, keys, readers)
+
+        if kind == "file":
+            with atomic_output(target) as tmp:
+                write_checked(tmp, [k for k, _, _ in layout])
+            return MergeOutput(target, "file")
+        assert not isinstance(base, Mapping)
+        written = write_hf_directory(
+            target,
+            base,
+            layout,
+            write_checked,
+            max_shard_size=max_shard_size,
+            extra_files=extra_files,
+            dtype=dtype,
+            require_tokenizer=require_tokenizer,
+        )
+        return MergeOutput(target, "directory", written)
+
+
+_Readers = Callable[[], list[tuple[str, ModelReader]]]
+"""Opens the inputs (``(role, reader)``, base first) to find which one holds a non-finite
+value; called only when the output has one."""
+_Plan = tuple[Layout, ShardWriter, _Readers]
+
+
+def _fused_plan(
+    base: ModelSource,
+    finetuned: Sequence[ModelSource],
+    config: MergeConfig,
+    param_filter: ParamFilter,
+    dtype: torch.dtype | None,
+    metadata: dict[str, str],
+    stack: ExitStack,
+) -> _Plan | None:
+    """The bandwidth path of a linear merge of single safetensors files (base first), whose
+    file headers serve the checks too (each header is read once); ``None`` where it does not
+    apply (a non-linear method, sharded inputs, adapters, a cast, no positional I/O)."""
     weights = linear_weights(config, len(finetuned))
     positional_io = hasattr(os, "preadv") and hasattr(os, "pwrite")  # not on Windows
-    files = _single_safetensors(base, finetuned) if weights is not None and positional_io else None
-    if weights is not None and files is not None:
-        _merge_linear_files(files, Path(out), weights, metadata, param_filter)
-        return
-    b = TensorSource(base, allow_pickle)
-    fts = [TensorSource(f, allow_pickle) for f in finetuned]
-    try:
-        _merge_streaming(b, fts, out, config, metadata, param_filter)
-    finally:
-        b.close()
-        for f in fts:
-            f.close()
+    if weights is None or not positional_io or any(is_adapter_dir(f) for f in finetuned):
+        return None
+    files = _single_safetensors(base, finetuned)
+    if files is None:
+        return None
+    raws = [stack.enter_context(RawSafetensors(f)) for f in files]
+    order = raws[0].keys()
+    layout = [(k, raws[0].entries[k][1], raws[0].entries[k][0]) for k in order]
+    if dtype is not None and any(dt.is_floating_point and dt != dtype for _, _, dt in layout):
+        for raw in reversed(raws):
+            raw.close()
+        return None
+    keys = set(selected_keys(raws[0], raws[1:], param_filter, "fine-tuned model"))
+    threads = min(4, os.cpu_count() or 1)
+    assert weights is not None
+
+    def write(path: Path, shard: Sequence[str]) -> None:
+        fused_linear_merge(raws, path, shard, keys, weights, metadata, threads)
+
+    def readers() -> list[tuple[str, ModelReader]]:
+        roles = ["base", *(f"fine-tuned model #{i}" for i in range(1, len(files)))]
+        opened: list[tuple[str, ModelReader]] = []
+        for role, file in zip(roles, files, strict=True):
+            reader = TensorSource(file, False)
+            stack.callback(reader.close)
+            opened.append((role, reader))
+        return opened
+
+    return layout, write, readers
 
 
-def _merge_linear_files(
-    files: Sequence[Path],
-    out: Path,
-    weights: Sequence[float],
-    metadata: dict[str, str],
-    param_filter: ParamFilter,
-) -> None:
-    """A linear merge of safetensors files (base first): the bandwidth path, whose file headers
-    serve the checks too (each header is read once)."""
-    with ExitStack() as stack:
-        raws = [stack.enter_context(RawSafetensors(f)) for f in files]
-        keys = set(selected_keys(raws[0], raws[1:], param_filter, "fine-tuned model"))
-        threads = min(4, os.cpu_count() or 1)
-        fused_linear_merge(raws, out, raws[0].keys(), keys, weights, metadata, threads)
-
-
-def _merge_streaming(
-    b: TensorSource,
-    fts: Sequence[TensorSource],
-    out: str | Path,
+def _streaming_plan(
+    base: ModelSource,
+    finetuned: Sequence[ModelSource],
     config: MergeConfig,
-    metadata: dict[str, str],
     param_filter: ParamFilter,
-) -> None:
+    dtype: torch.dtype | None,
+    metadata: dict[str, str],
+    stack: ExitStack,
+    *,
+    allow_pickle: bool,
+    allow_nonfinite: bool,
+) -> _Plan:
     """Any method, tensor by tensor (slice by slice where the method allows), after the
-    method's global thresholds where it needs them."""
+    method's global thresholds where it needs them (computed here, before any output)."""
+    b = TensorSource(base, allow_pickle, allow_nonfinite)
+    stack.callback(b.close)
+    fts: list[ModelReader] = []
+    for f in finetuned:
+        reader = open_finetuned(f, b, allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite)
+        stack.callback(reader.close)
+        fts.append(reader)
     method = get_method(config.method)
     keys = set(selected_keys(b, fts, param_filter, "fine-tuned model"))
     order = b.keys()
     merged = [k for k in order if k in keys]
+    weights = config.weights
     thresholds = None
     if method.needs_thresholds(config):
 
         def slices() -> Iterator[tuple[str, int, list[torch.Tensor]]]:
             for k in merged:
-                for offset, _, taus in _tau_slices(b.get(k), [f.get(k) for f in fts]):
+                for offset, _, taus in _tau_slices(b.get(k), [f.get(k) for f in fts], weights):
                     yield k, offset, taus
 
         thresholds = merge_thresholds(method, config, slices, len(fts))
 
-    def tensors() -> Iterator[tuple[str, torch.Tensor | Iterator[torch.Tensor]]]:
-        for k in order:
+    def out_dtype(t: torch.dtype) -> torch.dtype:
+        return dtype if dtype is not None and t.is_floating_point else t
+
+    def tensors(
+        shard: Sequence[str],
+    ) -> Iterator[tuple[str, torch.Tensor | Iterator[torch.Tensor]]]:
+        for k in shard:
             base_t = b.get(k)
             ctx = TensorContext(k, config, thresholds)
+            to = out_dtype(base_t.dtype)
             if k not in keys:
-                yield k, base_t
+                yield k, base_t.to(to)
             elif method.sliceable:
-                yield k, _merged_slices(method, base_t, [f.get(k) for f in fts], ctx)
+                yield k, _merged_slices(method, base_t, [f.get(k) for f in fts], ctx, weights, to)
             else:
-                taus = [f.get(k).float() - base_t.float() for f in fts]
-                yield k, (base_t.float() + method.fn(taus, ctx)).to(base_t.dtype)
+                taus = _weighted([f.get(k).float() - base_t.float() for f in fts], weights)
+                yield k, (base_t.float() + method.fn(taus, ctx)).to(to)
 
-    layout = [(k, *b.meta(k)) for k in order]
-    write_safetensors_streaming(out, layout, tensors(), metadata)
+    layout = [(k, shape, out_dtype(dt)) for k in order for shape, dt in [b.meta(k)]]
+    shapes = {k: (shape, dt) for k, shape, dt in layout}
+
+    def write(path: Path, shard: Sequence[str]) -> None:
+        entries = [(k, *shapes[k]) for k in shard]
+        write_safetensors_streaming(path, entries, tensors(shard), metadata)
+
+    def readers() -> list[tuple[str, ModelReader]]:
+        return [("base", b), *((f"fine-tuned model #{i}", f) for i, f in enumerate(fts, 1))]
+
+    return layout, write, readers
+
+
+def _check_written(path: Path, keys: Sequence[str], readers: _Readers) -> None:
+    """Refuse an output with a NaN or infinite entry, naming the input file and key that hold
+    one (or, if none does, the overflow), before the output is published. Each tensor is a view
+    of the memory-mapped file, checked a chunk at a time (:func:`count_nonfinite`)."""
+    with LazyCheckpoint(path, allow_nonfinite=True) as written:
+        for key in keys:
+            tensor = written.get(key)
+            if count_nonfinite(tensor):
+                _blame(key, tensor.dtype, readers())
+
+
+def _blame(key: str, dtype: torch.dtype, readers: list[tuple[str, ModelReader]]) -> None:
+    """Raise for the first input whose tensor ``key`` is not finite (a checkpoint file raises its
+    own error, naming the file), else for an overflow of the merge itself."""
+    for role, reader in readers:
+        check_finite(reader.get(key), f"{role} ({reader.label})", key)
+    raise CheckpointError(
+        f"the merged tensor {key!r} has NaN or inf entries in {dtype} although every input is "
+        "finite: the merge overflows; lower lambda or the weights, write float32 (--dtype "
+        "float32), or pass --allow-nonfinite (allow_nonfinite=True) to keep it"
+    )
 
 
 SLICE_ELEMENTS = 1 << 18
@@ -171,27 +354,34 @@ checkpoints around one 64 MiB tensor peaked at 8.1 MiB of anonymous memory with 
 
 
 def _tau_slices(
-    base: torch.Tensor, models: Sequence[torch.Tensor]
+    base: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequence[float] | None = None
 ) -> Iterator[tuple[int, torch.Tensor, list[torch.Tensor]]]:
-    """``(offset, theta_base, [tau_1, ..., tau_N])`` of one parameter in float32,
-    :data:`SLICE_ELEMENTS` flat entries at a time."""
+    """``(offset, theta_base, [w_1 tau_1, ..., w_N tau_N])`` of one parameter in float32,
+    :data:`SLICE_ELEMENTS` flat entries at a time (unweighted without ``weights``)."""
     base_flat = base.reshape(-1)
     flats = [m.reshape(-1) for m in models]
     for start in range(0, base_flat.numel(), SLICE_ELEMENTS):
         part = slice(start, start + SLICE_ELEMENTS)
         b = base_flat[part].float()
-        yield start, b, [m[part].float() - b for m in flats]
+        yield start, b, _weighted([m[part].float() - b for m in flats], weights)
 
 
 def _merged_slices(
-    method: MergeMethod, base: torch.Tensor, models: Sequence[torch.Tensor], ctx: TensorContext
+    method: MergeMethod,
+    base: torch.Tensor,
+    models: Sequence[torch.Tensor],
+    ctx: TensorContext,
+    weights: Sequence[float] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Iterator[torch.Tensor]:
     """``theta_base + delta`` of one parameter a slice at a time, for a sliceable ``method``
-    (after its prepass over the slices): each slice is computed as the whole tensor would be."""
+    (after its prepass over the slices), in ``dtype`` (default the base's): each slice is
+    computed as the whole tensor would be."""
     if method.prepass is not None:
-        ctx = method.prepass(((o, taus) for o, _, taus in _tau_slices(base, models)), ctx)
-    for offset, b, taus in _tau_slices(base, models):
-        yield (b + method.fn(taus, replace(ctx, offset=offset))).to(base.dtype)
+        slices = _tau_slices(base, models, weights)
+        ctx = method.prepass(((o, taus) for o, _, taus in slices), ctx)
+    for offset, b, taus in _tau_slices(base, models, weights):
+        yield (b + method.fn(taus, replace(ctx, offset=offset))).to(dtype or base.dtype)
 
 
 def _single_safetensors(base: ModelSource, finetuned: Sequence[ModelSource]) -> list[Path] | None:

@@ -11,6 +11,8 @@ the merged delta for that parameter; the merged model is ``theta_base[k] + delta
   per entry from the sum of the trimmed values (an exact zero takes the majority sign, FusionBench's
   ``resolve_zero_signs``), take the disjoint mean (or sum / max) of the entries that agree with it,
   and scale by ``lambda``.
+* per-model weights (``MergeConfig.weights``, mergekit's ``weight``) scale each ``tau_q`` before
+  the method; TIES's disjoint mean then divides by the agreeing models' weights.
 * ``dare`` (Yu et al. 2024): drop each entry of ``tau_q`` with probability ``p`` and rescale the
   rest by ``1/(1-p)``, then combine with task arithmetic or TIES (``dare_combine``; TIES then
   trims, elects and merges the dropped vectors, its thresholds taken over their magnitudes, as
@@ -88,10 +90,13 @@ def ties_combine(
     thresholds: Sequence[float] | None,
     merge: str,
     majority: float | None = None,
+    weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """TIES trim / elect / disjoint merge of ``stacked`` (shape ``(N, ...)``), unscaled. An entry
     whose elected sum is exactly 0 takes ``majority``, the sign of the sum of the elected signs
-    (of ``stacked`` unless given: a slice takes its whole tensor's)."""
+    (of ``stacked`` unless given: a slice takes its whole tensor's). With per-model ``weights``
+    (``stacked`` already scaled by them) the disjoint mean divides by the weights of the agreeing
+    models, ``sum_q w_q tau_q [agree] / sum_q w_q [agree]``, instead of their count."""
     stacked = _ties_trim(stacked, thresholds)
     sign = torch.sign(stacked.sum(dim=0))
     tie_break = torch.sign(sign.sum()) if majority is None else torch.tensor(majority)
@@ -102,6 +107,10 @@ def ties_combine(
         return selected.sum(dim=0)
     if merge == "max":
         return selected.abs().max(dim=0).values * sign
+    if weights is not None:
+        w = torch.tensor(weights, dtype=stacked.dtype).reshape(-1, *([1] * (stacked.dim() - 1)))
+        divisor = (w * agree).sum(dim=0)
+        return selected.sum(dim=0) / torch.where(divisor == 0, 1.0, divisor)
     count = agree.sum(dim=0).clamp(min=1)
     return selected.sum(dim=0) / count
 
@@ -134,7 +143,8 @@ def ties_majority(
 def ties(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``lambda * disjoint_merge(elect(trim(tau_q)))``."""
     merge = ctx.config.parsed(TiesOptions).merge
-    combined = ties_combine(stacked_task_vectors(taus, ctx), ctx.thresholds, merge, ctx.majority)
+    stacked = stacked_task_vectors(taus, ctx)
+    combined = ties_combine(stacked, ctx.thresholds, merge, ctx.majority, ctx.config.weights)
     return ctx.config.scaling * combined
 
 
@@ -205,5 +215,6 @@ def dare(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     cfg, o = ctx.config, ctx.config.parsed(DareOptions)
     dropped = _dare_dropped(taus, ctx)
     if o.combine == "ties":
-        return cfg.scaling * ties_combine(dropped, ctx.thresholds, o.merge, ctx.majority)
+        combined = ties_combine(dropped, ctx.thresholds, o.merge, ctx.majority, cfg.weights)
+        return cfg.scaling * combined
     return cfg.scaling * dropped.sum(dim=0)

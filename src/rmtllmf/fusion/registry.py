@@ -11,10 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.selection import ties_thresholds
@@ -32,13 +41,40 @@ _Options = TypeVar("_Options", bound=BaseModel)
 class MergeConfig(BaseModel):
     """How to merge (frozen). ``scaling`` is the paper's ``lambda_N``; ``options`` are the
     method's own parameters, validated by its registry entry (its ``options`` model) and stored
-    resolved, defaults filled in."""
+    resolved, defaults filled in.
+
+    ``weights`` (optional, one per model, mergekit's per-model ``weight``) scale each task vector
+    before the method sees it: ``tau_q -> w_q tau_q``. Task arithmetic then gives
+    ``theta_base + lambda sum_q w_q tau_q``; TIES's disjoint mean divides by the summed weights of
+    the agreeing models instead of their count (mergekit's normalised TIES). Without weights
+    the dump is what it was before the field existed, so stored run ids do not change."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     method: str = "task-arithmetic"
     scaling: float = Field(0.3, ge=0.0, description="lambda for task-arithmetic / ties / dare")
     options: dict[str, Any] = Field(default_factory=dict)
+    weights: tuple[Annotated[float, Field(allow_inf_nan=False)], ...] | None = Field(
+        None, description="per-model weights w_q (task vectors scaled before merging)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_weights(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("weights", 0) is None:
+            data.pop("weights")
+        return data
+
+    def check_models(self, n_models: int) -> None:
+        """Raise :class:`~rmtllmf.errors.InputError` unless ``weights`` (if given) has one
+        entry per model."""
+        if self.weights is not None and len(self.weights) != n_models:
+            raise InputError(
+                f"{len(self.weights)} merge weights for {n_models} models; give one weight per "
+                "model (--weights / each model's parameters.weight)"
+            )
 
     @model_validator(mode="after")
     def _resolve_options(self) -> Self:
@@ -147,9 +183,16 @@ def get_method(name: str) -> MergeMethod:
 def linear_weights(config: MergeConfig, n_models: int) -> list[float] | None:
     """Per-model weights ``w_q`` when the method is linear in the models, i.e.
     ``merged = (1 - sum_q w_q) theta_base + sum_q w_q theta_q`` (task arithmetic: ``w = lambda``;
-    average: ``w = 1/N``), as its registry entry declares; ``None`` for non-linear methods."""
+    average: ``w = 1/N``), as its registry entry declares, times the config's per-model
+    ``weights`` where given; ``None`` for non-linear methods."""
     linear = get_method(config.method).linear
-    return None if linear is None else linear(config, n_models)
+    if linear is None:
+        return None
+    config.check_models(n_models)
+    weights = linear(config, n_models)
+    if config.weights is not None:
+        weights = [w * s for w, s in zip(weights, config.weights, strict=True)]
+    return weights
 
 
 def merge_thresholds(

@@ -1,10 +1,11 @@
 """Task vectors (paper eq. 1): ``tau_q = theta_ft,q - theta_base``, and their arithmetic.
 
 A :class:`TaskVector` maps parameter names to float32 tensors. It is built from a base and a
-fine-tuned model given as state dicts, ``.safetensors`` files or Hugging Face directories, one
-tensor at a time (the two models are never both fully in memory). Construction is strict: the
-selected floating-point key sets, shapes and dtypes of both models must agree, and every
-disagreement is reported by name.
+fine-tuned model given as state dicts, ``.safetensors`` files, Hugging Face directories or PEFT
+LoRA adapter directories (:mod:`rmtllmf.fusion.adapters`), one tensor at a time (the two models
+are never both fully in memory); checkpoints with NaN or infinite values are refused unless
+``allow_nonfinite``. Construction is strict: the selected floating-point key sets, shapes and
+dtypes of both models must agree, and every disagreement is reported by name.
 
 The channel sends flat arrays: :meth:`TaskVector.flatten` concatenates the tensors in a fixed
 order described by :class:`VectorLayout`, whose ``segments`` are the tensor boundaries the
@@ -23,6 +24,7 @@ import torch
 from numpy.typing import NDArray
 
 from rmtllmf.errors import InputError
+from rmtllmf.fusion.adapters import AdapterSource, is_adapter_dir
 from rmtllmf.fusion.checkpoint import LazyCheckpoint, load_state_dict, save_state_dict
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter, is_floating
 
@@ -58,16 +60,21 @@ class VectorLayout:
 
 
 class TensorSource:
-    """Uniform per-tensor access to an in-memory state dict or a lazy checkpoint."""
+    """Uniform per-tensor access to an in-memory state dict or a lazy checkpoint (whose
+    floating-point tensors are checked to be finite unless ``allow_nonfinite``)."""
 
-    def __init__(self, source: ModelSource, allow_pickle: bool) -> None:
+    def __init__(
+        self, source: ModelSource, allow_pickle: bool, allow_nonfinite: bool = False
+    ) -> None:
         self._dict: Mapping[str, torch.Tensor] | None = None
         self._lazy: LazyCheckpoint | None = None
         if isinstance(source, Mapping):
             self._dict = source
             self.label = "state dict"
         else:
-            self._lazy = LazyCheckpoint(source, allow_pickle=allow_pickle)
+            self._lazy = LazyCheckpoint(
+                source, allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite
+            )
             self.label = str(source)
 
     def keys(self) -> list[str]:
@@ -96,6 +103,27 @@ class TensorSource:
         """Release the checkpoint's file, if any."""
         if self._lazy is not None:
             self._lazy.close()
+
+
+ModelReader = TensorSource | AdapterSource
+"""A fine-tuned model as the merge reads it: a checkpoint or state dict, or a LoRA adapter."""
+
+
+def open_finetuned(
+    source: ModelSource,
+    base: TensorSource,
+    *,
+    allow_pickle: bool = False,
+    allow_nonfinite: bool = False,
+) -> ModelReader:
+    """A fine-tuned model's reader: an :class:`AdapterSource` over ``base`` for a PEFT adapter
+    directory, else a :class:`TensorSource`."""
+    if is_adapter_dir(source):
+        assert not isinstance(source, Mapping)
+        return AdapterSource(
+            source, base, allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite
+        )
+    return TensorSource(source, allow_pickle, allow_nonfinite)
 
 
 class TensorIndex(Protocol):
@@ -163,6 +191,10 @@ def selected_keys(
     return keys_base
 
 
+def _zero_or(tau: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.zeros(shape) if tau is None else tau
+
+
 class TaskVector:
     """A task vector: float32 tensors keyed by parameter name (insertion order is the layout)."""
 
@@ -180,21 +212,32 @@ class TaskVector:
         *,
         param_filter: ParamFilter = ALL_PARAMS,
         allow_pickle: bool = False,
+        allow_nonfinite: bool = False,
     ) -> TaskVector:
         """Eq. 1: ``tau = theta_ft - theta_base`` over the selected floating-point parameters,
-        computed in float32 one tensor at a time."""
-        b, f = TensorSource(base, allow_pickle), TensorSource(finetuned, allow_pickle)
+        computed in float32 one tensor at a time. ``finetuned`` may be a LoRA adapter directory:
+        its task vector is then ``s B A`` per adapted module (zero elsewhere), computed from the
+        factors, not by a subtraction."""
+        b = TensorSource(base, allow_pickle, allow_nonfinite)
+        f: ModelReader | None = None
         try:
+            f = open_finetuned(
+                finetuned, b, allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite
+            )
             keys = selected_keys(b, [f], param_filter, "fine-tuned model")
+            if isinstance(f, AdapterSource):
+                return cls({k: _zero_or(f.tau(k), b.meta(k)[0]) for k in keys})
             return cls({k: f.get(k).to(torch.float32) - b.get(k).to(torch.float32) for k in keys})
         finally:
             b.close()
-            f.close()
+            if f is not None:
+                f.close()
 
     @classmethod
-    def load(cls, path: str | Path) -> TaskVector:
-        """Read a task vector saved by :meth:`save` (safetensors)."""
-        return cls(load_state_dict(path))
+    def load(cls, path: str | Path, *, allow_nonfinite: bool = False) -> TaskVector:
+        """Read a task vector saved by :meth:`save` (safetensors; NaN and infinities refused
+        unless ``allow_nonfinite``)."""
+        return cls(load_state_dict(path, allow_nonfinite=allow_nonfinite))
 
     def save(self, path: str | Path) -> None:
         """Write as safetensors (tensor order preserved)."""

@@ -18,20 +18,16 @@ Finished pieces are never recomputed; an interrupted build resumes where it stop
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from rmtllmf._io import atomic_output
-from rmtllmf._progress import progress_bar
 from rmtllmf.data.synthetic import TASK_NAMES, TASKS
 from rmtllmf.errors import InputError
 from rmtllmf.models.tiny_vit import (
@@ -41,9 +37,11 @@ from rmtllmf.models.tiny_vit import (
     normalise_images,
 )
 from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
+from rmtllmf.pools.workers import in_workers
 from rmtllmf.pools.zoo_config import (
     TRAINABLE,
     ZooConfig,
+    base_path,
     digest,
     load_base,
     resolve_base,
@@ -57,8 +55,6 @@ from rmtllmf.training.loops import (
     probe_head,
     prototype_head,
 )
-
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -149,28 +145,15 @@ def _finetune_task(
     return seconds
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-def _in_workers(
-    fn: Callable[..., _T], jobs: Sequence[tuple[Any, ...]], workers: int, progress: bool, what: str
-) -> list[_T]:
-    """``fn(*job)`` for every job: in this process when ``workers == 1``, else in ``workers``
-    single-threaded processes (on small models, two 1-thread processes beat one 2-thread one
-    on these shared cores)."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [fn(*job) for job in jobs]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        min(workers, len(jobs)), mp_context=ctx, initializer=_one_thread
-    ) as ex:
-        futures = [ex.submit(fn, *job) for job in jobs]
-        with progress_bar(progress, what, len(futures)) as advance:
-            for future in as_completed(futures):
-                future.result()
-                advance(what)
-        return [f.result() for f in futures]
+def missing_finetunes(root: str | Path, cfg: ZooConfig | None = None) -> list[str]:
+    """The tasks of ``cfg`` whose fine-tune :func:`build_zoo` under ``root`` would still have to
+    train (all of them while the base itself is still to be pretrained); reads no weights."""
+    cfg = cfg or ZooConfig()
+    base_file = base_path(cfg, Path(root) / "base")
+    if not base_file.is_file():
+        return list(cfg.tasks)
+    home = Path(root) / digest(cfg.model_dump_json().encode() + base_file.read_bytes())
+    return [t for t in cfg.tasks if not (home / "finetuned" / f"{t}.safetensors").exists()]
 
 
 def build_zoo(
@@ -209,7 +192,7 @@ def build_zoo(
     ]
     for task, seconds in zip(
         [j[3] for j in jobs],
-        _in_workers(_finetune_task, jobs, workers, progress, "fine-tuning"),
+        in_workers(_finetune_task, jobs, workers, progress, "fine-tuning"),
         strict=True,
     ):
         record.seconds[task] = seconds
@@ -231,7 +214,7 @@ def _build_data(
     anchor_file = home / "data" / "anchor.npz"
     if cfg.anchor_weight > 0 and not anchor_file.exists():
         pending.append((cfg.model_dump_json(), "", str(anchor_file)))
-    _in_workers(write_task_or_anchor, pending, workers, progress, "generating data")
+    in_workers(write_task_or_anchor, pending, workers, progress, "generating data")
     data: dict[str, dict[str, Split]] = {}
     for task, file in data_files.items():
         with np.load(file) as z:
@@ -278,4 +261,12 @@ def _measure(zoo: Zoo, task: str) -> None:
         record.finetuned[task] = {s: accuracy(model, head, *data[s]) for s in ("val", "test")}
 
 
-__all__ = ["Zoo", "ZooConfig", "build_zoo", "load_base", "resolve_base", "shipped_base_path"]
+__all__ = [
+    "Zoo",
+    "ZooConfig",
+    "build_zoo",
+    "load_base",
+    "missing_finetunes",
+    "resolve_base",
+    "shipped_base_path",
+]

@@ -98,12 +98,8 @@ def load_base(path: str | Path | None = None) -> TinyVit:
 def resolve_base(cfg: ZooConfig, cache: Path, *, progress: bool = False) -> Path:
     """The base checkpoint: ``cfg.base``, else the shipped one, else one pretrained with
     ``cfg.pretrain`` into ``cache`` (once; reused afterwards)."""
-    if cfg.base:
-        return Path(cfg.base)
-    if shipped_base_path().exists():
-        return shipped_base_path()
-    path = cache / f"tiny_vit_base-{digest(cfg.pretrain.model_dump_json().encode())}.safetensors"
-    if not path.exists():
+    path = base_path(cfg, cache)
+    if not path.exists() and not cfg.base:
         if progress:
             print(
                 f"no tiny base is shipped: pretraining one into {path} (cached; on one CPU core "
@@ -112,6 +108,15 @@ def resolve_base(cfg: ZooConfig, cache: Path, *, progress: bool = False) -> Path
             )
         pretrain_tiny_base(path, cfg.pretrain, progress=progress)
     return path
+
+
+def base_path(cfg: ZooConfig, cache: Path) -> Path:
+    """Where :func:`resolve_base` finds the base of ``cfg`` (it need not exist yet)."""
+    if cfg.base:
+        return Path(cfg.base)
+    if shipped_base_path().exists():
+        return shipped_base_path()
+    return cache / f"tiny_vit_base-{digest(cfg.pretrain.model_dump_json().encode())}.safetensors"
 
 
 def digest(data: bytes) -> str:

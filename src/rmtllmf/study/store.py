@@ -13,7 +13,7 @@ import csv
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -45,8 +45,14 @@ def run_key(pool_id: str, cfg: ExperimentConfig) -> str:
 class ResultsDB:
     """The sweep's SQLite store (one row per finished run; see module docs)."""
 
-    def __init__(self, path: str | Path, *, reset: bool = False) -> None:
+    def __init__(self, path: str | Path, *, reset: bool = False, read_only: bool = False) -> None:
+        """Open (or create) the database at ``path``; ``read_only`` opens an existing one without
+        ever writing to it (exports, merges of shards), whatever code version wrote it: the
+        version it was written by is :attr:`code_version`."""
         self.path = Path(path)
+        if read_only:
+            self._open_read_only()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if reset and self.path.exists():
             self.path.unlink()
@@ -75,6 +81,25 @@ class ResultsDB:
                 f"{version}; results of two code versions must not mix: use another output "
                 "directory or rerun with --reset to discard the old results"
             )
+        self.code_version = version
+
+    def _open_read_only(self) -> None:
+        """Open an existing database read-only (see :meth:`__init__`); errors name the file."""
+        if not self.path.is_file():
+            raise InputError(
+                f"results database {self.path} does not exist; give a study's output directory "
+                "or its results.db"
+            )
+        try:
+            self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'code_version'").fetchone()
+            self.conn.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise InputError(
+                f"{self.path} is not a results database ({exc}); give the results.db that "
+                "rmtllmf reproduce wrote"
+            ) from exc
+        self.code_version = "" if row is None else str(row[0])
 
     def close(self) -> None:
         """Close the connection."""
@@ -89,6 +114,10 @@ class ResultsDB:
         """A metadata entry, or ``None``."""
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def meta_keys(self) -> list[str]:
+        """The names of the metadata entries."""
+        return [str(r[0]) for r in self.conn.execute("SELECT key FROM meta")]
 
     def done(self) -> set[str]:
         """Keys of the finished runs."""
@@ -124,10 +153,19 @@ class ResultsDB:
         )
         self.conn.commit()
 
+    def lambdas(self) -> dict[tuple[str, int], tuple[float, str]]:
+        """Every stored ``λ_N``: (pool, N) -> (value, its validation scores as JSON)."""
+        return {
+            (pool, int(n)): (float(value), str(scores))
+            for pool, n, value, scores in self.conn.execute(
+                "SELECT pool, n_tasks, value, scores FROM lambdas"
+            )
+        }
+
     def rows(self) -> Iterator[RunRecord]:
         """Every finished run, typed, in the order they were committed."""
-        for role, config, result, seconds in self.conn.execute(
-            "SELECT role, config, result, seconds FROM runs ORDER BY rowid"
+        for key, role, config, result, seconds in self.conn.execute(
+            "SELECT key, role, config, result, seconds FROM runs ORDER BY rowid"
         ):
             try:
                 cfg = ExperimentConfig.model_validate_json(config)
@@ -138,6 +176,7 @@ class ResultsDB:
                 config=cfg,
                 result=RunResult.from_json(json.loads(result)),
                 seconds=seconds,
+                key=key,
             )
 
 
@@ -269,6 +308,113 @@ class RunRecord:
     config: ExperimentConfig
     result: RunResult
     seconds: float
+    key: str = ""
+    """The run's database key (:func:`run_key`)."""
+
+
+@dataclass(frozen=True)
+class MergedShards:
+    """What :func:`merge_databases` did: runs copied, runs already present, the sources."""
+
+    added: int
+    present: int
+    sources: tuple[Path, ...]
+
+
+def _same(what: str, values: Mapping[Path, str | None]) -> str | None:
+    """The one value every database agrees on (``None`` if none has it); an error naming two
+    databases that disagree."""
+    given = [(path, value) for path, value in values.items() if value is not None]
+    for path, value in given[1:]:
+        if value != given[0][1]:
+            raise InputError(
+                f"{given[0][0]} and {path} hold different {what}s, so they are not shards of "
+                "one study; merge only databases of one config, run by the same code on the "
+                "same pool"
+            )
+    return given[0][1] if given else None
+
+
+_META_NAMES = {"sweep_config": "sweep config", "pool_id": "model pool"}
+"""How an error names a metadata entry the shards disagree on."""
+
+
+def merge_databases(sources: Sequence[str | Path], dest: str | Path) -> MergedShards:
+    """Copy every run and ``λ_N`` of the shard databases ``sources`` into ``dest`` (created if
+    needed; its runs are kept): the union that the report is written over.
+
+    The shards must be one study: written by this code version, on the same pool, with the
+    same sweep config and the same ``λ_N`` (also those already in ``dest``); every other
+    metadata entry (the rank spectra that shard 0 measures) is copied, and must agree where
+    several databases hold it. A run found in
+    several databases (its key is its config) is copied once. Everything is committed in one
+    transaction, so an error leaves ``dest`` as it was; the sources are opened read-only.
+    """
+    if not sources:
+        raise InputError("no shard databases given; pass the results.db (or directory) of each")
+    target = Path(dest)
+    paths = tuple(Path(p) for p in sources)
+    if any(p.resolve() == target.resolve() for p in paths if p.exists()):
+        raise InputError(f"{target} is one of the shards; write the union to another directory")
+    opened = [ResultsDB(p, read_only=True) for p in paths]
+    try:
+        version = code_version()
+        for db in opened:
+            if db.code_version != version:
+                raise InputError(
+                    f"{db.path} was written by code version {db.code_version or 'unknown'}, "
+                    f"this is {version}; every shard and the merge must run the same code"
+                )
+        keys = sorted({k for db in opened for k in db.meta_keys()} - {"code_version"})
+        meta = {
+            name: _same(_META_NAMES.get(name, name), {db.path: db.meta(name) for db in opened})
+            for name in keys
+        }
+        lambdas: dict[tuple[str, int], tuple[float, str]] = {}
+        for db in opened:
+            for key, (value, scores) in db.lambdas().items():
+                if key in lambdas and lambdas[key][0] != value:
+                    raise InputError(
+                        f"{db.path} chose lambda {value} for N = {key[1]}, another shard "
+                        f"{lambdas[key][0]}: the shards' pools differ; build one cache and share it"
+                    )
+                lambdas[key] = (value, scores)
+        out = ResultsDB(target)
+        try:
+            for name, mine in meta.items():
+                _same(_META_NAMES.get(name, name), {target: out.meta(name), paths[0]: mine})
+            for key, (value, _) in out.lambdas().items():
+                if key in lambdas and lambdas[key][0] != value:
+                    raise InputError(
+                        f"{target} holds lambda {value} for N = {key[1]}, the shards "
+                        f"{lambdas[key][0]}; merge into a new directory"
+                    )
+            before = len(out.done())
+            seen = 0
+            with out.conn:  # one transaction
+                for db in opened:
+                    rows = db.conn.execute(
+                        "SELECT key, role, n_tasks, config, result, seconds, finished FROM runs "
+                        "ORDER BY rowid"
+                    ).fetchall()
+                    seen += len(rows)
+                    out.conn.executemany(
+                        "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                    )
+                out.conn.executemany(
+                    "INSERT OR IGNORE INTO lambdas VALUES (?, ?, ?, ?)",
+                    [(k[0], k[1], v, sc) for k, (v, sc) in lambdas.items()],
+                )
+                for name, text in meta.items():
+                    if text is not None:
+                        out.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, text))
+            added = len(out.done()) - before
+        finally:
+            out.close()
+    finally:
+        for db in opened:
+            db.close()
+    return MergedShards(added=added, present=seen - added, sources=paths)
 
 
 def result_record(result: ExperimentResult) -> dict[str, Any]:

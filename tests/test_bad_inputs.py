@@ -1,0 +1,409 @@
+"""Every command answers bad input the same way: a non-zero exit status, one line on stderr
+that names the problem and what to do, no traceback, no input file changed, nothing half
+written.
+
+Each row of ``CASES`` prepares its inputs in a fresh folder, runs the command in-process through
+``rmtllmf.cli.main`` (two rows also as a real process, to show that no traceback reaches the
+terminal) and compares the folder before and after. The merge rows cover the guards ``merge``
+has; NaN inputs and ``--out`` equal to an input are its owner's rows to add.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rmtllmf.cli import main
+
+FIX = re.compile(
+    r"\b(give|choose|use|drop|fix|add|write|check|rerun|run|pass|convert|re-save|re-download|"
+    r"remove|see|install|pick|leave|merge)\b",
+    re.IGNORECASE,
+)
+"""Words with which a message says what to do."""
+ERROR_LINE = re.compile(r"^rmtllmf( [a-z-]+)*: error: \S")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: how to prepare it, the command line, and a word the message must hold."""
+
+    id: str
+    argv: Callable[[Path], list[str]]
+    expect: str
+    setup: Callable[[Path], None] = lambda _root: None
+    subprocess: bool = False
+
+
+# ---------------------------------------------------------------- inputs the cases share
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _checkpoints(root: Path) -> None:
+    """A base, a fine-tune, and broken variants of the fine-tune."""
+    import torch
+    from safetensors.torch import save_file
+
+    base = {"w": torch.zeros(3, 2), "b": torch.zeros(2)}
+    save_file(base, root / "base.safetensors")
+    save_file({"w": torch.ones(3, 2), "b": torch.ones(2)}, root / "ft.safetensors")
+    data = (root / "ft.safetensors").read_bytes()
+    (root / "zero.safetensors").write_bytes(b"")
+    (root / "truncated.safetensors").write_bytes(data[:-8])
+    (root / "header.safetensors").write_bytes(b"\xff" * 8 + data[8:])
+    torch.save(base, root / "pickled.bin")
+    save_file({"w": torch.ones(3, 2)}, root / "nokey.safetensors")
+    save_file({"w": torch.ones(2, 3), "b": torch.ones(2)}, root / "shape.safetensors")
+    save_file(
+        {"w": torch.ones(3, 2, dtype=torch.float16), "b": torch.ones(2)},
+        root / "dtype.safetensors",
+    )
+
+
+def _tiny_vit_other(root: Path) -> None:
+    from conftest import make_tiny_base
+
+    make_tiny_base(root / "other.safetensors")
+
+
+def _empty_study(root: Path) -> None:
+    from rmtllmf.study.store import ResultsDB
+
+    ResultsDB(root / "empty" / "results.db").close()
+
+
+def _corrupt_db(root: Path) -> None:
+    (root / "study").mkdir()
+    (root / "study" / "results.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 84 + b"junk")
+
+
+def _file(name: str, text: str = "x") -> Callable[[Path], None]:
+    return lambda root: _write(root / name, text)
+
+
+def _yaml(text: str) -> Callable[[Path], None]:
+    return _file("study.yaml", text)
+
+
+def _reproduce(*extra: str) -> Callable[[Path], list[str]]:
+    return lambda r: ["reproduce", "--out", str(r / "out"), *extra]
+
+
+def _config(*extra: str) -> Callable[[Path], list[str]]:
+    return lambda r: ["reproduce", "--config", str(r / "study.yaml"), "--out", str(r / "out"),
+                      *extra]  # fmt: skip
+
+
+def _merge(model: str, out: str = "merged.safetensors") -> Callable[[Path], list[str]]:
+    return lambda r: ["merge", "--base", str(r / "base.safetensors"), "--models",
+                      str(r / "ft.safetensors"), str(r / model), "--out", str(r / out)]  # fmt: skip
+
+
+CASES = [
+    # reproduce
+    Case(
+        "missing-config",
+        lambda r: ["reproduce", "--config", str(r / "none.yaml")],
+        "does not exist",
+    ),
+    Case("bad-yaml", _config(), "not valid YAML", _yaml("family: [unclosed\n")),
+    Case("unknown-key", _config(), "bogus: is not a known setting", _yaml("bogus: 1\n")),
+    Case("wrong-type", _config(), "zoo.steps", _yaml("zoo:\n  steps: many\n")),
+    Case("wrong-type-sweep", _config(), "task_counts", _yaml("sweep:\n  task_counts: 3\n")),
+    Case("empty-config", _config(), "is empty", _yaml("")),
+    Case("comment-only-config", _config(), "is empty", _yaml("# nothing yet\n")),
+    Case("list-config", _config(), "not a mapping", _yaml("- family\n")),
+    Case("out-of-range", _config(), "zoo.steps", _yaml("zoo:\n  steps: 0\n")),
+    Case("max-runs-zero", _reproduce("--max-runs", "0"), "--max-runs"),
+    Case("quick-and-config", _config("--quick"), "drop --config or --quick", _yaml("{}\n")),
+    Case("bad-shard", _reproduce("--shard", "2/2"), "--shard"),
+    Case(
+        "out-is-a-file",
+        lambda r: ["reproduce", "--out", str(r / "taken")],
+        "is a file",
+        _file("taken"),
+        subprocess=True,
+    ),
+    Case(
+        "out-under-a-file",
+        lambda r: ["reproduce", "--out", str(r / "taken" / "sub")],
+        "is a file",
+        _file("taken"),
+    ),
+    Case("read-only-out", lambda r: ["reproduce", "--out", str(r / "ro" / "results")], "read-only"),
+    Case(
+        "missing-shard",
+        lambda r: ["reproduce", "--merge-shards", str(r / "s0"), "--out", str(r / "out")],
+        "does not exist",
+    ),
+    # evaluate
+    Case(
+        "evaluate-missing-model",
+        lambda r: ["evaluate", "--model", str(r / "none.safetensors")],
+        "does not exist",
+    ),
+    Case(
+        "evaluate-zero-byte",
+        lambda r: ["evaluate", "--model", str(r / "zero.safetensors")],
+        "zero.safetensors",
+        _checkpoints,
+    ),
+    Case(
+        "evaluate-pickle",
+        lambda r: ["evaluate", "--model", str(r / "pickled.bin")],
+        "pickle",
+        _checkpoints,
+    ),
+    Case(
+        "evaluate-other-architecture",
+        lambda r: ["evaluate", "--model", str(r / "other.safetensors")],
+        "not a tiny-vit checkpoint of this base",
+        _tiny_vit_other,
+    ),
+    Case(
+        "evaluate-unknown-task",
+        lambda r: ["evaluate", "--model", str(r / "ft.safetensors"), "--tasks", "weather"],
+        "not in the embedded suite",
+        _checkpoints,
+    ),
+    Case(
+        "evaluate-bad-split",
+        lambda r: ["evaluate", "--model", str(r / "ft.safetensors"), "--split", "train"],
+        "--split",
+        _checkpoints,
+    ),
+    Case(
+        "evaluate-bad-pair",
+        lambda r: [
+            "evaluate",
+            "--family",
+            "hf-clip",
+            "--model",
+            str(r / "ft.safetensors"),
+            "--data",
+            "no-equals-sign",
+        ],
+        "TASK=PATH",
+        _checkpoints,
+    ),
+    # finetune
+    Case("finetune-no-task", lambda r: ["finetune", "--out", str(r / "ft")], "--task"),
+    Case(
+        "finetune-unknown-task",
+        lambda r: ["finetune", "--task", "weather", "--out", str(r / "ft")],
+        "--task",
+    ),
+    Case(
+        "finetune-out-is-a-file",
+        lambda r: ["finetune", "--task", "signs", "--out", str(r / "taken")],
+        "is a file",
+        _file("taken"),
+    ),
+    Case(
+        "finetune-missing-folder",
+        lambda r: [
+            "finetune",
+            "--family",
+            "hf-clip",
+            "--train-folder",
+            str(r / "none"),
+            "--out",
+            str(r / "ft"),
+        ],
+        "is not a directory",
+    ),
+    Case(
+        "finetune-val-fraction",
+        lambda r: [
+            "finetune",
+            "--family",
+            "hf-clip",
+            "--train-folder",
+            str(r),
+            "--val-fraction",
+            "1.5",
+            "--out",
+            str(r / "ft"),
+        ],
+        "--val-fraction",
+    ),
+    Case(
+        "finetune-steps-zero",
+        lambda r: ["finetune", "--task", "signs", "--steps", "0", "--out", str(r / "ft")],
+        "--steps",
+    ),
+    # channel
+    Case("channel-users-zero", lambda r: ["channel", "--users", "0"], "--users"),
+    Case("channel-wrong-type", lambda r: ["channel", "--users", "many"], "--users"),
+    Case(
+        "channel-jammer-overflow",
+        lambda r: ["channel", "--scenario", "sum-rate", "--jammer-dbm", "1e9"],
+        "--jammer-dbm",
+        subprocess=True,
+    ),
+    Case(
+        "channel-r-min-above-r-max",
+        lambda r: ["channel", "--r-min", "900", "--r-max", "10"],
+        "--r-min",
+    ),
+    Case("channel-unknown-flag", lambda r: ["channel", "--jammer", "5"], "unrecognized"),
+    # zoo
+    Case(
+        "zoo-unknown-task",
+        lambda r: ["zoo", "build", "--tasks", "weather"],
+        "not in the embedded suite",
+    ),
+    Case(
+        "zoo-steps-zero",
+        lambda r: ["zoo", "build", "--steps", "0", "--root", str(r / "z")],
+        "--steps",
+    ),
+    Case(
+        "zoo-root-is-a-file",
+        lambda r: ["zoo", "build", "--root", str(r / "taken")],
+        "is a file",
+        _file("taken"),
+    ),
+    Case(
+        "zoo-missing-base",
+        lambda r: ["zoo", "build", "--base", str(r / "none.safetensors"), "--root", str(r / "z")],
+        "--base",
+    ),
+    # export
+    Case(
+        "export-missing",
+        lambda r: ["export", "--to", "mlflow", "--out", str(r / "ml"), str(r / "none")],
+        "does not exist",
+    ),
+    Case(
+        "export-not-a-db",
+        lambda r: ["export", "--to", "tensorboard", "--out", str(r / "tb"), str(r / "notes.txt")],
+        "not a results database",
+        _file("notes.txt", "hello"),
+    ),
+    Case(
+        "export-corrupted-db",
+        lambda r: ["export", "--to", "tensorboard", "--out", str(r / "tb"), str(r / "study")],
+        "not a results database",
+        _corrupt_db,
+    ),
+    Case(
+        "export-empty-study",
+        lambda r: ["export", "--to", "tensorboard", "--out", str(r / "tb"), str(r / "empty")],
+        "no finished runs",
+        _empty_study,
+    ),
+    Case(
+        "export-out-is-a-file",
+        lambda r: ["export", "--to", "tensorboard", "--out", str(r / "taken"), str(r / "empty")],
+        "is a file",
+        lambda r: (_empty_study(r), _write(r / "taken", "x")),
+    ),
+    Case(
+        "export-bad-tracker",
+        lambda r: ["export", "--to", "wandb", "--out", str(r / "x"), str(r)],
+        "--to",
+    ),
+    # merge: the guards it has
+    Case("merge-zero-byte", _merge("zero.safetensors"), "zero.safetensors", _checkpoints),
+    Case("merge-truncated", _merge("truncated.safetensors"), "truncated", _checkpoints),
+    Case(
+        "merge-corrupted-header", _merge("header.safetensors"), "header.safetensors", _checkpoints
+    ),
+    Case("merge-pickled", _merge("pickled.bin"), "pickle", _checkpoints),
+    Case("merge-key-mismatch", _merge("nokey.safetensors"), "'b'", _checkpoints),
+    Case("merge-shape-mismatch", _merge("shape.safetensors"), "(2, 3)", _checkpoints),
+    Case("merge-dtype-mismatch", _merge("dtype.safetensors"), "float16", _checkpoints),
+    Case("merge-missing-model", _merge("none.safetensors"), "does not exist", _checkpoints),
+]
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root``: a file's sha256, a folder's mark."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "/"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@contextlib.contextmanager
+def _read_only_folder(path: Path) -> Iterator[None]:
+    """``path`` as a folder nobody may write to: chmod for users, a read-only tmpfs for root
+    (whom permissions do not stop); skips the test where neither is possible."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(0o755)
+        return
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("a read-only folder needs a non-root user or mount privileges")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def _run_in_process(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        status = int(exc.code or 0)
+    return status, capsys.readouterr().err
+
+
+def _run_as_process(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "rmtllmf.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_answered_in_one_line(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RMTLLMF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    case.setup(tmp_path)
+    argv = case.argv(tmp_path)
+    ro = _read_only_folder(tmp_path / "ro") if case.id == "read-only-out" else None
+    with ro or contextlib.nullcontext():
+        before = _snapshot(tmp_path)
+        if case.subprocess:
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+            status, err = _run_as_process(argv, env)
+        else:
+            status, err = _run_in_process(argv, capsys)
+        after = _snapshot(tmp_path)
+    assert status == 2, err
+    assert "Traceback" not in err and "pydantic" not in err and "http" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert ERROR_LINE.match(lines[0]), err
+    assert case.expect.lower() in lines[0].lower(), err
+    assert FIX.search(lines[0].split("error:", 1)[1]), f"no fix named: {err}"
+    assert after == before  # no input changed, nothing (half-)written
