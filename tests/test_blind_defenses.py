@@ -182,3 +182,25 @@ def test_sweep_runs_extra_defenses_where_they_apply():
     assert kshot == {("r-mtllmf", 1), ("svd+r-mtllmf", 1)}
     with pytest.raises(InputError, match="extra_defenses"):
         SweepConfig(tasks=TASKS, task_counts=(2,), extra_defenses=("freeze",)).check()
+
+
+def test_extra_defenses_run_at_every_n_on_their_links():
+    three = ("signs", "textures", "counting")
+    cfg = SweepConfig(
+        tasks=three,
+        task_counts=(2, 3),
+        links=("snr", "weights", "symbol"),
+        extra_defenses=("shrink", "svd+r-mtllmf"),
+        k_values=(1, 10),
+    )
+    runs = plan_runs(cfg, {2: 0.3, 3: 0.2})
+    fig2 = {(r.config.link, r.config.defense) for r in runs if r.role == "fig2"}
+    assert {("snr", "shrink"), ("weights", "svd+r-mtllmf"), ("symbol", "r-mtllmf")} <= fig2
+    assert ("symbol", "shrink") not in fig2
+    only = cfg.model_copy(update={"extra_defense_links": ("snr",)})
+    runs = plan_runs(only, {2: 0.3, 3: 0.2})
+    extra = {(r.role, r.config.link) for r in runs if r.config.defense in cfg.extra_defenses}
+    assert extra == {("fig2", "snr"), ("ablation", "snr"), ("kshot", "snr")}
+    elsewhere = only.model_copy(update={"extra_defense_links": ("weights",)})
+    kshot = {r.config.defense for r in plan_runs(elsewhere, {2: 0.3, 3: 0.2}) if r.role == "kshot"}
+    assert kshot == {"r-mtllmf"}  # the k sweep's link (snr) runs no extra defense

@@ -9,7 +9,7 @@ import pytest
 
 from rmtllmf.errors import InputError
 from rmtllmf.report import write_report
-from rmtllmf.report.tables import Ordering, Recovered, Summary, orderings
+from rmtllmf.report.tables import Ordering, Recovered, Summary, fig2_series, orderings
 from rmtllmf.study.store import ResultsDB, RunRecord
 from rmtllmf.study.sweep import run_sweep
 from test_sweep import small_config
@@ -19,7 +19,7 @@ from test_sweep import small_config
 def report(tiny_zoo, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     db = ResultsDB(root / "results.db")
-    run_sweep(tiny_zoo, "zoo", small_config(seeds=(0, 1)), db)
+    run_sweep(tiny_zoo, "zoo", small_config(seeds=(0, 1), extra_defenses=("shrink",)), db)
     return db, root / "out", write_report(db, root / "out")
 
 
@@ -31,6 +31,7 @@ def test_every_artefact_is_written(report):
         "fig4_cosine_worst",
         "fig5_ablation",
         "hypothesis_rejection",
+        "rank_spectra",
     ):
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 1000
@@ -42,6 +43,9 @@ def test_every_artefact_is_written(report):
         "cosine",
         "Channel per scenario",
         "hypothesis test",
+        "Rank spectra",
+        "![rank spectra](rank_spectra.png)",
+        "received singular values rise above the threshold",
         "Configuration",
     ):
         assert heading in text
@@ -135,6 +139,7 @@ def test_summary_json_keeps_its_keys_and_order(report):
         "orderings",
         "cosine_offdiag",
         "analysis",
+        "rank_spectra",
         "code_version",
         "pool_id",
         "seeds",
@@ -230,3 +235,29 @@ def test_paper_numbers_in_the_recovered_metric():
     assert 0.57 < sr < 0.58  # the "about 0.58"
     low, high = rows[("sum-rate", "none")].recovered
     assert low < 0 < high  # "between 4% and 6%" straddles chance
+
+
+def test_extra_defenses_are_lines_of_fig2_and_cells_of_the_summary(report, tiny_zoo):
+    db, _, summary = report
+    rows = list(db.rows())
+    series = fig2_series(rows)
+    for n, mean, _, _ in series["absolute"]["ideal, shrink"]:
+        vals = [
+            _by_hand(r, tiny_zoo)
+            for r in rows
+            if (len(r.config.tasks), r.config.link, r.config.scenario, r.config.defense)
+            == (n, "absolute", "ideal", "shrink")
+        ]
+        assert len(vals) == (6 if n == 2 else 2)  # 3 subsets (1 at N = 3) x 2 seeds
+        assert mean == pytest.approx(np.mean(vals))
+    assert [p[0] for p in series["absolute"]["ideal, shrink"]] == [2, 3]
+    assert not any("shrink" in label for label in series["symbol"])  # no noise law there
+    assert summary["by_link"]["absolute"]["sum-rate"]["shrink"] == pytest.approx(
+        np.mean(_ablation_by_hand(rows, tiny_zoo, "absolute", "sum-rate", "shrink"))
+    )
+    counts = summary["rank_spectra"]
+    assert [(c["link"], c["scenario"]) for c in counts] == [
+        ("absolute", "ideal"),
+        ("absolute", "sum-rate"),
+    ]
+    assert all(0 <= c["above"] <= c["values"] for c in counts)

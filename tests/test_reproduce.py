@@ -63,6 +63,16 @@ def test_quick_covers_every_link_scenario_and_defense():
     assert sweep.links[0] == "snr"  # the headline link: the k sweep runs on it
     assert set(sweep.scenarios) == {"ideal", "sum-rate", "strongest-user"}
     assert len(sweep.tasks) == 8
+    # the receiver defenses that need no labels, on the headline link, at every N
+    from rmtllmf.study.plan import plan_runs, spectra_receptions
+
+    lambdas = dict.fromkeys(sweep.task_counts, 0.5)
+    runs = plan_runs(sweep, lambdas)
+    extra = {(len(r.config.tasks), r.config.link, r.config.defense) for r in runs}
+    for n in sweep.task_counts:
+        assert {(n, "snr", "shrink"), (n, "snr", "svd")} <= extra
+    assert not any(d in ("shrink", "svd") for _, link, d in extra if link != "snr")
+    assert {r.link for r in spectra_receptions(sweep, lambdas)} == {"snr", "weights"}
 
 
 def test_reproduce_bad_input(study, tmp_path, capsys):

@@ -49,12 +49,17 @@ def test_plan_counts_each_figure():
     cfg = small_config()
     runs = plan_runs(cfg, {2: 0.5, 3: 0.3})
     roles = [r.role for r in runs]
-    # clean: 4 subsets x 4 defenses (none, realign and the floors base, base+realign);
+    # clean: 3 subsets (N=2) x 2 defenses (none and the floor base), and at the largest N
+    # 1 subset x 4 (none, realign and the floors base, base+realign);
     # fig2: 3 subsets (N=2) x 2 scen x 2 links x 2 defenses;
     # ablation: 1 subset x 2 x 2 x 4; kshot: 2 scenarios x k=1 (k=2 is the ablation's run)
-    assert roles.count("clean") == 16
+    assert roles.count("clean") == 10
     floors = [r for r in runs if r.config.defense in ("base", "base+realign")]
     assert {(r.role, r.config.link) for r in floors} == {("clean", "noiseless")}
+    clean_at = {(len(r.config.tasks), r.config.defense) for r in runs if r.role == "clean"}
+    assert clean_at == {(2, "none"), (2, "base")} | {
+        (3, d) for d in ("none", "realign", "base", "base+realign")
+    }
     assert roles.count("fig2") == 24
     assert roles.count("ablation") == 16
     assert roles.count("kshot") == 2
@@ -75,7 +80,7 @@ def test_interrupted_sweep_resumes_to_identical_results(tiny_zoo, tmp_path, monk
     cfg = small_config()
     full = ResultsDB(tmp_path / "full.db")
     n_total = run_sweep(tiny_zoo, "zoo", cfg, full)
-    assert n_total == len(full.done()) == 58
+    assert n_total == len(full.done()) == 52
 
     db = ResultsDB(tmp_path / "resumed.db")
     assert run_sweep(tiny_zoo, "zoo", cfg, db, max_runs=7) == 7

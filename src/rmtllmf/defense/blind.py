@@ -10,7 +10,8 @@ functions here use only that.
   ``s = max(mean(r^2) - sigma^2, 0)`` estimated from the received power (see its docstring for
   the derivation);
 * :func:`svd_denoise`: the singular values of a received weight matrix that rise above the
-  noise, at Gavish & Donoho's optimal hard threshold for known noise level;
+  noise, at Gavish & Donoho's optimal hard threshold for known noise level
+  (:func:`gd_threshold`; the noise's own edge is :func:`mp_edge`);
 * :func:`gate_users`: drop the users whose estimated SNR is below a threshold;
 * :func:`coordinate_median` and :func:`trimmed_mean`: the classical robust aggregators;
 * :func:`blind_defense`: a registry entry's first stage (:mod:`rmtllmf.defense.registry`).
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from threadpoolctl import threadpool_limits
 
 from rmtllmf.defense.registry import Defense
 from rmtllmf.errors import InputError
@@ -74,21 +76,36 @@ def gavish_donoho_lambda(beta: float) -> float:
     return math.sqrt(2 * (beta + 1) + 8 * beta / ((beta + 1) + math.sqrt(beta**2 + 14 * beta + 1)))
 
 
+def gd_threshold(shape: tuple[int, int], sigma: float) -> float:
+    """Gavish & Donoho's hard threshold for an ``m x n`` matrix in i.i.d. noise of known
+    standard deviation ``sigma``: ``lambda*(beta) sqrt(max(m, n)) sigma`` with
+    ``beta = min(m, n) / max(m, n)`` (:func:`gavish_donoho_lambda`); 0 for an empty matrix."""
+    m, n = sorted(shape)
+    return gavish_donoho_lambda(m / n) * math.sqrt(n) * sigma if m > 0 else 0.0
+
+
+def mp_edge(shape: tuple[int, int], sigma: float) -> float:
+    """The Marchenko-Pastur bulk edge ``sigma (sqrt(m) + sqrt(n))``: where the largest singular
+    value of an ``m x n`` matrix of i.i.d. noise of standard deviation ``sigma`` ends (for large
+    ``m, n``)."""
+    m, n = shape
+    return sigma * (math.sqrt(m) + math.sqrt(n))
+
+
 def svd_denoise(received: FloatArray, sigma: float) -> NDArray[np.float32]:
     """Keep the singular values of a received ``m x n`` matrix ``Y = X + sigma Z`` (``Z`` with
     i.i.d. unit-variance entries) above Gavish & Donoho's threshold
-    ``lambda*(beta) sqrt(max(m, n)) sigma`` and drop the rest: the noise's singular values
-    end near ``sigma (sqrt(m) + sqrt(n))`` (the Marchenko-Pastur edge), so only directions the
-    signal lifts above it survive."""
+    ``lambda*(beta) sqrt(max(m, n)) sigma`` (:func:`gd_threshold`) and drop the rest: the
+    noise's singular values end near ``sigma (sqrt(m) + sqrt(n))`` (the Marchenko-Pastur edge,
+    :func:`mp_edge`), so only directions the signal lifts above it survive."""
     y = np.asarray(received, dtype=np.float64)
     if y.ndim != 2:
         raise InputError(f"svd_denoise needs a matrix; got shape {y.shape}")
     if sigma < 0 or not math.isfinite(sigma):
         raise InputError(f"sigma must be finite and non-negative; got {sigma}")
-    m, n = sorted(y.shape)
-    if sigma == 0 or m == 0:
+    if sigma == 0 or min(y.shape) == 0:
         return y.astype(np.float32)
-    threshold = gavish_donoho_lambda(m / n) * math.sqrt(n) * sigma
+    threshold = gd_threshold((y.shape[0], y.shape[1]), sigma)
     u, sv, vt = np.linalg.svd(y, full_matrices=False)
     keep = sv > threshold
     low_rank: NDArray[np.float64] = (u[:, keep] * sv[keep]) @ vt[keep]
@@ -131,17 +148,30 @@ def gate_users(
     return keep
 
 
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int] | None:
+    """The ``m x n`` matrix a tensor of ``shape`` is denoised as (its first dimension by the
+    rest), or ``None`` when it is not a matrix of two or more rows and columns."""
+    if len(shape) < 2:
+        return None
+    m, n = int(shape[0]), int(np.prod(shape[1:]))
+    return (m, n) if m > 1 and n > 1 else None
+
+
 def svd_shrink(
     received: FloatArray, noise_var: FloatArray, layout: VectorLayout
 ) -> NDArray[np.float32]:
     """:func:`svd_denoise` on every tensor of two or more dimensions (as a matrix of its first
-    dimension by the rest), :func:`wiener_shrink` on the others (biases, norms)."""
+    dimension by the rest, :func:`matrix_shape`), :func:`wiener_shrink` on the others (biases,
+    norms). LAPACK runs on one thread: these matrices are small, and a threaded SVD beside
+    other busy processes is many times slower."""
     seg = layout.segments
     out = wiener_shrink(received, noise_var, seg)
-    for j, shape in enumerate(layout.shapes):
-        if len(shape) >= 2 and shape[0] > 1 and int(np.prod(shape[1:])) > 1:
-            part = np.asarray(received[seg[j] : seg[j + 1]]).reshape(shape[0], -1)
-            out[seg[j] : seg[j + 1]] = svd_denoise(part, math.sqrt(noise_var[j])).reshape(-1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for j, shape in enumerate(layout.shapes):
+            mat = matrix_shape(shape)
+            if mat is not None:
+                part = np.asarray(received[seg[j] : seg[j + 1]]).reshape(mat)
+                out[seg[j] : seg[j + 1]] = svd_denoise(part, math.sqrt(noise_var[j])).reshape(-1)
     return out
 
 

@@ -3,11 +3,13 @@
 :func:`write_report` reads the sweep's database and writes, under ``out``:
 
 * ``fig2_accuracy_vs_tasks``, ``fig3_cosine_ideal``, ``fig4_cosine_worst``,
-  ``fig5_ablation``, ``hypothesis_rejection`` (``.png`` and ``.pdf``);
+  ``fig5_ablation``, ``hypothesis_rejection`` and, when the sweep measured them, the
+  ``rank_spectra`` of the clean and received task vectors (``.png`` and ``.pdf``);
 * ``report.md`` with the tables behind each figure, the paper's orderings per link, the
   channel per scenario, WDE and hypothesis-test results and the resolved config;
 * ``summary.json`` (``clean``, ``clean_realign``, ``by_link`` at the largest task count, the
-  orderings, code version, seeds and config) and ``runs.csv`` (one row per run and task).
+  orderings, the rank spectra's counts, code version, seeds and config) and ``runs.csv`` (one
+  row per run and task).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from rmtllmf.errors import InputError
 from rmtllmf.report import figures, markdown, tables
+from rmtllmf.study.spectra import SPECTRA_META, RankSpectra
 from rmtllmf.study.store import ResultsDB, RunRecord, code_version, export_csv
 
 Cosines = dict[str, tuple[float, float, float]]
@@ -36,12 +39,19 @@ def _cosines(rows: Sequence[RunRecord], links: Sequence[str], scenarios: Sequenc
     return cosines
 
 
+def _spectra(db: ResultsDB) -> RankSpectra | None:
+    """The rank spectra the sweep stored (:mod:`rmtllmf.study.spectra`), or ``None``."""
+    stored = db.meta(SPECTRA_META)
+    return None if stored is None else RankSpectra.from_json(json.loads(stored))
+
+
 def _figures(
     rows: Sequence[RunRecord],
     summ: tables.Summary,
     fig2: dict[str, dict[str, tables.Series]],
     kshot: dict[str, list[tuple[int, float]]],
     out: Path,
+    spectra: RankSpectra | None = None,
 ) -> list[Path]:
     """Save every figure under ``out``; returns the files written (PNG and PDF of each)."""
     links = list(summ.by_link)
@@ -69,6 +79,8 @@ def _figures(
         points = [result.to_json() for result, _ in analysed]
         beta = analysed[0][1].beta  # the sweep's significance level
         files += figures.save(figures.rejection(points, beta=beta), out, "hypothesis_rejection")
+    if spectra is not None and spectra.receptions:
+        files += figures.save(figures.rank_spectra(spectra), out, "rank_spectra")
     return files
 
 
@@ -86,7 +98,8 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
     kshot = tables.kshot_series(rows)
     scenarios = list(dict.fromkeys(s for d in summ.by_link.values() for s in d))
     cosines = _cosines(rows, list(summ.by_link), scenarios)
-    files = _figures(rows, summ, fig2, kshot, out)
+    spectra = _spectra(db)
+    files = _figures(rows, summ, fig2, kshot, out, spectra)
     analysis = tables.analysis_table(rows)
     meta = markdown.ReportMeta(
         runs=len(rows),
@@ -95,8 +108,17 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         seeds=config.get("seeds"),
         config=json.dumps(config, indent=2),
     )
+    counts = spectra.counts() if spectra is not None else []
     text = markdown.render(
-        summ, order, tables.channel_table(rows), analysis, cosines, fig2, kshot, meta
+        summ,
+        order,
+        tables.channel_table(rows),
+        analysis,
+        cosines,
+        fig2,
+        kshot,
+        meta,
+        spectra=spectra,
     )
     (out / "report.md").write_text(text)
     full = {
@@ -106,6 +128,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
             k: dict(zip(("mean", "min", "max"), v, strict=True)) for k, v in cosines.items()
         },
         "analysis": [a.to_json() for a in analysis],
+        "rank_spectra": [c.to_json() for c in counts],
         "code_version": meta.code_version,
         "pool_id": meta.pool_id,
         "seeds": meta.seeds,

@@ -1,12 +1,14 @@
 """The paper's figures from the report tables, as PNG and PDF (matplotlib, Agg backend).
 
 * Fig. 2: normalized accuracy vs number of tasks per link; one line per scenario ×
-  {unprotected, R-MTLLMF} plus the clean merge and the floors (base model alone, chance); the
-  band spans the subsets.
+  {unprotected, R-MTLLMF, each extra defense run on the link} plus the clean merge and the
+  floors (base model alone, chance); the band spans the subsets.
 * Figs. 3-4: received-vector cosine heatmaps, ideal vs worst case (undefended reception).
 * Fig. 5: the ablation (none / freeze / realign / R-MTLLMF) per link and scenario, and
   normalized accuracy vs few-shot samples per class ``k``, with the floors as lines.
 * Hypothesis test: rejection rate of H0 vs ``Σ μ_q``, measured and as eq. 12 predicts it.
+* Rank spectra: singular values of clean and received weight matrices in units of each user's
+  Gavish-Donoho threshold, with the Marchenko-Pastur edge, per link × scenario.
 """
 
 from __future__ import annotations
@@ -21,12 +23,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
+from rmtllmf.defense.blind import gd_threshold, mp_edge
 from rmtllmf.metrics import predicted_rejection_rate
+from rmtllmf.study.spectra import RankSpectra
 
 DEFENSE_ORDER = ("none", "freeze", "realign", "r-mtllmf")
 FLOOR_STYLE = {"clean": ("k", "--"), "base": ("0.45", "-."), "chance": ("0.65", ":")}
 """Colour and line style of the reference lines: the clean merge and the floors."""
+LineStyle = str | tuple[int, tuple[int, ...]]
+"""A matplotlib line style: a name or an ``(offset, dash pattern)``."""
+PAPER_LINES: dict[str, tuple[LineStyle, str]] = {"unprotected": (":", "o"), "R-MTLLMF": ("-", "o")}
+"""Line style and marker of Fig. 2's paper lines; extra defenses take :data:`EXTRA_LINES`."""
+EXTRA_LINES: tuple[tuple[LineStyle, str], ...] = (
+    ("--", "s"),
+    ("-.", "^"),
+    ((0, (5, 1, 1, 1, 1, 1)), "D"),
+    ((0, (1, 1)), "v"),
+    ((0, (7, 2)), "P"),
+    ((0, (3, 1, 1, 1)), "X"),
+)
 
 
 def save(fig: Figure, out: Path, name: str) -> list[Path]:
@@ -42,7 +59,13 @@ def save(fig: Figure, out: Path, name: str) -> list[Path]:
 def fig2(series: Mapping[str, Mapping[str, Sequence[tuple[int, float, float, float]]]]) -> Figure:
     """Normalized accuracy vs task count, one panel per link."""
     links = list(series)
-    fig, axes = plt.subplots(1, len(links), figsize=(4.2 * len(links), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(links), figsize=(4.2 * len(links), 3.6), squeeze=False, layout="constrained"
+    )
+    defenses = [lab.split(", ", 1)[1] for lines in series.values() for lab in lines if ", " in lab]
+    extras = [d for d in dict.fromkeys(defenses) if d not in PAPER_LINES]
+    styles = {**PAPER_LINES, **dict(zip(extras, EXTRA_LINES * len(extras), strict=False))}
+    legend: dict[str, Any] = {}
     for ax, link in zip(axes[0], links, strict=True):
         scenarios = list(dict.fromkeys(lab.split(",")[0] for lab in series[link] if "," in lab))
         colours = {s: f"C{i}" for i, s in enumerate(scenarios)}
@@ -50,19 +73,30 @@ def fig2(series: Mapping[str, Mapping[str, Sequence[tuple[int, float, float, flo
             if not pts:
                 continue
             n, mean, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
+            style: LineStyle
             if label in FLOOR_STYLE:
                 colour, style = FLOOR_STYLE[label]
+                marker = "o"
             else:
-                colour = colours[label.split(",")[0]]
-                style = "-" if "R-MTLLMF" in label else ":"
-            ax.plot(n, mean, style, color=colour, marker="o", ms=3, label=label)
+                scenario, defense = label.split(", ", 1)
+                colour = colours[scenario]
+                style, marker = styles[defense]
+            (line,) = ax.plot(n, mean, ls=style, color=colour, marker=marker, ms=3, label=label)
             ax.fill_between(n, lo, hi, color=colour, alpha=0.12)
+            legend.setdefault(label, line)
         ax.set_title(f"link: {link}")
         ax.set_xlabel("number of tasks N")
         ax.set_ylim(0, 1.1)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("normalized accuracy")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    if legend:  # one legend for every panel's lines (extra defenses may run on one link only)
+        fig.legend(
+            list(legend.values()),
+            list(legend),
+            fontsize=7,
+            loc="outside lower center",
+            ncol=min(len(legend), 6),
+        )
     fig.suptitle("Fig. 2: multi-task fusion over the uplink")
     return fig
 
@@ -156,4 +190,75 @@ def rejection(points: Sequence[Mapping[str, Any]], *, beta: float = 0.05) -> Fig
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     ax.set_title("Hypothesis test (eqs. 9-12)")
+    return fig
+
+
+def _short(name: str) -> str:
+    """A parameter name short enough for a legend (``encoder.layers.0.mlp.fc1.weight`` ->
+    ``L0 fc1``)."""
+    short = (
+        name.removesuffix(".weight").replace("encoder.layers.", "L").replace("encoder.layer.", "L")
+    )
+    parts = short.split(".")
+    return f"{parts[0]} {parts[-1]}" if len(parts) > 2 else short
+
+
+def rank_spectra(spectra: RankSpectra) -> Figure:
+    """Singular values ``s_i`` of the measured weight matrices, clean (dashed) and received
+    (solid), each in units of its user's Gavish-Donoho threshold ``lambda*(beta)
+    sqrt(max(m, n)) sigma_q`` (the median over users at each index ``i``): what rises above 1
+    is what the svd defense keeps. One panel per link × scenario, titled with the count of
+    received singular values above the threshold; dotted: the Marchenko-Pastur edge
+    ``sigma (sqrt(m) + sqrt(n))`` in the same units, one line per matrix shape."""
+    links = list(dict.fromkeys(r.link for r in spectra.receptions))
+    scenarios = list(dict.fromkeys(r.scenario for r in spectra.receptions))
+    fig, axes = plt.subplots(
+        len(links),
+        len(scenarios),
+        figsize=(4.0 * len(scenarios), 3.0 * len(links)),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
+    )
+    counts = spectra.counts()
+    handles: dict[str, Any] = {}
+    for r, rec in enumerate(spectra.receptions):
+        ax = axes[links.index(rec.link)][scenarios.index(rec.scenario)]
+        for t, tensor in enumerate(spectra.tensors):
+            thr = np.array([spectra.threshold(r, t, q) for q in range(len(rec.users))])
+            if not np.all(thr > 0):
+                continue  # no noise, no threshold
+            got = np.median(np.array(rec.received[t]) / thr[:, None], axis=0)
+            clean = np.median(np.array([tensor.clean[u] for u in rec.users]) / thr[:, None], axis=0)
+            index = np.arange(1, got.size + 1)
+            colour = f"C{t % 10}"
+            (line,) = ax.plot(index, got, color=colour, lw=1.1)
+            ax.plot(index, clean, color=colour, lw=0.9, ls="--")
+            handles.setdefault(_short(tensor.name), line)
+        for m, n in dict.fromkeys(t.shape for t in spectra.tensors):
+            ratio = mp_edge((m, n), 1.0) / gd_threshold((m, n), 1.0)
+            ax.axhline(ratio, color="0.5", ls=":", lw=1)
+        ax.axhline(1.0, color="k", lw=1)
+        c = counts[r]
+        ax.set_title(f"{rec.link}, {rec.scenario}: {c.above} of {c.values} above", fontsize=9)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    for ax in axes[-1]:
+        ax.set_xlabel("index i of the singular value")
+    for row in axes:
+        row[0].set_ylabel("s_i / Gavish-Donoho threshold")
+    extra = {
+        "received": Line2D([], [], color="0.3", lw=1.1),
+        "clean": Line2D([], [], color="0.3", lw=0.9, ls="--"),
+        "threshold (svd keeps above)": Line2D([], [], color="k", lw=1),
+        "Marchenko-Pastur edge": Line2D([], [], color="0.5", ls=":", lw=1),
+    }
+    fig.legend(
+        [*handles.values(), *extra.values()],
+        [*handles, *extra],
+        fontsize=7,
+        loc="outside lower center",
+        ncol=6,
+    )
+    fig.suptitle(f"Rank spectra of the task vectors (N = {len(spectra.tasks)}; median over users)")
     return fig

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from rmtllmf.defense import CHANNEL_FREE, DEFENSES, PAPER
 from rmtllmf.report.tables import AnalysisRow, ChannelRow, Ordering, Summary
+from rmtllmf.study.spectra import RankSpectra, SpectraCount
 
 Fig2Data = Mapping[str, Mapping[str, Sequence[tuple[int, float, float, float]]]]
 """Per link: line name -> ``(N, mean, min, max)`` points (:func:`tables.fig2_series`)."""
@@ -260,6 +261,70 @@ def _analysis(analysis: Sequence[AnalysisRow]) -> list[str]:
     ]
 
 
+def _spectra_sentence(counts: Sequence[SpectraCount]) -> str:
+    """What the rank spectra show, in numbers: per link, how many received singular values rise
+    above the threshold in each scenario and where the strongest clean one sits."""
+    parts = []
+    for link in dict.fromkeys(c.link for c in counts):
+        cs = [c for c in counts if c.link == link]
+        above = ", ".join(f"{c.above} ({c.scenario})" for c in cs)
+        tops = ", ".join(f"{c.clean_top:.2g}" for c in cs)
+        parts.append(
+            f"on the {link} link {above} of {cs[0].values} received singular values rise above "
+            f"the threshold, and the strongest clean one sits at {tops} times it"
+        )
+    return "; ".join(parts)
+
+
+def _spectra(spectra: RankSpectra | None) -> list[str]:
+    """The rank spectra of the clean and received task vectors (nothing when not measured)."""
+    if spectra is None or not spectra.receptions:
+        return []
+    counts = spectra.counts()
+    users = len(spectra.receptions[0].users)
+    shapes = ", ".join(dict.fromkeys(f"{m}×{n}" for m, n in (t.shape for t in spectra.tensors)))
+    body = [
+        [
+            c.link,
+            c.scenario,
+            f"{c.above} / {c.values}",
+            str(c.above_edge),
+            str(c.clean_above),
+            _f(c.clean_top),
+            _f(c.received_top),
+            f"{c.threshold:.3g}",
+            f"{c.edge:.3g}",
+        ]
+        for c in counts
+    ]
+    header = [
+        "link",
+        "scenario",
+        "received > threshold",
+        "received > MP edge",
+        "clean > threshold",
+        "strongest clean / threshold",
+        "strongest received / threshold",
+        "threshold (mean)",
+        "MP edge (mean)",
+    ]
+    return [
+        "",
+        "## Rank spectra of the task vectors: what the svd defense can keep",
+        "",
+        "![rank spectra](rank_spectra.png)",
+        "",
+        f"Singular values of {len(spectra.tensors)} weight matrices ({shapes}) of each of the "
+        f"{users} users' task vectors at N = {len(spectra.tasks)}, clean and as received, "
+        "against each user's Gavish-Donoho threshold `λ*(β)·sqrt(max(m, n))·σ_q` (what the svd "
+        "defense keeps) and the Marchenko-Pastur edge `σ_q(sqrt(m) + sqrt(n))` of the noise, "
+        "with `σ_q²` the BS's estimate of the per-entry noise. "
+        f"In numbers: {_spectra_sentence(counts)} (median over users and matrices).",
+        "",
+        *_table(header, body),
+    ]
+
+
 def _configuration(meta: ReportMeta) -> list[str]:
     """The resolved sweep config."""
     return ["", "## Configuration", "", "```json", meta.config, "```", ""]
@@ -274,8 +339,10 @@ def render(
     fig2: Fig2Data,
     kshot: KshotData,
     meta: ReportMeta,
+    *,
+    spectra: RankSpectra | None = None,
 ) -> str:
-    """The whole report as markdown."""
+    """The whole report as markdown (with the rank spectra when the sweep measured them)."""
     sections = (
         _header(meta),
         _at_largest_n(summ),
@@ -286,6 +353,7 @@ def render(
         _cosines(cosines),
         _channel(channel, summ.n_tasks),
         _analysis(analysis),
+        _spectra(spectra),
         _configuration(meta),
     )
     return "\n".join(line for section in sections for line in section)

@@ -14,6 +14,7 @@ from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
+from rmtllmf.defense import CHANNEL_FREE, DEFENSES, PAPER
 from rmtllmf.metrics import recovered_fraction
 from rmtllmf.report.paper import PaperReference, paper_reference
 from rmtllmf.study.store import AnalysisRecord, RunRecord
@@ -182,9 +183,13 @@ def _spread(counts: Sequence[int], values_at: Callable[[int], list[float]]) -> S
 
 
 def fig2_series(rows: Sequence[RunRecord]) -> dict[str, dict[str, Series]]:
-    """Per link: line name -> ``(N, mean, min, max)`` over subsets (Fig. 2), with the floors
-    ``base`` (the BS discards what it received) and ``chance``."""
+    """Per link: line name -> ``(N, mean, min, max)`` over subsets (Fig. 2): per scenario
+    ``unprotected``, ``R-MTLLMF`` and each defense beyond the paper's that ran on the link
+    (named as in the registry), with the clean merge and the floors ``base`` (the BS discards
+    what it received) and ``chance``."""
     out: dict[str, dict[str, Series]] = {}
+    ran = {r.config.defense for r in rows}
+    extras = [d for d in DEFENSES if d in ran and d not in (*PAPER, *CHANNEL_FREE)]
     counts = sorted({len(r.config.tasks) for r in rows})
     links = sorted({r.config.link for r in rows} - {"noiseless"})
     scenarios = list(dict.fromkeys(r.config.scenario for r in rows if r.config.link != "noiseless"))
@@ -221,6 +226,10 @@ def fig2_series(rows: Sequence[RunRecord]) -> dict[str, dict[str, Series]]:
         for scenario in scenarios:
             for defense, label in (("none", "unprotected"), ("r-mtllmf", "R-MTLLMF")):
                 lines[f"{scenario}, {label}"] = series(link, defense, scenario)
+            for defense in extras:
+                pts = series(link, defense, scenario)
+                if pts:  # an extra defense draws a line only where it ran
+                    lines[f"{scenario}, {defense}"] = pts
         out[link] = lines
     return out
 

@@ -4,15 +4,22 @@ The plan (:func:`plan_runs`), for every task count ``N`` in ``task_counts`` and 
 that size (all ``C(T, N)`` combinations, 247 for ``N = 2..8`` of 8 tasks, or a seeded sample of
 ``subsets_per_count``):
 
-* ``clean``: noiseless link, defenses ``none`` and ``realign`` (realign-on-clean is the
-  control that separates what realignment *repairs* from what it *adds*), and the floors
-  ``base`` and ``base+realign`` (the BS discards every received vector), which no channel
-  changes, so they run once per subset and stand in every scenario's table;
-* ``fig2``: every scenario × link, defenses ``none`` and ``r-mtllmf`` (paper Fig. 2);
+* ``clean``: noiseless link, defense ``none`` and the floor ``base`` (the BS discards every
+  received vector) at every ``N`` (Fig. 2's clean line and floor); at the largest ``N`` also
+  ``realign`` (realign-on-clean, the control that separates what realignment *repairs* from
+  what it *adds*) and the floor ``base+realign``. No channel changes them, so they run once per
+  subset and stand in every scenario's table;
+* ``fig2``: every scenario × link, defenses ``none`` and ``r-mtllmf`` (paper Fig. 2) and the
+  ``extra_defenses`` on the ``extra_defense_links``;
 * ``ablation``: at the largest ``N``, every scenario × link with all four defenses (Fig. 5,
-  left); the undefended runs carry the interference analysis (WDE, hypothesis test);
-* ``kshot``: at the largest ``N``, R-MTLLMF with ``k`` samples per class for each ``k`` in
-  ``k_values`` on the ideal and the first worst-case scenario, first link (Fig. 5, right).
+  left) and the extra ones; the undefended runs carry the interference analysis (WDE,
+  hypothesis test);
+* ``kshot``: at the largest ``N``, R-MTLLMF (and each realigning extra defense) with ``k``
+  samples per class for each ``k`` in ``k_values`` on the ideal and the first worst-case
+  scenario, first link (Fig. 5, right).
+
+The rank spectra (:mod:`rmtllmf.study.spectra`) are measured on :func:`spectra_receptions`: the
+ablation's own channel uses of the largest ``N``'s first subset.
 
 ``λ_N`` (eq. 6) is chosen per task count on *validation* data (the clean merge of the first
 subset of that size over ``lambda_grid``), stored, and used for every run of that size.
@@ -33,6 +40,7 @@ from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig
 from rmtllmf.study.analysis import AnalysisConfig
 from rmtllmf.study.experiment import ExperimentConfig, LinkMode, Scenario
+from rmtllmf.study.spectra import SpectraConfig
 
 DEFAULT_GRID = tuple(round(float(x), 4) for x in np.linspace(0.0, 1.0, 21))
 
@@ -62,8 +70,19 @@ class SweepConfig(BaseModel):
     extra_defenses: tuple[str, ...] = Field(
         (),
         description="defenses run beside the paper's four in the ablation (e.g. the receiver "
-        "defenses shrink, svd, gate, median, trimmed-mean, svd+r-mtllmf), on every link they "
-        "apply to; a realigning one also joins the k sweep",
+        "defenses shrink, svd, gate, median, trimmed-mean, svd+r-mtllmf) in the ablation and "
+        "Fig. 2, on the extra_defense_links they apply to; a realigning one also joins the k "
+        "sweep",
+    )
+    extra_defense_links: tuple[LinkMode, ...] | None = Field(
+        None,
+        description="links the extra defenses run on; None: every link of the sweep they apply "
+        "to (a blind defense needs a known noise law: not the symbol link)",
+    )
+    spectra: SpectraConfig | None = Field(
+        SpectraConfig(),
+        description="rank spectra of the clean and received task vectors (report figure); "
+        "None: not measured",
     )
 
     def check(self) -> None:
@@ -85,6 +104,21 @@ class SweepConfig(BaseModel):
             extra = [d for d in DEFENSES if d not in (*PAPER, *CHANNEL_FREE)]
             raise InputError(
                 f"extra_defenses {unknown} are not defenses beyond the paper's; choose from {extra}"
+            )
+        for what, chosen, allowed in (
+            ("extra_defense_links", self.extra_defense_links, self.links),
+            ("spectra.links", self.spectra and self.spectra.links, self.links),
+            ("spectra.scenarios", self.spectra and self.spectra.scenarios, self.scenarios),
+        ):
+            stray = [x for x in chosen or () if x not in allowed]
+            if stray:
+                raise InputError(
+                    f"{what} {stray} are not in the sweep's {list(allowed)}; choose among those"
+                )
+        if self.spectra and "symbol" in (self.spectra.links or ()):
+            raise InputError(
+                "spectra.links: the symbol link has no known noise law (no threshold to draw); "
+                "choose analog links"
             )
 
 
@@ -133,32 +167,42 @@ def plan_runs(cfg: SweepConfig, lambdas: dict[int, float]) -> list[PlannedRun]:
                 "nan_policy": cfg.nan_policy,
                 "seed": seed,
             }
-            runs += _clean_runs(common)
+            runs += _clean_runs(common, largest=n == largest)
             runs += _channel_runs(cfg, common, ablation=n == largest)
             if n == largest:
                 runs += _kshot_runs(cfg, common)
     return runs
 
 
-def _clean_runs(common: dict[str, Any]) -> list[PlannedRun]:
-    """The noiseless link: the clean merge, realign-on-clean and the floors."""
+def _clean_runs(common: dict[str, Any], *, largest: bool) -> list[PlannedRun]:
+    """The noiseless link: the clean merge and the floor ``base`` (Fig. 2), and at the largest
+    N realign-on-clean and the floor ``base+realign`` (the summary's; nothing reads them at
+    other N)."""
+    defenses = ("none", "realign", *CHANNEL_FREE) if largest else ("none", "base")
     return [
         PlannedRun("clean", ExperimentConfig(link="noiseless", defense=defense, **common))
-        for defense in ("none", "realign", *CHANNEL_FREE)
+        for defense in defenses
     ]
+
+
+def extra_defenses_on(cfg: SweepConfig, link: str) -> tuple[str, ...]:
+    """The extra defenses that run on ``link``: none outside ``cfg.extra_defense_links``, and
+    no blind one on the symbol link (no known noise law to denoise with)."""
+    if cfg.extra_defense_links is not None and link not in cfg.extra_defense_links:
+        return ()
+    return tuple(d for d in cfg.extra_defenses if not (link == "symbol" and d in BLIND))
 
 
 def _channel_runs(cfg: SweepConfig, common: dict[str, Any], *, ablation: bool) -> list[PlannedRun]:
     """Every scenario × link: Fig. 2's two defenses, or at the largest N the ablation's four
-    (its undefended runs carry the interference analysis)."""
+    (its undefended runs carry the interference analysis), each beside the extra defenses of
+    that link (:func:`extra_defenses_on`)."""
     runs = []
     for scenario, link in itertools.product(cfg.scenarios, cfg.links):
         if link == "symbol" and scenario.startswith("paper-"):
             continue  # the digital link needs a physical channel
-        defenses = (*PAPER, *cfg.extra_defenses) if ablation else ("none", "r-mtllmf")
-        for defense in defenses:
-            if link == "symbol" and defense in BLIND:
-                continue  # no known noise law to denoise with
+        paper = PAPER if ablation else ("none", "r-mtllmf")
+        for defense in (*paper, *extra_defenses_on(cfg, link)):
             analysis = cfg.analysis if (ablation and defense == "none") else None
             config = ExperimentConfig(
                 scenario=scenario, link=link, defense=defense, analysis=analysis, **common
@@ -171,20 +215,41 @@ def _kshot_runs(cfg: SweepConfig, common: dict[str, Any]) -> list[PlannedRun]:
     """R-MTLLMF (and each realigning extra defense) with ``k`` samples per class on the k
     sweep's scenarios, first link (Fig. 5)."""
     runs = []
-    realigning = ("r-mtllmf", *(d for d in cfg.extra_defenses if DEFENSES[d].realign))
-    symbol = cfg.links[0] == "symbol"
+    link = cfg.links[0]
+    realigning = ("r-mtllmf", *(d for d in extra_defenses_on(cfg, link) if DEFENSES[d].realign))
     for scenario, defense in itertools.product(kshot_scenarios(cfg), realigning):
-        if symbol and defense in BLIND:
-            continue
         for k in cfg.k_values:
             if k == cfg.realign.k_per_class:
                 continue  # that run is in the ablation already
             realign = cfg.realign.model_copy(update={"k_per_class": k})
             config = ExperimentConfig(
                 scenario=scenario,
-                link=cfg.links[0],
+                link=link,
                 defense=defense,
                 **{**common, "realign": realign},
             )
             runs.append(PlannedRun("kshot", config))
     return runs
+
+
+def spectra_receptions(cfg: SweepConfig, lambdas: dict[int, float]) -> list[ExperimentConfig]:
+    """The channel uses whose rank spectra the report draws (:mod:`rmtllmf.study.spectra`): the
+    ablation's undefended runs of the largest N's first subset and the first seed, on
+    ``cfg.spectra``'s links (default: every link of the sweep but the symbol link) × scenarios
+    (default: all), link by link; the very vectors those runs merge. Empty without
+    ``cfg.spectra``."""
+    if cfg.spectra is None:
+        return []
+    by_count = subsets(cfg)
+    tasks = by_count[max(by_count)][0]
+    links = cfg.spectra.links or tuple(link for link in cfg.links if link != "symbol")
+    scenarios = cfg.spectra.scenarios or cfg.scenarios
+    found = {
+        (r.config.link, r.config.scenario): r.config.model_copy(update={"analysis": None})
+        for r in plan_runs(cfg, lambdas)
+        if r.role == "ablation"
+        and r.config.defense == "none"
+        and r.config.tasks == tasks
+        and r.config.seed == cfg.seeds[0]
+    }
+    return [found[(lk, sc)] for lk in links for sc in scenarios if (lk, sc) in found]

@@ -4,6 +4,7 @@ store (:mod:`rmtllmf.study.store`), one channel use per group of runs that share
 
 from __future__ import annotations
 
+import json
 import time
 
 from rmtllmf._progress import progress_bar
@@ -11,7 +12,8 @@ from rmtllmf.errors import InputError
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.study.clean import choose_lambda
 from rmtllmf.study.experiment import Reception, receive, reception_key, run_experiment
-from rmtllmf.study.plan import PlannedRun, SweepConfig, plan_runs, subsets
+from rmtllmf.study.plan import PlannedRun, SweepConfig, plan_runs, spectra_receptions, subsets
+from rmtllmf.study.spectra import SPECTRA_META, RankSpectra, rank_spectra, spectra_key
 from rmtllmf.study.store import ResultsDB, run_key
 
 
@@ -29,16 +31,62 @@ def ensure_lambdas(
     return lambdas
 
 
+def ensure_spectra(
+    pool: ModelPool, pool_id: str, cfg: SweepConfig, db: ResultsDB, lambdas: dict[int, float]
+) -> RankSpectra | None:
+    """The rank spectra of ``cfg.spectra`` (:mod:`rmtllmf.study.spectra`) on
+    :func:`~rmtllmf.study.plan.spectra_receptions`: the stored ones when they measured the same
+    receptions on the same pool, else measured now and stored in the database's meta
+    (``rank_spectra``), where the report reads them. ``None`` without ``cfg.spectra``."""
+    receptions = spectra_receptions(cfg, lambdas)
+    if cfg.spectra is None or not receptions:
+        return None
+    key = spectra_key(pool_id, receptions, cfg.spectra)
+    stored = db.meta(SPECTRA_META)
+    if stored is not None:
+        spectra = RankSpectra.from_json(json.loads(stored))
+        if spectra.key == key:
+            return spectra
+    spectra = rank_spectra(pool, receptions, cfg.spectra, key=key)
+    db.set_meta(SPECTRA_META, json.dumps(spectra.to_json()))
+    return spectra
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``(i, n)`` with ``0 <= i < n``, else an error that says what a shard is."""
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise InputError(
+            f"shard {i}/{n} does not exist; shards of n are 0/n .. {max(n, 1) - 1}/n (n >= 1)"
+        )
+    return shard
+
+
 def pending_runs(
-    pool_id: str, cfg: SweepConfig, db: ResultsDB, lambdas: dict[int, float]
+    pool_id: str,
+    cfg: SweepConfig,
+    db: ResultsDB,
+    lambdas: dict[int, float],
+    shard: tuple[int, int] = (0, 1),
 ) -> list[list[PlannedRun]]:
-    """The unfinished runs, grouped by channel use (one reception serves a whole group)."""
+    """The unfinished runs of ``shard``, grouped by channel use (one reception serves a whole
+    group).
+
+    Shard ``(i, n)`` holds the groups ``g`` of the whole plan (in plan order) with
+    ``g % n == i``: what a shard owns never depends on what is finished, so shards that resume
+    at different times, or write to different databases, still split the plan exactly.
+    """
+    i, n = check_shard(shard)
     done = db.done()
     groups: dict[str, list[PlannedRun]] = {}
     for run in plan_runs(cfg, lambdas):
-        if run_key(pool_id, run.config) not in done:
-            groups.setdefault(reception_key(run.config), []).append(run)
-    return list(groups.values())
+        groups.setdefault(reception_key(run.config), []).append(run)
+    return [
+        todo
+        for g, group in enumerate(groups.values())
+        if g % n == i
+        and (todo := [run for run in group if run_key(pool_id, run.config) not in done])
+    ]
 
 
 def run_sweep(
@@ -54,18 +102,21 @@ def run_sweep(
     """Run every planned run that is not in ``db`` yet; returns how many ran.
 
     ``max_runs`` stops early (the rest run on the next call): the resumption path, tested.
-    ``shard = (i, n)`` runs only the channel-use groups ``g`` with ``g % n == i``, so ``n``
-    processes can share one database.
+    ``shard = (i, n)`` runs only the channel-use groups ``g`` of the plan with ``g % n == i``
+    (see :func:`pending_runs`), so ``n`` processes can share one database, or ``n`` machines
+    each fill their own (combined by :func:`~rmtllmf.study.store.merge_databases`).
     """
     cfg.check()
+    check_shard(shard)
     unknown = [t for t in cfg.tasks if t not in pool.finetuned]
     if unknown:
         raise InputError(f"tasks {unknown} are not in the model pool ({sorted(pool.finetuned)})")
     db.set_meta("sweep_config", cfg.model_dump_json())
     db.set_meta("pool_id", pool_id)
     lambdas = ensure_lambdas(pool, pool_id, cfg, db)
-    groups = pending_runs(pool_id, cfg, db, lambdas)
-    todo = [run for g, group in enumerate(groups) if g % shard[1] == shard[0] for run in group]
+    if shard[0] == 0:  # one shard measures them (reproduce does before it starts the shards)
+        ensure_spectra(pool, pool_id, cfg, db, lambdas)
+    todo = [run for group in pending_runs(pool_id, cfg, db, lambdas, shard) for run in group]
     if max_runs is not None:
         todo = todo[:max_runs]
     cache: tuple[str, Reception] | None = None
