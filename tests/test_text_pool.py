@@ -227,3 +227,153 @@ def test_r_mtllmf_on_text_reloads_the_base_embeddings(text_pool, monkeypatch):
         for name in pool.embedding_names:
             same = torch.equal(captured["state"][name], base[name])
             assert same == (defense == "r-mtllmf"), (defense, name)
+
+
+# LoRA users and their payloads -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_pool(tiny_bert, tmp_path_factory):
+    cfg = TextPoolConfig(
+        base=str(tiny_bert),
+        tasks=("part-of-speech", "word-sentiment"),
+        max_length=12,
+        train_per_class=24,
+        val_per_class=6,
+        test_per_class=8,
+        head_per_class=4,
+        steps=6,
+        batch=8,
+        lr=1e-2,
+        lora_rank=2,
+        lora_alpha=4,
+    )
+    return build_text_pool(tmp_path_factory.mktemp("lora_pool"), cfg)
+
+
+def test_a_lora_expert_is_the_base_plus_s_b_a_on_the_adapted_weights_only(lora_pool):
+    base = lora_pool.base_state
+    for task in lora_pool.config.tasks:
+        factors = lora_pool.lora[task]
+        adapted = {k for k in base if k.endswith(("query.weight", "key.weight", "value.weight"))}
+        adapted |= {k for k in base if k.endswith("dense.weight")}
+        assert set(factors) == adapted
+        for key, value in lora_pool.finetuned[task].items():
+            if key in factors:
+                f = factors[key]
+                assert f.scaling == 2.0  # alpha / r
+                delta = value - base[key]
+                torch.testing.assert_close(delta, 2.0 * f.B @ f.A, atol=1e-6, rtol=1e-5)
+                assert torch.linalg.matrix_rank(delta) <= 2
+                assert delta.abs().max() > 0, "LoRA did not train"
+            else:
+                assert torch.equal(value, base[key]), key
+
+
+def test_the_merged_lora_weights_compute_what_peft_computes(tiny_bert):
+    """A model with peft's LoRA layers (random B) gives the same embeddings as the plain model
+    with ``W + s B A`` loaded: the factor extraction is peft's own update."""
+    from rmtllmf.models.lora import apply_factors, inject_lora, lora_factors
+
+    tok = load_tokenizer(tiny_bert)
+    hf = load_text_model(tiny_bert)
+    encoder = TextEncoder(hf, tok.pad_token_id)
+    base = {k: v.clone() for k, v in encoder.state_dict().items()}
+    torch.manual_seed(1)
+    inject_lora(encoder, hf, rank=3, alpha=6, targets=("query", "value"))
+    with torch.no_grad():
+        for name, p in encoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    assert all(p.requires_grad == ("lora_" in n) for n, p in encoder.named_parameters())
+    ids = torch.from_numpy(tokenize(tok, ["the cat sat", "a mat"], 8))
+    plain = TextEncoder(load_text_model(tiny_bert), tok.pad_token_id)
+    plain.load_state_dict(apply_factors(base, lora_factors(encoder)))
+    with torch.inference_mode():
+        torch.testing.assert_close(plain(ids), encoder(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_factor_payloads_rebuild_the_delta_and_noise_multiplies_through(lora_pool):
+    """Noiseless: the rebuilt deltas are the clean ones. Absolute link at a fixed MSE ``mu``:
+    the rebuilt delta's squared error per weight matches its closed form
+    ``E||s(B N_A + N_B A + N_B N_A)||^2 = s^2 mu (n ||B||^2 + m ||A||^2 + mu m n r)``."""
+    from rmtllmf.study.experiment import receive
+
+    tasks = lora_pool.config.tasks
+    quiet = receive(lora_pool, ExperimentConfig(tasks=tasks, link="noiseless", payload="factors"))
+    for clean, rx in zip(quiet.clean, quiet.vectors, strict=True):
+        for key in clean.tensors:
+            torch.testing.assert_close(rx.tensors[key], clean.tensors[key], atol=1e-6, rtol=1e-5)
+    mu = 0.21  # the paper-sum-rate preset
+    observed, expected = 0.0, 0.0
+    for seed in range(3):
+        rx = receive(
+            lora_pool,
+            ExperimentConfig(
+                tasks=tasks,
+                scenario="paper-sum-rate",
+                link="absolute",
+                payload="factors",
+                seed=seed,
+            ),
+        )
+        for q, (clean, got) in enumerate(zip(rx.clean, rx.vectors, strict=True)):
+            for key, f in lora_pool.lora[tasks[q]].items():
+                m, r, n = f.B.shape[0], f.A.shape[0], f.A.shape[1]
+                observed += float((got.tensors[key] - clean.tensors[key]).pow(2).sum())
+                expected += (
+                    f.scaling**2
+                    * mu
+                    * (n * float(f.B.pow(2).sum()) + m * float(f.A.pow(2).sum()) + mu * m * n * r)
+                )
+    assert observed == pytest.approx(expected, rel=0.03)
+
+
+def test_factor_payloads_need_a_lora_pool_and_refuse_blind_denoisers(text_pool, lora_pool):
+    _, cfg, pool = text_pool
+    with pytest.raises(InputError, match="needs a LoRA pool"):
+        run_experiment(pool, ExperimentConfig(tasks=cfg.tasks, link="snr", payload="factors"))
+    with pytest.raises(InputError, match="noise law of a task vector"):
+        run_experiment(
+            lora_pool,
+            ExperimentConfig(tasks=cfg.tasks, link="snr", payload="factors", defense="shrink"),
+        )
+
+
+def test_channel_uses_per_payload(lora_pool):
+    from rmtllmf.channel import SymbolLinkConfig
+    from rmtllmf.study.payload import channel_uses, payload_entries
+
+    task = "word-sentiment"
+    factors = lora_pool.lora[task]
+    by_hand_factors = sum(f.A.shape[0] * (f.A.shape[1] + f.B.shape[0]) for f in factors.values())
+    by_hand_delta = sum(f.A.shape[1] * f.B.shape[0] for f in factors.values())
+    assert payload_entries(lora_pool, task, "factors") == by_hand_factors
+    assert payload_entries(lora_pool, task, "delta") == by_hand_delta
+    symbol = SymbolLinkConfig(bits=8, modulation_order=64)
+    assert channel_uses(by_hand_factors, "snr", symbol) == by_hand_factors
+    assert channel_uses(600, "symbol", symbol) == 800  # 600 * 8 bits / 6 bits per symbol
+    assert channel_uses(601, "symbol", symbol) == 802
+
+
+def test_a_merged_text_model_round_trips_through_from_pretrained(text_pool, tmp_path):
+    """The merge the BS holds, written with ``save_pretrained``, loads with AutoModel and
+    AutoTokenizer as it is and embeds exactly as the pool's encoder does."""
+    _, cfg, pool = text_pool
+    from rmtllmf.fusion import MergeConfig, TaskVector, merge_task_vectors
+
+    base = pool.base_state
+    vectors = [TaskVector.from_models(base, pool.finetuned[t]) for t in cfg.tasks]
+    merged = merge_task_vectors(base, vectors, MergeConfig(scaling=0.5))
+    pool.save_pretrained(merged, tmp_path / "merged", max_shard_size="40KB")
+    assert (tmp_path / "merged" / "model.safetensors.index.json").exists()
+    model = transformers.AutoModel.from_pretrained(str(tmp_path / "merged")).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "merged"))
+    texts = ["the cat sat on the mat", "zebra"]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        loaded = (hidden * mask).sum(1) / mask.sum(1)
+        ours = pool.model_from_state(merged)(torch.from_numpy(tokenize(tok, texts, 12)))
+    torch.testing.assert_close(loaded, ours, atol=1e-5, rtol=1e-5)

@@ -6,65 +6,252 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from rmtllmf.cli.common import default_cache
+from rmtllmf.cli.common import (
+    announce_zoo,
+    check_output_dir,
+    default_cache,
+    examples,
+    minutes,
+    notice,
+)
 from rmtllmf.errors import InputError
+
+if TYPE_CHECKING:
+    from rmtllmf.reproduce import ReproduceConfig
+
+
+FLAGS = {"max_runs": "--max-runs"}
+"""Config field -> the flag that sets it, so errors name what the user typed."""
+
+SECONDS_PER_RUN = {"tiny-vit": 4.0, "hf-text": 4.0, "hf-clip": 60.0}
+"""A run's single-process wall time when the database has no finished run to measure (tiny-vit:
+the quick run's 138 runs took 4.5 min in two processes, docs/results.md; the others: guesses)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "reproduce",
         help="run the whole study (zoo, sweep, figures, report) on the embedded default",
+        description="The paper's study in one command: builds (or reuses) the model pool, runs "
+        "the sweep into OUT/results.db (every finished run is kept: Ctrl-C and the same command "
+        "resume) and writes report.md, the figures, summary.json and runs.csv under OUT. "
+        "Without --config or --quick it runs the full default grid (hours). Several machines "
+        "can share one study: each runs --shard i/n into its own OUT, then --merge-shards "
+        "combines their databases and writes the report over the union.",
+        epilog=examples(
+            "rmtllmf reproduce --quick --out results              # ~10 min on 2 cores",
+            "rmtllmf reproduce --config configs/embedded-paper-mse.yaml --out paper-mse",
+            "rmtllmf reproduce --config study.yaml --shard 0/2 --out shard0   # machine 1",
+            "rmtllmf reproduce --config study.yaml --shard 1/2 --out shard1   # machine 2",
+            "rmtllmf reproduce --merge-shards shard0 shard1 --out results",
+        ),
     )
     p.add_argument("--quick", action="store_true", help="a sample of subsets (minutes)")
-    p.add_argument("--config", type=Path, default=None, help="YAML study config (configs/)")
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML study config (default: the full grid)"
+    )
     p.add_argument("--out", type=Path, default=Path("results"), help="results directory")
-    p.add_argument("--cache", type=Path, default=None, help="zoo / pool cache directory")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="zoo / pool cache directory (default: $RMTLLMF_CACHE or ~/.cache/rmtllmf)",
+    )
     p.add_argument("--reset", action="store_true", help="discard an existing results database")
-    p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
+    p.add_argument(
+        "--max-runs", type=int, default=None, help="stop after this many runs (default: all)"
+    )
     p.add_argument(
         "--workers",
         type=int,
         default=None,
         help="single-threaded processes for the zoo and the sweep (default: cores for "
-        "tiny-vit, 1 for hf-clip)",
+        "tiny-vit and hf-text, 1 for hf-clip and hf-causal)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only shard I of N (0 <= I < N) into --out, without a report; every machine "
+        "runs the same config with its own I (default: the whole plan)",
+    )
+    p.add_argument(
+        "--merge-shards",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="SHARD",
+        help="combine finished shards (their --out directories or results.db files) into --out "
+        "and write the report over the union (default: off)",
+    )
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    """Each named flag, when given, is at least 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(f"{flag} {value} is below 1; give 1 or more, or leave it out")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` as ``(I, N)``."""
+    i, sep, n = text.partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        shard = (-1, -1)
+    if not sep or not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise InputError(
+            f"--shard {text!r} is not a shard; give I/N with 0 <= I < N, e.g. --shard 0/2 and "
+            "--shard 1/2 on two machines"
+        )
+    return shard
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """``--merge-shards``: combine the shards and print the report's table."""
+    from rmtllmf.reproduce import merge_shards
+
+    given = [
+        flag
+        for flag, value in (
+            ("--quick", args.quick),
+            ("--config", args.config),
+            ("--shard", args.shard),
+            ("--max-runs", args.max_runs),
+            ("--reset", args.reset),
+        )
+        if value
+    ]
+    if given:
+        raise InputError(f"--merge-shards only combines finished shards; drop {', '.join(given)}")
+    merged, summary = merge_shards(args.merge_shards, args.out)
+    notice(
+        f"merged {len(merged.sources)} shard(s) into {args.out / 'results.db'}: "
+        f"{merged.added} run(s) added, {merged.present} already there"
+    )
+    _print_summary(summary, args.out)
+    return 0
+
+
+def _announce(
+    cfg: ReproduceConfig,
+    args: argparse.Namespace,
+    cache: Path,
+    workers: int,
+    shard: tuple[int, int],
+) -> None:
+    """Before any work: say that the zoo will be built, and how long the sweep will take when
+    that is more than a minute (from the database's own runs when it has some)."""
+    from rmtllmf.reproduce import sweep_config
+    from rmtllmf.study.experiment import reception_key
+    from rmtllmf.study.plan import plan_runs, subsets
+    from rmtllmf.study.store import ResultsDB
+
+    if cfg.family == "tiny-vit":
+        announce_zoo(cache / "zoo", cfg.zoo, workers)
+    scfg = sweep_config(cfg)
+    groups: dict[str, int] = {}
+    for run in plan_runs(scfg, dict.fromkeys(subsets(scfg), 0.0)):
+        key = reception_key(run.config)
+        groups[key] = groups.get(key, 0) + 1
+    planned = sum(k for g, k in enumerate(groups.values()) if g % shard[1] == shard[0])
+    per_run, done = SECONDS_PER_RUN.get(cfg.family, 10.0), 0
+    db_file = args.out / "results.db"
+    if db_file.is_file() and not args.reset:
+        db = ResultsDB(db_file, read_only=True)
+        try:
+            seconds = [float(r[0]) for r in db.conn.execute("SELECT seconds FROM runs")]
+        finally:
+            db.close()
+        done = len(seconds)
+        per_run = sum(seconds) / done if done else per_run
+    todo = max(0, planned - done)
+    if args.max_runs is not None:
+        todo, workers = min(todo, args.max_runs), 1
+    total = todo * per_run / max(1, workers)
+    if total > 60:
+        part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+        notice(
+            f"the sweep{part}: {todo} run(s) to go, about {minutes(total)} at ~{per_run:.0f} s "
+            f"per run on {workers} process(es); finished runs are kept in {db_file}, so Ctrl-C "
+            "and the same command resume"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    """Run the study (or a shard of it, or merge shards) and print the headline table."""
+    from rmtllmf.reproduce import (
+        ReproduceConfig,
+        load_config,
+        quick_config,
+        reproduce,
+        reproduce_shard,
+        sweep_config,
+    )
 
-    from rmtllmf.reproduce import load_config, quick_config, reproduce
-
+    check_output_dir(args.out)
+    _positive(args, "max_runs", "workers", "threads")
+    if args.merge_shards:
+        return _merge(args)
     if args.quick and args.config is not None:
         raise InputError("--quick runs the embedded default; drop --config or --quick")
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    shard = parse_shard(args.shard) if args.shard is not None else (0, 1)
     cfg = (
         load_config(args.config)
         if args.config is not None
         else quick_config()
         if args.quick
-        else None
+        else ReproduceConfig()
     )
-    if cfg is None:
-        from rmtllmf.reproduce import ReproduceConfig
+    sweep_config(cfg)  # a bad sweep section fails here, before any pool is built
+    small = cfg.family in ("tiny-vit", "hf-text")
+    workers = args.workers or ((os.cpu_count() or 1) if small else 1)
+    cache = args.cache or default_cache()
+    _announce(cfg, args, cache, workers, shard)
+    import torch
 
-        cfg = ReproduceConfig()
-    workers = args.workers or ((os.cpu_count() or 1) if cfg.family == "tiny-vit" else 1)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    if shard[1] > 1:
+        runs = reproduce_shard(
+            cfg,
+            args.out,
+            shard,
+            cache=cache,
+            reset=args.reset,
+            max_runs=args.max_runs,
+            workers=workers,
+        )
+        print(
+            f"shard {shard[0]}/{shard[1]}: {runs} run(s) in {args.out / 'results.db'}; when every "
+            "shard is done, combine them with: rmtllmf reproduce --merge-shards SHARD_DIR... "
+            "--out DIR"
+        )
+        return 0
     summary = reproduce(
         cfg,
         args.out,
-        cache=args.cache or default_cache(),
+        cache=cache,
         reset=args.reset,
         max_runs=args.max_runs,
         workers=workers,
     )
+    _print_summary(summary, args.out)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    """The headline table: normalized accuracy per link, scenario and defense, and the floors."""
     console = Console(width=None if sys.stdout.isatty() else 120)
-    table = Table(title=f"Normalized accuracy at N = {summary['n_tasks']} ({args.out})")
+    table = Table(title=f"Normalized accuracy at N = {summary['n_tasks']} ({out})")
     for name in ("link", "scenario", "none", "freeze", "realign", "R-MTLLMF"):
         table.add_column(name, justify="right")
     for link, by_s in summary["by_link"].items():
@@ -81,6 +268,5 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"clean {summary['clean']:.3f}, clean + realign {summary['clean_realign']:.3f}; "
         f"floors: base {summary['base']:.3f}, base + realign {summary['base_realign']:.3f}, "
-        f"chance {summary['chance']:.3f}; report: {args.out / 'report.md'}"
+        f"chance {summary['chance']:.3f}; report: {out / 'report.md'}"
     )
-    return 0

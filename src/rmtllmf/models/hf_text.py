@@ -158,12 +158,17 @@ class TextEncoder(nn.Module):
         self._call: list[nn.Module] = [model]  # the model's forward, not a registered child
         self.pad_id = pad_id
 
+    @property
+    def wrapped(self) -> nn.Module:
+        """The Hugging Face model whose modules this encoder holds."""
+        return self._call[0]
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         ids = ids.long()
         mask = ids != self.pad_id
         length = max(1, int(mask.sum(dim=1).max()))
         ids, mask = ids[:, :length], mask[:, :length]
-        hidden = self._call[0](input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        hidden = self.wrapped(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled: torch.Tensor = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return pooled

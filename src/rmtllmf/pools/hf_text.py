@@ -43,6 +43,7 @@ from rmtllmf.data.text import (
     text_splits,
 )
 from rmtllmf.errors import InputError
+from rmtllmf.fusion.hf_dir import WrittenDirectory, save_hf_directory
 from rmtllmf.models.hf_text import (
     TextEncoder,
     embedding_names,
@@ -50,6 +51,14 @@ from rmtllmf.models.hf_text import (
     load_tokenizer,
     resolve_text_model,
     tokenize,
+)
+from rmtllmf.models.lora import (
+    LoraFactors,
+    apply_factors,
+    inject_lora,
+    load_factors,
+    lora_factors,
+    save_factors,
 )
 from rmtllmf.models.tiny_vit import PrototypeHead
 from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
@@ -80,6 +89,16 @@ class TextPoolConfig(BaseModel):
     batch: int = Field(32, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    lora_rank: int | None = Field(
+        None,
+        ge=1,
+        description="None: full fine-tuning; r: LoRA of rank r on lora_targets (peft), the "
+        "users' factors kept for factor payloads",
+    )
+    lora_alpha: int = Field(16, ge=1, description="LoRA scale s = alpha / r")
+    lora_targets: tuple[str, ...] = Field(
+        ("query", "key", "value", "dense"), description="linear layers LoRA adapts"
+    )
     seed: int = 0
     offline: bool = True
 
@@ -102,6 +121,8 @@ class TextPool(RecordedAccuracies):
     texts: dict[str, dict[str, list[str]]]
     finetuned: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     record: PoolRecord = field(default_factory=lambda: PoolRecord(config={}))
+    lora: dict[str, dict[str, LoraFactors]] = field(default_factory=dict)
+    """each task's LoRA factors (empty for full fine-tunes); ``finetuned`` holds ``W + s B A``"""
 
     @property
     def base_state(self) -> dict[str, torch.Tensor]:
@@ -146,11 +167,31 @@ class TextPool(RecordedAccuracies):
         """Number of classes of ``task``."""
         return len(TEXT_TASKS[task].classes)
 
+    def save_pretrained(
+        self, state: Mapping[str, torch.Tensor], out: str | Path, **kwargs: Any
+    ) -> WrittenDirectory:
+        """Write ``state`` (a merge, a fine-tune, a defended model) as a Hugging Face directory
+        that ``AutoModel.from_pretrained`` loads as it is: the base's config and tokenizer files
+        beside the weights (:func:`rmtllmf.fusion.hf_dir.save_hf_directory`; ``kwargs`` such as
+        ``max_shard_size`` go there). The unused pooler, where the architecture has one, is
+        left out and comes back freshly initialised."""
+        missing = sorted(set(self.base.state_dict()) - set(state))
+        if missing:
+            raise InputError(f"the state lacks {missing[:5]}; give a full encoder state")
+        return save_hf_directory(dict(state), out, self.base_dir, require_tokenizer=True, **kwargs)
+
 
 def load_encoder(base_dir: Path) -> TextEncoder:
     """The base encoder of ``base_dir`` wrapped as a :class:`TextEncoder`."""
     tokenizer = load_tokenizer(base_dir)
     return TextEncoder(load_text_model(base_dir), int(tokenizer.pad_token_id)).eval()
+
+
+def _config_key(cfg: TextPoolConfig) -> str:
+    """The config's part of the cache key: its JSON, without the LoRA settings when the users
+    fine-tune every weight (they change nothing then)."""
+    lora = {"lora_rank", "lora_alpha", "lora_targets"}
+    return cfg.model_dump_json(exclude=lora if cfg.lora_rank is None else None)
 
 
 def _weights_digest(base_dir: Path) -> str:
@@ -164,11 +205,20 @@ def _finetune_task(cfg_json: str, base_dir: str, home: str, task: str, index: in
     """Worker: fine-tune the base encoder on one task against its stored head; returns seconds."""
     cfg = TextPoolConfig.model_validate_json(cfg_json)
     model = load_encoder(Path(base_dir)).train()
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     head = PrototypeHead(load_file(Path(home) / "heads.safetensors")[task], cfg.head_scale)
     with np.load(Path(home) / "data" / f"{task}.npz") as z:
         ids, labels = z["train_x"], z["train_y"]
     seed = cfg.seed * 1000 + index
     torch.manual_seed(seed)
+    if cfg.lora_rank is not None:
+        inject_lora(
+            model,
+            model.wrapped,
+            rank=cfg.lora_rank,
+            alpha=cfg.lora_alpha,
+            targets=cfg.lora_targets,
+        )
     t0 = time.perf_counter()
     finetune(
         model,
@@ -184,9 +234,14 @@ def _finetune_task(cfg_json: str, base_dir: str, home: str, task: str, index: in
         preprocess=ids_to_input,
     )
     seconds = time.perf_counter() - t0
+    state = model.state_dict()
+    if cfg.lora_rank is not None:
+        factors = lora_factors(model)
+        save_factors(Path(home) / "lora" / f"{task}.safetensors", factors)
+        state = apply_factors(base, factors)
     out = Path(home) / "finetuned" / f"{task}.safetensors"
     with atomic_output(out) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp)
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
     return seconds
 
 
@@ -221,10 +276,11 @@ def build_text_pool(
     cfg = cfg or TextPoolConfig()
     texts = _texts(cfg)
     base_dir = resolve_text_model(cfg.base, offline=cfg.offline)
-    key_source = cfg.model_dump_json() + _weights_digest(base_dir) + splits_digest(texts)
+    key_source = _config_key(cfg) + _weights_digest(base_dir) + splits_digest(texts)
     home = Path(root) / hashlib.sha256(key_source.encode()).hexdigest()[:12]
     (home / "data").mkdir(parents=True, exist_ok=True)
     (home / "finetuned").mkdir(exist_ok=True)
+    (home / "lora").mkdir(exist_ok=True)
     tokenizer = load_tokenizer(base_dir)
     base = TextEncoder(load_text_model(base_dir), int(tokenizer.pad_token_id)).eval()
     data = _write_data(cfg, home, tokenizer, texts)
@@ -261,6 +317,8 @@ def build_text_pool(
     pool = TextPool(home, cfg, base_dir, base, heads, data, split_texts, record=record)
     for task in cfg.tasks:
         pool.finetuned[task] = load_file(ft_files[task])
+        if cfg.lora_rank is not None:
+            pool.lora[task] = load_factors(home / "lora" / f"{task}.safetensors")
         _measure(pool, task)
         record.save(record_file)
     return pool

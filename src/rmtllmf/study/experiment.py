@@ -54,7 +54,13 @@ from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig, TaskVector, cosine_matrix, merge_task_vectors
 from rmtllmf.metrics import normalized_accuracy
 from rmtllmf.pools.base import ModelPool
-from rmtllmf.study.analysis import Analysis, AnalysisConfig, interference_analysis
+from rmtllmf.study.analysis import Analysis, AnalysisConfig, interference_analysis, state_digest
+from rmtllmf.study.payload import (
+    clean_vectors,
+    deltas_from_factors,
+    sent_vectors,
+    zero_offsets,
+)
 
 Scenario = Literal[
     "ideal", "sum-rate", "strongest-user", "paper-ideal", "paper-sum-rate", "paper-strongest-user"
@@ -80,6 +86,11 @@ class ExperimentConfig(BaseModel):
     split: Literal["val", "test"] = "test"
     analysis: AnalysisConfig | None = None
     seed: int = Field(0, ge=0)
+    payload: Literal["delta", "factors"] = Field(
+        "delta",
+        description="what a user sends: its task vector, or a LoRA user's factors A and B "
+        "(rmtllmf.study.payload)",
+    )
 
 
 @dataclass
@@ -194,6 +205,12 @@ def _validate(pool: ModelPool, cfg: ExperimentConfig) -> None:
         raise InputError("give each task once, at least one task")
     if cfg.defense not in DEFENSES:
         raise InputError(f"unknown defense {cfg.defense!r}; choose one of {', '.join(DEFENSES)}")
+    if cfg.payload == "factors" and DEFENSES[cfg.defense].blind:
+        raise InputError(
+            f"defense {cfg.defense} denoises with the noise law of a task vector; on a factor "
+            "payload the noise reaches the rebuilt delta through the other factor. Use payload "
+            "'delta' or a defense without a blind stage"
+        )
 
 
 @dataclass
@@ -206,6 +223,12 @@ class Reception:
     error_mse: NDArray[np.float64]
     nonfinite_entries: int
     n_users: int
+    accuracies: dict[tuple[str, tuple[str, ...], str], dict[str, float]] = field(
+        default_factory=dict
+    )
+    """Test accuracies measured on this reception's runs, by (split, tasks, state digest): a
+    defense that ends where another began (realignment that validation stopped at step 0) is
+    not evaluated twice."""
 
     @property
     def vectors(self) -> list[TaskVector]:
@@ -225,9 +248,15 @@ def receive(pool: ModelPool, cfg: ExperimentConfig) -> Reception:
     _validate(pool, cfg)
     rng = np.random.default_rng([cfg.seed, 7])
     base = pool.base_state
-    clean = [TaskVector.from_models(base, pool.finetuned[t]) for t in cfg.tasks]
+    clean = clean_vectors(pool, cfg.tasks, base)
+    sent = sent_vectors(pool, cfg.tasks, cfg.payload)
     mu, channel = channel_mse(cfg, rng)
-    return reception_from(cfg, clean, transmit(cfg, clean, base, mu, channel, rng), mu)
+    if sent is None:
+        received = transmit(cfg, clean, base, mu, channel, rng)
+    else:
+        on_air = transmit(cfg, sent, zero_offsets(sent), mu, channel, rng)
+        received = deltas_from_factors(pool, cfg.tasks, on_air, sent, clean)
+    return reception_from(cfg, clean, received, mu)
 
 
 def reception_from(
@@ -350,7 +379,11 @@ def run_experiment(
         preprocess=pool.preprocess,
         val_sets=val_sets,
     )
-    acc = pool.task_accuracy(model.state_dict(), cfg.tasks, cfg.split)
+    state = model.state_dict()
+    key = (cfg.split, cfg.tasks, state_digest(state))
+    if key not in rx.accuracies:
+        rx.accuracies[key] = pool.task_accuracy(state, cfg.tasks, cfg.split)
+    acc = dict(rx.accuracies[key])
     ft = {t: pool.finetuned_accuracy(t, cfg.split) for t in cfg.tasks}
     kept = {q for q, _ in rx.received}
     return ExperimentResult(

@@ -1,0 +1,427 @@
+"""``hf-causal`` as a model pool: a Hugging Face causal LM, the embedded text suite, tasks scored
+by the log-likelihood of their label words (:mod:`rmtllmf.models.hf_causal`) and one full
+fine-tune per task, cached.
+
+No causal LM ships offline, so the config names one (``base``: a local directory or a hub id,
+e.g. ``Qwen/Qwen2.5-0.5B``); see ``docs/causal-lm.md``.
+
+``build_causal_pool(root, CausalPoolConfig(base=...))`` makes (or reuses) under ``root/<key>/``
+(``key`` hashes the config, the model's weights, config and tokenizer files and the suite's
+texts):
+
+* ``data/<task>.npz``: encoded prompts ``(n, 2 + max_length)`` (int32 rows ``[task index,
+  length, tokens...]``) and labels of the train / val / test splits of
+  :func:`rmtllmf.data.text.text_splits`; ``data/<task>.json``: the texts themselves;
+* ``verbalizers.json``: every task's prompt template and its classes' label words and tokens
+  (the fixed heads: they select a task's label-word scores and never travel);
+* ``finetuned/<task>.safetensors``: full fine-tunes of the LM on the verbalizer cross-entropy
+  (tied embedding tables stored once, under the input embedding's key);
+* ``pool.json``: the resolved config, the data's sources and versions, base (zero-shot) and
+  fine-tuned accuracy per task and split, fine-tuning seconds.
+
+Finished pieces are never recomputed; an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from safetensors.torch import load_file, save_file
+
+from rmtllmf._io import atomic_output, write_text_atomic
+from rmtllmf.data.text import (
+    TEXT_TASK_NAMES,
+    TEXT_TASKS,
+    TextSplit,
+    source_versions,
+    splits_digest,
+    text_splits,
+)
+from rmtllmf.errors import InputError
+from rmtllmf.models.hf_causal import (
+    CausalScorer,
+    ClassSelector,
+    Verbalizers,
+    embedding_names,
+    encode_prompts,
+    load_causal_lm,
+    verbalizer_ids,
+)
+from rmtllmf.models.hf_text import TOKENIZER_FILES, load_tokenizer, resolve_text_model
+from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
+from rmtllmf.pools.workers import in_workers
+from rmtllmf.training.loops import embed, finetune
+
+SPLITS = ("train", "val", "test")
+
+#: the prompt of each task of the text suite, ending in the cue the label word follows
+DEFAULT_TEMPLATES: dict[str, str] = {
+    "noun-gloss": "Definition of a noun: {text}\nCategory:",
+    "verb-gloss": "Definition of a verb: {text}\nCategory:",
+    "usage": "Sentence: {text}\nTopic:",
+    "part-of-speech": "Definition: {text}\nPart of speech:",
+    "word-topic": "Word: {text}\nCategory:",
+    "name-origin": "Name: {text}\nOrigin:",
+    "language-id": "Words: {text}\nLanguage:",
+    "word-sentiment": "Word: {text}\nSentiment:",
+}
+GENERIC_TEMPLATE = "{text}\nCategory:"
+NO_BASE = (
+    "hf-causal needs base: a local model directory or a Hugging Face hub id of a causal LM "
+    "(e.g. base: Qwen/Qwen2.5-0.5B); no causal LM ships with the project, see docs/causal-lm.md"
+)
+
+
+class CausalPoolConfig(BaseModel):
+    """How the causal-LM pool is built (frozen); part of the cache key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: str = Field(
+        description="causal LM: a local directory or hub id (required: none ships offline)"
+    )
+    tasks: tuple[str, ...] = TEXT_TASK_NAMES
+    template: str | None = Field(
+        None,
+        description="one prompt for every task, with a {text} placeholder; None: each task's "
+        "DEFAULT_TEMPLATES entry",
+    )
+    templates: dict[str, str] = Field(
+        default_factory=dict, description="per-task prompts, over template"
+    )
+    verbalizers: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="per-task label words, one per class in the suite's class order; default: "
+        "the class names",
+    )
+    verbalizer_prefix: str = Field(" ", description="put before every label word")
+    normalize: bool = Field(False, description="mean instead of sum of label-token log-probs")
+    max_length: int = Field(48, ge=4, description="prompt tokens per text (text cut, cue kept)")
+    train_per_class: int = Field(300, ge=1)
+    val_per_class: int = Field(25, ge=1)
+    test_per_class: int = Field(50, ge=1)
+    steps: int = Field(100, ge=1, description="fine-tuning steps per task")
+    batch: int = Field(8, ge=1)
+    eval_batch: int = Field(16, ge=1, description="texts per forward pass when measuring")
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    offline: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_given(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and not data.get("base"):
+            raise ValueError(NO_BASE)
+        return data
+
+    @field_validator("template")
+    @classmethod
+    def _has_text(cls, value: str | None) -> str | None:
+        if value is not None and "{text}" not in value:
+            raise ValueError(f"the template {value!r} has no {{text}} placeholder")
+        return value
+
+    def template_of(self, task: str) -> str:
+        """The prompt template of ``task``."""
+        if task in self.templates:
+            return self.templates[task]
+        if self.template is not None:
+            return self.template
+        return DEFAULT_TEMPLATES.get(task, GENERIC_TEMPLATE)
+
+    def words_of(self, task: str) -> tuple[str, ...]:
+        """The label words of ``task``'s classes (in the suite's class order)."""
+        classes = TEXT_TASKS[task].classes
+        words = self.verbalizers.get(task, classes)
+        if len(words) != len(classes):
+            raise InputError(
+                f"verbalizers of {task} give {len(words)} words for its {len(classes)} classes "
+                f"({', '.join(classes)}); give one word per class in that order"
+            )
+        return tuple(words)
+
+
+def ids_to_input(rows: torch.Tensor) -> torch.Tensor:
+    """Encoded-prompt batch to the scorer's input (int64)."""
+    return rows.long()
+
+
+@dataclass
+class CausalPool(RecordedAccuracies):
+    """A built causal-LM pool (see module docs) behind :class:`rmtllmf.pools.base.ModelPool`."""
+
+    root: Path
+    config: CausalPoolConfig
+    base_dir: Path
+    base: CausalScorer
+    heads: dict[str, ClassSelector]
+    data: dict[str, dict[str, Split]]
+    texts: dict[str, dict[str, list[str]]]
+    finetuned: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    record: PoolRecord = field(default_factory=lambda: PoolRecord(config={}))
+
+    @property
+    def base_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the base LM's parameters (its own keys, a tied table once)."""
+        return {k: v.detach().clone() for k, v in self.base.state_dict().items()}
+
+    def model_from_state(self, state: Mapping[str, torch.Tensor]) -> CausalScorer:
+        """A scorer of the base's architecture with ``state`` loaded (strict; tied aliases are
+        filled from their source)."""
+        model = copy.deepcopy(self.base)
+        model.load_state_dict(dict(state))
+        return model.eval()
+
+    def task_accuracy(
+        self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test"
+    ) -> dict[str, float]:
+        """Accuracy of ``state`` on each task's split."""
+        model = self.model_from_state(state)
+        return {t: self.accuracy(model, t, split) for t in tasks}
+
+    def accuracy(self, model: CausalScorer, task: str, split: str) -> float:
+        """Accuracy of ``model`` on a task's split: ``argmax_c s_c(x)`` against the label, the
+        texts batched in order of prompt length (``eval_batch`` per forward pass)."""
+        rows, labels = self.data[task][split]
+        if len(rows) == 0:
+            return float("nan")
+        order = np.argsort(rows[:, 1], kind="stable")
+        scores = embed(model, rows[order], self.config.eval_batch, ids_to_input)
+        pred = self.heads[task](scores).argmax(-1).numpy()
+        return float(np.mean(pred == labels[order]))
+
+    @property
+    def pool_id(self) -> str:
+        """Identity of this pool in result databases (its cache key)."""
+        return f"hf-causal-{self.root.name}"
+
+    @property
+    def embedding_names(self) -> tuple[str, ...]:
+        """Token and learned position embeddings (R-MTLLMF's re-load)."""
+        return embedding_names(self.base)
+
+    def preprocess(self, rows: torch.Tensor) -> torch.Tensor:
+        """Encoded prompts to the scorer's input."""
+        return ids_to_input(rows)
+
+    def n_classes(self, task: str) -> int:
+        """Number of classes of ``task``."""
+        return len(TEXT_TASKS[task].classes)
+
+
+def _model_digest(base_dir: Path) -> str:
+    """A hash of the model's weights, config and tokenizer files."""
+    h = hashlib.sha256()
+    weights = sorted(base_dir.glob("*.safetensors")) or sorted(base_dir.glob("*.bin"))
+    names = ("config.json", "tokenizer_config.json", "special_tokens_map.json", *TOKENIZER_FILES)
+    for file in [*weights, *(base_dir / n for n in names)]:
+        if file.is_file():
+            h.update(file.name.encode())
+            h.update(file.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def load_scorer(base_dir: Path, verbalizers: Verbalizers, normalize: bool) -> CausalScorer:
+    """The causal LM of ``base_dir`` wrapped as a :class:`CausalScorer`."""
+    return CausalScorer(load_causal_lm(base_dir), verbalizers, normalize=normalize).eval()
+
+
+def _read_verbalizers(home: Path, tasks: Sequence[str]) -> Verbalizers:
+    stored = json.loads((home / "verbalizers.json").read_text())
+    return tuple(tuple(tuple(v) for v in stored[t]["tokens"]) for t in tasks)
+
+
+def _finetune_task(cfg_json: str, base_dir: str, home: str, task: str, index: int) -> float:
+    """Worker: fine-tune the base LM on one task's verbalizer cross-entropy; returns seconds."""
+    cfg = CausalPoolConfig.model_validate_json(cfg_json)
+    model = load_scorer(
+        Path(base_dir), _read_verbalizers(Path(home), cfg.tasks), cfg.normalize
+    ).train()
+    head = ClassSelector(len(TEXT_TASKS[task].classes))
+    with np.load(Path(home) / "data" / f"{task}.npz") as z:
+        rows, labels = z["train_x"], z["train_y"]
+    seed = cfg.seed * 1000 + index
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    finetune(
+        model,
+        head,
+        rows,
+        labels,
+        steps=cfg.steps,
+        batch=cfg.batch,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+        description=f"fine-tuning {task}",
+        preprocess=ids_to_input,
+    )
+    seconds = time.perf_counter() - t0
+    out = Path(home) / "finetuned" / f"{task}.safetensors"
+    with atomic_output(out) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp)
+    return seconds
+
+
+def _texts(cfg: CausalPoolConfig) -> dict[str, dict[str, TextSplit]]:
+    unknown = [t for t in cfg.tasks if t not in TEXT_TASKS]
+    if unknown:
+        raise InputError(
+            f"unknown text tasks {unknown}; the text suite has {', '.join(TEXT_TASK_NAMES)}"
+        )
+    if not cfg.tasks or len(set(cfg.tasks)) != len(cfg.tasks):
+        raise InputError("give each task once, at least one task")
+    stray = sorted((set(cfg.templates) | set(cfg.verbalizers)) - set(cfg.tasks))
+    if stray:
+        raise InputError(f"templates / verbalizers name tasks {stray} that are not in tasks")
+    return {
+        t: text_splits(
+            t,
+            n_train=cfg.train_per_class,
+            n_val=cfg.val_per_class,
+            n_test=cfg.test_per_class,
+            n_head=0,
+            seed=cfg.seed,
+        )
+        for t in cfg.tasks
+    }
+
+
+def build_causal_pool(
+    root: str | Path,
+    cfg: CausalPoolConfig,
+    *,
+    progress: bool = False,
+    workers: int = 1,
+) -> CausalPool:
+    """Build or reuse the causal-LM pool under ``root`` (see module docs); ``workers``
+    processes fine-tune in parallel (each holds the model and its optimizer state)."""
+    texts = _texts(cfg)
+    base_dir = resolve_text_model(cfg.base, offline=cfg.offline)
+    tokenizer = load_tokenizer(base_dir)
+    key_source = cfg.model_dump_json() + _model_digest(base_dir) + splits_digest(texts)
+    home = Path(root) / hashlib.sha256(key_source.encode()).hexdigest()[:12]
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    (home / "finetuned").mkdir(exist_ok=True)
+    labels = _write_verbalizers(cfg, home, tokenizer)
+    base = load_scorer(base_dir, _read_verbalizers(home, cfg.tasks), cfg.normalize)
+    data = _write_data(cfg, home, tokenizer, texts)
+    record_file = home / "pool.json"
+    record = (
+        PoolRecord.load(record_file)
+        if record_file.exists()
+        else PoolRecord(
+            config={
+                **cfg.model_dump(),
+                "sources": source_versions(cfg.tasks),
+                "data": splits_digest(texts),
+                "verbalizers": labels,
+            },
+            base_file=str(base_dir),
+        )
+    )
+    heads = {t: ClassSelector(len(TEXT_TASKS[t].classes)) for t in cfg.tasks}
+    ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
+    jobs = [
+        (cfg.model_dump_json(), str(base_dir), str(home), t, i)
+        for i, (t, f) in enumerate(ft_files.items())
+        if not f.exists()
+    ]
+    if jobs and progress:
+        print(
+            f"fine-tuning {len(jobs)} causal-LM experts ({cfg.steps} steps each) into {home}",
+            flush=True,
+        )
+    done = in_workers(_finetune_task, jobs, workers, progress, "fine-tuning causal-LM experts")
+    for job, seconds in zip(jobs, done, strict=True):
+        record.seconds[job[3]] = seconds
+        record.finetuned.pop(job[3], None)
+    split_texts = {t: {s: texts[t][s][0] for s in SPLITS} for t in cfg.tasks}
+    pool = CausalPool(home, cfg, base_dir, base, heads, data, split_texts, record=record)
+    for task in cfg.tasks:
+        pool.finetuned[task] = load_file(ft_files[task])
+        _measure(pool, task)
+        record.save(record_file)
+    return pool
+
+
+def _write_verbalizers(cfg: CausalPoolConfig, home: Path, tokenizer: Any) -> dict[str, Any]:
+    """Every task's template, label words and label tokens (written where missing)."""
+    file = home / "verbalizers.json"
+    if not file.exists():
+        table = {
+            t: {
+                "template": cfg.template_of(t),
+                "words": list(cfg.words_of(t)),
+                "tokens": [
+                    list(v)
+                    for v in verbalizer_ids(
+                        tokenizer, cfg.template_of(t), cfg.words_of(t), cfg.verbalizer_prefix
+                    )
+                ],
+            }
+            for t in cfg.tasks
+        }
+        write_text_atomic(file, json.dumps(table, indent=1, ensure_ascii=False))
+    stored: dict[str, Any] = json.loads(file.read_text())
+    return stored
+
+
+def _write_data(
+    cfg: CausalPoolConfig,
+    home: Path,
+    tokenizer: Any,
+    texts: dict[str, dict[str, TextSplit]],
+) -> dict[str, dict[str, Split]]:
+    """Every task's encoded splits (written where missing, then loaded)."""
+    data: dict[str, dict[str, Split]] = {}
+    for index, task in enumerate(cfg.tasks):
+        file = home / "data" / f"{task}.npz"
+        if not file.exists():
+            arrays: dict[str, Any] = {}
+            for split in SPLITS:
+                words, labels = texts[task][split]
+                arrays[f"{split}_x"] = encode_prompts(
+                    tokenizer, words, cfg.template_of(task), cfg.max_length, index
+                )
+                arrays[f"{split}_y"] = labels
+            with atomic_output(file, suffix=".npz") as tmp:
+                np.savez(tmp, **arrays)
+            write_text_atomic(
+                home / "data" / f"{task}.json",
+                json.dumps({s: texts[task][s][0] for s in SPLITS}, ensure_ascii=False),
+            )
+        with np.load(file) as z:
+            data[task] = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in SPLITS}
+    return data
+
+
+def _measure(pool: CausalPool, task: str) -> None:
+    """Record the base's (zero-shot) and the fine-tuned model's validation and test accuracy."""
+    record = pool.record
+    if task not in record.base:
+        record.base[task] = {s: pool.accuracy(pool.base, task, s) for s in ("val", "test")}
+    if task not in record.finetuned:
+        model = pool.model_from_state(pool.finetuned[task])
+        record.finetuned[task] = {s: pool.accuracy(model, task, s) for s in ("val", "test")}
+
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "CausalPool",
+    "CausalPoolConfig",
+    "build_causal_pool",
+    "ids_to_input",
+    "load_scorer",
+]
