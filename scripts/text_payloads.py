@@ -1,12 +1,12 @@
 """Accuracy vs payload on the text suite: full task vectors against LoRA users (r = 4, 8, 16)
 sending their delta ``s B A`` or their factors ``A, B``, at N = 8 on the same channels.
 
-    python scripts/text_payloads.py --cache ~/.cache/rmtllmf --out docs/text-payloads.md
+    python scripts/text_payloads.py --cache ~/.cache/rmtllmf --out docs/text-payloads.md [--ranks 8]
 
 Builds (or reuses) the full-fine-tune text pool and one LoRA pool per rank, chooses each pool's
 ``lambda`` on validation (the clean merge of all eight tasks), then runs every payload through
-the ideal and sum-rate uplinks on the snr link, undefended and with R-MTLLMF, and writes a
-markdown table with the channel uses each user needs on the analog and the digital link.
+the ideal and sum-rate uplinks on the snr and symbol links, undefended and with R-MTLLMF, and
+writes a markdown table with the channel uses each user needs on the analog and the digital link.
 Results are cached per run in ``OUT.json`` beside the table (a rerun skips finished runs).
 """
 
@@ -30,7 +30,7 @@ from rmtllmf.study.payload import channel_uses, payload_entries
 RANKS = (8, 4, 16)
 LAMBDAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 SCENARIOS = ("ideal", "sum-rate")
-LINKS = ("snr",)
+LINKS = ("snr", "symbol")
 DEFENSES = ("none", "r-mtllmf")
 REALIGN = RealignConfig(k_per_class=10, steps=40, batch=32, lr=1e-4, validate_every=10)
 
@@ -52,12 +52,15 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="markdown table to write")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--ranks", type=int, nargs="+", default=list(RANKS), help="LoRA ranks to compare"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     store = args.out.with_suffix(".json")
     done: dict[str, dict[str, float]] = json.loads(store.read_text()) if store.exists() else {}
     pools = {"full": TextPoolConfig()}
-    pools |= {f"lora-r{r}": TextPoolConfig(lora_rank=r, lr=1e-3) for r in RANKS}
+    pools |= {f"lora-r{r}": TextPoolConfig(lora_rank=r, lr=1e-3) for r in args.ranks}
     symbol = SymbolLinkConfig()
     rows = []
     experts = {}

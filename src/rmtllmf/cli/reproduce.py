@@ -28,9 +28,10 @@ if TYPE_CHECKING:
 FLAGS = {"max_runs": "--max-runs"}
 """Config field -> the flag that sets it, so errors name what the user typed."""
 
-SECONDS_PER_RUN = {"tiny-vit": 4.0, "hf-text": 4.0, "hf-clip": 60.0}
-"""A run's single-process wall time when the database has no finished run to measure (tiny-vit:
-the quick run's 138 runs took 4.5 min in two processes, docs/results.md; the others: guesses)."""
+SECONDS_PER_RUN = {"tiny-vit": 3.1, "hf-text": 25.0, "hf-clip": 60.0, "hf-causal": 600.0}
+"""A run's single-process wall time when the database has no finished run to measure (measured
+here: tiny-vit, the quick run's 150 runs, 461 run-seconds; hf-text, configs/minilm-text.yaml's
+132 runs, 3,275 run-seconds; docs/results.md, docs/text.md. hf-clip and hf-causal: guesses)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -158,6 +159,12 @@ def _announce(
 
     if cfg.family == "tiny-vit":
         announce_zoo(cache / "zoo", cfg.zoo, workers)
+    if cfg.family == "hf-text":
+        notice(
+            "the hf-text pool is built first where it is not cached: eight fine-tunes of "
+            f"{cfg.text.steps} steps, about {minutes(6 * 60 * 2 / max(1, workers))} on "
+            f"{workers} process(es) (measured: 6 min on 2), cached under {cache / 'text'}"
+        )
     scfg = sweep_config(cfg)
     groups: dict[str, int] = {}
     for run in plan_runs(scfg, dict.fromkeys(subsets(scfg), 0.0)):
