@@ -4,8 +4,9 @@ written.
 
 Each row of ``CASES`` prepares its inputs in a fresh folder, runs the command in-process through
 ``rmtllmf.cli.main`` (two rows also as a real process, to show that no traceback reaches the
-terminal) and compares the folder before and after. The merge rows cover the guards ``merge``
-has; NaN inputs and ``--out`` equal to an input are its owner's rows to add.
+terminal) and compares the folder before and after. Two bad outputs need a folder of their
+own: a read-only one, and a full disk (a 64 KiB tmpfs). Two merges writing the same ``--out`` at
+once are no error; their row is the last test: one whole merge is left, never a mix.
 """
 
 from __future__ import annotations
@@ -71,6 +72,22 @@ def _checkpoints(root: Path) -> None:
         {"w": torch.ones(3, 2, dtype=torch.float16), "b": torch.ones(2)},
         root / "dtype.safetensors",
     )
+    save_file({"w": torch.full((3, 2), 2.0), "b": torch.ones(2)}, root / "ft2.safetensors")
+    nan = torch.ones(3, 2)
+    nan[1, 0] = float("nan")
+    save_file({"w": nan, "b": torch.ones(2)}, root / "nan.safetensors")
+    inf = torch.ones(2)
+    inf[1] = float("inf")
+    save_file({"w": torch.ones(3, 2), "b": inf}, root / "inf.safetensors")
+
+
+def _large_checkpoints(root: Path) -> None:
+    """A base and a fine-tune of 256 KiB each: their merge does not fit a 64 KiB disk."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(256, 256)}, root / "base.safetensors")
+    save_file({"w": torch.ones(256, 256)}, root / "ft.safetensors")
 
 
 def _tiny_vit_other(root: Path) -> None:
@@ -110,6 +127,13 @@ def _config(*extra: str) -> Callable[[Path], list[str]]:
 def _merge(model: str, out: str = "merged.safetensors") -> Callable[[Path], list[str]]:
     return lambda r: ["merge", "--base", str(r / "base.safetensors"), "--models",
                       str(r / "ft.safetensors"), str(r / model), "--out", str(r / out)]  # fmt: skip
+
+
+def _merge_full(*extra: str) -> Callable[[Path], list[str]]:
+    """A merge of the large checkpoints onto the 64 KiB disk ``full``."""
+    return lambda r: ["merge", "--base", str(r / "base.safetensors"), "--models",
+                      str(r / "ft.safetensors"), *extra, "--out",
+                      str(r / "full" / "merged.safetensors")]  # fmt: skip
 
 
 CASES = [
@@ -328,6 +352,43 @@ CASES = [
     Case("merge-shape-mismatch", _merge("shape.safetensors"), "(2, 3)", _checkpoints),
     Case("merge-dtype-mismatch", _merge("dtype.safetensors"), "float16", _checkpoints),
     Case("merge-missing-model", _merge("none.safetensors"), "does not exist", _checkpoints),
+    Case(
+        "merge-nan",
+        _merge("nan.safetensors"),
+        "nan.safetensors: tensor 'w' holds NaN",
+        _checkpoints,
+        subprocess=True,
+    ),
+    Case(
+        "merge-inf",
+        _merge("inf.safetensors"),
+        "inf.safetensors: tensor 'b' holds inf",
+        _checkpoints,
+    ),
+    Case(
+        "merge-out-is-an-input",
+        _merge("ft2.safetensors", "ft.safetensors"),
+        "is one of the inputs",
+        _checkpoints,
+    ),
+    Case(
+        "merge-out-contains-an-input",
+        _merge("ft2.safetensors", "."),  # the folder that holds base, ft and ft2
+        "contains the input",
+        _checkpoints,
+    ),
+    Case(
+        "merge-disk-full",
+        _merge_full(),
+        "is full (no space left on device",
+        _large_checkpoints,
+    ),
+    Case(
+        "merge-disk-full-streaming",  # ties: the streaming writer, not the fused linear one
+        _merge_full("--method", "ties"),
+        "is full (no space left on device",
+        _large_checkpoints,
+    ),
 ]
 
 
@@ -365,6 +426,22 @@ def _read_only_folder(path: Path) -> Iterator[None]:
         subprocess.run(["umount", str(path)], check=False)
 
 
+@contextlib.contextmanager
+def _full_folder(path: Path, size: str = "64k") -> Iterator[None]:
+    """``path`` as a disk of ``size`` (a tmpfs); skips the test where it cannot be mounted."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        reason = mounted.stderr.decode(errors="replace").strip() or "mount failed"
+        pytest.skip(f"a full disk needs a small tmpfs, and mounting one failed: {reason}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
 def _run_in_process(argv: list[str], capsys) -> tuple[int, str]:
     try:
         status = main(argv)
@@ -390,8 +467,14 @@ def test_bad_input_is_answered_in_one_line(case, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     case.setup(tmp_path)
     argv = case.argv(tmp_path)
-    ro = _read_only_folder(tmp_path / "ro") if case.id == "read-only-out" else None
-    with ro or contextlib.nullcontext():
+    folder = (
+        _read_only_folder(tmp_path / "ro")
+        if case.id == "read-only-out"
+        else _full_folder(tmp_path / "full")
+        if case.id.startswith("merge-disk-full")
+        else None
+    )
+    with folder or contextlib.nullcontext():
         before = _snapshot(tmp_path)
         if case.subprocess:
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
@@ -407,3 +490,55 @@ def test_bad_input_is_answered_in_one_line(case, tmp_path, capsys, monkeypatch):
     assert case.expect.lower() in lines[0].lower(), err
     assert FIX.search(lines[0].split("error:", 1)[1]), f"no fix named: {err}"
     assert after == before  # no input changed, nothing (half-)written
+
+
+def test_two_merges_to_one_out_leave_one_whole_merge(tmp_path, monkeypatch):
+    """The same ``--out`` written by two processes at once (lambda 0.3 and 0.7): both finish
+    (or one refuses in one line), and the file left is exactly one of the two merges, whole,
+    with no temporary file beside it and no input changed."""
+    import torch
+    from safetensors import safe_open
+
+    monkeypatch.setenv("RMTLLMF_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    base = {"w": torch.randn(512, 1024), "b": torch.randn(1024)}  # 2 MiB: the writes overlap
+    ft = {k: v + torch.randn_like(v) for k, v in base.items()}
+    from safetensors.torch import save_file
+
+    save_file(base, tmp_path / "base.safetensors")
+    save_file(ft, tmp_path / "ft.safetensors")
+    out = tmp_path / "merged.safetensors"
+    argv = ["merge", "--base", str(tmp_path / "base.safetensors"), "--models",
+            str(tmp_path / "ft.safetensors"), "--out", str(out), "--lambda"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    before = _snapshot(tmp_path)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "rmtllmf.cli", *argv, lam],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for lam in ("0.3", "0.7")
+    ]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    for status, _out, err in results:
+        assert "Traceback" not in err, err
+        if status != 0:  # a clean refusal
+            assert status == 2 and len(err.splitlines()) == 1 and ERROR_LINE.match(err), err
+    assert any(status == 0 for status, _, _ in results), results
+    after = _snapshot(tmp_path)
+    assert {k: after[k] for k in before} == before  # no input changed
+    assert sorted(after) == sorted([*before, out.name, f"{out.name}.json"])  # no temp file
+    with safe_open(str(out), "pt") as f:
+        merged = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    references = [{k: base[k] + lam * (ft[k] - base[k]) for k in base} for lam in (0.3, 0.7)]
+    matches = [  # the two merges differ by ~1 per entry; rounding differs by ~1e-7
+        merged.keys() == ref.keys()
+        and all(torch.allclose(merged[k], ref[k], rtol=0, atol=1e-5) for k in base)
+        for ref in references
+    ]
+    assert sum(matches) == 1, [
+        max(float((merged[k] - ref[k]).abs().max()) for k in base) for ref in references
+    ]

@@ -23,6 +23,7 @@ tangent task arithmetic, ``lambda in linspace(0, 1, 21)`` by default.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -187,22 +188,40 @@ def merge_checkpoints(
             if not allow_nonfinite:
                 _check_written(path, keys, readers)
 
-        if kind == "file":
-            with atomic_output(target) as tmp:
-                write_checked(tmp, [k for k, _, _ in layout])
-            return MergeOutput(target, "file")
-        assert not isinstance(base, Mapping)
-        written = write_hf_directory(
-            target,
-            base,
-            layout,
-            write_checked,
-            max_shard_size=max_shard_size,
-            extra_files=extra_files,
-            dtype=dtype,
-            require_tokenizer=require_tokenizer,
-        )
+        try:
+            if kind == "file":
+                with atomic_output(target) as tmp:
+                    write_checked(tmp, [k for k, _, _ in layout])
+                return MergeOutput(target, "file")
+            assert not isinstance(base, Mapping)
+            written = write_hf_directory(
+                target,
+                base,
+                layout,
+                write_checked,
+                max_shard_size=max_shard_size,
+                extra_files=extra_files,
+                dtype=dtype,
+                require_tokenizer=require_tokenizer,
+            )
+        except (OSError, CheckpointError) as exc:
+            if not _disk_full(exc):
+                raise
+            raise InputError(
+                f"--out {out}: the disk that holds {target.parent} is full (no space left on "
+                "device; nothing was written); free space there or give --out on another disk"
+            ) from exc
         return MergeOutput(target, "directory", written)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception that caused it, says the disk (or the quota) is full."""
+    full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in full:
+            return True
+        exc = exc.__cause__
+    return False
 
 
 _Readers = Callable[[], list[tuple[str, ModelReader]]]
