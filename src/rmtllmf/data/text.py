@@ -379,6 +379,28 @@ def text_splits(
     return {s: (x, np.asarray(y, dtype=np.int64)) for s, (x, y) in splits.items()}
 
 
+def suite_splits(
+    tasks: tuple[str, ...],
+    *,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    n_head: int,
+    seed: int = 0,
+) -> dict[str, dict[str, TextSplit]]:
+    """:func:`text_splits` of every task in ``tasks``; a clear error for an unknown or repeated
+    task."""
+    unknown = [t for t in tasks if t not in TEXT_TASKS]
+    if unknown:
+        raise InputError(
+            f"unknown text tasks {unknown}; the text suite has {', '.join(TEXT_TASK_NAMES)}"
+        )
+    if not tasks or len(set(tasks)) != len(tasks):
+        raise InputError(f"give each task once, at least one task (got {list(tasks)})")
+    sizes = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "n_head": n_head}
+    return {t: text_splits(t, **sizes, seed=seed) for t in tasks}
+
+
 def source_versions(tasks: tuple[str, ...]) -> dict[str, str]:
     """The installed version of every package the ``tasks`` read their text from."""
     out = {}
@@ -409,5 +431,6 @@ __all__ = [
     "TextTask",
     "source_versions",
     "splits_digest",
+    "suite_splits",
     "text_splits",
 ]

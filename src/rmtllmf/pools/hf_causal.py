@@ -45,7 +45,7 @@ from rmtllmf.data.text import (
     TextSplit,
     source_versions,
     splits_digest,
-    text_splits,
+    suite_splits,
 )
 from rmtllmf.errors import InputError
 from rmtllmf.models.hf_causal import (
@@ -275,27 +275,18 @@ def _finetune_task(cfg_json: str, base_dir: str, home: str, task: str, index: in
 
 
 def _texts(cfg: CausalPoolConfig) -> dict[str, dict[str, TextSplit]]:
-    unknown = [t for t in cfg.tasks if t not in TEXT_TASKS]
-    if unknown:
-        raise InputError(
-            f"unknown text tasks {unknown}; the text suite has {', '.join(TEXT_TASK_NAMES)}"
-        )
-    if not cfg.tasks or len(set(cfg.tasks)) != len(cfg.tasks):
-        raise InputError("give each task once, at least one task")
     stray = sorted((set(cfg.templates) | set(cfg.verbalizers)) - set(cfg.tasks))
+    texts = suite_splits(
+        cfg.tasks,
+        n_train=cfg.train_per_class,
+        n_val=cfg.val_per_class,
+        n_test=cfg.test_per_class,
+        n_head=0,
+        seed=cfg.seed,
+    )
     if stray:
         raise InputError(f"templates / verbalizers name tasks {stray} that are not in tasks")
-    return {
-        t: text_splits(
-            t,
-            n_train=cfg.train_per_class,
-            n_val=cfg.val_per_class,
-            n_test=cfg.test_per_class,
-            n_head=0,
-            seed=cfg.seed,
-        )
-        for t in cfg.tasks
-    }
+    return texts
 
 
 def build_causal_pool(

@@ -40,7 +40,7 @@ from rmtllmf.data.text import (
     TextSplit,
     source_versions,
     splits_digest,
-    text_splits,
+    suite_splits,
 )
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.hf_dir import WrittenDirectory, save_hf_directory
@@ -245,25 +245,6 @@ def _finetune_task(cfg_json: str, base_dir: str, home: str, task: str, index: in
     return seconds
 
 
-def _texts(cfg: TextPoolConfig) -> dict[str, dict[str, TextSplit]]:
-    unknown = [t for t in cfg.tasks if t not in TEXT_TASKS]
-    if unknown:
-        raise InputError(
-            f"unknown text tasks {unknown}; the text suite has {', '.join(TEXT_TASK_NAMES)}"
-        )
-    return {
-        t: text_splits(
-            t,
-            n_train=cfg.train_per_class,
-            n_val=cfg.val_per_class,
-            n_test=cfg.test_per_class,
-            n_head=cfg.head_per_class,
-            seed=cfg.seed,
-        )
-        for t in cfg.tasks
-    }
-
-
 def build_text_pool(
     root: str | Path,
     cfg: TextPoolConfig | None = None,
@@ -274,7 +255,14 @@ def build_text_pool(
     """Build or reuse the text pool under ``root`` (see module docs); ``workers`` processes
     fine-tune in parallel."""
     cfg = cfg or TextPoolConfig()
-    texts = _texts(cfg)
+    texts = suite_splits(
+        cfg.tasks,
+        n_train=cfg.train_per_class,
+        n_val=cfg.val_per_class,
+        n_test=cfg.test_per_class,
+        n_head=cfg.head_per_class,
+        seed=cfg.seed,
+    )
     base_dir = resolve_text_model(cfg.base, offline=cfg.offline)
     key_source = _config_key(cfg) + _weights_digest(base_dir) + splits_digest(texts)
     home = Path(root) / hashlib.sha256(key_source.encode()).hexdigest()[:12]
