@@ -154,20 +154,26 @@ def test_a_tokenizer_that_knows_no_word_is_refused(tmp_path):
 # The pool through the study -------------------------------------------------------------------
 
 
+def _tiny_pool_config(base: Path, **overrides) -> TextPoolConfig:
+    """Two tasks, a few texts per class and a few fine-tuning steps on the tiny BERT."""
+    fields = {
+        "base": str(base),
+        "tasks": ("part-of-speech", "word-sentiment"),
+        "max_length": 12,
+        "train_per_class": 24,
+        "val_per_class": 6,
+        "test_per_class": 8,
+        "head_per_class": 4,
+        "steps": 6,
+        "batch": 8,
+        "lr": 1e-3,
+    }
+    return TextPoolConfig(**{**fields, **overrides})
+
+
 @pytest.fixture(scope="module")
 def text_pool(tiny_bert, tmp_path_factory):
-    cfg = TextPoolConfig(
-        base=str(tiny_bert),
-        tasks=("part-of-speech", "word-sentiment"),
-        max_length=12,
-        train_per_class=24,
-        val_per_class=6,
-        test_per_class=8,
-        head_per_class=4,
-        steps=6,
-        batch=8,
-        lr=1e-3,
-    )
+    cfg = _tiny_pool_config(tiny_bert)
     root = tmp_path_factory.mktemp("text_pool")
     return root, cfg, build_text_pool(root, cfg)
 
@@ -234,20 +240,7 @@ def test_r_mtllmf_on_text_reloads_the_base_embeddings(text_pool, monkeypatch):
 
 @pytest.fixture(scope="module")
 def lora_pool(tiny_bert, tmp_path_factory):
-    cfg = TextPoolConfig(
-        base=str(tiny_bert),
-        tasks=("part-of-speech", "word-sentiment"),
-        max_length=12,
-        train_per_class=24,
-        val_per_class=6,
-        test_per_class=8,
-        head_per_class=4,
-        steps=6,
-        batch=8,
-        lr=1e-2,
-        lora_rank=2,
-        lora_alpha=4,
-    )
+    cfg = _tiny_pool_config(tiny_bert, lr=1e-2, lora_rank=2, lora_alpha=4)
     return build_text_pool(tmp_path_factory.mktemp("lora_pool"), cfg)
 
 
