@@ -135,7 +135,7 @@ def realign(
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
         p.requires_grad_(n not in set(frozen))
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     images = torch.from_numpy(x)
     losses: list[float] = []

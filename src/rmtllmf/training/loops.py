@@ -94,7 +94,7 @@ def pretrain(
 def embed(
     model: Encoder,
     images: NDArray[np.uint8],
-    batch: int = 512,
+    batch: int = 128,
     preprocess: Preprocess = normalise_images,
 ) -> torch.Tensor:
     """Embeddings of uint8 images, batched, in inference mode."""
