@@ -154,6 +154,10 @@ CASES = [
     Case("max-runs-zero", _reproduce("--max-runs", "0"), "--max-runs"),
     Case("quick-and-config", _config("--quick"), "drop --config or --quick", _yaml("{}\n")),
     Case("bad-shard", _reproduce("--shard", "2/2"), "--shard"),
+    Case("address-without-ray", _reproduce("--address", "auto"), "--executor ray"),
+    Case("gpus-without-ray", _reproduce("--gpus-per-run", "0.5"), "--executor ray"),
+    Case("zero-cpus-per-run", _reproduce("--cpus-per-run", "0"), "--cpus-per-run"),
+    Case("fractional-cpus-process", _reproduce("--cpus-per-run", "0.5"), "--executor ray"),
     Case(
         "out-is-a-file",
         lambda r: ["reproduce", "--out", str(r / "taken")],

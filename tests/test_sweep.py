@@ -8,8 +8,8 @@ import math
 
 import pytest
 
+import rmtllmf.study.executors as executors
 import rmtllmf.study.store as store
-import rmtllmf.study.sweep as sweep
 from rmtllmf.defense import RealignConfig
 from rmtllmf.errors import InputError
 from rmtllmf.study.analysis import AnalysisConfig
@@ -85,7 +85,7 @@ def test_interrupted_sweep_resumes_to_identical_results(tiny_zoo, tmp_path, monk
     db = ResultsDB(tmp_path / "resumed.db")
     assert run_sweep(tiny_zoo, "zoo", cfg, db, max_runs=7) == 7
     calls = {"n": 0}
-    real = sweep.run_experiment
+    real = executors.run_experiment
 
     def crash_on_fifth(*args, **kwargs):
         calls["n"] += 1
@@ -93,11 +93,11 @@ def test_interrupted_sweep_resumes_to_identical_results(tiny_zoo, tmp_path, monk
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sweep, "run_experiment", crash_on_fifth)
+    monkeypatch.setattr(executors, "run_experiment", crash_on_fifth)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(tiny_zoo, "zoo", cfg, db)
     assert len(db.done()) == 11  # nothing finished was lost
-    monkeypatch.setattr(sweep, "run_experiment", real)
+    monkeypatch.setattr(executors, "run_experiment", real)
     ran = run_sweep(tiny_zoo, "zoo", cfg, db)
     assert ran == n_total - 11  # finished runs are not recomputed
     assert run_sweep(tiny_zoo, "zoo", cfg, db) == 0

@@ -16,17 +16,14 @@ is the default.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rmtllmf._io import write_text_atomic
-from rmtllmf._progress import progress_bar
 from rmtllmf.errors import InputError, validation_message
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.pools.clip import ClipPool, ClipPoolConfig
@@ -35,16 +32,17 @@ from rmtllmf.pools.hf_text import TextPoolConfig, build_text_pool
 from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
 from rmtllmf.report import write_report
 from rmtllmf.study.analysis import AnalysisConfig
+from rmtllmf.study.executors import (
+    Executor,
+    InProcess,
+    PoolFactory,
+    ProcessExecutor,
+    RayExecutor,
+)
 from rmtllmf.study.plan import SweepConfig
 from rmtllmf.study.spectra import SpectraConfig
 from rmtllmf.study.store import MergedShards, ResultsDB, merge_databases
-from rmtllmf.study.sweep import (
-    check_shard,
-    ensure_lambdas,
-    ensure_spectra,
-    pending_runs,
-    run_sweep,
-)
+from rmtllmf.study.sweep import check_shard, run_sweep
 
 
 class ReproduceConfig(BaseModel):
@@ -158,52 +156,43 @@ def sweep_config(cfg: ReproduceConfig) -> SweepConfig:
         ) from exc
 
 
-def _sweep_shard(cfg_json: str, db_path: str, cache: str, shard: int, n_shards: int) -> int:
-    """Worker process: one shard of the sweep, single-threaded, into the shared database."""
-    import torch
-    from threadpoolctl import threadpool_limits
+@dataclass(frozen=True)
+class StudyPool:
+    """The study's pool as a worker loads it (:data:`~rmtllmf.study.executors.PoolFactory`):
+    from the cache the driver built it in, never rebuilt."""
 
-    torch.set_num_threads(1)
-    cfg = ReproduceConfig.model_validate_json(cfg_json)
-    pool = build_pool(cfg, Path(cache), progress=False)
-    db = ResultsDB(db_path)
-    try:  # numpy's BLAS on one thread too: two busy 2-thread pools on 2 cores crawl
-        with threadpool_limits(limits=1):
-            return run_sweep(pool, pool.pool_id, sweep_config(cfg), db, shard=(shard, n_shards))
-    finally:
-        db.close()
+    config: str
+    """The :class:`ReproduceConfig` as JSON."""
+    cache: str
+
+    def __call__(self) -> ModelPool:
+        cfg = ReproduceConfig.model_validate_json(self.config)
+        return build_pool(cfg, Path(self.cache), progress=False)
 
 
-def _run_parallel(
-    cfg: ReproduceConfig,
-    db: ResultsDB,
-    cache: Path,
-    total: int,
-    workers: int,
-    progress: bool,
-    shard: tuple[int, int] = (0, 1),
-) -> None:
-    """The sweep (or its ``shard``) in ``workers`` processes: worker ``j`` of shard ``(i, n)``
-    runs sub-shard ``(i + n j, n workers)``, so the workers split the shard exactly."""
-    ctx = multiprocessing.get_context("spawn")
-    start = len(db.done())
-    i, n = shard
-    cfg_json = cfg.model_dump_json()
-    with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-        futures = [
-            ex.submit(_sweep_shard, cfg_json, str(db.path), str(cache), i + n * j, n * workers)
-            for j in range(workers)
-        ]
-        with progress_bar(progress and total > 0, "sweep", total) as advance:
-            seen = 0
-            while not all(f.done() for f in futures):
-                time.sleep(1.0)
-                now = len(db.done()) - start
-                for _ in range(now - seen):
-                    advance(f"sweep ({workers} processes)")
-                seen = now
-        for f in futures:
-            f.result()  # re-raise a worker's error
+@dataclass(frozen=True)
+class Scale:
+    """How the sweep's runs execute (:mod:`rmtllmf.study.executors`): ``executor`` ``process``
+    (``workers`` local processes; ``1``: the driver itself) or ``ray`` (a local Ray with
+    ``workers`` CPUs, or the cluster at ``address``), each run on ``cpus_per_run`` CPUs and
+    ``gpus_per_run`` GPUs (Ray; fractions share one)."""
+
+    executor: Literal["process", "ray"] = "process"
+    workers: int = 1
+    address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+
+    def build(self, pool: ModelPool, factory: PoolFactory) -> Executor:
+        """The executor, on ``pool`` (in this process) or on ``factory`` (workers)."""
+        threads = max(1, int(self.cpus_per_run))
+        if self.executor == "ray":
+            return RayExecutor(
+                factory, self.workers, self.address, self.cpus_per_run, self.gpus_per_run
+            )
+        if self.workers > 1:
+            return ProcessExecutor(factory, self.workers, threads)
+        return InProcess(pool)
 
 
 def _check_out(out: Path) -> Path:
@@ -223,6 +212,7 @@ def _run_study(
     max_runs: int | None,
     workers: int,
     shard: tuple[int, int],
+    scale: Scale | None,
 ) -> ResultsDB:
     """Build the pool, write ``config.json`` and run the sweep (or ``shard`` of it) into
     ``out/results.db``; returns the open database."""
@@ -235,18 +225,18 @@ def _run_study(
         pool = build_pool(cfg, Path(cache), progress=progress, workers=workers)
         resolved = {"reproduce": cfg.model_dump(mode="json"), "sweep": scfg.model_dump(mode="json")}
         write_text_atomic(out / "config.json", json.dumps(resolved, indent=2))
-        if workers > 1 and max_runs is None:
-            db.set_meta("sweep_config", scfg.model_dump_json())
-            db.set_meta("pool_id", pool.pool_id)
-            lambdas = ensure_lambdas(pool, pool.pool_id, scfg, db)
-            if shard[0] == 0:  # here, so that the workers' shard 0 finds them stored
-                ensure_spectra(pool, pool.pool_id, scfg, db, lambdas)
-            total = sum(len(g) for g in pending_runs(pool.pool_id, scfg, db, lambdas, shard))
-            _run_parallel(cfg, db, Path(cache), total, workers, progress, shard)
-        else:
-            run_sweep(
-                pool, pool.pool_id, scfg, db, progress=progress, max_runs=max_runs, shard=shard
-            )
+        run_sweep(
+            pool,
+            pool.pool_id,
+            scfg,
+            db,
+            progress=progress,
+            max_runs=max_runs,
+            shard=shard,
+            executor=(scale or Scale(workers=workers)).build(
+                pool, StudyPool(cfg.model_dump_json(), str(cache))
+            ),
+        )
     except BaseException:
         db.close()
         raise
@@ -262,11 +252,13 @@ def reproduce(
     progress: bool = True,
     max_runs: int | None = None,
     workers: int = 1,
+    scale: Scale | None = None,
 ) -> dict[str, Any]:
     """Run the study of ``cfg`` into ``out`` and return ``summary.json``'s content.
 
-    ``workers > 1`` runs the sweep in that many single-threaded processes sharing the database
-    (CPU pools; the zoo is built in parallel too).
+    ``workers > 1`` builds the zoo in that many processes and runs the sweep in as many
+    single-threaded ones; ``scale`` chooses the sweep's executor otherwise (e.g. Ray).
+    Only this process writes the database.
     """
     out = Path(out)
     db = _run_study(
@@ -278,6 +270,7 @@ def reproduce(
         max_runs=max_runs,
         workers=workers,
         shard=(0, 1),
+        scale=scale,
     )
     try:
         return write_report(db, out)
@@ -295,6 +288,7 @@ def reproduce_shard(
     progress: bool = True,
     max_runs: int | None = None,
     workers: int = 1,
+    scale: Scale | None = None,
 ) -> int:
     """Run shard ``(i, n)`` of the study into ``out/results.db`` (no report: a shard holds a
     part of the plan; see :func:`merge_shards`); returns the runs the database holds.
@@ -312,6 +306,7 @@ def reproduce_shard(
         max_runs=max_runs,
         workers=workers,
         shard=shard,
+        scale=scale,
     )
     try:
         return len(db.done())

@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "rmtllmf reproduce --config study.yaml --shard 0/2 --out shard0   # machine 1",
             "rmtllmf reproduce --config study.yaml --shard 1/2 --out shard1   # machine 2",
             "rmtllmf reproduce --merge-shards shard0 shard1 --out results",
+            "rmtllmf reproduce --quick --executor ray --workers 2 --out results-ray",
+            "rmtllmf reproduce --config clip.yaml --executor ray --address auto "
+            "--gpus-per-run 0.25",
         ),
     )
     p.add_argument("--quick", action="store_true", help="a sample of subsets (minutes)")
@@ -71,10 +74,36 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--workers",
         type=int,
         default=None,
-        help="single-threaded processes for the zoo and the sweep (default: cores for "
-        "tiny-vit and hf-text, 1 for hf-clip and hf-causal)",
+        help="processes for the zoo, and runs at once in the sweep (processes, or Ray's CPUs; "
+        "default: cores for tiny-vit and hf-text, 1 for hf-clip and hf-causal; with --address, "
+        "the cluster's CPUs over --cpus-per-run)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    p.add_argument(
+        "--executor",
+        choices=("process", "ray"),
+        default="process",
+        help="where the sweep's runs execute: local processes, or Ray tasks (one per channel "
+        "use; pip install 'rmtllmf[ray]'); docs/scaling.md",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="with --executor ray: join this Ray cluster (e.g. auto, or HEAD:6379 from `ray "
+        "start --head`) instead of starting a local Ray (default: local)",
+    )
+    p.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=1.0,
+        help="CPUs (threads) each run takes; fractions with Ray",
+    )
+    p.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=0.0,
+        help="with --executor ray: GPUs each run takes, e.g. 0.25 puts four runs on one GPU",
+    )
     p.add_argument(
         "--shard",
         default=None,
@@ -100,6 +129,27 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
         if value is not None and value < 1:
             flag = "--" + name.replace("_", "-")
             raise InputError(f"{flag} {value} is below 1; give 1 or more, or leave it out")
+
+
+def _check_scale(args: argparse.Namespace) -> None:
+    """The executor flags fit together and are in range."""
+    if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
+        raise InputError(
+            "--cpus-per-run must be above 0 and --gpus-per-run at least 0 (e.g. --cpus-per-run "
+            "1 --gpus-per-run 0.25)"
+        )
+    ray_only = [
+        flag
+        for flag, value in (("--address", args.address), ("--gpus-per-run", args.gpus_per_run))
+        if value
+    ]
+    if ray_only and args.executor != "ray":
+        raise InputError(f"{', '.join(ray_only)} only apply with --executor ray; add it")
+    if args.executor == "process" and args.cpus_per_run != int(args.cpus_per_run):
+        raise InputError(
+            f"--cpus-per-run {args.cpus_per_run}: a process runs on whole threads; give an "
+            "integer, or use --executor ray for fractions"
+        )
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -183,7 +233,7 @@ def _announce(
         per_run = sum(seconds) / done if done else per_run
     todo = max(0, planned - done)
     if args.max_runs is not None:
-        todo, workers = min(todo, args.max_runs), 1
+        todo = min(todo, args.max_runs)
     total = todo * per_run / max(1, workers)
     if total > 60:
         part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
@@ -198,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the study (or a shard of it, or merge shards) and print the headline table."""
     from rmtllmf.reproduce import (
         ReproduceConfig,
+        Scale,
         load_config,
         quick_config,
         reproduce,
@@ -207,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out)
     _positive(args, "max_runs", "workers", "threads")
+    _check_scale(args)
     if args.merge_shards:
         return _merge(args)
     if args.quick and args.config is not None:
@@ -222,6 +274,8 @@ def run(args: argparse.Namespace) -> int:
     sweep_config(cfg)  # a bad sweep section fails here, before any pool is built
     small = cfg.family in ("tiny-vit", "hf-text")
     workers = args.workers or ((os.cpu_count() or 1) if small else 1)
+    in_flight = 0 if (args.address and not args.workers) else workers  # 0: the cluster's size
+    scale = Scale(args.executor, in_flight, args.address, args.cpus_per_run, args.gpus_per_run)
     cache = args.cache or default_cache()
     _announce(cfg, args, cache, workers, shard)
     import torch
@@ -236,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
             reset=args.reset,
             max_runs=args.max_runs,
             workers=workers,
+            scale=scale,
         )
         print(
             f"shard {shard[0]}/{shard[1]}: {runs} run(s) in {args.out / 'results.db'}; when every "
@@ -250,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
         reset=args.reset,
         max_runs=args.max_runs,
         workers=workers,
+        scale=scale,
     )
     _print_summary(summary, args.out)
     return 0

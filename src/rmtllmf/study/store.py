@@ -124,19 +124,21 @@ class ResultsDB:
         return {r[0] for r in self.conn.execute("SELECT key FROM runs")}
 
     def add(self, key: str, role: str, result: ExperimentResult, seconds: float) -> None:
-        """Commit one finished run."""
-        self.conn.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, datetime('now'))",
-            (
-                key,
-                role,
-                len(result.config.tasks),
-                result.config.model_dump_json(),
-                json.dumps(result_record(result)),
-                seconds,
-            ),
+        """Commit one finished run (replacing a stored run of the same key)."""
+        self._insert("INSERT OR REPLACE", finished_run(key, role, result, seconds))
+
+    def commit(self, run: FinishedRun) -> bool:
+        """Commit a run a worker returned; ``False`` (and nothing written) when a run of that
+        key is stored already, so a result that arrives twice is kept once."""
+        return self._insert("INSERT OR IGNORE", run)
+
+    def _insert(self, verb: str, run: FinishedRun) -> bool:
+        cur = self.conn.execute(
+            f"{verb} INTO runs VALUES (?, ?, ?, ?, ?, ?, datetime('now'))",
+            (run.key, run.role, run.n_tasks, run.config, run.result, run.seconds),
         )
         self.conn.commit()
+        return cur.rowcount > 0
 
     def lambda_for(self, pool_id: str, n: int) -> float | None:
         """The stored ``λ_N`` of a pool, or ``None``."""
@@ -415,6 +417,32 @@ def merge_databases(sources: Sequence[str | Path], dest: str | Path) -> MergedSh
         for db in opened:
             db.close()
     return MergedShards(added=added, present=seen - added, sources=paths)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished run as the database stores it (plain strings: what a worker sends back)."""
+
+    key: str
+    role: str
+    n_tasks: int
+    config: str
+    """The run's :class:`ExperimentConfig` as JSON."""
+    result: str
+    """Its :class:`RunResult` as JSON."""
+    seconds: float
+
+
+def finished_run(key: str, role: str, result: ExperimentResult, seconds: float) -> FinishedRun:
+    """The stored form of ``result`` under ``key``."""
+    return FinishedRun(
+        key,
+        role,
+        len(result.config.tasks),
+        result.config.model_dump_json(),
+        json.dumps(result_record(result)),
+        seconds,
+    )
 
 
 def result_record(result: ExperimentResult) -> dict[str, Any]:

@@ -5,13 +5,13 @@ store (:mod:`rmtllmf.study.store`), one channel use per group of runs that share
 from __future__ import annotations
 
 import json
-import time
 
 from rmtllmf._progress import progress_bar
 from rmtllmf.errors import InputError
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.study.clean import choose_lambda
-from rmtllmf.study.experiment import Reception, receive, reception_key, run_experiment
+from rmtllmf.study.executors import Executor, InProcess
+from rmtllmf.study.experiment import reception_key
 from rmtllmf.study.plan import PlannedRun, SweepConfig, plan_runs, spectra_receptions, subsets
 from rmtllmf.study.spectra import SPECTRA_META, RankSpectra, rank_spectra, spectra_key
 from rmtllmf.study.store import ResultsDB, run_key
@@ -98,13 +98,16 @@ def run_sweep(
     progress: bool = False,
     max_runs: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    executor: Executor | None = None,
 ) -> int:
     """Run every planned run that is not in ``db`` yet; returns how many ran.
 
     ``max_runs`` stops early (the rest run on the next call): the resumption path, tested.
     ``shard = (i, n)`` runs only the channel-use groups ``g`` of the plan with ``g % n == i``
-    (see :func:`pending_runs`), so ``n`` processes can share one database, or ``n`` machines
-    each fill their own (combined by :func:`~rmtllmf.study.store.merge_databases`).
+    (see :func:`pending_runs`), so ``n`` machines can each fill their own database (combined
+    by :func:`~rmtllmf.study.store.merge_databases`). ``executor`` runs the groups
+    (:mod:`rmtllmf.study.executors`; default: this process, on ``pool``); whichever it is,
+    this function alone writes ``db``, committing each run as it arrives.
     """
     cfg.check()
     check_shard(shard)
@@ -114,19 +117,28 @@ def run_sweep(
     db.set_meta("sweep_config", cfg.model_dump_json())
     db.set_meta("pool_id", pool_id)
     lambdas = ensure_lambdas(pool, pool_id, cfg, db)
-    if shard[0] == 0:  # one shard measures them (reproduce does before it starts the shards)
+    if shard[0] == 0:  # one shard of a sharded study measures them
         ensure_spectra(pool, pool_id, cfg, db, lambdas)
-    todo = [run for group in pending_runs(pool_id, cfg, db, lambdas, shard) for run in group]
-    if max_runs is not None:
-        todo = todo[:max_runs]
-    cache: tuple[str, Reception] | None = None
-    with progress_bar(progress and bool(todo), "sweep", len(todo)) as advance:
-        for run in todo:
-            t0 = time.perf_counter()
-            rkey = reception_key(run.config)
-            if cache is None or cache[0] != rkey:
-                cache = (rkey, receive(pool, run.config))
-            result = run_experiment(pool, run.config, cache[1])
-            db.add(run_key(pool_id, run.config), run.role, result, time.perf_counter() - t0)
-            advance(f"sweep: N={len(run.config.tasks)} {run.config.link} {run.config.defense}")
-    return len(todo)
+    groups = _first_runs(pending_runs(pool_id, cfg, db, lambdas, shard), max_runs)
+    total = sum(len(g) for g in groups)
+    runner = executor if executor is not None else InProcess(pool)
+    ran = 0
+    with progress_bar(progress and total > 0, "sweep", total) as advance:
+        for run in runner.map_groups(pool_id, groups):
+            ran += db.commit(run)
+            cfg_n = json.loads(run.config)
+            advance(f"sweep: N={run.n_tasks} {cfg_n['link']} {cfg_n['defense']}")
+    return ran
+
+
+def _first_runs(groups: list[list[PlannedRun]], max_runs: int | None) -> list[list[PlannedRun]]:
+    """The groups cut after their first ``max_runs`` runs (all of them for ``None``)."""
+    if max_runs is None:
+        return groups
+    out, left = [], max_runs
+    for group in groups:
+        if left <= 0:
+            break
+        out.append(group[:left])
+        left -= len(out[-1])
+    return out
