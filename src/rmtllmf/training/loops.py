@@ -63,7 +63,7 @@ def pretrain(
     embed_dim = int(model.visual_projection.out_features)  # type: ignore[union-attr, arg-type]
     heads = nn.ModuleList(nn.Linear(embed_dim, k) for k in head_sizes)
     params = list(model.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     weights = list(loss_weights or [1.0] * len(head_sizes))
     gen = torch.Generator().manual_seed(seed)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
@@ -239,7 +239,7 @@ def finetune(
     for n, p in model.named_parameters():
         p.requires_grad_(flags[n] and (trainable is None or trainable(n)))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     gen = torch.Generator().manual_seed(seed)
     anchor_gen = torch.Generator().manual_seed(seed + 1)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
