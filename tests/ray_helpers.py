@@ -1,6 +1,6 @@
-"""A pool factory whose first evaluation kills its own worker process (SIGKILL), once per
-marker file: Ray must retry that task on a fresh worker. Imported by Ray's workers, so it lives
-in a module of its own (tests/ is on their PYTHONPATH)."""
+"""Pool factories for the executor tests, imported by Ray's workers (so they live in a module of
+their own; tests/ is on the workers' PYTHONPATH): one whose first evaluation kills its own
+worker process (SIGKILL), once per marker file, and one that logs every load."""
 
 from __future__ import annotations
 
@@ -34,3 +34,16 @@ class KillOnce:
 
         pool.task_accuracy = task_accuracy
         return pool
+
+
+@dataclass(frozen=True)
+class CountLoads:
+    """``inner``'s pool; each load appends this process's id to ``log``."""
+
+    inner: StudyPool
+    log: str
+
+    def __call__(self) -> Any:
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()}\n")
+        return self.inner()

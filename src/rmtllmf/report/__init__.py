@@ -21,6 +21,7 @@ from typing import Any
 
 from rmtllmf.errors import InputError
 from rmtllmf.report import figures, markdown, tables
+from rmtllmf.study.plan import SweepConfig, plan_runs
 from rmtllmf.study.spectra import SPECTRA_META, RankSpectra
 from rmtllmf.study.store import ResultsDB, RunRecord, code_version, export_csv
 
@@ -84,9 +85,30 @@ def _figures(
     return files
 
 
+def in_plan_order(rows: list[RunRecord], db: ResultsDB) -> list[RunRecord]:
+    """``rows`` in the order of the sweep's plan (:func:`~rmtllmf.study.plan.plan_runs`), runs
+    outside it after, by config: the report never depends on the order in which the
+    executor's workers finished."""
+    raw, pool = db.meta("sweep_config"), db.meta("pool_id")
+    lambdas = {n: value for (p, n), (value, _) in db.lambdas().items() if p == pool}
+    rank: dict[str, int] = {}
+    if raw is not None:
+        try:
+            plan = plan_runs(SweepConfig.model_validate_json(raw), lambdas)
+        except (InputError, KeyError, ValueError):
+            plan = []  # a plan this code cannot rebuild: config order alone
+        rank = {r.config.model_dump_json(): i for i, r in enumerate(plan)}
+
+    def key(row: RunRecord) -> tuple[int, str]:
+        text = row.config.model_dump_json()
+        return rank.get(text, len(rank)), text
+
+    return sorted(rows, key=key)
+
+
 def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
     """Write every artefact of the report under ``out``; returns ``summary.json``'s content."""
-    rows = list(db.rows())
+    rows = in_plan_order(list(db.rows()), db)
     if not rows:
         raise InputError(f"the results database {db.path} holds no finished runs; run the sweep")
     out = Path(out)
