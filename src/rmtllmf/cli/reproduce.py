@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 FLAGS = {"max_runs": "--max-runs"}
 """Config field -> the flag that sets it, so errors name what the user typed."""
 
-SECONDS_PER_RUN = {"tiny-vit": 3.1, "hf-text": 25.0, "hf-clip": 60.0, "hf-causal": 600.0}
+SECONDS_PER_RUN = {"tiny-vit": 2.7, "hf-text": 25.0, "hf-clip": 60.0, "hf-causal": 600.0}
 """A run's single-process wall time when the database has no finished run to measure (measured
 here: tiny-vit, the quick run's 150 runs, 461 run-seconds; hf-text, configs/minilm-text.yaml's
 132 runs, 3,275 run-seconds; docs/results.md, docs/text.md. hf-clip and hf-causal: guesses)."""
@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "can share one study: each runs --shard i/n into its own OUT, then --merge-shards "
         "combines their databases and writes the report over the union.",
         epilog=examples(
-            "rmtllmf reproduce --quick --out results              # ~10 min on 2 cores",
+            "rmtllmf reproduce --quick --out results              # ~9 min on 2 cores",
             "rmtllmf reproduce --config configs/embedded-paper-mse.yaml --out paper-mse",
             "rmtllmf reproduce --config study.yaml --shard 0/2 --out shard0   # machine 1",
             "rmtllmf reproduce --config study.yaml --shard 1/2 --out shard1   # machine 2",
