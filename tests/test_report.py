@@ -10,7 +10,7 @@ import pytest
 from rmtllmf.errors import InputError
 from rmtllmf.report import write_report
 from rmtllmf.report.tables import Ordering, Recovered, Summary, fig2_series, orderings
-from rmtllmf.study.store import ResultsDB, RunRecord
+from rmtllmf.study.store import FinishedRun, ResultsDB, RunRecord
 from rmtllmf.study.sweep import run_sweep
 from test_sweep import small_config
 
@@ -261,3 +261,21 @@ def test_extra_defenses_are_lines_of_fig2_and_cells_of_the_summary(report, tiny_
         ("absolute", "sum-rate"),
     ]
     assert all(0 <= c["above"] <= c["values"] for c in counts)
+
+
+def test_the_report_does_not_depend_on_the_order_runs_were_committed(report, tmp_path):
+    db, out, summary = report
+    shuffled = ResultsDB(tmp_path / "shuffled.db")
+    for name in db.meta_keys():
+        if name != "code_version":
+            shuffled.set_meta(name, db.meta(name))
+    for (pool, n), (value, scores) in db.lambdas().items():
+        shuffled.set_lambda(pool, n, value, json.loads(scores))
+    rows = db.conn.execute("SELECT key, role, n_tasks, config, result, seconds FROM runs")
+    listed = rows.fetchall()
+    assert len(listed) > 20
+    for row in reversed(listed):  # the last finished first, as a parallel executor may
+        assert shuffled.commit(FinishedRun(*row))
+    assert not shuffled.commit(FinishedRun(*listed[0]))  # a run arriving twice is kept once
+    assert write_report(shuffled, tmp_path / "out") == summary
+    assert (tmp_path / "out" / "report.md").read_text() == (out / "report.md").read_text()

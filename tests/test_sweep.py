@@ -178,3 +178,25 @@ def test_unknown_tasks_are_refused(tiny_zoo, tmp_path):
     db = ResultsDB(tmp_path / "r.db")
     with pytest.raises(InputError, match="not in the model pool"):
         run_sweep(tiny_zoo, "zoo", small_config(tasks=("signs", "letters"), task_counts=(2,)), db)
+
+
+def test_no_task_is_evaluated_twice_on_the_same_state_in_a_sweep(tiny_zoo, tmp_path, monkeypatch):
+    """A task's accuracy depends on the model state alone: the sweep measures each (task,
+    state) once, e.g. the base model's floor once per task, not once per subset."""
+    from rmtllmf.study.analysis import state_digest
+
+    seen: list[tuple[str, str, str]] = []
+    real = tiny_zoo.task_accuracy
+
+    def counted(state, tasks, split="test"):
+        seen.extend((split, t, state_digest(state)) for t in tasks)
+        return real(state, tasks, split)
+
+    monkeypatch.setattr(tiny_zoo, "task_accuracy", counted)
+    db = ResultsDB(tmp_path / "db")
+    run_sweep(tiny_zoo, "zoo", small_config(), db)
+    runs = [x for x in seen if x[0] == "test"]  # the runs' evaluations (λ is chosen on val)
+    assert len(runs) == len(set(runs)) > 10
+    base = state_digest(tiny_zoo.base_state)
+    floor = [t for split, t, d in seen if d == base and split == "test"]
+    assert sorted(floor) == sorted(TASKS)  # 4 base runs, 3 tasks

@@ -26,12 +26,12 @@ import multiprocessing
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rmtllmf.errors import InputError
 from rmtllmf.pools.base import ModelPool
-from rmtllmf.study.experiment import receive, reception_key, run_experiment
+from rmtllmf.study.experiment import Reception, receive, reception_key, run_experiment
 from rmtllmf.study.plan import PlannedRun
 from rmtllmf.study.store import FinishedRun, finished_run, run_key
 
@@ -39,15 +39,24 @@ PoolFactory = Callable[[], ModelPool]
 """Loads the study's model pool in a worker: picklable, hashable and argument-free."""
 
 
-def iter_group(pool: ModelPool, pool_id: str, runs: Sequence[PlannedRun]) -> Iterator[FinishedRun]:
+def iter_group(
+    pool: ModelPool,
+    pool_id: str,
+    runs: Sequence[PlannedRun],
+    accuracies: dict[tuple[str, str, str], float] | None = None,
+) -> Iterator[FinishedRun]:
     """Run one channel-use group: receive once, then each run on that reception. A run's
-    seconds include the reception when it is the group's first."""
-    cache: tuple[str, Any] | None = None
+    seconds include the reception when it is the group's first. ``accuracies`` (the
+    :attr:`~rmtllmf.study.experiment.Reception.accuracies` of ``pool``) is shared by the
+    group's receptions, and across groups when the caller keeps it."""
+    shared = {} if accuracies is None else accuracies
+    cache: tuple[str, Reception] | None = None
     for run in runs:
         t0 = time.perf_counter()
         rkey = reception_key(run.config)
         if cache is None or cache[0] != rkey:
             cache = (rkey, receive(pool, run.config))
+            cache[1].accuracies = shared
         result = run_experiment(pool, run.config, cache[1])
         yield finished_run(run_key(pool_id, run.config), run.role, result, time.perf_counter() - t0)
 
@@ -67,16 +76,18 @@ class InProcess:
     """The driver runs every group itself, on ``pool``."""
 
     pool: ModelPool
+    accuracies: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
     def map_groups(
         self, pool_id: str, groups: Sequence[Sequence[PlannedRun]]
     ) -> Iterator[FinishedRun]:
         for group in groups:
-            yield from iter_group(self.pool, pool_id, group)
+            yield from iter_group(self.pool, pool_id, group, self.accuracies)
 
 
 _WORKER: dict[str, Any] = {}
-"""A worker process's state: its pool (per factory) and its thread limits."""
+"""A worker process's state: its pool (per factory), the test accuracies measured on it (by
+split, task and state digest) and its thread limits."""
 
 
 def _set_threads(threads: int) -> None:
@@ -97,6 +108,7 @@ def _worker_pool(factory: PoolFactory) -> ModelPool:
     if key not in pools:
         pools.clear()  # one pool per worker: a new study replaces the last
         pools[key] = factory()
+        _WORKER["accuracies"] = {}
     return pools[key]
 
 
@@ -105,7 +117,8 @@ def run_group(
 ) -> list[FinishedRun]:
     """A worker's task: one channel-use group on the factory's pool, on ``threads`` threads."""
     _set_threads(threads)
-    return list(iter_group(_worker_pool(factory), pool_id, runs))
+    pool = _worker_pool(factory)
+    return list(iter_group(pool, pool_id, runs, _WORKER["accuracies"]))
 
 
 @dataclass

@@ -223,12 +223,12 @@ class Reception:
     error_mse: NDArray[np.float64]
     nonfinite_entries: int
     n_users: int
-    accuracies: dict[tuple[str, tuple[str, ...], str], dict[str, float]] = field(
-        default_factory=dict
-    )
-    """Test accuracies measured on this reception's runs, by (split, tasks, state digest): a
+    accuracies: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    """Test accuracies measured on this reception's runs, by (split, task, state digest): a
     defense that ends where another began (realignment that validation stopped at step 0) is
-    not evaluated twice."""
+    not evaluated twice. A task's accuracy depends on the state alone, so a sweep may share one
+    such dict across receptions of the same pool (the base model's floor, evaluated once per
+    task, not once per subset)."""
 
     @property
     def vectors(self) -> list[TaskVector]:
@@ -380,10 +380,12 @@ def run_experiment(
         val_sets=val_sets,
     )
     state = model.state_dict()
-    key = (cfg.split, cfg.tasks, state_digest(state))
-    if key not in rx.accuracies:
-        rx.accuracies[key] = pool.task_accuracy(state, cfg.tasks, cfg.split)
-    acc = dict(rx.accuracies[key])
+    digest = state_digest(state)
+    missing = [t for t in cfg.tasks if (cfg.split, t, digest) not in rx.accuracies]
+    if missing:
+        for task, value in pool.task_accuracy(state, missing, cfg.split).items():
+            rx.accuracies[(cfg.split, task, digest)] = value
+    acc = {t: rx.accuracies[(cfg.split, t, digest)] for t in cfg.tasks}
     ft = {t: pool.finetuned_accuracy(t, cfg.split) for t in cfg.tasks}
     kept = {q for q, _ in rx.received}
     return ExperimentResult(
