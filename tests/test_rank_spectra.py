@@ -253,7 +253,7 @@ def test_memoised_work_changes_no_number(tiny_zoo):
     rx = receive(tiny_zoo, plain)
     first = run_experiment(tiny_zoo, plain, rx)
     second = run_experiment(tiny_zoo, plain, rx)
-    assert len(rx.accuracies) == 1
+    assert len(rx.accuracies) == len(tasks)  # one entry per (split, task, state)
     assert first.accuracy == second.accuracy == run_experiment(tiny_zoo, plain).accuracy
     run_experiment(tiny_zoo, plain.model_copy(update={"defense": "freeze"}), rx)
-    assert len(rx.accuracies) == 2
+    assert len(rx.accuracies) == 2 * len(tasks)

@@ -74,13 +74,17 @@ def test_probe_head_fits_what_prototypes_miss():
     feats[:, 0] = 10.0  # shared direction
     feats[:, 1] = 0.5 * labels + rng.normal(0, 1.0, n)  # noisy axis
     feats[:, 2] = 0.1 * labels + rng.normal(0, 0.01, n)  # clean axis
-    images = np.zeros((n, 1, 1, 3), np.uint8)  # the encoder below ignores them
+    images = np.zeros((n, 1, 1, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(n)  # each image names its row of feats (batches split them)
 
-    def encoder(_x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(feats)
+    def encoder(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(feats)[x[:, 0, 0, 0].long()]
 
-    proto = prototype_head(encoder, images, labels, 2)
-    probe = probe_head(encoder, images, labels, 2, scale=30.0)
+    def raw(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    proto = prototype_head(encoder, images, labels, 2, preprocess=raw)
+    probe = probe_head(encoder, images, labels, 2, scale=30.0, preprocess=raw)
     z = torch.from_numpy(feats)
     y = torch.from_numpy(labels)
     assert torch.allclose(probe.weight.norm(dim=-1), torch.ones(2))
@@ -91,7 +95,7 @@ def test_probe_head_fits_what_prototypes_miss():
     }
     assert ce["probe"] < ce["proto"]
     assert acc["proto"] < 0.7 and acc["probe"] > acc["proto"] + 0.15
-    again = probe_head(encoder, images, labels, 2, scale=30.0)
+    again = probe_head(encoder, images, labels, 2, scale=30.0, preprocess=raw)
     assert torch.equal(again.weight, probe.weight)  # seeded
 
 
