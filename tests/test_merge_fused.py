@@ -240,17 +240,23 @@ def test_an_interrupted_merge_stops_its_threads_and_leaves_no_file(tmp_path, mon
             EndlessKernel.stopped = stop.value >= len(jobs)
 
     monkeypatch.setattr(kernel, "KERNEL", EndlessKernel())
+    # Ctrl-C as a terminal delivers it, whatever handler an earlier test's library left behind
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     base, fts = _models(2)
     paths = _save_models(tmp_path, base, fts)
     out = tmp_path / "m.safetensors"
 
-    def interrupt() -> None:  # Ctrl-C, once the kernel runs
-        running.wait(30)
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    def interrupt() -> None:  # Ctrl-C, once the kernel runs (never after the merge ended)
+        if running.wait(30):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        merge_checkpoints(tmp_path / "base.safetensors", paths, out, MergeConfig(scaling=0.3))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            merge_checkpoints(tmp_path / "base.safetensors", paths, out, MergeConfig(scaling=0.3))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert running.is_set(), "the merge never reached the fused kernel"
     assert EndlessKernel.stopped
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["base.safetensors", *(p.name for p in paths)]
