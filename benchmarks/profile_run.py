@@ -1,20 +1,24 @@
 """Where one run of the study spends its time, stage by stage (issue 21's profile).
 
-Times the stages of :func:`rmtllmf.study.experiment.run_experiment` on the embedded zoo, on one
-thread, by wrapping the functions each stage calls (no profiler overhead): channel draw (eq. 5),
+Times the stages of :func:`rmtllmf.study.experiment.run_experiment` on the embedded zoo (or the
+pool of ``--config``), on one thread, by wrapping the functions each stage calls (no profiler
+overhead): channel draw (eq. 5),
 transmission and reception, merge (eq. 6), the blind stage of a receiver defense, freeze,
 realignment (its training steps; its validation scored apart), evaluation on the test split,
-the interference analysis, and the rest (model builds, state digests, bookkeeping).
+the interference analysis, and the rest (model builds, state digests, bookkeeping). Beside each
+stage's seconds it counts the minor page faults the stage took (memory the kernel had to hand
+over afresh: the cost of large tensors allocated and freed again).
 
 Two channel uses are profiled, as the sweep runs them (one reception, then each defense):
 Fig. 2's group (N = 4, sum-rate, snr link: ``none`` and ``r-mtllmf``, the pair that makes up
 93% of the full grid) and the ablation's (N = 8, the four paper defenses, the undefended run
 with the interference analysis).
 
-    python benchmarks/profile_run.py --cache CACHE [--json OUT.json]
+    python benchmarks/profile_run.py --cache CACHE [--config STUDY.yaml] [--json OUT.json]
 
-``CACHE`` is a ``rmtllmf reproduce --cache`` directory holding the default zoo (built there if
-absent: about 6 minutes).
+``CACHE`` is a ``rmtllmf reproduce --cache`` directory holding the pool (built there if absent:
+about 6 minutes for the default zoo). The groups take the config's realignment, channel and
+symbol-link settings.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import importlib
 import json
 import os
+import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -37,7 +42,7 @@ from threadpoolctl import threadpool_limits
 
 import rmtllmf.study.experiment as exp
 from rmtllmf.fusion import MergeConfig
-from rmtllmf.reproduce import ReproduceConfig, build_pool
+from rmtllmf.reproduce import ReproduceConfig, build_pool, load_config, sweep_config
 
 realign_mod = importlib.import_module("rmtllmf.defense.realign")
 
@@ -54,25 +59,34 @@ STAGES = (
 )
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class StageClock:
-    """Seconds per stage, each stage's own time (a nested stage's time is not its parent's)."""
+    """Seconds and minor page faults per stage, each stage's own (a nested stage's share is not
+    its parent's)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.faults: dict[str, int] = defaultdict(int)
         self._stack: list[str] = []
 
     def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
             self._stack.append(stage)
-            t0 = time.perf_counter()
+            t0, f0 = time.perf_counter(), minor_faults()
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent = time.perf_counter() - t0
+                spent, faults = time.perf_counter() - t0, minor_faults() - f0
                 self._stack.pop()
                 self.seconds[stage] += spent
+                self.faults[stage] += faults
                 if self._stack:
                     self.seconds[self._stack[-1]] -= spent
+                    self.faults[self._stack[-1]] -= faults
 
         return timed
 
@@ -105,7 +119,7 @@ def instrumented(clock: StageClock, pool: Any) -> Iterator[None]:
 def profile_group(pool: Any, configs: list[exp.ExperimentConfig]) -> dict[str, Any]:
     """One channel use and its runs, as the sweep does them; seconds per stage and per run."""
     clock = StageClock()
-    t0 = time.perf_counter()
+    t0, f0 = time.perf_counter(), minor_faults()
     per_run = {}
     with instrumented(clock, pool):
         rx = exp.receive(pool, configs[0])
@@ -113,22 +127,40 @@ def profile_group(pool: Any, configs: list[exp.ExperimentConfig]) -> dict[str, A
             t = time.perf_counter()
             exp.run_experiment(pool, cfg, rx)
             per_run[cfg.defense] = round(time.perf_counter() - t, 3)
-    total = time.perf_counter() - t0
+    total, faults = time.perf_counter() - t0, minor_faults() - f0
     stages = {s: round(clock.seconds.get(s, 0.0), 3) for s in STAGES}
     stages["rest"] = round(total - sum(clock.seconds.values()), 3)
-    return {"total": round(total, 3), "stages": stages, "per_run": per_run}
+    stage_faults = {s: clock.faults.get(s, 0) for s in STAGES}
+    stage_faults["rest"] = faults - sum(clock.faults.values())
+    return {
+        "total": round(total, 3),
+        "faults": faults,
+        "stages": stages,
+        "stage_faults": stage_faults,
+        "per_run": per_run,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument(
+        "--config", type=Path, default=None, help="a study config (default: the zoo)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the profile here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = ReproduceConfig()
+    cfg = ReproduceConfig() if args.config is None else load_config(args.config)
+    sweep = sweep_config(cfg)
     pool = build_pool(cfg, args.cache, progress=True)
-    tasks = tuple(cfg.zoo.tasks)
-    common = {"merge": MergeConfig(scaling=0.3), "link": "snr"}
+    tasks = sweep.tasks
+    common = {
+        "merge": MergeConfig(scaling=0.3),
+        "link": "snr",
+        "realign": sweep.realign,
+        "channel": sweep.channel,
+        "symbol": sweep.symbol,
+    }
     fig2 = [
         exp.ExperimentConfig(tasks=tasks[:4], scenario="sum-rate", defense=d, **common)
         for d in ("none", "r-mtllmf")
@@ -138,7 +170,7 @@ def main() -> None:
             tasks=tasks,
             scenario="sum-rate",
             defense=d,
-            analysis=exp.AnalysisConfig() if d == "none" else None,
+            analysis=sweep.analysis if d == "none" else None,
             **common,
         )
         for d in ("none", "freeze", "realign", "r-mtllmf")
@@ -150,9 +182,11 @@ def main() -> None:
         }
     width = max(len(s) for s in (*STAGES, "rest"))
     for name, prof in out.items():
-        print(f"{name}: {prof['total']:.2f} s; per run {prof['per_run']}")
+        print(f"{name}: {prof['total']:.2f} s, {prof['faults']:,} minor faults; per run", end=" ")
+        print(prof["per_run"])
         for stage, sec in prof["stages"].items():
-            print(f"  {stage:<{width}} {sec:7.3f} s  {100 * sec / prof['total']:5.1f}%")
+            share, faults = 100 * sec / prof["total"], prof["stage_faults"][stage]
+            print(f"  {stage:<{width}} {sec:7.3f} s  {share:5.1f}%  {faults:>11,} faults")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

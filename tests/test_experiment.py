@@ -238,3 +238,22 @@ def test_analysis_measures_channel_interference(zoo):
     summary = hit.analysis.summary()
     assert summary["reject_robust"] > 0.5  # 16x the reference noise
     assert 0.0 <= summary["wde_received"] <= 1.0
+
+
+def test_defenses_sharing_one_reception_equal_runs_on_their_own(zoo):
+    """One reception serves every defense of a channel use (its merge and cosines computed
+    once): each run equals the same run on a reception of its own, whatever ran before it."""
+    from rmtllmf.study.experiment import receive
+
+    common = {"tasks": TASKS, "link": "snr", "scenario": "sum-rate", "merge": MergeConfig()}
+    realign_cfg = RealignConfig(k_per_class=2, steps=4, lr=1e-2)
+    configs = [
+        ExperimentConfig(defense=d, realign=realign_cfg, **common)
+        for d in ("r-mtllmf", "none", "freeze", "shrink", "none")
+    ]
+    shared = receive(zoo, configs[0])
+    for cfg in configs:
+        together, alone = run_experiment(zoo, cfg, shared), run_experiment(zoo, cfg)
+        assert together.accuracy == alone.accuracy
+        np.testing.assert_array_equal(together.received_cosine, alone.received_cosine)
+        assert together.realign_curve == alone.realign_curve

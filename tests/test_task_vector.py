@@ -90,6 +90,20 @@ def test_arithmetic_and_cosine_match_numpy():
     assert m[0, 2] == pytest.approx(1.0)
 
 
+def test_cosine_matrix_is_the_pairwise_dot_products_to_the_last_bit():
+    base = _model(0)
+    vecs = [TaskVector.from_models(base, _finetune(base, s, scale=0.1 * s)) for s in (1, 2, 3, 4)]
+    gram = np.array([[a.dot(b) for b in vecs] for a in vecs])
+    norms = np.sqrt(np.diag(gram))
+    np.testing.assert_array_equal(cosine_matrix(vecs), gram / np.outer(norms, norms))
+    zero = TaskVector({k: torch.zeros_like(v) for k, v in vecs[0].tensors.items()})
+    m = cosine_matrix([vecs[0], zero])
+    assert m[1, 1] == 0.0 and m[0, 1] == 0.0 and m[0, 0] == pytest.approx(1.0)
+    assert cosine_matrix([]).shape == (0, 0)
+    with pytest.raises(InputError):
+        cosine_matrix([vecs[0], TaskVector({"other": torch.ones(3)})])
+
+
 def test_flatten_roundtrip_and_segments():
     base = _model(0)
     tv = TaskVector.from_models(base, _finetune(base, 1))

@@ -339,12 +339,23 @@ class TaskVector:
 
 
 def cosine_matrix(vectors: Sequence[TaskVector]) -> NDArray[np.float64]:
-    """Pairwise cosine similarities ``C[i, j] = cos(tau_i, tau_j)`` (Figs. 3-4 of the paper)."""
+    """Pairwise cosine similarities ``C[i, j] = cos(tau_i, tau_j)`` (Figs. 3-4 of the paper).
+
+    The Gram matrix ``G[i, j] = <tau_i, tau_j>`` is accumulated in float64 tensor by tensor, in
+    the vectors' key order, exactly as :meth:`TaskVector.dot` sums it; each tensor is widened to
+    float64 once per vector, not once per pair (memory: ``n`` copies of one tensor at a time)."""
     n = len(vectors)
     gram = np.zeros((n, n))
-    for i in range(n):
-        for j in range(i, n):
-            gram[i, j] = gram[j, i] = vectors[i].dot(vectors[j])
+    if n:
+        for v in vectors[1:]:
+            vectors[0]._check_same(v)
+        for k in vectors[0].tensors:
+            wide = [v.tensors[k].reshape(-1).double() for v in vectors]
+            for i in range(n):
+                for j in range(i, n):
+                    gram[i, j] += float(torch.dot(wide[i], wide[j]))
+            del wide
+        gram = np.triu(gram) + np.triu(gram, 1).T
     norms = np.sqrt(np.clip(np.diag(gram), 0, None))
     denom = np.outer(norms, norms)
     result: NDArray[np.float64] = np.divide(gram, denom, out=np.zeros_like(gram), where=denom > 0)

@@ -230,10 +230,31 @@ class Reception:
     such dict across receptions of the same pool (the base model's floor, evaluated once per
     task, not once per subset)."""
 
+    _cosine: NDArray[np.float64] | None = field(default=None, repr=False)
+    _merged: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+
     @property
     def vectors(self) -> list[TaskVector]:
         """The received task vectors that enter the merge."""
         return [v for _, v in self.received]
+
+    @property
+    def cosine(self) -> NDArray[np.float64]:
+        """Pairwise cosines of :attr:`vectors` (Figs. 3-4), computed once per reception."""
+        if self._cosine is None:
+            vectors = self.vectors
+            self._cosine = cosine_matrix(vectors) if vectors else np.zeros((0, 0))
+        return self._cosine
+
+    def merged(self, base: dict[str, torch.Tensor], merge: MergeConfig) -> dict[str, torch.Tensor]:
+        """Eq. 6 on :attr:`vectors` (the base itself when every user was dropped), merged once
+        per reception and merge: every defense without a blind stage starts from it, and no
+        run modifies it (a model loads a copy)."""
+        key = merge.model_dump_json()
+        if key not in self._merged:
+            vectors = self.vectors
+            self._merged[key] = merge_task_vectors(base, vectors, merge) if vectors else dict(base)
+        return self._merged[key]
 
 
 def reception_key(cfg: ExperimentConfig) -> str:
@@ -349,8 +370,11 @@ def run_experiment(
     rx = reception if reception is not None else receive(pool, cfg)
     base = pool.base_state
     vectors = rx.vectors
-    defended = _blind_vectors(cfg, rx, base) if DEFENSES[cfg.defense].blind else vectors
-    merged = merge_task_vectors(base, defended, cfg.merge) if defended else dict(base)
+    if DEFENSES[cfg.defense].blind:
+        defended = _blind_vectors(cfg, rx, base)
+        merged = merge_task_vectors(base, defended, cfg.merge) if defended else dict(base)
+    else:
+        merged = rx.merged(base, cfg.merge)
     analysis = (
         interference_analysis(
             pool,
@@ -395,7 +419,7 @@ def run_experiment(
         accuracy=acc,
         normalized=normalized_accuracy(acc, ft),
         chance=normalized_accuracy({t: 1.0 / pool.n_classes(t) for t in cfg.tasks}, ft),
-        received_cosine=cosine_matrix(vectors) if vectors else np.zeros((0, 0)),
+        received_cosine=rx.cosine.copy(),
         dropped_users=[q for q in range(rx.n_users) if q not in kept],
         nonfinite_entries=rx.nonfinite_entries,
         analysis=analysis,
