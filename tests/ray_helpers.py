@@ -47,3 +47,12 @@ class CountLoads:
         with open(self.log, "a", encoding="utf-8") as f:
             f.write(f"{os.getpid()}\n")
         return self.inner()
+
+
+def slow_echo(pool: Any, item: tuple[int, float]) -> tuple[int, int, int]:
+    """``item``'s index after sleeping ``item[1]`` seconds, the pool's task count and the
+    worker's process id: the later items finish first when the first ones sleep longest."""
+    import time
+
+    time.sleep(item[1])
+    return item[0], len(pool.finetuned), os.getpid()

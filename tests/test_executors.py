@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_zoo_config
-from ray_helpers import CountLoads, KillOnce
+from ray_helpers import CountLoads, KillOnce, slow_echo
 from rmtllmf.reproduce import (
     ReproduceConfig,
     Scale,
@@ -97,6 +97,24 @@ def test_max_runs_and_resume_are_the_same_under_ray(study, tmp_path, ray_workers
     serial = ResultsDB(tmp_path / "serial.db")
     assert run_sweep(pool, pool.pool_id, scfg, serial, executor=InProcess(pool)) == rest + 5
     assert db.done() == serial.done()
+
+
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_map_calls_returns_results_in_the_items_order_from_every_worker(
+    study, tmp_path, executor, ray_workers_import_tests
+):
+    cfg, cache = study
+    log = tmp_path / "loads.txt"
+    factory = CountLoads(StudyPool(cfg.model_dump_json(), str(cache)), str(log))
+    items = [(i, 1.5 if i < 2 else 0.0) for i in range(8)]  # the first two finish last
+    with RayExecutor(factory, 2) if executor == "ray" else ProcessExecutor(factory, 2) as runner:
+        first = runner.map_calls(slow_echo, items)
+        again = runner.map_calls(slow_echo, items[:3])
+    assert [r[:2] for r in first] == [(i, 3) for i in range(8)]
+    assert [r[0] for r in again] == [0, 1, 2]
+    assert len({r[2] for r in first + again}) == 2  # both workers took items
+    loads = log.read_text().split()
+    assert len(loads) == len(set(loads)) == 2  # kept between calls: one load per worker
 
 
 @pytest.mark.parametrize("executor", ["process", "ray"])

@@ -11,6 +11,7 @@
 from rmtllmf.fusion.checkpoint import LazyCheckpoint, load_state_dict, save_state_dict
 from rmtllmf.fusion.merge import (
     LambdaSearch,
+    lambda_values,
     merge_checkpoints,
     merge_task_vectors,
     select_lambda,
@@ -43,6 +44,7 @@ __all__ = [
     "VectorLayout",
     "cosine_matrix",
     "get_method",
+    "lambda_values",
     "linear_weights",
     "load_state_dict",
     "merge_checkpoints",

@@ -430,8 +430,15 @@ def select_lambda(
 ) -> LambdaSearch:
     """Pick ``lambda`` maximising ``score`` (a validation metric; never test data) over ``grid``
     (default ``linspace(0, 1, 21)``); ties go to the smallest ``lambda``."""
+    points = lambda_values(grid)
+    scores = np.array([float(score(lam)) for lam in points])
+    return LambdaSearch(points[int(np.argmax(scores))], np.array(points), scores)
+
+
+def lambda_values(grid: Sequence[float] | None = None) -> list[float]:
+    """The points of :func:`select_lambda`'s grid (default ``linspace(0, 1, 21)``), as the
+    floats ``score`` is called with."""
     values = np.linspace(0.0, 1.0, 21) if grid is None else np.asarray(grid, dtype=np.float64)
     if values.size == 0:
         raise InputError("the lambda grid is empty")
-    scores = np.array([float(score(float(lam))) for lam in values])
-    return LambdaSearch(float(values[int(np.argmax(scores))]), values, scores)
+    return [float(lam) for lam in values]

@@ -8,7 +8,7 @@ defense and the metrics only ever see this.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -115,6 +115,11 @@ class ModelPool(Protocol):
     def finetuned_accuracy(self, task: str, split: str = "test") -> float: ...
 
     def base_accuracy(self, task: str, split: str = "test") -> float: ...
+
+
+MapCalls = Callable[[Callable[[ModelPool, Any], Any], Sequence[Any]], list[Any]]
+"""Runs ``fn(pool, item)`` for every item on one pool and returns the results in order (an
+executor's ``map_calls``, :mod:`rmtllmf.study.executors`)."""
 
 
 __all__ = ["ModelPool", "PoolRecord", "Preprocess", "RecordedAccuracies", "Split"]

@@ -7,9 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rmtllmf.fusion import MergeConfig, TaskVector, cosine_matrix, merge_task_vectors, select_lambda
+from rmtllmf.fusion import (
+    MergeConfig,
+    TaskVector,
+    cosine_matrix,
+    lambda_values,
+    merge_task_vectors,
+    select_lambda,
+)
 from rmtllmf.metrics import gap_recovery, normalized_accuracy
-from rmtllmf.pools.base import ModelPool
+from rmtllmf.pools.base import MapCalls, ModelPool
 
 
 @dataclass(frozen=True)
@@ -31,26 +38,44 @@ def task_vectors(pool: ModelPool, tasks: Sequence[str]) -> list[TaskVector]:
     return [TaskVector.from_models(base, pool.finetuned[t]) for t in tasks]
 
 
+@dataclass(frozen=True)
+class LambdaJob:
+    """One point of eq. 6's grid search: the clean merge of ``tasks`` at ``scaling``."""
+
+    tasks: tuple[str, ...]
+    method: str
+    scaling: float
+
+
+def lambda_score(pool: ModelPool, job: LambdaJob) -> float:
+    """The clean merge's normalized accuracy (eq. 13) on *validation* data at ``job.scaling``."""
+    base = pool.base_state
+    tvs = [TaskVector.from_models(base, pool.finetuned[t]) for t in job.tasks]
+    ft_val = {t: pool.finetuned_accuracy(t, "val") for t in job.tasks}
+    merged = merge_task_vectors(base, tvs, MergeConfig(method=job.method, scaling=job.scaling))
+    return normalized_accuracy(pool.task_accuracy(merged, job.tasks, "val"), ft_val)
+
+
 def choose_lambda(
     pool: ModelPool,
     tasks: Sequence[str],
     method: str = "task-arithmetic",
     grid: Sequence[float] | None = None,
+    *,
+    map_calls: MapCalls | None = None,
 ) -> tuple[float, dict[float, float]]:
     """Eq. 6's ``λ_N``: the ``λ`` maximising the clean merge's normalized accuracy on
     *validation* data (tangent task arithmetic's protocol; ``grid`` defaults to
-    ``linspace(0, 1, 21)``), and every score."""
-    base = pool.base_state
-    tvs = [TaskVector.from_models(base, pool.finetuned[t]) for t in tasks]
-    ft_val = {t: pool.finetuned_accuracy(t, "val") for t in tasks}
-    scores: dict[float, float] = {}
-
-    def score(lam: float) -> float:
-        merged = merge_task_vectors(base, tvs, MergeConfig(method=method, scaling=lam))
-        scores[lam] = normalized_accuracy(pool.task_accuracy(merged, tasks, "val"), ft_val)
-        return scores[lam]
-
-    return select_lambda(score, grid).best, scores
+    ``linspace(0, 1, 21)``), and every score. ``map_calls`` scores the grid's points (e.g. on
+    an executor's workers); by default they are scored here, one after another."""
+    values = lambda_values(grid)
+    jobs = [LambdaJob(tuple(tasks), method, lam) for lam in values]
+    if map_calls is None:
+        scores = [lambda_score(pool, job) for job in jobs]
+    else:
+        scores = map_calls(lambda_score, jobs)
+    table = dict(zip(values, scores, strict=True))
+    return select_lambda(table.__getitem__, values).best, table
 
 
 def evaluate_clean_merge(

@@ -1,23 +1,30 @@
-"""Where the sweep's runs execute: in this process, in local worker processes, or on Ray.
+"""Where the sweep's work executes: in this process, in local worker processes, or on Ray.
 
-The unit of work is a *channel-use group* (:func:`~rmtllmf.study.sweep.pending_runs`): one
+The unit of the sweep is a *channel-use group* (:func:`~rmtllmf.study.sweep.pending_runs`): one
 reception (channel draw, transmission, decoding) and every run that shares it, i.e. the same
 channel use under each defense. A worker computes the group and *returns* its
 :class:`~rmtllmf.study.store.FinishedRun` rows; only the driver writes ``results.db``
 (:func:`~rmtllmf.study.sweep.run_sweep` commits each row as it arrives). So resuming is the same
 under every executor, a worker that dies mid-group leaves nothing behind (the group is run
-again, by Ray's retry or by the next sweep), and no run is ever written twice.
+again, by Ray's retry or by the next sweep), and no run is ever written twice. The sweep's
+other work on the pool (eq. 6's ``λ_N`` scored per grid value, the rank spectra per reception)
+goes through :meth:`Executor.map_calls`: a top-level function of the pool and one item, run on
+the same workers, results in the items' order.
 
 Workers reach the model pool through a :data:`PoolFactory`: a picklable, hashable, argument-free
 callable that loads the pool from its cache (built once by the driver before any task starts).
-Each worker process loads it on its first group and keeps it for the rest.
+Each worker process loads it on its first task and keeps it until the executor is closed.
 
-* :class:`InProcess`: the driver runs the groups itself, committing run by run;
-* :class:`ProcessExecutor`: ``workers`` local processes (``spawn``), groups handed out as
-  workers free up (so a slow group never holds back a fixed share of the plan);
-* :class:`RayExecutor`: each group is a Ray task with declared resources (fractions of a GPU
+* :class:`InProcess`: the driver runs everything itself;
+* :class:`ProcessExecutor`: ``workers`` local processes (``spawn``), started on first use and
+  kept until :meth:`~ProcessExecutor.close`, tasks handed out as workers free up (so a slow
+  group never holds back a fixed share of the plan);
+* :class:`RayExecutor`: each task is a Ray task with declared resources (fractions of a GPU
   let several runs share one), on a local Ray started with ``workers`` CPUs or on an existing
   cluster (``address``); tasks whose worker dies are retried by Ray (``max_retries``).
+
+Every executor is a context manager; closing one that is not running does nothing, and a closed
+one starts again on its next use.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
 
 from rmtllmf.errors import InputError
 from rmtllmf.pools.base import ModelPool
@@ -37,6 +45,11 @@ from rmtllmf.study.store import FinishedRun, finished_run, run_key
 
 PoolFactory = Callable[[], ModelPool]
 """Loads the study's model pool in a worker: picklable, hashable and argument-free."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+PoolCall = Callable[[ModelPool, T], R]
+"""A function of the pool and one item (top level, so workers can import it)."""
 
 
 def iter_group(
@@ -62,18 +75,54 @@ def iter_group(
 
 
 class Executor(Protocol):
-    """Runs channel-use groups and yields their finished runs as they complete (any order)."""
+    """Runs the sweep's work on the pool; yields or returns what the workers return."""
 
     def map_groups(
         self, pool_id: str, groups: Sequence[Sequence[PlannedRun]]
     ) -> Iterator[FinishedRun]:
-        """Every run of ``groups``, each once; stops early when the consumer stops."""
+        """Every run of ``groups``, each once, as they complete (any order); stops early when
+        the consumer stops."""
         ...
+
+    def map_calls(self, fn: PoolCall[T, R], items: Sequence[T]) -> list[R]:
+        """``[fn(pool, item) for item in items]``, spread over the workers, in order."""
+        ...
+
+    def close(self) -> None:
+        """Stop the workers (the next use starts them again)."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class _Closing:
+    """Context-manager methods for an executor with a ``close()``."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 @dataclass
-class InProcess:
-    """The driver runs every group itself, on ``pool``."""
+class InProcess(_Closing):
+    """The driver runs every group and call itself, on ``pool``."""
 
     pool: ModelPool
     accuracies: dict[tuple[str, str, str], float] = field(default_factory=dict)
@@ -83,6 +132,9 @@ class InProcess:
     ) -> Iterator[FinishedRun]:
         for group in groups:
             yield from iter_group(self.pool, pool_id, group, self.accuracies)
+
+    def map_calls(self, fn: PoolCall[T, R], items: Sequence[T]) -> list[R]:
+        return [fn(self.pool, item) for item in items]
 
 
 _WORKER: dict[str, Any] = {}
@@ -121,41 +173,104 @@ def run_group(
     return list(iter_group(pool, pool_id, runs, _WORKER["accuracies"]))
 
 
+def call_on_pool(factory: PoolFactory, fn: PoolCall[T, R], item: T, threads: int) -> R:
+    """A worker's task: ``fn(pool, item)`` on the factory's pool, on ``threads`` threads."""
+    _set_threads(threads)
+    return fn(_worker_pool(factory), item)
+
+
+def _in_flight(
+    items: Sequence[T],
+    submit: Callable[[T], Any],
+    wait_one: Callable[[list[Any]], tuple[list[Any], list[Any]]],
+    result: Callable[[Any], R],
+    cancel: Callable[[Any], None],
+    slots: int,
+) -> Iterator[tuple[int, R]]:
+    """``(index, result)`` of every item as its task completes: at most ``2 * slots`` tasks
+    submitted at once (a spare one per worker), the next item submitted as one completes;
+    tasks still running when the consumer stops (or a task fails) are cancelled."""
+    queue = list(reversed(list(enumerate(items))))
+    running: list[Any] = []
+    index: dict[Any, int] = {}  # a task (future or object ref) -> its item
+    try:
+        while queue or running:
+            while queue and len(running) < 2 * slots:
+                i, item = queue.pop()
+                task = submit(item)
+                index[task] = i
+                running.append(task)
+            done, running = wait_one(running)
+            for task in done:
+                yield index.pop(task), result(task)
+    finally:
+        for task in running:
+            cancel(task)
+
+
+def _futures_wait(running: list[Future[Any]]) -> tuple[list[Future[Any]], list[Future[Any]]]:
+    done, pending = wait(running, return_when=FIRST_COMPLETED)
+    return list(done), list(pending)
+
+
 @dataclass
-class ProcessExecutor:
-    """``workers`` local processes, each on ``threads`` threads, fed one group at a time."""
+class ProcessExecutor(_Closing):
+    """``workers`` local processes, each on ``threads`` threads, fed one task at a time; the
+    processes (and the pool each loaded) live until :meth:`close`."""
 
     factory: PoolFactory
     workers: int
     threads: int = 1
+    _ex: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._ex is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        return self._ex
+
+    def _map(self, fn: Callable[..., R], items: Sequence[T], *args: Any) -> Iterator[tuple[int, R]]:
+        """``(index, fn(factory, *args, item, threads))`` as each completes."""
+        if not items:
+            return iter(())
+        ex = self._executor()
+        return _in_flight(
+            items,
+            lambda item: ex.submit(fn, self.factory, *args, item, self.threads),
+            _futures_wait,
+            lambda future: future.result(),
+            lambda future: future.cancel(),
+            self.workers,
+        )
 
     def map_groups(
         self, pool_id: str, groups: Sequence[Sequence[PlannedRun]]
     ) -> Iterator[FinishedRun]:
-        if not groups:
-            return
-        ctx = multiprocessing.get_context("spawn")
-        ex = ProcessPoolExecutor(min(self.workers, len(groups)), mp_context=ctx)
-        queue = list(reversed(groups))
-        running: set[Future[list[FinishedRun]]] = set()
-        try:
-            while queue or running:
-                while queue and len(running) < 2 * self.workers:  # a spare one per worker
-                    group = list(queue.pop())
-                    running.add(ex.submit(run_group, self.factory, pool_id, group, self.threads))
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield from future.result()
-        finally:
-            ex.shutdown(wait=True, cancel_futures=True)
+        for _, rows in self._map(run_group, [list(g) for g in groups], pool_id):
+            yield from rows
+
+    def map_calls(self, fn: PoolCall[T, R], items: Sequence[T]) -> list[R]:
+        return _in_order(self._map(call_on_pool, items, fn), len(items))
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+            self._ex = None
+
+
+def _in_order(done: Iterator[tuple[int, R]], n: int) -> list[R]:
+    """The results of :func:`_in_flight` in the items' order."""
+    out: dict[int, R] = dict(done)
+    return [out[i] for i in range(n)]
 
 
 @dataclass
-class RayExecutor:
-    """Each group is a Ray task (``cpus_per_run`` CPUs, ``gpus_per_run`` GPUs, fractions
+class RayExecutor(_Closing):
+    """Each task is a Ray task (``cpus_per_run`` CPUs, ``gpus_per_run`` GPUs, fractions
     allowed). ``address`` joins an existing cluster (``ray start --head``); without it a
-    local Ray is started with ``workers`` CPUs and stopped afterwards. At most ``workers``
-    groups run at once (plus one queued each; ``0`` on a cluster: its CPUs over
+    local Ray is started with ``workers`` CPUs on first use and stopped by :meth:`close`. At
+    most ``workers`` tasks run at once (plus one queued each; ``0`` on a cluster: its CPUs over
     ``cpus_per_run``); a task whose worker dies is retried up to ``max_retries`` times."""
 
     factory: PoolFactory
@@ -164,20 +279,24 @@ class RayExecutor:
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
     max_retries: int = 3
+    _started: bool = field(default=False, init=False, repr=False)
 
-    def map_groups(
-        self, pool_id: str, groups: Sequence[Sequence[PlannedRun]]
-    ) -> Iterator[FinishedRun]:
+    def _ray(self) -> Any:
         try:
             import ray
         except ImportError as exc:
             raise InputError(
                 "--executor ray needs Ray; install it with: pip install 'rmtllmf[ray]'"
             ) from exc
-        if not groups:
-            return
-        started = self._start(ray)
-        task = ray.remote(run_group).options(
+        return ray
+
+    def _map(self, fn: Callable[..., R], items: Sequence[T], *args: Any) -> Iterator[tuple[int, R]]:
+        """``(index, fn(factory, *args, item, threads))`` as each completes."""
+        ray = self._ray()
+        if not items:
+            return iter(())
+        self._start(ray)
+        task = ray.remote(fn).options(
             num_cpus=self.cpus_per_run,
             num_gpus=self.gpus_per_run,
             max_retries=self.max_retries,
@@ -187,33 +306,46 @@ class RayExecutor:
         threads = max(1, int(self.cpus_per_run))
         slots = self.workers or max(
             1,
-            int(ray.cluster_resources().get("CPU", 1) / self.cpus_per_run),  # type: ignore[no-untyped-call]
+            int(ray.cluster_resources().get("CPU", 1) / self.cpus_per_run),
         )
-        queue = list(reversed(groups))
-        running: list[Any] = []
-        try:
-            while queue or running:
-                while queue and len(running) < 2 * slots:
-                    running.append(task.remote(factory, pool_id, list(queue.pop()), threads))
-                done, running = ray.wait(running, num_returns=1)
-                for ref in done:
-                    try:
-                        rows = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:
-                        if isinstance(exc.cause, InputError):
-                            raise exc.cause from None  # the user's error, as in-process
-                        raise
-                    yield from rows
-        finally:
-            for ref in running:
-                ray.cancel(ref, force=True)
-            if started:
-                ray.shutdown()
 
-    def _start(self, ray: Any) -> bool:
-        """Connect to ``address``, or start a local Ray; whether this call started it."""
+        def result(ref: Any) -> R:
+            try:
+                value: R = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, InputError):
+                    raise exc.cause from None  # the user's error, as in-process
+                raise
+            return value
+
+        return _in_flight(
+            items,
+            lambda item: task.remote(factory, *args, item, threads),
+            lambda running: ray.wait(running, num_returns=1),
+            result,
+            lambda ref: ray.cancel(ref, force=True),
+            slots,
+        )
+
+    def map_groups(
+        self, pool_id: str, groups: Sequence[Sequence[PlannedRun]]
+    ) -> Iterator[FinishedRun]:
+        for _, rows in self._map(run_group, [list(g) for g in groups], pool_id):
+            yield from rows
+
+    def map_calls(self, fn: PoolCall[T, R], items: Sequence[T]) -> list[R]:
+        return _in_order(self._map(call_on_pool, items, fn), len(items))
+
+    def close(self) -> None:
+        """Stop the local Ray this executor started (a joined cluster keeps running)."""
+        if self._started:
+            self._ray().shutdown()
+            self._started = False
+
+    def _start(self, ray: Any) -> None:
+        """Connect to ``address``, or start a local Ray, unless Ray is running already."""
         if ray.is_initialized():
-            return False
+            return
         env = {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(self.cpus_per_run)))}}
         if self.address:
             try:
@@ -224,11 +356,11 @@ class RayExecutor:
                     "`ray start --head` (it prints the address) or drop --address to run a "
                     "local Ray"
                 ) from exc
-            return True
-        ray.init(
-            num_cpus=max(1, self.workers),
-            include_dashboard=False,
-            runtime_env=env,
-            object_store_memory=256 * 1024**2,
-        )
-        return True
+        else:
+            ray.init(
+                num_cpus=max(1, self.workers),
+                include_dashboard=False,
+                runtime_env=env,
+                object_store_memory=256 * 1024**2,
+            )
+        self._started = True

@@ -43,7 +43,7 @@ from threadpoolctl import threadpool_limits
 from rmtllmf.defense.blind import gd_threshold, matrix_shape, mp_edge
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import VectorLayout
-from rmtllmf.pools.base import ModelPool
+from rmtllmf.pools.base import MapCalls, ModelPool
 from rmtllmf.study.experiment import (
     ExperimentConfig,
     LinkMode,
@@ -357,41 +357,55 @@ def spectra_key(pool_id: str, receptions: Sequence[ExperimentConfig], cfg: Spect
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def reception_spectra(
+    pool: ModelPool, job: tuple[ExperimentConfig, SpectraConfig, bool]
+) -> tuple[tuple[TensorSpectra, ...], ReceptionSpectra]:
+    """One reception's spectra (``job``: its config, the tensor choice, and whether to measure
+    the clean spectra too): :func:`~rmtllmf.study.experiment.receive` (the same channel use as a
+    sweep run of that config) and the BS's noise estimate
+    (:func:`~rmtllmf.study.experiment.noise_variances`)."""
+    rcfg, cfg, with_clean = job
+    rx = receive(pool, rcfg)
+    layout = rx.clean[0].layout
+    names = select_tensors(layout, cfg)
+    tensors = clean_spectra(layout, names, [tv.flatten() for tv in rx.clean]) if with_clean else ()
+    received = received_spectra(
+        layout,
+        names,
+        [(q, tv.flatten()) for q, tv in rx.received],
+        noise_variances(rcfg, rx, pool.base_state),
+        link=rcfg.link,
+        scenario=rcfg.scenario,
+        mse=rx.mse.tolist(),
+    )
+    return tensors, received
+
+
 def rank_spectra(
     pool: ModelPool,
     receptions: Sequence[ExperimentConfig],
     cfg: SpectraConfig,
     *,
     key: str = "",
+    map_calls: MapCalls | None = None,
 ) -> RankSpectra:
     """Measure the rank spectra (module docs) of the clean vectors of the receptions' tasks and
-    of what each reception delivers (:func:`~rmtllmf.study.experiment.receive`, the same
-    channel use as a sweep run of that config), with the BS's noise estimate
-    (:func:`~rmtllmf.study.experiment.noise_variances`). Every reception has the same tasks."""
+    of what each reception delivers (:func:`reception_spectra`). Every reception has the same
+    tasks. ``map_calls`` measures the receptions (e.g. on an executor's workers); by default
+    they are measured here, one after another."""
     if not receptions:
         raise InputError("no receptions to measure rank spectra on")
     tasks = receptions[0].tasks
     if any(r.tasks != tasks for r in receptions):
         raise InputError("the receptions of one rank-spectra measurement must share their tasks")
-    base = pool.base_state
-    tensors: tuple[TensorSpectra, ...] = ()
-    names: list[str] = []
-    measured = []
-    for rcfg in receptions:
-        rx = receive(pool, rcfg)
-        layout = rx.clean[0].layout
-        if not tensors:
-            names = select_tensors(layout, cfg)
-            tensors = clean_spectra(layout, names, [tv.flatten() for tv in rx.clean])
-        measured.append(
-            received_spectra(
-                layout,
-                names,
-                [(q, tv.flatten()) for q, tv in rx.received],
-                noise_variances(rcfg, rx, base),
-                link=rcfg.link,
-                scenario=rcfg.scenario,
-                mse=rx.mse.tolist(),
-            )
-        )
-    return RankSpectra(key=key, tasks=tuple(tasks), tensors=tensors, receptions=tuple(measured))
+    jobs = [(rcfg, cfg, i == 0) for i, rcfg in enumerate(receptions)]
+    if map_calls is None:
+        measured = [reception_spectra(pool, job) for job in jobs]
+    else:
+        measured = map_calls(reception_spectra, jobs)
+    return RankSpectra(
+        key=key,
+        tasks=tuple(tasks),
+        tensors=measured[0][0],
+        receptions=tuple(received for _, received in measured),
+    )

@@ -18,26 +18,43 @@ from rmtllmf.study.store import ResultsDB, run_key
 
 
 def ensure_lambdas(
-    pool: ModelPool, pool_id: str, cfg: SweepConfig, db: ResultsDB
+    pool: ModelPool,
+    pool_id: str,
+    cfg: SweepConfig,
+    db: ResultsDB,
+    runner: Executor | None = None,
 ) -> dict[int, float]:
-    """``λ_N`` per task count: stored ones, else chosen on validation and stored."""
+    """``λ_N`` per task count: stored ones, else chosen on validation (the grid's points
+    scored on ``runner``'s workers; default: this process) and stored."""
     lambdas = {}
     for n, combos in subsets(cfg).items():
         stored = db.lambda_for(pool_id, n)
         if stored is None:
-            stored, scores = choose_lambda(pool, combos[0], cfg.merge_method, cfg.lambda_grid)
+            stored, scores = choose_lambda(
+                pool,
+                combos[0],
+                cfg.merge_method,
+                cfg.lambda_grid,
+                map_calls=runner.map_calls if runner is not None else None,
+            )
             db.set_lambda(pool_id, n, stored, scores)
         lambdas[n] = stored
     return lambdas
 
 
 def ensure_spectra(
-    pool: ModelPool, pool_id: str, cfg: SweepConfig, db: ResultsDB, lambdas: dict[int, float]
+    pool: ModelPool,
+    pool_id: str,
+    cfg: SweepConfig,
+    db: ResultsDB,
+    lambdas: dict[int, float],
+    runner: Executor | None = None,
 ) -> RankSpectra | None:
     """The rank spectra of ``cfg.spectra`` (:mod:`rmtllmf.study.spectra`) on
     :func:`~rmtllmf.study.plan.spectra_receptions`: the stored ones when they measured the same
-    receptions on the same pool, else measured now and stored in the database's meta
-    (``rank_spectra``), where the report reads them. ``None`` without ``cfg.spectra``."""
+    receptions on the same pool, else measured now (each reception on ``runner``'s workers;
+    default: this process) and stored in the database's meta (``rank_spectra``), where the
+    report reads them. ``None`` without ``cfg.spectra``."""
     receptions = spectra_receptions(cfg, lambdas)
     if cfg.spectra is None or not receptions:
         return None
@@ -47,7 +64,13 @@ def ensure_spectra(
         spectra = RankSpectra.from_json(json.loads(stored))
         if spectra.key == key:
             return spectra
-    spectra = rank_spectra(pool, receptions, cfg.spectra, key=key)
+    spectra = rank_spectra(
+        pool,
+        receptions,
+        cfg.spectra,
+        key=key,
+        map_calls=runner.map_calls if runner is not None else None,
+    )
     db.set_meta(SPECTRA_META, json.dumps(spectra.to_json()))
     return spectra
 
@@ -106,8 +129,9 @@ def run_sweep(
     ``shard = (i, n)`` runs only the channel-use groups ``g`` of the plan with ``g % n == i``
     (see :func:`pending_runs`), so ``n`` machines can each fill their own database (combined
     by :func:`~rmtllmf.study.store.merge_databases`). ``executor`` runs the groups
-    (:mod:`rmtllmf.study.executors`; default: this process, on ``pool``); whichever it is,
-    this function alone writes ``db``, committing each run as it arrives.
+    (:mod:`rmtllmf.study.executors`; default: this process, on ``pool``) and scores ``λ_N``
+    and the rank spectra before them, and is closed when the sweep ends; whichever it is, this
+    function alone writes ``db``, committing each run as it arrives.
     """
     cfg.check()
     check_shard(shard)
@@ -116,18 +140,18 @@ def run_sweep(
         raise InputError(f"tasks {unknown} are not in the model pool ({sorted(pool.finetuned)})")
     db.set_meta("sweep_config", cfg.model_dump_json())
     db.set_meta("pool_id", pool_id)
-    lambdas = ensure_lambdas(pool, pool_id, cfg, db)
-    if shard[0] == 0:  # one shard of a sharded study measures them
-        ensure_spectra(pool, pool_id, cfg, db, lambdas)
-    groups = _first_runs(pending_runs(pool_id, cfg, db, lambdas, shard), max_runs)
-    total = sum(len(g) for g in groups)
-    runner = executor if executor is not None else InProcess(pool)
-    ran = 0
-    with progress_bar(progress and total > 0, "sweep", total) as advance:
-        for run in runner.map_groups(pool_id, groups):
-            ran += db.commit(run)
-            cfg_n = json.loads(run.config)
-            advance(f"sweep: N={run.n_tasks} {cfg_n['link']} {cfg_n['defense']}")
+    with executor if executor is not None else InProcess(pool) as runner:
+        lambdas = ensure_lambdas(pool, pool_id, cfg, db, runner)
+        if shard[0] == 0:  # one shard of a sharded study measures them
+            ensure_spectra(pool, pool_id, cfg, db, lambdas, runner)
+        groups = _first_runs(pending_runs(pool_id, cfg, db, lambdas, shard), max_runs)
+        total = sum(len(g) for g in groups)
+        ran = 0
+        with progress_bar(progress and total > 0, "sweep", total) as advance:
+            for run in runner.map_groups(pool_id, groups):
+                ran += db.commit(run)
+                cfg_n = json.loads(run.config)
+                advance(f"sweep: N={run.n_tasks} {cfg_n['link']} {cfg_n['defense']}")
     return ran
 
 
