@@ -293,9 +293,10 @@ def reproduce_shard(
     """Run shard ``(i, n)`` of the study into ``out/results.db`` (no report: a shard holds a
     part of the plan; see :func:`merge_shards`); returns the runs the database holds.
 
-    Shard ``i`` of ``n`` owns the channel-use groups ``g`` of the plan with ``g % n == i``
-    (:func:`~rmtllmf.study.sweep.pending_runs`), so ``n`` machines that each run one shard, with
-    the same code and config, cover the plan exactly once, and each resumes on its own.
+    Shard ``i`` of ``n`` owns a share of the plan's channel-use groups balanced by estimated
+    cost (:func:`~rmtllmf.study.sweep.pending_runs`), so ``n`` machines that each run one
+    shard, with the same code and config, cover the plan exactly once, and each resumes on its
+    own.
     """
     db = _run_study(
         cfg,

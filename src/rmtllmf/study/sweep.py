@@ -5,8 +5,10 @@ store (:mod:`rmtllmf.study.store`), one channel use per group of runs that share
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from rmtllmf._progress import progress_bar
+from rmtllmf.defense import REALIGNING
 from rmtllmf.errors import InputError
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.study.clean import choose_lambda
@@ -85,6 +87,44 @@ def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     return shard
 
 
+RUN_WEIGHT = {"run": 1.0, "realign": 4.0, "analysis": 15.0}
+"""A run's cost in units of an undefended run, for balancing shards (measured on the default
+grid's first shard, docs/scaling.md: an undefended run 0.8 s, a realigning one 4.4 s whatever
+``N``, the interference analysis about 12 s more)."""
+
+
+def run_weight(run: PlannedRun) -> float:
+    """The estimated cost of ``run`` (:data:`RUN_WEIGHT`)."""
+    cfg = run.config
+    return (
+        RUN_WEIGHT["run"]
+        + RUN_WEIGHT["realign"] * (cfg.defense in REALIGNING)
+        + RUN_WEIGHT["analysis"] * (cfg.analysis is not None)
+    )
+
+
+def shard_owners(weights: Sequence[float], n: int) -> list[int]:
+    """The shard of each group of the plan, by estimated cost (longest processing time first):
+    the groups, heaviest first (plan order among equals), each go to the shard with the least
+    estimated work so far (the lowest index among equals). Deterministic, and a function of the
+    whole plan only."""
+    load = [0.0] * n
+    owners = [0] * len(weights)
+    for g in sorted(range(len(weights)), key=lambda g: -weights[g]):
+        owners[g] = min(range(n), key=load.__getitem__)
+        load[owners[g]] += weights[g]
+    return owners
+
+
+def plan_groups(cfg: SweepConfig, lambdas: dict[int, float]) -> list[list[PlannedRun]]:
+    """The whole plan grouped by channel use (one reception serves a whole group), in plan
+    order."""
+    groups: dict[str, list[PlannedRun]] = {}
+    for run in plan_runs(cfg, lambdas):
+        groups.setdefault(reception_key(run.config), []).append(run)
+    return list(groups.values())
+
+
 def pending_runs(
     pool_id: str,
     cfg: SweepConfig,
@@ -92,22 +132,21 @@ def pending_runs(
     lambdas: dict[int, float],
     shard: tuple[int, int] = (0, 1),
 ) -> list[list[PlannedRun]]:
-    """The unfinished runs of ``shard``, grouped by channel use (one reception serves a whole
-    group).
+    """The unfinished runs of ``shard``, grouped by channel use (:func:`plan_groups`).
 
-    Shard ``(i, n)`` holds the groups ``g`` of the whole plan (in plan order) with
-    ``g % n == i``: what a shard owns never depends on what is finished, so shards that resume
-    at different times, or write to different databases, still split the plan exactly.
+    Shard ``(i, n)`` holds the groups that :func:`shard_owners` gives to ``i``, balanced by
+    estimated cost over the whole plan: what a shard owns never depends on what is finished, so
+    shards that resume at different times, or write to different databases, still split the
+    plan exactly.
     """
     i, n = check_shard(shard)
     done = db.done()
-    groups: dict[str, list[PlannedRun]] = {}
-    for run in plan_runs(cfg, lambdas):
-        groups.setdefault(reception_key(run.config), []).append(run)
+    groups = plan_groups(cfg, lambdas)
+    owners = shard_owners([sum(run_weight(r) for r in g) for g in groups], n)
     return [
         todo
-        for g, group in enumerate(groups.values())
-        if g % n == i
+        for group, owner in zip(groups, owners, strict=True)
+        if owner == i
         and (todo := [run for run in group if run_key(pool_id, run.config) not in done])
     ]
 
@@ -126,8 +165,8 @@ def run_sweep(
     """Run every planned run that is not in ``db`` yet; returns how many ran.
 
     ``max_runs`` stops early (the rest run on the next call): the resumption path, tested.
-    ``shard = (i, n)`` runs only the channel-use groups ``g`` of the plan with ``g % n == i``
-    (see :func:`pending_runs`), so ``n`` machines can each fill their own database (combined
+    ``shard = (i, n)`` runs only the channel-use groups that shard owns (see
+    :func:`pending_runs`), so ``n`` machines can each fill their own database (combined
     by :func:`~rmtllmf.study.store.merge_databases`). ``executor`` runs the groups
     (:mod:`rmtllmf.study.executors`; default: this process, on ``pool``) and scores ``λ_N``
     and the rank spectra before them, and is closed when the sweep ends; whichever it is, this
