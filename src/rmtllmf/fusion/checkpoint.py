@@ -23,18 +23,16 @@ import json
 import math
 import os
 import struct
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from rmtllmf._io import atomic_output
+from rmtllmf._io import Closing, atomic_output
 from rmtllmf.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -98,25 +96,6 @@ def resolve_files(path: str | Path) -> list[Path]:
         f"no weights found in directory {p}: expected model.safetensors, a sharded "
         "model.safetensors.index.json, or a single *.safetensors file"
     )
-
-
-class _Closing(ABC):
-    """Context-manager protocol for readers that hold files: ``with`` closes them."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release the files."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 _Spans = dict[str, tuple[int, int]]
@@ -219,7 +198,7 @@ def check_finite(tensor: torch.Tensor, where: str, key: str) -> None:
         raise nonfinite_error(where, key, tensor, bad)
 
 
-class LazyCheckpoint(_Closing):
+class LazyCheckpoint(Closing):
     """Read-only, per-tensor access to a checkpoint. Use as a context manager.
 
     Floating-point tensors are checked to be finite when first read (:func:`check_finite`);
@@ -308,7 +287,7 @@ class LazyCheckpoint(_Closing):
         return {k: self.get(k) for k in self.keys()}
 
 
-class RawSafetensors(_Closing):
+class RawSafetensors(Closing):
     """Positional reads of one safetensors file's tensor bytes (``pread``; no memory map).
 
     The header is parsed once; :meth:`read_into` copies a byte range of one tensor straight from

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
+from rmtllmf._io import Closing
 from rmtllmf.errors import InputError
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.study.experiment import Reception, receive, reception_key, run_experiment
@@ -102,26 +104,8 @@ class Executor(Protocol):
     ) -> None: ...
 
 
-class _Closing:
-    """Context-manager methods for an executor with a ``close()``."""
-
-    def close(self) -> None:
-        """Nothing to stop."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
 @dataclass
-class InProcess(_Closing):
+class InProcess(Closing):
     """The driver runs every group and call itself, on ``pool``."""
 
     pool: ModelPool
@@ -135,6 +119,9 @@ class InProcess(_Closing):
 
     def map_calls(self, fn: PoolCall[T, R], items: Sequence[T]) -> list[R]:
         return [fn(self.pool, item) for item in items]
+
+    def close(self) -> None:
+        """Nothing to stop."""
 
 
 _WORKER: dict[str, Any] = {}
@@ -213,8 +200,32 @@ def _futures_wait(running: list[Future[Any]]) -> tuple[list[Future[Any]], list[F
     return list(done), list(pending)
 
 
+def _in_order(done: Iterator[tuple[int, R]], n: int) -> list[R]:
+    """The results of :func:`_in_flight` in the items' order."""
+    out: dict[int, R] = dict(done)
+    return [out[i] for i in range(n)]
+
+
+class _Workers(Closing):
+    """An executor whose tasks run on workers that reach the pool through a factory: groups
+    as :func:`run_group` tasks, calls as :func:`call_on_pool` tasks."""
+
+    @abstractmethod
+    def _map(self, fn: Callable[..., R], items: Sequence[T], *args: Any) -> Iterator[tuple[int, R]]:
+        """``(index, fn(factory, *args, item, threads))`` of every item as its task completes."""
+
+    def map_groups(
+        self, pool_id: str, groups: Sequence[Sequence[PlannedRun]]
+    ) -> Iterator[FinishedRun]:
+        for _, rows in self._map(run_group, [list(g) for g in groups], pool_id):
+            yield from rows
+
+    def map_calls(self, fn: PoolCall[T, R], items: Sequence[T]) -> list[R]:
+        return _in_order(self._map(call_on_pool, items, fn), len(items))
+
+
 @dataclass
-class ProcessExecutor(_Closing):
+class ProcessExecutor(_Workers):
     """``workers`` local processes, each on ``threads`` threads, fed one task at a time; the
     processes (and the pool each loaded) live until :meth:`close`."""
 
@@ -243,15 +254,6 @@ class ProcessExecutor(_Closing):
             self.workers,
         )
 
-    def map_groups(
-        self, pool_id: str, groups: Sequence[Sequence[PlannedRun]]
-    ) -> Iterator[FinishedRun]:
-        for _, rows in self._map(run_group, [list(g) for g in groups], pool_id):
-            yield from rows
-
-    def map_calls(self, fn: PoolCall[T, R], items: Sequence[T]) -> list[R]:
-        return _in_order(self._map(call_on_pool, items, fn), len(items))
-
     def close(self) -> None:
         """Stop the worker processes."""
         if self._ex is not None:
@@ -259,14 +261,8 @@ class ProcessExecutor(_Closing):
             self._ex = None
 
 
-def _in_order(done: Iterator[tuple[int, R]], n: int) -> list[R]:
-    """The results of :func:`_in_flight` in the items' order."""
-    out: dict[int, R] = dict(done)
-    return [out[i] for i in range(n)]
-
-
 @dataclass
-class RayExecutor(_Closing):
+class RayExecutor(_Workers):
     """Each task is a Ray task (``cpus_per_run`` CPUs, ``gpus_per_run`` GPUs, fractions
     allowed). ``address`` joins an existing cluster (``ray start --head``); without it a
     local Ray is started with ``workers`` CPUs on first use and stopped by :meth:`close`. At
@@ -326,15 +322,6 @@ class RayExecutor(_Closing):
             lambda ref: ray.cancel(ref, force=True),
             slots,
         )
-
-    def map_groups(
-        self, pool_id: str, groups: Sequence[Sequence[PlannedRun]]
-    ) -> Iterator[FinishedRun]:
-        for _, rows in self._map(run_group, [list(g) for g in groups], pool_id):
-            yield from rows
-
-    def map_calls(self, fn: PoolCall[T, R], items: Sequence[T]) -> list[R]:
-        return _in_order(self._map(call_on_pool, items, fn), len(items))
 
     def close(self) -> None:
         """Stop the local Ray this executor started (a joined cluster keeps running)."""
