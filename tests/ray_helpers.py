@@ -51,7 +51,7 @@ class CountLoads:
 
 def slow_echo(pool: Any, item: tuple[int, float]) -> tuple[int, int, int]:
     """``item``'s index after sleeping ``item[1]`` seconds, the pool's task count and the
-    worker's process id: the later items finish first when the first ones sleep longest."""
+    worker's process id (the later items finish first when the first one sleeps longest)."""
     import time
 
     time.sleep(item[1])

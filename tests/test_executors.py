@@ -23,7 +23,8 @@ from rmtllmf.reproduce import (
     reproduce,
     sweep_config,
 )
-from rmtllmf.study.executors import InProcess, ProcessExecutor, RayExecutor
+from rmtllmf.study.executors import InProcess, ProcessExecutor, RayExecutor, _in_flight, _in_order
+from rmtllmf.study.spectra import SPECTRA_META
 from rmtllmf.study.store import ResultsDB
 from rmtllmf.study.sweep import ensure_lambdas, pending_runs, run_sweep
 
@@ -70,6 +71,17 @@ def numbers(out: Path) -> dict[str, str]:
         db.close()
 
 
+def spectra(out: Path) -> str:
+    """The rank spectra the study stored (measured on the executor's workers)."""
+    db = ResultsDB(out / "results.db", read_only=True)
+    try:
+        stored = db.meta(SPECTRA_META)
+    finally:
+        db.close()
+    assert stored is not None
+    return stored
+
+
 def test_process_and_ray_give_the_in_process_numbers(study, tmp_path, ray_workers_import_tests):
     cfg, cache = study
     kw = {"cache": cache, "progress": False}
@@ -82,6 +94,7 @@ def test_process_and_ray_give_the_in_process_numbers(study, tmp_path, ray_worker
         summary = reproduce(cfg, tmp_path / name, scale=scale, **kw)
         assert numbers(tmp_path / name) == numbers(tmp_path / "serial"), name
         assert summary == ref, name  # the report does not depend on the order runs finished
+        assert spectra(tmp_path / name) == spectra(tmp_path / "serial"), name  # measured on workers
 
 
 def test_max_runs_and_resume_are_the_same_under_ray(study, tmp_path, ray_workers_import_tests):
@@ -106,13 +119,13 @@ def test_map_calls_returns_results_in_the_items_order_from_every_worker(
     cfg, cache = study
     log = tmp_path / "loads.txt"
     factory = CountLoads(StudyPool(cfg.model_dump_json(), str(cache)), str(log))
-    items = [(i, 1.5 if i < 2 else 0.0) for i in range(8)]  # the first two finish last
+    items = [(i, 2.0 if i == 0 else 0.0) for i in range(8)]  # the first finishes last
     with RayExecutor(factory, 2) if executor == "ray" else ProcessExecutor(factory, 2) as runner:
         first = runner.map_calls(slow_echo, items)
         again = runner.map_calls(slow_echo, items[:3])
     assert [r[:2] for r in first] == [(i, 3) for i in range(8)]
     assert [r[0] for r in again] == [0, 1, 2]
-    assert len({r[2] for r in first + again}) == 2  # both workers took items
+    assert len({r[2] for r in first}) == 2  # both workers took items
     loads = log.read_text().split()
     assert len(loads) == len(set(loads)) == 2  # kept between calls: one load per worker
 
@@ -134,15 +147,20 @@ def test_each_worker_loads_the_pool_once_not_per_task(
     assert len(loads) == len(set(loads)) <= 2  # one load per worker process
 
 
+@pytest.mark.parametrize("killed_in", ["group", "lambda"])
 def test_a_ray_worker_killed_mid_task_is_retried_and_no_run_is_lost_or_doubled(
-    study, tmp_path, ray_workers_import_tests
+    study, tmp_path, killed_in, ray_workers_import_tests
 ):
+    """The worker dies in its first evaluation: of a channel-use group (λ_N chosen on the
+    driver beforehand) or of a point of the λ grid (a map_calls task)."""
     cfg, cache = study
     scfg = sweep_config(cfg)
     pool = build_pool(cfg, cache, progress=False)
     marker = tmp_path / "killed-once"
     factory = KillOnce(StudyPool(cfg.model_dump_json(), str(cache)), str(marker))
     db = ResultsDB(tmp_path / "ray.db")
+    if killed_in == "group":
+        ensure_lambdas(pool, pool.pool_id, scfg, db)
     commits: list[tuple[str, bool]] = []
     real_commit = db.commit
 
@@ -161,6 +179,8 @@ def test_a_ray_worker_killed_mid_task_is_retried_and_no_run_is_lost_or_doubled(
     assert len({k for k, _ in commits}) == len(commits)
     rows = {r.key: r.result for r in db.rows()}
     assert rows == {r.key: r.result for r in serial.rows()}
+    lambdas = [db.lambda_for(pool.pool_id, n) for n in scfg.task_counts]
+    assert lambdas == [serial.lambda_for(pool.pool_id, n) for n in scfg.task_counts]
 
 
 def test_the_ray_driver_killed_then_rerun_resumes_to_the_same_numbers(
@@ -199,3 +219,33 @@ def test_the_ray_driver_killed_then_rerun_resumes_to_the_same_numbers(
     assert 3 <= kept < len(numbers(tmp_path / "reference"))
     subprocess.run(argv(tmp_path / "killed"), check=True, capture_output=True, timeout=600)
     assert numbers(tmp_path / "killed") == numbers(tmp_path / "reference")
+
+
+def test_in_flight_keeps_at_most_two_tasks_per_slot_and_in_order_undoes_completion_order():
+    """Fake tasks that complete last-submitted first: every item comes back once with its own
+    index, never more than ``2 * slots`` are in flight, and the ones still in flight when the
+    consumer stops are cancelled."""
+    cancelled, peak = [], [0]
+
+    class Task:  # hashable by identity, as a future is
+        def __init__(self, item):
+            self.item = item
+
+    def submit(item):
+        return Task(item)
+
+    def wait_one(running):
+        peak[0] = max(peak[0], len(running))
+        return running[-1:], running[:-1]
+
+    items = [f"item{i}" for i in range(9)]
+    flow = list(_in_flight(items, submit, wait_one, lambda t: t.item.upper(), cancelled.append, 2))
+    assert sorted(i for i, _ in flow) == list(range(9)) and peak[0] == 4
+    assert [i for i, _ in flow] != list(range(9))  # completion order differs
+    assert all(r == items[i].upper() for i, r in flow)
+    again = _in_flight(items, submit, wait_one, lambda t: t.item.upper(), cancelled.append, 2)
+    assert _in_order(again, 9) == [x.upper() for x in items]
+    early = _in_flight(items, submit, wait_one, lambda t: t.item, cancelled.append, 2)
+    next(early)
+    early.close()  # the consumer stops after one result
+    assert len(cancelled) == 3

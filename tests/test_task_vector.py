@@ -90,11 +90,13 @@ def test_arithmetic_and_cosine_match_numpy():
     assert m[0, 2] == pytest.approx(1.0)
 
 
-def test_cosine_matrix_is_the_pairwise_dot_products_to_the_last_bit():
+def test_cosine_matrix_is_the_pairwise_dot_products_to_the_last_bit(monkeypatch):
     base = _model(0)
     vecs = [TaskVector.from_models(base, _finetune(base, s, scale=0.1 * s)) for s in (1, 2, 3, 4)]
     gram = np.array([[a.dot(b) for b in vecs] for a in vecs])
     norms = np.sqrt(np.diag(gram))
+    np.testing.assert_array_equal(cosine_matrix(vecs), gram / np.outer(norms, norms))
+    monkeypatch.setattr("rmtllmf.fusion.task_vector.WIDE_BYTES", 0)  # pair by pair
     np.testing.assert_array_equal(cosine_matrix(vecs), gram / np.outer(norms, norms))
     zero = TaskVector({k: torch.zeros_like(v) for k, v in vecs[0].tensors.items()})
     m = cosine_matrix([vecs[0], zero])

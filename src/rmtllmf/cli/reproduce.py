@@ -203,9 +203,9 @@ def _announce(
     """Before any work: say that the zoo will be built, and how long the sweep will take when
     that is more than a minute (from the database's own runs when it has some)."""
     from rmtllmf.reproduce import sweep_config
-    from rmtllmf.study.experiment import reception_key
-    from rmtllmf.study.plan import plan_runs, subsets
+    from rmtllmf.study.plan import subsets
     from rmtllmf.study.store import ResultsDB
+    from rmtllmf.study.sweep import shard_groups
 
     if cfg.family == "tiny-vit":
         announce_zoo(cache / "zoo", cfg.zoo, workers)
@@ -216,11 +216,8 @@ def _announce(
             f"{workers} process(es) (measured: 6 min on 2), cached under {cache / 'text'}"
         )
     scfg = sweep_config(cfg)
-    groups: dict[str, int] = {}
-    for run in plan_runs(scfg, dict.fromkeys(subsets(scfg), 0.0)):
-        key = reception_key(run.config)
-        groups[key] = groups.get(key, 0) + 1
-    planned = sum(k for g, k in enumerate(groups.values()) if g % shard[1] == shard[0])
+    owned = shard_groups(scfg, dict.fromkeys(subsets(scfg), 0.0), shard)
+    planned = sum(len(group) for group in owned)
     per_run, done = SECONDS_PER_RUN.get(cfg.family, 10.0), 0
     db_file = args.out / "results.db"
     if db_file.is_file() and not args.reset:

@@ -338,23 +338,36 @@ class TaskVector:
         return out
 
 
+WIDE_BYTES = 1 << 30
+"""The most memory :func:`cosine_matrix` spends on float64 copies of one tensor of every vector
+at once; above it, it widens the tensor pair by pair (two copies at a time)."""
+
+
 def cosine_matrix(vectors: Sequence[TaskVector]) -> NDArray[np.float64]:
     """Pairwise cosine similarities ``C[i, j] = cos(tau_i, tau_j)`` (Figs. 3-4 of the paper).
 
     The Gram matrix ``G[i, j] = <tau_i, tau_j>`` is accumulated in float64 tensor by tensor, in
-    the vectors' key order, exactly as :meth:`TaskVector.dot` sums it; each tensor is widened to
-    float64 once per vector, not once per pair (memory: ``n`` copies of one tensor at a time)."""
+    the vectors' key order, exactly as :meth:`TaskVector.dot` sums it (so to the last bit).
+    Each tensor is widened to float64 once per vector, not once per pair, while the ``n``
+    copies fit in :data:`WIDE_BYTES`; a larger tensor is widened pair by pair."""
     n = len(vectors)
     gram = np.zeros((n, n))
     if n:
         for v in vectors[1:]:
             vectors[0]._check_same(v)
-        for k in vectors[0].tensors:
-            wide = [v.tensors[k].reshape(-1).double() for v in vectors]
+        for k, first in vectors[0].tensors.items():
+            if n * first.numel() * 8 <= WIDE_BYTES:
+                wide = [v.tensors[k].reshape(-1).double() for v in vectors]
+                for i in range(n):
+                    for j in range(i, n):
+                        gram[i, j] += float(torch.dot(wide[i], wide[j]))
+                del wide
+                continue
             for i in range(n):
+                a = vectors[i].tensors[k].reshape(-1).double()
                 for j in range(i, n):
-                    gram[i, j] += float(torch.dot(wide[i], wide[j]))
-            del wide
+                    b = a if j == i else vectors[j].tensors[k].reshape(-1).double()
+                    gram[i, j] += float(torch.dot(a, b))
         gram = np.triu(gram) + np.triu(gram, 1).T
     norms = np.sqrt(np.clip(np.diag(gram), 0, None))
     denom = np.outer(norms, norms)

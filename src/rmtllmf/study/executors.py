@@ -34,6 +34,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -70,6 +71,7 @@ def iter_group(
         t0 = time.perf_counter()
         rkey = reception_key(run.config)
         if cache is None or cache[0] != rkey:
+            cache = None  # the last reception (and its merge) goes before the next arrives
             cache = (rkey, receive(pool, run.config))
             cache[1].accuracies = shared
         result = run_experiment(pool, run.config, cache[1])
@@ -175,8 +177,9 @@ def _in_flight(
     slots: int,
 ) -> Iterator[tuple[int, R]]:
     """``(index, result)`` of every item as its task completes: at most ``2 * slots`` tasks
-    submitted at once (a spare one per worker), the next item submitted as one completes;
-    tasks still running when the consumer stops (or a task fails) are cancelled."""
+    submitted at once (a spare one per worker), the next item submitted as one completes.
+    When the consumer stops (or a task fails), ``cancel`` is called on every task in flight:
+    Ray kills running ones; a process pool drops those not started and finishes the rest."""
     queue = list(reversed(list(enumerate(items))))
     running: list[Any] = []
     index: dict[Any, int] = {}  # a task (future or object ref) -> its item
@@ -249,10 +252,21 @@ class ProcessExecutor(_Workers):
             items,
             lambda item: ex.submit(fn, self.factory, *args, item, self.threads),
             _futures_wait,
-            lambda future: future.result(),
+            self._result,
             lambda future: future.cancel(),
             self.workers,
         )
+
+    def _result(self, future: Future[R]) -> R:
+        """``future``'s result; a pool whose worker died is dropped (the next use starts a
+        fresh one) before the error goes on."""
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            if self._ex is not None:
+                self._ex.shutdown(wait=False, cancel_futures=True)
+                self._ex = None
+            raise
 
     def close(self) -> None:
         """Stop the worker processes."""

@@ -230,8 +230,10 @@ class Reception:
     such dict across receptions of the same pool (the base model's floor, evaluated once per
     task, not once per subset)."""
 
-    _cosine: NDArray[np.float64] | None = field(default=None, repr=False)
-    _merged: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _cosine: NDArray[np.float64] | None = field(default=None, init=False, repr=False, compare=False)
+    _merged: dict[str, dict[str, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def vectors(self) -> list[TaskVector]:
@@ -249,7 +251,8 @@ class Reception:
     def merged(self, base: dict[str, torch.Tensor], merge: MergeConfig) -> dict[str, torch.Tensor]:
         """Eq. 6 on :attr:`vectors` (the base itself when every user was dropped), merged once
         per reception and merge: every defense without a blind stage starts from it, and no
-        run modifies it (a model loads a copy)."""
+        run modifies it (a model loads a copy). A reception belongs to the pool it was received
+        from: ``base`` is that pool's base state, not part of the cache's key."""
         key = merge.model_dump_json()
         if key not in self._merged:
             vectors = self.vectors

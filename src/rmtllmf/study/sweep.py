@@ -88,9 +88,11 @@ def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
 
 
 RUN_WEIGHT = {"run": 1.0, "realign": 4.0, "analysis": 15.0}
-"""A run's cost in units of an undefended run, for balancing shards (measured on the default
-grid's first shard, docs/scaling.md: an undefended run 0.8 s, a realigning one 4.4 s whatever
-``N``, the interference analysis about 12 s more)."""
+"""Estimated cost, for balancing shards: every run counts ``run``, a realigning one ``realign``
+more, one with the interference analysis ``analysis`` more (in units of an undefended run;
+measured on the default grid's first shard, docs/scaling.md: an undefended run 0.8 s, a
+realigning one 4.4 s whatever ``N``, the analysis about 12 s more). Not counted: the cost of a
+group's reception (the symbol link's detector) and of a blind defense's first stage."""
 
 
 def run_weight(run: PlannedRun) -> float:
@@ -139,16 +141,23 @@ def pending_runs(
     shards that resume at different times, or write to different databases, still split the
     plan exactly.
     """
-    i, n = check_shard(shard)
     done = db.done()
-    groups = plan_groups(cfg, lambdas)
-    owners = shard_owners([sum(run_weight(r) for r in g) for g in groups], n)
     return [
         todo
-        for group, owner in zip(groups, owners, strict=True)
-        if owner == i
-        and (todo := [run for run in group if run_key(pool_id, run.config) not in done])
+        for group in shard_groups(cfg, lambdas, shard)
+        if (todo := [run for run in group if run_key(pool_id, run.config) not in done])
     ]
+
+
+def shard_groups(
+    cfg: SweepConfig, lambdas: dict[int, float], shard: tuple[int, int] = (0, 1)
+) -> list[list[PlannedRun]]:
+    """The channel-use groups shard ``(i, n)`` owns (:func:`shard_owners` over the whole plan's
+    :func:`plan_groups`, weighed by :func:`run_weight`), in plan order."""
+    i, n = check_shard(shard)
+    groups = plan_groups(cfg, lambdas)
+    owners = shard_owners([sum(run_weight(r) for r in g) for g in groups], n)
+    return [group for group, owner in zip(groups, owners, strict=True) if owner == i]
 
 
 def run_sweep(
