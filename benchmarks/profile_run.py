@@ -41,6 +41,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import rmtllmf.study.experiment as exp
+from rmtllmf._malloc import keep_freed_memory
 from rmtllmf.fusion import MergeConfig
 from rmtllmf.reproduce import ReproduceConfig, build_pool, load_config, sweep_config
 
@@ -149,6 +150,8 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the profile here")
     args = parser.parse_args()
+    kept = keep_freed_memory()
+    print("allocator:", "freed memory kept" if kept else "the system's (RMTLLMF_SYSTEM_MALLOC)")
     torch.set_num_threads(1)
     cfg = ReproduceConfig() if args.config is None else load_config(args.config)
     sweep = sweep_config(cfg)
@@ -188,7 +191,7 @@ def main() -> None:
             share, faults = 100 * sec / prof["total"], prof["stage_faults"][stage]
             print(f"  {stage:<{width}} {sec:7.3f} s  {share:5.1f}%  {faults:>11,} faults")
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+        args.json.write_text(json.dumps({"freed_memory_kept": kept, **out}, indent=2))
 
 
 if __name__ == "__main__":

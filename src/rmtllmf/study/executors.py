@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 from rmtllmf._io import Closing
+from rmtllmf._malloc import malloc_env
 from rmtllmf.errors import InputError
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.study.experiment import Reception, receive, reception_key, run_experiment
@@ -347,7 +348,8 @@ class RayExecutor(_Workers):
         """Connect to ``address``, or start a local Ray, unless Ray is running already."""
         if ray.is_initialized():
             return
-        env = {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(self.cpus_per_run)))}}
+        threads = {"OMP_NUM_THREADS": str(max(1, int(self.cpus_per_run)))}
+        env = {"env_vars": {**threads, **malloc_env()}}
         if self.address:
             try:
                 ray.init(address=self.address, runtime_env=env, log_to_driver=True)
