@@ -41,7 +41,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import rmtllmf.study.experiment as exp
-from rmtllmf._malloc import keep_freed_memory
+from rmtllmf._malloc import keep_freed_memory, malloc_env
 from rmtllmf.fusion import MergeConfig
 from rmtllmf.reproduce import ReproduceConfig, build_pool, load_config, sweep_config
 
@@ -150,8 +150,9 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the profile here")
     args = parser.parse_args()
-    kept = keep_freed_memory()
-    print("allocator:", "freed memory kept" if kept else "the system's (RMTLLMF_SYSTEM_MALLOC)")
+    keep_freed_memory()
+    allocator = malloc_env()  # empty: the system's behaviour (RMTLLMF_SYSTEM_MALLOC=1)
+    print("allocator settings:", allocator or "the system's")
     torch.set_num_threads(1)
     cfg = ReproduceConfig() if args.config is None else load_config(args.config)
     sweep = sweep_config(cfg)
@@ -190,8 +191,11 @@ def main() -> None:
         for stage, sec in prof["stages"].items():
             share, faults = 100 * sec / prof["total"], prof["stage_faults"][stage]
             print(f"  {stage:<{width}} {sec:7.3f} s  {share:5.1f}%  {faults:>11,} faults")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(f"peak RSS: {peak:.2f} GB")
     if args.json:
-        args.json.write_text(json.dumps({"freed_memory_kept": kept, **out}, indent=2))
+        meta = {"allocator": allocator, "peak_rss_gb": peak}
+        args.json.write_text(json.dumps({**meta, **out}, indent=2))
 
 
 if __name__ == "__main__":

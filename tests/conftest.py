@@ -19,6 +19,11 @@ settings.register_profile("ci", derandomize=True, database=None, print_blob=True
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Commands run in-process here must not change the test process's allocator, nor the
+# environment later subprocesses inherit (rmtllmf._malloc; tests/test_malloc.py probes it in
+# subprocesses of its own).
+os.environ["RMTLLMF_SYSTEM_MALLOC"] = "1"
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:

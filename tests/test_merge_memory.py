@@ -107,7 +107,7 @@ def _peak(root: Path, what: str, env: dict[str, str] | None = None) -> int:
         text=True,
         # a fixed mmap threshold: freed large blocks go back at once, so RssAnon is live memory
         env={
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
             "OPENBLAS_NUM_THREADS": "1",
             "MALLOC_MMAP_THRESHOLD_": "131072",
             **(env or {}),

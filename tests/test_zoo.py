@@ -209,3 +209,50 @@ def test_each_user_anchors_on_the_other_domains_never_its_own(tmp_path):
             zoo.base(zoo.preprocess(torch.from_numpy(anchor.images))), dim=-1
         )
         torch.testing.assert_close(anchor.targets, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_choose_lambda_hands_the_method_options_to_every_grid_point():
+    from rmtllmf.study.clean import LambdaJob, choose_lambda
+
+    seen: list[LambdaJob] = []
+
+    def record(fn, jobs):
+        seen.extend(jobs)
+        return [-abs(job.scaling - 1.2) for job in jobs]
+
+    grid = [0.4, 0.8, 1.2, 1.6]
+    best, scores = choose_lambda(
+        None, ("a", "b"), "ties", grid, options={"density": 0.5}, map_calls=record
+    )
+    assert best == 1.2 and list(scores) == grid
+    assert [job.scaling for job in seen] == grid
+    for job in seen:
+        config = job.merge_config()
+        assert config.method == "ties" and config.options == {"density": 0.5, "merge": "mean"}
+
+
+def test_clean_merge_by_ties_reports_the_merge_it_chose(tiny_zoo):
+    from rmtllmf.fusion import MergeConfig, merge_task_vectors
+    from rmtllmf.metrics import normalized_accuracy
+    from rmtllmf.study.clean import LambdaJob, evaluate_clean_merge, lambda_score, task_vectors
+
+    tasks = tuple(tiny_zoo.config.tasks)
+    grid = [0.5, 1.0, 1.5]
+    report = evaluate_clean_merge(tiny_zoo, tasks, "ties", grid, options={"density": 0.3})
+    job_options = (("density", 0.3), ("merge", "mean"))
+    for lam in grid:  # each grid point scored by TIES at density 0.3, written out here
+        job = LambdaJob(tasks, "ties", lam, job_options)
+        assert report.val_normalized[lam] == lambda_score(tiny_zoo, job)
+    assert report.val_normalized[report.scaling] == max(report.val_normalized.values())
+    assert report.merge == MergeConfig(
+        method="ties", scaling=report.scaling, options={"density": 0.3}
+    )
+    merged = merge_task_vectors(
+        tiny_zoo.base_state,
+        task_vectors(tiny_zoo, tasks),
+        MergeConfig(method="ties", scaling=report.scaling, options={"density": 0.3}),
+    )
+    test = tiny_zoo.task_accuracy(merged, tasks, "test")
+    assert report.test_accuracy == test
+    ft = {t: tiny_zoo.finetuned_accuracy(t, "test") for t in tasks}
+    assert report.normalized == normalized_accuracy(test, ft)

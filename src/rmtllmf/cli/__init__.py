@@ -19,7 +19,6 @@ import traceback
 from collections.abc import Sequence
 
 from rmtllmf import __version__
-from rmtllmf._malloc import keep_freed_memory
 from rmtllmf.cli import channel, evaluate, export, finetune, merge, reproduce, zoo
 from rmtllmf.cli.common import CliParser, error_message
 
@@ -53,7 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or bool(os.environ.get("RMTLLMF_DEBUG"))
     module = COMMANDS[args.command]
-    keep_freed_memory()
     try:
         return int(module.run(args))
     except KeyboardInterrupt:

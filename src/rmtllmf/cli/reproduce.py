@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from rmtllmf._malloc import keep_freed_memory
 from rmtllmf.cli.common import (
     announce_zoo,
     check_output_dir,
@@ -269,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
         else ReproduceConfig()
     )
     sweep_config(cfg)  # a bad sweep section fails here, before any pool is built
+    keep_freed_memory()
     small = cfg.family in ("tiny-vit", "hf-text")
     workers = args.workers or ((os.cpu_count() or 1) if small else 1)
     in_flight = 0 if (args.address and not args.workers) else workers  # 0: the cluster's size

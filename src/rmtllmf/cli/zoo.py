@@ -14,6 +14,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from rmtllmf._malloc import keep_freed_memory
 from rmtllmf.cli.common import (
     announce_zoo,
     check_embedded_tasks,
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--base {args.base} does not exist; give a tiny-vit .safetensors base")
     root = args.root or default_cache() / "zoo"
     check_output_dir(root, "--root")
+    keep_freed_memory()
     announce_zoo(root, cfg, args.workers)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     zoo = build_zoo(root, cfg, progress=not args.json, workers=args.workers)

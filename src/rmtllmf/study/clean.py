@@ -1,9 +1,11 @@
-"""The clean merge of any model pool: task arithmetic with lambda chosen on validation."""
+"""The clean merge of any model pool: task arithmetic (eq. 6), or any method of the registry with
+its options, with lambda chosen on validation."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,8 @@ class MergeReport:
     normalized: float
     gap_recovery: float
     cosine: np.ndarray
+    merge: MergeConfig
+    """the merge reported: method, the chosen lambda and the method's resolved options"""
 
 
 def task_vectors(pool: ModelPool, tasks: Sequence[str]) -> list[TaskVector]:
@@ -45,6 +49,12 @@ class LambdaJob:
     tasks: tuple[str, ...]
     method: str
     scaling: float
+    options: tuple[tuple[str, Any], ...] = ()
+    """the method's own options (e.g. TIES's ``density``), as ``(name, value)`` pairs"""
+
+    def merge_config(self) -> MergeConfig:
+        """The merge this point scores."""
+        return MergeConfig(method=self.method, scaling=self.scaling, options=dict(self.options))
 
 
 def lambda_score(pool: ModelPool, job: LambdaJob) -> float:
@@ -52,7 +62,7 @@ def lambda_score(pool: ModelPool, job: LambdaJob) -> float:
     base = pool.base_state
     tvs = [TaskVector.from_models(base, pool.finetuned[t]) for t in job.tasks]
     ft_val = {t: pool.finetuned_accuracy(t, "val") for t in job.tasks}
-    merged = merge_task_vectors(base, tvs, MergeConfig(method=job.method, scaling=job.scaling))
+    merged = merge_task_vectors(base, tvs, job.merge_config())
     return normalized_accuracy(pool.task_accuracy(merged, job.tasks, "val"), ft_val)
 
 
@@ -62,14 +72,18 @@ def choose_lambda(
     method: str = "task-arithmetic",
     grid: Sequence[float] | None = None,
     *,
+    options: Mapping[str, Any] | None = None,
     map_calls: MapCalls | None = None,
 ) -> tuple[float, dict[float, float]]:
     """Eq. 6's ``λ_N``: the ``λ`` maximising the clean merge's normalized accuracy on
     *validation* data (tangent task arithmetic's protocol; ``grid`` defaults to
-    ``linspace(0, 1, 21)``), and every score. ``map_calls`` scores the grid's points (e.g. on
-    an executor's workers); by default they are scored here, one after another."""
+    ``linspace(0, 1, 21)``), and every score. ``options`` are the method's own (e.g. TIES's
+    ``density``). ``map_calls`` scores the grid's points (e.g. on an executor's workers); by
+    default they are scored here, one after another."""
     values = lambda_values(grid)
-    jobs = [LambdaJob(tuple(tasks), method, lam) for lam in values]
+    resolved = MergeConfig(method=method, options=dict(options or {}))  # bad options fail here
+    opts = tuple(sorted(resolved.options.items()))
+    jobs = [LambdaJob(tuple(tasks), method, lam, opts) for lam in values]
     if map_calls is None:
         scores = [lambda_score(pool, job) for job in jobs]
     else:
@@ -83,12 +97,16 @@ def evaluate_clean_merge(
     tasks: Sequence[str],
     method: str = "task-arithmetic",
     grid: Sequence[float] | None = None,
+    *,
+    options: Mapping[str, Any] | None = None,
 ) -> MergeReport:
-    """Merge the clean task vectors of ``tasks``; pick lambda on validation, report test."""
+    """Merge the clean task vectors of ``tasks`` by ``method`` (with its ``options``); pick
+    lambda on validation, report test."""
     tvs = task_vectors(pool, tasks)
     base = pool.base_state
-    best, scores = choose_lambda(pool, tasks, method, grid)
-    merged = merge_task_vectors(base, tvs, MergeConfig(method=method, scaling=best))
+    best, scores = choose_lambda(pool, tasks, method, grid, options=options)
+    config = MergeConfig(method=method, scaling=best, options=dict(options or {}))
+    merged = merge_task_vectors(base, tvs, config)
     test = pool.task_accuracy(merged, tasks, "test")
     ft_test = {t: pool.finetuned_accuracy(t, "test") for t in tasks}
     base_test = {t: pool.base_accuracy(t, "test") for t in tasks}
@@ -100,4 +118,5 @@ def evaluate_clean_merge(
         normalized=normalized_accuracy(test, ft_test),
         gap_recovery=gap_recovery(test, base_test, ft_test),
         cosine=cosine_matrix(tvs),
+        merge=config,
     )
