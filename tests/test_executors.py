@@ -26,7 +26,7 @@ from rmtllmf.reproduce import (
 from rmtllmf.study.executors import InProcess, ProcessExecutor, RayExecutor, _in_flight, _in_order
 from rmtllmf.study.spectra import SPECTRA_META
 from rmtllmf.study.store import ResultsDB
-from rmtllmf.study.sweep import ensure_lambdas, pending_runs, run_sweep
+from rmtllmf.study.sweep import ensure_lambdas, pending_runs, run_sweep, stored_lambdas
 
 TESTS = Path(__file__).parent
 
@@ -179,8 +179,9 @@ def test_a_ray_worker_killed_mid_task_is_retried_and_no_run_is_lost_or_doubled(
     assert len({k for k, _ in commits}) == len(commits)
     rows = {r.key: r.result for r in db.rows()}
     assert rows == {r.key: r.result for r in serial.rows()}
-    lambdas = [db.lambda_for(pool.pool_id, n) for n in scfg.task_counts]
-    assert lambdas == [serial.lambda_for(pool.pool_id, n) for n in scfg.task_counts]
+    lambdas = stored_lambdas(pool.pool_id, scfg, db)
+    assert len(lambdas) == len(scfg.task_counts)
+    assert lambdas == stored_lambdas(pool.pool_id, scfg, serial)
 
 
 def test_the_ray_driver_killed_then_rerun_resumes_to_the_same_numbers(

@@ -145,6 +145,7 @@ def test_summary_json_keeps_its_keys_and_order(report):
         "seeds",
         "config",
         "figures",
+        "coverage",
     ]
     assert list(written["recovered"]) == ["clean_realign", "base", "base_realign", "by_link"]
     assert list(written["orderings"][0]) == [

@@ -125,7 +125,7 @@ def test_results_carry_analysis_and_export_to_csv(tiny_zoo, tmp_path):
     # the stored JSON reads into the typed record and writes back to the very same text
     stored = [raw for (raw,) in db.conn.execute("SELECT result FROM runs ORDER BY rowid")]
     assert [json.dumps(r.result.to_json()) for r in rows] == stored
-    out = export_csv(db, tmp_path / "runs.csv")
+    out = export_csv(db.rows(), tmp_path / "runs.csv")
     with out.open() as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == sum(len(r.config.tasks) for r in rows)

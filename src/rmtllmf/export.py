@@ -30,14 +30,13 @@ import json
 import math
 import os
 import re
-import shutil
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rmtllmf._io import atomic_directory, check_output_dir_owner, mark_output_dir
 from rmtllmf._progress import progress_bar
 from rmtllmf.errors import InputError
 from rmtllmf.study.store import ResultsDB, RunRecord
@@ -182,14 +181,10 @@ def _tensorboard_writer() -> Any:
 
 
 def _write_dir_atomically(target: Path, write: Any) -> None:
-    """``write(tmp)`` into a hidden folder beside ``target``, renamed to ``target`` when done."""
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
-    try:
+    """``write(tmp)`` into a hidden folder beside ``target``, renamed to ``target`` when done
+    (:func:`~rmtllmf._io.atomic_directory`)."""
+    with atomic_directory(target) as tmp:
         write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export_tensorboard(
@@ -344,10 +339,12 @@ def export_study(
     *,
     experiment: str | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Exported:
     """Export the study at ``results`` (its folder or its ``results.db``) to ``to`` under
     ``out`` (see module docs). The database is opened read-only; nothing under ``results``
-    changes."""
+    changes. ``out`` is new, empty or an earlier export's (``force``: any directory; nothing
+    in it is replaced)."""
     if to not in ("tensorboard", "mlflow"):
         raise InputError(f"--to {to!r}: choose tensorboard or mlflow")
     db_path, folder = study_paths(results)
@@ -357,6 +354,7 @@ def export_study(
     inside = [db_path.resolve(), folder.resolve()]
     if target.resolve() in inside:
         raise InputError(f"--out {target} is the study itself; give another directory")
+    check_output_dir_owner(target, "export", force=force)
     db = ResultsDB(db_path, read_only=True)
     try:
         runs = [tracked_run(row) for row in db.rows()]
@@ -364,6 +362,7 @@ def export_study(
         db.close()
     if not runs:
         raise InputError(f"{db_path} holds no finished runs; run rmtllmf reproduce first")
+    mark_output_dir(target, "export")
     if to == "tensorboard":
         written, skipped = export_tensorboard(runs, folder, target, progress=progress)
         hint = f"view with: tensorboard --logdir {target}"

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rmtllmf._io import write_text_atomic
+from rmtllmf._io import check_output_dir_owner, mark_output_dir, write_text_atomic
 from rmtllmf.errors import InputError, validation_message
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.pools.clip import ClipPool, ClipPoolConfig
@@ -195,11 +195,16 @@ class Scale:
         return InProcess(pool)
 
 
-def _check_out(out: Path) -> Path:
-    """The output directory, refused (before any work) when it is a file."""
+COMMAND = "reproduce"
+"""The name under which the study marks its output directories (:mod:`rmtllmf._io`)."""
+
+
+def _check_out(out: Path, force: bool) -> Path:
+    """The output directory, refused (before any work) when it is a file, or a directory that
+    holds files the study did not write, unless ``force`` (:func:`check_output_dir_owner`)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a directory; give a directory")
-    return out
+    return check_output_dir_owner(out, COMMAND, force=force)
 
 
 def _run_study(
@@ -213,13 +218,14 @@ def _run_study(
     workers: int,
     shard: tuple[int, int],
     scale: Scale | None,
+    force: bool,
 ) -> ResultsDB:
     """Build the pool, write ``config.json`` and run the sweep (or ``shard`` of it) into
     ``out/results.db``; returns the open database."""
-    _check_out(out)
+    _check_out(out, force)
     scfg = sweep_config(cfg)
     check_shard(shard)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out, COMMAND)
     db = ResultsDB(out / "results.db", reset=reset)
     try:
         pool = build_pool(cfg, Path(cache), progress=progress, workers=workers)
@@ -253,12 +259,14 @@ def reproduce(
     max_runs: int | None = None,
     workers: int = 1,
     scale: Scale | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run the study of ``cfg`` into ``out`` and return ``summary.json``'s content.
 
     ``workers > 1`` builds the zoo in that many processes and runs the sweep in as many
     single-threaded ones; ``scale`` chooses the sweep's executor otherwise (e.g. Ray).
-    Only this process writes the database.
+    Only this process writes the database. ``out`` is new, empty or an earlier study's output
+    (``force`` writes into any directory, replacing only the files the study writes).
     """
     out = Path(out)
     db = _run_study(
@@ -271,6 +279,7 @@ def reproduce(
         workers=workers,
         shard=(0, 1),
         scale=scale,
+        force=force,
     )
     try:
         return write_report(db, out)
@@ -289,6 +298,7 @@ def reproduce_shard(
     max_runs: int | None = None,
     workers: int = 1,
     scale: Scale | None = None,
+    force: bool = False,
 ) -> int:
     """Run shard ``(i, n)`` of the study into ``out/results.db`` (no report: a shard holds a
     part of the plan; see :func:`merge_shards`); returns the runs the database holds.
@@ -308,6 +318,7 @@ def reproduce_shard(
         workers=workers,
         shard=shard,
         scale=scale,
+        force=force,
     )
     try:
         return len(db.done())
@@ -321,13 +332,22 @@ def _shard_db(path: Path) -> Path:
 
 
 def merge_shards(
-    shards: Sequence[str | Path], out: str | Path
+    shards: Sequence[str | Path], out: str | Path, *, force: bool = False
 ) -> tuple[MergedShards, dict[str, Any]]:
     """Combine the shards' databases into ``out/results.db`` (:func:`merge_databases`: one
     study, one code version, each run once), copy their ``config.json`` and write the report
-    over the union; returns what was merged and ``summary.json``'s content."""
-    out = _check_out(Path(out))
+    over the union; returns what was merged and ``summary.json``'s content (whose
+    ``coverage`` says how much of the plan the union holds)."""
+    out = _check_out(Path(out), force)
     dbs = [_shard_db(Path(p)) for p in shards]
+    seen: dict[Path, Path] = {}
+    for given, db_file in zip(shards, dbs, strict=True):
+        if db_file.resolve() in seen:
+            raise InputError(
+                f"--merge-shards names one shard twice ({seen[db_file.resolve()]} and {given}); "
+                "give each shard's directory once"
+            )
+        seen[db_file.resolve()] = Path(given)
     configs = {
         (p.parent / "config.json").read_text(encoding="utf-8")
         for p in dbs
@@ -338,6 +358,7 @@ def merge_shards(
             "the shards' config.json files differ: they ran different studies; merge the shards "
             "of one config"
         )
+    mark_output_dir(out, COMMAND)
     merged = merge_databases(dbs, out / "results.db")
     if configs:
         write_text_atomic(out / "config.json", configs.pop())

@@ -4,8 +4,10 @@ and the notices a long command prints before it starts."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -128,18 +130,37 @@ def error_message(
             text = f"{text.rstrip('. ')}; {fix}"
         return one_line(text), 2
     if isinstance(exc, OSError):
-        where = f" {exc.filename}" if exc.filename else ""
-        what = exc.strerror or type(exc).__name__
-        hint = {
-            PermissionError: "choose a location you may write to, or fix its permissions",
-            FileNotFoundError: "check the path",
-            FileExistsError: "choose another path or remove the existing one",
-            IsADirectoryError: "give a file, not a directory",
-            NotADirectoryError: "a part of the path is a file, not a directory",
-        }.get(type(exc), "check the path, its permissions and the free space")
-        return one_line(f"{what}:{where}; {hint}"), 2
+        return one_line(_os_error(exc)), 2
+    if isinstance(exc, sqlite3.OperationalError) and _SQLITE_USER.search(str(exc)):
+        return one_line(
+            f"the results database cannot be written ({exc}); free space on its disk or give "
+            "--out on another one, then rerun: finished runs are kept"
+        ), 2
     text = one_line(f"{type(exc).__name__}: {exc}")
     return f"internal error ({text}); rerun with --debug for the traceback and report it", 1
+
+
+_SQLITE_USER = re.compile(r"disk is full|disk I/O error|readonly database|unable to open", re.I)
+"""SQLite errors that come from the disk or the path, not from the code."""
+
+
+def _os_error(exc: OSError) -> str:
+    """A file-system error in the user's words: what, where (when known), what to do."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return (
+            f"the disk is full (no space left on device{', writing' + where if where else ''}); "
+            "nothing half-written was kept: free space there or write to another disk"
+        )
+    what = exc.strerror or str(exc) or type(exc).__name__
+    hint = {
+        PermissionError: "choose a location you may write to, or fix its permissions",
+        FileNotFoundError: "check the path",
+        FileExistsError: "choose another path or remove the existing one",
+        IsADirectoryError: "give a file, not a directory",
+        NotADirectoryError: "a part of the path is a file, not a directory",
+    }.get(type(exc), "check the path, its permissions and the free space")
+    return f"{what}{':' + where if where else ''}; {hint}"
 
 
 def check_output_dir(path: Path, flag: str = "--out") -> Path:

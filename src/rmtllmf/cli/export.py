@@ -28,6 +28,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--out", type=Path, required=True, help="log directory (TensorBoard) or file store (MLflow)"
     )
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an --out directory that holds files export did not write (nothing "
+        "there is replaced or deleted; the runs are added beside it)",
+    )
+    p.add_argument(
         "--experiment",
         default=None,
         help="MLflow experiment name (default: the study directory's name)",
@@ -39,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from rmtllmf.export import export_study
 
     check_output_dir(args.out)
-    done = export_study(args.results, args.to, args.out, experiment=args.experiment)
+    done = export_study(
+        args.results, args.to, args.out, experiment=args.experiment, force=args.force
+    )
     print(
         f"exported {done.written} run(s) to {args.to} under {args.out} "
         f"({done.skipped} already there); {done.hint}"

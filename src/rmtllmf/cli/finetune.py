@@ -6,7 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
+from rmtllmf._io import check_output_dir_owner
 from rmtllmf.cli.common import check_output_dir, examples
+from rmtllmf.errors import InputError
 
 FLAGS = {
     name: "--" + name.replace("_", "-")
@@ -90,6 +92,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--seed", type=int, default=0, help="seed of training and the hold-out")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an --out directory that holds files finetune did not write (its "
+        "model.safetensors, task_vector.safetensors and finetune.json replace files of the same "
+        "names; nothing else is touched)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,7 +108,33 @@ def run(args: argparse.Namespace) -> int:
     from rmtllmf.cli.finetune_families import finetune_hf_clip, finetune_tiny_vit
 
     check_output_dir(args.out)
+    check_output_dir_owner(args.out, "finetune", force=args.force)
+    if args.family == "tiny-vit":
+        _check_tiny_vit_flags(args)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     if args.family == "tiny-vit":
         return finetune_tiny_vit(args)
     return finetune_hf_clip(args)
+
+
+HF_CLIP_ONLY = (
+    "train_folder",
+    "val_folder",
+    "dataset",
+    "dataset_config",
+    "templates",
+    "anchor_folder",
+    "lora",
+    "online",
+)
+"""Flags that only --family hf-clip reads (tiny-vit trains on its embedded task)."""
+
+
+def _check_tiny_vit_flags(args: argparse.Namespace) -> None:
+    """Refuse hf-clip's flags with --family tiny-vit, instead of ignoring them."""
+    given = [f"--{name.replace('_', '-')}" for name in HF_CLIP_ONLY if getattr(args, name)]
+    if given:
+        raise InputError(
+            f"{', '.join(given)} apply only to --family hf-clip; drop them, or add --family "
+            "hf-clip (the tiny-vit expert is fully fine-tuned on its embedded task)"
+        )

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from rmtllmf._io import mark_output_dir
 from rmtllmf.cli.common import announce_zoo, check_embedded_tasks, default_cache
 from rmtllmf.data.real import LabelledImages, hold_out, load_hf_dataset, load_image_folder
 from rmtllmf.errors import InputError
@@ -42,6 +43,7 @@ def finetune_tiny_vit(args: argparse.Namespace) -> int:
         "base_accuracy": zoo.record.base[args.task],
         "finetuned_accuracy": zoo.record.finetuned[args.task],
     }
+    mark_output_dir(args.out, "finetune")
     out = write_result(args.out, zoo.base_state, zoo.finetuned[args.task], record)
     print(
         f"fine-tuned {args.task}: test accuracy {record['base_accuracy']['test']:.3f} -> "
@@ -137,6 +139,7 @@ def finetune_hf_clip(args: argparse.Namespace) -> int:
         "first_loss": losses[0],
         "last_loss": losses[-1],
     }
+    mark_output_dir(args.out, "finetune")
     out = write_result(args.out, base_state, clip.vision_state(), record, prefix="vision_model.")
     print(
         f"fine-tuned: validation accuracy {before:.3f} -> {after:.3f} on {len(val.labels)} "

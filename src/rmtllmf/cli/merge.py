@@ -3,7 +3,9 @@
 Flags (``--base``, ``--models``, ``--method``, ...) or a mergekit-style YAML file (``--config``)
 say what to merge; ``--out`` is a ``.safetensors`` file or, for a Hugging Face base directory, a
 directory that ``from_pretrained`` loads. The output path is checked before any work; the merge
-is written beside it and renamed into place, so a failed merge writes nothing.
+is written beside it and renamed into place, so a failed merge writes nothing. An existing
+``--out`` is replaced only when a merge wrote it (else ``--force``), and whatever a user added to
+an earlier output directory stays.
 """
 
 from __future__ import annotations
@@ -127,7 +129,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--out",
         required=True,
         help="output: a .safetensors file, or a directory (HF base: loads with from_pretrained); "
-        "never one of the inputs",
+        "never one of the inputs; an existing one only if a merge wrote it (else --force)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write --out even where an existing file or directory was not written by a merge "
+        "(only the merge's own files are replaced; nothing else in a directory is touched)",
     )
 
 
@@ -137,6 +145,7 @@ def _resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
 
     from rmtllmf.fusion import MergeConfig, ParamFilter
     from rmtllmf.fusion.merge_yaml import DTYPES, load_merge_config
+    from rmtllmf.fusion.registry import get_method
 
     given = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag in OPTION_FLAGS}
     options = {k: v for k, v in given.items() if v is not None}
@@ -169,18 +178,61 @@ def _resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or give "
             "--config merge.yaml); see rmtllmf merge --help"
         )
+    method = args.method or "task-arithmetic"
+    if args.scaling is not None and not get_method(method).scaled:
+        raise InputError(
+            f"--method {method} takes no --lambda (it does not scale the merge); drop --lambda, "
+            "or use --method task-arithmetic to scale"
+        )
     scaling = 0.3 if args.scaling is None else args.scaling
     weights = None if args.weights is None else tuple(args.weights)
-    config = MergeConfig(
-        method=args.method or "task-arithmetic", scaling=scaling, options=options, weights=weights
-    )
+    config = MergeConfig(method=method, scaling=scaling, options=options, weights=weights)
     params = ParamFilter(include=tuple(args.include), exclude=tuple(args.exclude))
     dtype: torch.dtype | None = DTYPES[args.dtype] if args.dtype else None
     return args.base, list(args.models), config, params, dtype
 
 
+def _record(base: Any, models: Any, config: Any, params: Any, dtype: Any, args: Any) -> str:
+    """The resolved merge as JSON (``lambda`` is null for a method that does not scale)."""
+    from rmtllmf.fusion.registry import get_method
+
+    merge = config.model_dump(mode="json")
+    if not get_method(config.method).scaled:
+        merge["scaling"] = None
+    record = {
+        "base": str(base),
+        "models": [str(m) for m in models],
+        "merge": merge,
+        "params": params.model_dump(mode="json"),
+        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        **({"config": str(args.config)} if args.config is not None else {}),
+    }
+    return json.dumps(record, indent=2)
+
+
+def _check_record_path(record_path: Path, inputs: list[Any], force: bool) -> None:
+    """The record beside a file output: never an input, and an existing file there only if a
+    merge wrote it (a JSON object with a ``merge`` entry), else ``--force``."""
+    for given in inputs:
+        if Path(given).resolve() == record_path.resolve():
+            raise InputError(
+                f"--out: its record {record_path} is one of the inputs; give another --out"
+            )
+    if record_path.exists() and not force:
+        try:
+            ours = "merge" in json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise InputError(
+                f"--out: the merge records its settings in {record_path}, which exists and was "
+                "not written by rmtllmf merge; move it away, give another --out, or add --force"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the output path, resolve the merge, merge, print one line."""
+    from rmtllmf._io import atomic_output
     from rmtllmf.fusion import merge_checkpoints
     from rmtllmf.fusion.hf_dir import output_kind, parse_size
 
@@ -188,40 +240,27 @@ def run(args: argparse.Namespace) -> int:
     base, models, config, params, dtype = _resolve(args)
     inputs = [base, *models, *([args.config] if args.config is not None else [])]
     out = Path(args.out)
-    kind = output_kind(args.out, inputs)
-    record_path = out / RECORD_NAME if kind == "directory" else Path(f"{out}.json")
-    if kind == "file":
-        for given in inputs:
-            if Path(given).resolve() == record_path.resolve():
-                raise InputError(
-                    f"--out {out}: its record {record_path} is one of the inputs; give another "
-                    "--out"
-                )
-    record = {
-        "base": str(base),
-        "models": [str(m) for m in models],
-        "merge": config.model_dump(mode="json"),
-        "params": params.model_dump(mode="json"),
-        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
-        **({"config": str(args.config)} if args.config is not None else {}),
+    kind = output_kind(args.out, inputs, force=args.force)
+    text = _record(base, models, config, params, dtype, args)
+    merge_args: dict[str, Any] = {
+        "allow_pickle": args.allow_pickle,
+        "allow_nonfinite": args.allow_nonfinite,
+        "dtype": dtype,
+        "max_shard_size": args.max_shard_size,
+        "force": args.force,
     }
-    text = json.dumps(record, indent=2)
-    result = merge_checkpoints(
-        base,
-        models,
-        out,
-        config,
-        params,
-        allow_pickle=args.allow_pickle,
-        allow_nonfinite=args.allow_nonfinite,
-        dtype=dtype,
-        max_shard_size=args.max_shard_size,
-        extra_files={RECORD_NAME: text} if kind == "directory" else None,
-    )
-    if kind == "file":
-        from rmtllmf._io import write_text_atomic
-
-        write_text_atomic(record_path, text)
+    if kind == "directory":
+        result = merge_checkpoints(
+            base, models, out, config, params, extra_files={RECORD_NAME: text}, **merge_args
+        )
+    else:
+        record_path = Path(f"{out}.json")
+        _check_record_path(record_path, inputs, args.force)
+        # the record is written first and published after the weights: a full disk or a failed
+        # merge leaves neither
+        with atomic_output(record_path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+            result = merge_checkpoints(base, models, out, config, params, **merge_args)
     shards = ""
     if result.directory is not None:
         n = len(result.directory.shards)

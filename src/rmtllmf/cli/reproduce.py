@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from rmtllmf._io import check_output_dir_owner
 from rmtllmf._malloc import keep_freed_memory
 from rmtllmf.cli.common import (
     announce_zoo,
@@ -68,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="zoo / pool cache directory (default: $RMTLLMF_CACHE or ~/.cache/rmtllmf)",
     )
     p.add_argument("--reset", action="store_true", help="discard an existing results database")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an --out directory that holds files the study did not write (its "
+        "report, figures and records replace files of the same names; nothing else is touched)",
+    )
     p.add_argument(
         "--max-runs", type=int, default=None, help="stop after this many runs (default: all)"
     )
@@ -185,7 +192,7 @@ def _merge(args: argparse.Namespace) -> int:
     ]
     if given:
         raise InputError(f"--merge-shards only combines finished shards; drop {', '.join(given)}")
-    merged, summary = merge_shards(args.merge_shards, args.out)
+    merged, summary = merge_shards(args.merge_shards, args.out, force=args.force)
     notice(
         f"merged {len(merged.sources)} shard(s) into {args.out / 'results.db'}: "
         f"{merged.added} run(s) added, {merged.present} already there"
@@ -255,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     check_output_dir(args.out)
+    check_output_dir_owner(args.out, "reproduce", force=args.force)
     _positive(args, "max_runs", "workers", "threads")
     _check_scale(args)
     if args.merge_shards:
@@ -290,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
             max_runs=args.max_runs,
             workers=workers,
             scale=scale,
+            force=args.force,
         )
         print(
             f"shard {shard[0]}/{shard[1]}: {runs} run(s) in {args.out / 'results.db'}; when every "
@@ -305,13 +314,18 @@ def run(args: argparse.Namespace) -> int:
         max_runs=args.max_runs,
         workers=workers,
         scale=scale,
+        force=args.force,
     )
     _print_summary(summary, args.out)
     return 0
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
-    """The headline table: normalized accuracy per link, scenario and defense, and the floors."""
+    """The headline table: normalized accuracy per link, scenario and defense, and the floors;
+    first, on stderr, a word when the report covers less than the study's plan."""
+    note = summary.get("coverage", {}).get("note")
+    if note:
+        notice(note.replace("**", ""))
     console = Console(width=None if sys.stdout.isatty() else 120)
     table = Table(title=f"Normalized accuracy at N = {summary['n_tasks']} ({out})")
     for name in ("link", "scenario", "none", "freeze", "realign", "R-MTLLMF"):

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
-from rmtllmf._io import atomic_directory
+from rmtllmf._io import atomic_directory, check_output_dir_owner
 from rmtllmf.errors import CheckpointError, InputError
 
 CONFIG_NAME = "config.json"
@@ -204,12 +205,33 @@ def check_base_dir(base_dir: str | Path, *, require_tokenizer: bool = False) -> 
             "not load with from_pretrained; copy config.json from the base model's repository "
             "into it, or write a .safetensors file instead (--out)"
         )
+    read_config(base)
     if missing and require_tokenizer:
         raise CheckpointError(
             f"the base {base} has no {missing[0]}; save the tokenizer / processor into it "
             "(tokenizer.save_pretrained(base_dir)) so that the output carries them"
         )
     return missing
+
+
+def read_config(base_dir: str | Path) -> dict[str, Any]:
+    """The base directory's ``config.json`` as a mapping; a
+    :class:`~rmtllmf.errors.CheckpointError` naming the file when it is not a JSON object
+    (``from_pretrained`` would fail on a copy of it)."""
+    file = Path(base_dir) / CONFIG_NAME
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{file} is not valid JSON ({exc}), so no copy of it would load with "
+            "from_pretrained; fix or re-download the base's config.json"
+        ) from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{file} holds a JSON {type(config).__name__}, not an object of settings; fix or "
+            "re-download the base's config.json"
+        )
+    return config
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -253,13 +275,17 @@ def write_hf_directory(
     extra_files: Mapping[str, str] | None = None,
     dtype: torch.dtype | None = None,
     require_tokenizer: bool = False,
+    command: str | None = None,
+    force: bool = False,
 ) -> WrittenDirectory:
     """Write a model directory that ``from_pretrained`` loads (see the module docs).
 
     ``layout`` is the output's ``(key, shape, dtype)`` in file order; ``write_shard(path, keys)``
     writes each shard (it may raise to abort: nothing is left then). ``dtype``, when the weights
     were cast, is written into ``config.json``. ``require_tokenizer`` turns a base without
-    tokenizer or processor files into an error instead of a note in the result.
+    tokenizer or processor files into an error instead of a note in the result. ``command``
+    marks the directory as that command's output and keeps what a user added to an earlier one
+    (:func:`rmtllmf._io.atomic_directory`; ``force`` lets new files replace the user's).
     """
     base = Path(base_dir)
     missing = check_base_dir(base, require_tokenizer=require_tokenizer)
@@ -270,10 +296,10 @@ def write_hf_directory(
     sizes = {k: tensor_bytes(shape, dt) for k, shape, dt in layout}
     counts = {k: math.prod(shape) for k, shape, _ in layout}
     try:
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, command, force=force) as tmp:
             for f in carried:
                 if f.name == CONFIG_NAME and dtype is not None:
-                    config = json.loads(f.read_text(encoding="utf-8"))
+                    config = read_config(f.parent)
                     text = json.dumps(_set_dtype(config, dtype_name(dtype)), indent=2)
                     (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
                 else:
@@ -308,6 +334,8 @@ def save_hf_directory(
     extra_files: Mapping[str, str] | None = None,
     dtype: torch.dtype | None = None,
     require_tokenizer: bool = False,
+    command: str | None = None,
+    force: bool = False,
 ) -> WrittenDirectory:
     """:func:`write_hf_directory` for an in-memory state dict (keys in its order). The state
     should hold the full model under the base's key names (copy untouched keys from the base)."""
@@ -326,26 +354,45 @@ def save_hf_directory(
         extra_files=extra_files,
         dtype=dtype,
         require_tokenizer=require_tokenizer,
+        command=command,
+        force=force,
     )
 
 
 OutputKind = Literal["file", "directory"]
 
 
-def _looks_like_model_dir(path: Path) -> bool:
-    return (path / CONFIG_NAME).exists() or any(path.glob("*.safetensors"))
+MERGE_METADATA = "rmtllmf_merge"
+"""The safetensors metadata key under which a merge records its config: a file that has it
+was written by a merge."""
+
+
+def written_by_merge(path: str | Path) -> bool:
+    """Whether the safetensors file ``path`` was written by a merge (:data:`MERGE_METADATA` in
+    its header); ``False`` for anything unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return MERGE_METADATA in (fh.metadata() or {})
+    except Exception:  # any unreadable file is simply not ours
+        return False
 
 
 def output_kind(
-    out: str | Path, inputs: Iterable[str | Path] = (), flag: str = "--out"
+    out: str | Path,
+    inputs: Iterable[str | Path] = (),
+    flag: str = "--out",
+    *,
+    force: bool = False,
+    command: str = "merge",
 ) -> OutputKind:
     """Check an output path before any work and say what it is: ``"file"`` for a
     ``.safetensors`` path, ``"directory"`` for a directory (an existing one, a path ending in
     ``/``, or a path without a file extension).
 
     Raises :class:`~rmtllmf.errors.InputError`, naming ``flag`` and the fix, for any other file
-    name, a path that is, lies inside or contains one of ``inputs``, an existing directory that
-    holds other things than a model, or a location that cannot be written.
+    name, a path that is, lies inside or contains one of ``inputs``, a location that cannot be
+    written, and, unless ``force``, an existing file that no merge wrote or an existing
+    directory that ``command`` did not write (:func:`rmtllmf._io.check_output_dir_owner`).
     """
     text = str(out)
     p = Path(out)
@@ -396,13 +443,12 @@ def output_kind(
                 "Give another path"
             )
     if kind == "directory" and p.is_dir():
-        entries = sorted(x.name for x in p.iterdir())
-        if entries and not _looks_like_model_dir(p):
-            raise InputError(
-                f"{flag} {out} is a directory that holds other things ({', '.join(entries[:3])}"
-                f"{', ...' if len(entries) > 3 else ''}) and would be replaced; give a new or "
-                "empty directory, or a model directory written before"
-            )
+        check_output_dir_owner(p, command, force=force, flag=flag)
+    if kind == "file" and p.exists() and not force and not written_by_merge(p):
+        raise InputError(
+            f"{flag} {out} exists and was not written by rmtllmf merge; give a new path, or add "
+            "--force to replace it"
+        )
     probe = target.parent if kind == "file" or not p.exists() else target
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent

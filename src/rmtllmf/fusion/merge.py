@@ -49,6 +49,7 @@ from rmtllmf.fusion.checkpoint import (
 from rmtllmf.fusion.fast.fused import fused_linear_merge
 from rmtllmf.fusion.hf_dir import (
     DEFAULT_MAX_SHARD_SIZE,
+    MERGE_METADATA,
     Layout,
     OutputKind,
     ShardWriter,
@@ -140,6 +141,7 @@ def merge_checkpoints(
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     extra_files: Mapping[str, str] | None = None,
     require_tokenizer: bool = False,
+    force: bool = False,
 ) -> MergeOutput:
     """Merge checkpoints from disk, a slice of one tensor per model at a time.
 
@@ -148,7 +150,9 @@ def merge_checkpoints(
     sharded above ``max_shard_size``, the base's config and tokenizer / processor files carried
     over and ``extra_files`` (name -> text) added (:func:`~rmtllmf.fusion.hf_dir.
     write_hf_directory`). The output path is checked before any work
-    (:func:`~rmtllmf.fusion.hf_dir.output_kind`: never one of the inputs).
+    (:func:`~rmtllmf.fusion.hf_dir.output_kind`: never one of the inputs, never a file or a
+    directory that no merge wrote unless ``force``; what a user added to an earlier output
+    directory is kept).
 
     The weights have exactly the base's keys, shapes and dtypes (floating-point tensors cast to
     ``dtype`` if given); parameters not selected (and all integer buffers) are copied from the
@@ -160,7 +164,8 @@ def merge_checkpoints(
     config.check_models(len(finetuned))
     if dtype is not None and not dtype.is_floating_point:
         raise InputError(f"output dtype {dtype} is not a floating-point dtype (--dtype)")
-    kind = output_kind(out, [s for s in (base, *finetuned) if not isinstance(s, Mapping)])
+    inputs = [s for s in (base, *finetuned) if not isinstance(s, Mapping)]
+    kind = output_kind(out, inputs, force=force)
     target = Path(out)
     if kind == "directory" and (isinstance(base, Mapping) or not is_hf_model_dir(base)):
         what = "an in-memory state dict" if isinstance(base, Mapping) else f"{base}"
@@ -173,7 +178,7 @@ def merge_checkpoints(
         assert not isinstance(base, Mapping)
         check_base_dir(base, require_tokenizer=require_tokenizer)
         parse_size(max_shard_size)
-    metadata = {"format": "pt", "rmtllmf_merge": config.model_dump_json()}
+    metadata = {"format": "pt", MERGE_METADATA: config.model_dump_json()}
     with ExitStack() as stack:
         plan = _fused_plan(base, finetuned, config, param_filter, dtype, metadata, stack)
         if plan is None:
@@ -203,6 +208,8 @@ def merge_checkpoints(
                 extra_files=extra_files,
                 dtype=dtype,
                 require_tokenizer=require_tokenizer,
+                command="merge",
+                force=force,
             )
         except (OSError, CheckpointError) as exc:
             if not _disk_full(exc):

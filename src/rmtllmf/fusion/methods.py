@@ -71,6 +71,7 @@ def task_arithmetic(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.T
     "mean of the fine-tuned weights: theta_base + mean_q tau_q",
     sliceable=True,
     linear=lambda config, n: [1.0 / n] * n,
+    scaled=False,
 )
 def average(taus: Sequence[torch.Tensor], ctx: TensorContext) -> torch.Tensor:
     """``mean_q tau_q``."""

@@ -52,7 +52,13 @@ class MergeConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     method: str = "task-arithmetic"
-    scaling: float = Field(0.3, ge=0.0, description="lambda for task-arithmetic / ties / dare")
+    scaling: float = Field(
+        0.3,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="lambda for task-arithmetic / ties / dare (a method that takes none, such "
+        "as average, ignores it: see MergeMethod.scaled)",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
     weights: tuple[Annotated[float, Field(allow_inf_nan=False)], ...] | None = Field(
         None, description="per-model weights w_q (task vectors scaled before merging)"
@@ -146,6 +152,9 @@ class MergeMethod:
     vectors: VectorsFn = stacked_task_vectors
     options: type[BaseModel] = NoOptions
     linear: LinearWeights | None = None
+    scaled: bool = True
+    """Whether the method multiplies its merge by ``lambda`` (``MergeConfig.scaling``); a
+    method that does not (average) refuses a ``lambda`` the user gives."""
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
@@ -161,12 +170,13 @@ def register(
     vectors: VectorsFn = stacked_task_vectors,
     options: type[BaseModel] = NoOptions,
     linear: LinearWeights | None = None,
+    scaled: bool = True,
 ) -> Callable[[MergeFn], MergeFn]:
     """Add a merge method to the registry under ``name`` (see :class:`MergeMethod`)."""
 
     def wrap(fn: MergeFn) -> MergeFn:
         MERGE_METHODS[name] = MergeMethod(
-            fn, needs_thresholds, summary, sliceable, prepass, vectors, options, linear
+            fn, needs_thresholds, summary, sliceable, prepass, vectors, options, linear, scaled
         )
         return fn
 

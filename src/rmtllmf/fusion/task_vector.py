@@ -155,6 +155,14 @@ def selected_keys(
         for k in base.keys()  # noqa: SIM118 (not a dict)
         if param_filter.matches(k) and is_floating(base.meta(k)[1])
     ]
+    if not keys_base:
+        floating = [k for k in base.keys() if is_floating(base.meta(k)[1])]  # noqa: SIM118
+        raise InputError(
+            f"no floating-point parameter of the base ({base.label}) is selected by include "
+            f"{list(param_filter.include)} and exclude {list(param_filter.exclude)}, so nothing "
+            f"would be merged; fix the patterns (--include / --exclude) to match names such as "
+            f"{_names(floating) if floating else '(the base has none)'}"
+        )
     set_base = set(keys_base)
     for i, other in enumerate(others, start=1):
         label = what if i == 1 else f"{what} #{i}"

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmtllmf._io import atomic_output, write_text_atomic
 from rmtllmf.errors import InputError
 from rmtllmf.report import figures, markdown, tables
 from rmtllmf.study.plan import SweepConfig, plan_runs
 from rmtllmf.study.spectra import SPECTRA_META, RankSpectra
-from rmtllmf.study.store import ResultsDB, RunRecord, code_version, export_csv
+from rmtllmf.study.store import ResultsDB, RunRecord, code_version, export_csv, run_key
+from rmtllmf.study.sweep import stored_lambdas
 
 Cosines = dict[str, tuple[float, float, float]]
 """Reception name -> (mean, min, max) off-diagonal received-vector cosine."""
@@ -57,7 +60,7 @@ def _figures(
     """Save every figure under ``out``; returns the files written (PNG and PDF of each)."""
     links = list(summ.by_link)
     scenarios = list(dict.fromkeys(s for d in summ.by_link.values() for s in d))
-    files = figures.save(figures.fig2(fig2), out, "fig2_accuracy_vs_tasks")
+    files = figures.save(figures.fig2(fig2), out, "fig2_accuracy_vs_tasks") if fig2 else []
     if links and scenarios:
         tasks = next(list(r.config.tasks) for r in rows if len(r.config.tasks) == summ.n_tasks)
         ideal = next((s for s in scenarios if s.endswith("ideal")), scenarios[0])
@@ -82,35 +85,51 @@ def _figures(
         files += figures.save(figures.rejection(points, beta=beta), out, "hypothesis_rejection")
     if spectra is not None and spectra.receptions:
         files += figures.save(figures.rank_spectra(spectra), out, "rank_spectra")
+    for name in figures.NAMES:  # a figure an earlier report drew but this one cannot
+        for suffix in figures.FORMATS:
+            if (stale := out / f"{name}{suffix}") not in files:
+                stale.unlink(missing_ok=True)
     return files
 
 
-def in_plan_order(rows: list[RunRecord], db: ResultsDB) -> list[RunRecord]:
-    """``rows`` in the order of the sweep's plan (:func:`~rmtllmf.study.plan.plan_runs`), runs
-    outside it after, by config: the report never depends on the order in which the
-    executor's workers finished."""
+@dataclass(frozen=True)
+class PlannedRows:
+    """The database's runs of the sweep's current plan, in plan order, and how they cover it."""
+
+    rows: list[RunRecord]
+    planned: int | None
+    """Runs in the plan (``None`` when it cannot be rebuilt: then ``rows`` is every run)."""
+    outside: int
+    """Runs in the database that the plan does not hold (other settings): left out."""
+
+
+def planned_rows(rows: list[RunRecord], db: ResultsDB) -> PlannedRows:
+    """The runs of the sweep config stored in ``db`` (its plan, :func:`~rmtllmf.study.plan.
+    plan_runs`, with the ``λ_N`` chosen for exactly these settings), in plan order: the report
+    never depends on the order in which the executor's workers finished, and never mixes in
+    runs of other settings that an earlier config left in the database."""
     raw, pool = db.meta("sweep_config"), db.meta("pool_id")
-    lambdas = {n: value for (p, n), (value, _) in db.lambdas().items() if p == pool}
-    rank: dict[str, int] = {}
-    if raw is not None:
-        try:
-            plan = plan_runs(SweepConfig.model_validate_json(raw), lambdas)
-        except (InputError, KeyError, ValueError):
-            plan = []  # a plan this code cannot rebuild: config order alone
-        rank = {r.config.model_dump_json(): i for i, r in enumerate(plan)}
-
-    def key(row: RunRecord) -> tuple[int, str]:
-        text = row.config.model_dump_json()
-        return rank.get(text, len(rank)), text
-
-    return sorted(rows, key=key)
+    if raw is None or pool is None:
+        return PlannedRows(sorted(rows, key=lambda r: r.config.model_dump_json()), None, 0)
+    try:
+        cfg = SweepConfig.model_validate_json(raw)
+        plan = plan_runs(cfg, stored_lambdas(pool, cfg, db))
+    except (InputError, KeyError, ValueError):
+        return PlannedRows(sorted(rows, key=lambda r: r.config.model_dump_json()), None, 0)
+    rank = {run_key(pool, r.config): i for i, r in enumerate(plan)}
+    kept = sorted((r for r in rows if r.key in rank), key=lambda r: rank[r.key])
+    return PlannedRows(kept, len(plan), len(rows) - len(kept))
 
 
 def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
     """Write every artefact of the report under ``out``; returns ``summary.json``'s content."""
-    rows = in_plan_order(list(db.rows()), db)
+    planned = planned_rows(list(db.rows()), db)
+    rows = planned.rows
     if not rows:
-        raise InputError(f"the results database {db.path} holds no finished runs; run the sweep")
+        other = f" of its study ({planned.outside} of other settings)" if planned.outside else ""
+        raise InputError(
+            f"the results database {db.path} holds no finished runs{other}; run the sweep"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads(db.meta("sweep_config") or "{}")
@@ -129,6 +148,8 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         pool_id=db.meta("pool_id"),
         seeds=config.get("seeds"),
         config=json.dumps(config, indent=2),
+        planned=planned.planned,
+        outside=planned.outside,
     )
     counts = spectra.counts() if spectra is not None else []
     text = markdown.render(
@@ -142,7 +163,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         meta,
         spectra=spectra,
     )
-    (out / "report.md").write_text(text)
+    write_text_atomic(out / "report.md", text)
     full = {
         **summ.to_json(),
         "orderings": [o.to_json() for o in order],
@@ -156,9 +177,17 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         "seeds": meta.seeds,
         "config": config,
         "figures": [p.name for p in files],
+        "coverage": {
+            "runs": len(rows),
+            "planned": planned.planned,
+            "complete": planned.planned is not None and len(rows) >= planned.planned,
+            "other_settings": planned.outside,
+            "note": markdown.coverage_note(meta),
+        },
     }
-    (out / "summary.json").write_text(json.dumps(full, indent=2))
-    export_csv(db, out / "runs.csv")
+    write_text_atomic(out / "summary.json", json.dumps(full, indent=2))
+    with atomic_output(out / "runs.csv") as tmp:
+        export_csv(rows, tmp)
     return full
 
 

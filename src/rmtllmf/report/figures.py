@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from rmtllmf._io import atomic_output
 from rmtllmf.defense.blind import gd_threshold, mp_edge
 from rmtllmf.metrics import predicted_rejection_rate
 from rmtllmf.study.spectra import RankSpectra
@@ -46,13 +47,29 @@ EXTRA_LINES: tuple[tuple[LineStyle, str], ...] = (
 )
 
 
+NAMES = (
+    "fig2_accuracy_vs_tasks",
+    "fig3_cosine_ideal",
+    "fig4_cosine_worst",
+    "fig5_ablation",
+    "hypothesis_rejection",
+    "rank_spectra",
+)
+"""Every figure a report may draw (each as ``.png`` and ``.pdf``)."""
+FORMATS = (".png", ".pdf")
+
+
 def save(fig: Figure, out: Path, name: str) -> list[Path]:
-    """Write ``name``.png and ``name``.pdf under ``out``; return both paths."""
+    """Write ``name``.png and ``name``.pdf under ``out``, each whole or not at all; return both
+    paths."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for p in paths:
-        fig.savefig(p, bbox_inches="tight", dpi=150)
-    plt.close(fig)
+    paths = [out / f"{name}{suffix}" for suffix in FORMATS]
+    try:
+        for p in paths:
+            with atomic_output(p, suffix=p.suffix) as tmp:
+                fig.savefig(tmp, bbox_inches="tight", dpi=150)
+    finally:
+        plt.close(fig)
     return paths
 
 

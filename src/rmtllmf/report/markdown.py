@@ -30,6 +30,10 @@ class ReportMeta:
     seeds: list[int] | None
     config: str
     """The sweep config, as indented JSON."""
+    planned: int | None = None
+    """Runs the sweep config plans (``None``: the plan could not be rebuilt)."""
+    outside: int = 0
+    """Runs in the database of other settings (not reported)."""
 
 
 def _f(x: float) -> str:
@@ -46,14 +50,35 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
+def coverage_note(meta: ReportMeta) -> str | None:
+    """One sentence when the report covers less than the plan, or the database holds runs of
+    other settings; ``None`` for a complete study."""
+    parts = []
+    if meta.planned is not None and meta.runs < meta.planned:
+        parts.append(
+            f"**Incomplete: {meta.runs} of the {meta.planned} planned runs** are finished "
+            "(cells without runs read n/a and figures lack their points); rerun the same "
+            "command to finish the study, or merge the missing shards"
+        )
+    if meta.outside:
+        parts.append(
+            f"the database also holds {meta.outside} run(s) of other settings (an earlier "
+            "config), which this report leaves out"
+        )
+    return "; ".join(parts) + "." if parts else None
+
+
 def _header(meta: ReportMeta) -> list[str]:
-    """Title, provenance and what the numbers mean."""
+    """Title, provenance, coverage and what the numbers mean."""
+    note = coverage_note(meta)
+    planned = "" if meta.planned is None else f" of {meta.planned} planned"
     return [
         "# R-MTLLMF study report",
         "",
-        f"Runs: {meta.runs} · code version `{meta.code_version}` · pool `{meta.pool_id}`"
-        f" · seeds {meta.seeds}",
+        f"Runs: {meta.runs}{planned} · code version `{meta.code_version}` · pool "
+        f"`{meta.pool_id}` · seeds {meta.seeds}",
         "",
+        *([note, ""] if note else []),
         "All numbers are normalized accuracies (merged / the task's own fine-tuned accuracy, "
         "averaged over the subset's tasks and then over subsets and seeds).",
         "",

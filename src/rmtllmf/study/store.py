@@ -13,7 +13,7 @@ import csv
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -140,23 +140,24 @@ class ResultsDB:
         self.conn.commit()
         return cur.rowcount > 0
 
-    def lambda_for(self, pool_id: str, n: int) -> float | None:
-        """The stored ``λ_N`` of a pool, or ``None``."""
+    def lambda_for(self, key: str, n: int) -> float | None:
+        """The stored ``λ_N`` under ``key`` (the pool and the settings of the choice:
+        :func:`~rmtllmf.study.sweep.lambda_key`), or ``None``."""
         row = self.conn.execute(
-            "SELECT value FROM lambdas WHERE pool = ? AND n_tasks = ?", (pool_id, n)
+            "SELECT value FROM lambdas WHERE pool = ? AND n_tasks = ?", (key, n)
         ).fetchone()
         return None if row is None else float(row[0])
 
-    def set_lambda(self, pool_id: str, n: int, value: float, scores: dict[float, float]) -> None:
-        """Store ``λ_N`` and its validation scores."""
+    def set_lambda(self, key: str, n: int, value: float, scores: dict[float, float]) -> None:
+        """Store ``λ_N`` under ``key`` (see :meth:`lambda_for`) with its validation scores."""
         self.conn.execute(
             "INSERT OR REPLACE INTO lambdas VALUES (?, ?, ?, ?)",
-            (pool_id, n, value, json.dumps({str(k): v for k, v in scores.items()})),
+            (key, n, value, json.dumps({str(k): v for k, v in scores.items()})),
         )
         self.conn.commit()
 
     def lambdas(self) -> dict[tuple[str, int], tuple[float, str]]:
-        """Every stored ``λ_N``: (pool, N) -> (value, its validation scores as JSON)."""
+        """Every stored ``λ_N``: (key, N) -> (value, its validation scores as JSON)."""
         return {
             (pool, int(n)): (float(value), str(scores))
             for pool, n, value, scores in self.conn.execute(
@@ -450,8 +451,9 @@ def result_record(result: ExperimentResult) -> dict[str, Any]:
     return RunResult.from_experiment(result).to_json()
 
 
-def export_csv(db: ResultsDB, out: str | Path) -> Path:
-    """One row per run and task: config columns, accuracy, normalized accuracy, MSEs."""
+def export_csv(rows: Iterable[RunRecord], out: str | Path) -> Path:
+    """One row per run of ``rows`` and task: config columns, accuracy, normalized accuracy,
+    MSEs."""
     path = Path(out)
     with closing(path.open("w", newline="")) as fh:
         writer = csv.writer(fh)
@@ -474,7 +476,7 @@ def export_csv(db: ResultsDB, out: str | Path) -> Path:
                 "seconds",
             ]
         )
-        for row in db.rows():
+        for row in rows:
             c, r = row.config, row.result
             for q, task in enumerate(c.tasks):
                 writer.writerow(

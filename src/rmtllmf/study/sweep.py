@@ -4,6 +4,7 @@ store (:mod:`rmtllmf.study.store`), one channel use per group of runs that share
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 
@@ -19,6 +20,26 @@ from rmtllmf.study.spectra import SPECTRA_META, RankSpectra, rank_spectra, spect
 from rmtllmf.study.store import ResultsDB, run_key
 
 
+def lambda_key(pool_id: str, cfg: SweepConfig, n: int) -> str:
+    """What ``λ_N`` is stored under: everything its choice depends on (the pool, the merge
+    method, the grid and the validation subset, the first subset of ``N`` tasks), so a changed
+    setting chooses it anew instead of reusing a value chosen for another."""
+    what = {
+        "method": cfg.merge_method,
+        "grid": list(cfg.lambda_grid),
+        "tasks": list(subsets(cfg)[n][0]),
+    }
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{pool_id}:{digest}"
+
+
+def stored_lambdas(pool_id: str, cfg: SweepConfig, db: ResultsDB) -> dict[int, float]:
+    """The ``λ_N`` stored for ``cfg`` on the pool (:func:`lambda_key`), per task count that has
+    one."""
+    found = {n: db.lambda_for(lambda_key(pool_id, cfg, n), n) for n in subsets(cfg)}
+    return {n: value for n, value in found.items() if value is not None}
+
+
 def ensure_lambdas(
     pool: ModelPool,
     pool_id: str,
@@ -26,11 +47,12 @@ def ensure_lambdas(
     db: ResultsDB,
     runner: Executor | None = None,
 ) -> dict[int, float]:
-    """``λ_N`` per task count: stored ones, else chosen on validation (the grid's points
-    scored on ``runner``'s workers; default: this process) and stored."""
+    """``λ_N`` per task count: stored ones (:func:`lambda_key`), else chosen on validation (the
+    grid's points scored on ``runner``'s workers; default: this process) and stored."""
     lambdas = {}
     for n, combos in subsets(cfg).items():
-        stored = db.lambda_for(pool_id, n)
+        key = lambda_key(pool_id, cfg, n)
+        stored = db.lambda_for(key, n)
         if stored is None:
             stored, scores = choose_lambda(
                 pool,
@@ -39,7 +61,7 @@ def ensure_lambdas(
                 cfg.lambda_grid,
                 map_calls=runner.map_calls if runner is not None else None,
             )
-            db.set_lambda(pool_id, n, stored, scores)
+            db.set_lambda(key, n, stored, scores)
         lambdas[n] = stored
     return lambdas
 
