@@ -224,7 +224,8 @@ def announce_zoo(root: Path, cfg: ZooConfig, workers: int = 1) -> None:
 
 
 def check_embedded_tasks(tasks: Sequence[str] | None, flag: str = "--tasks") -> None:
-    """Each of ``tasks`` is a task of the embedded suite (checked before any work)."""
+    """Each of ``tasks`` is a task of the embedded suite, named once (checked before any
+    work)."""
     from rmtllmf.data.synthetic import TASK_NAMES
 
     unknown = [t for t in tasks or () if t not in TASK_NAMES]
@@ -233,3 +234,6 @@ def check_embedded_tasks(tasks: Sequence[str] | None, flag: str = "--tasks") -> 
             f"{flag}: {', '.join(unknown)} not in the embedded suite; choose from "
             f"{', '.join(TASK_NAMES)}"
         )
+    repeated = sorted({t for t in tasks or () if list(tasks or ()).count(t) > 1})
+    if repeated:
+        raise InputError(f"{flag} names {', '.join(repeated)} more than once; give each task once")

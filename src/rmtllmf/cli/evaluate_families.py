@@ -43,7 +43,14 @@ def _named(exc: CheckpointError, flag: str, path: str) -> CheckpointError:
             'code); convert it once: python -c "import torch, safetensors.torch as s; '
             f"s.save_file(torch.load('{path}', weights_only=True), 'model.safetensors')\""
         )
-    return CheckpointError(f"{flag}: {exc}")
+    text = str(exc)
+    if "--allow-nonfinite" in text:  # merge's flag; evaluate scores finite weights only
+        text = text.split(". Check or re-save", 1)[0].split("; a merge of it", 1)[0]
+        return CheckpointError(
+            f"{flag}: {text}; evaluate scores only finite weights: check or re-save that "
+            "checkpoint (a merge writes NaN or inf only when run with --allow-nonfinite)"
+        )
+    return CheckpointError(f"{flag}: {text}")
 
 
 def _check_against_base(model: str, base_file: Path) -> None:
@@ -68,8 +75,11 @@ def _check_against_base(model: str, base_file: Path) -> None:
 
 
 def tiny_vit_scores(args: argparse.Namespace) -> Scores:
-    """Score ``--model`` and the zoo's fine-tunes on the embedded tasks; ``--model`` is checked
-    against the base before the zoo is built (which the command announces)."""
+    """Score ``--model`` and the embedded zoo's fine-tunes on ``--tasks`` (default: all); the
+    zoo is the default eight-task one whatever ``--tasks`` says (each expert is fine-tuned
+    anchored on the other tasks' domains, so a zoo of fewer tasks has other experts), built
+    once and cached; ``--model`` is checked against the base before (the command announces a
+    build)."""
     from rmtllmf.cli.common import announce_zoo, check_embedded_tasks
     from rmtllmf.fusion import load_state_dict
     from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
@@ -78,7 +88,8 @@ def tiny_vit_scores(args: argparse.Namespace) -> Scores:
     check_embedded_tasks(args.tasks)
     if args.split not in ("val", "test"):
         raise InputError(f"--split {args.split!r}: the embedded tasks have val and test; pick one")
-    cfg = ZooConfig(**({"tasks": tuple(args.tasks)} if args.tasks else {}))
+    cfg = ZooConfig()  # the embedded zoo that reproduce and zoo build use; --tasks picks tasks
+    tasks = tuple(args.tasks) if args.tasks else cfg.tasks
     root = default_cache() / "zoo"
     base_file = base_path(cfg, root / "base")
     try:
@@ -90,9 +101,9 @@ def tiny_vit_scores(args: argparse.Namespace) -> Scores:
     if not args.json:
         announce_zoo(root, cfg)
     zoo = build_zoo(root, cfg, progress=not args.json)
-    acc = zoo.task_accuracy(state, cfg.tasks, args.split)
-    finetuned = {t: zoo.finetuned_accuracy(t, args.split) for t in cfg.tasks}
-    return acc, finetuned, dict.fromkeys(cfg.tasks, args.split)
+    acc = zoo.task_accuracy(state, tasks, args.split)
+    finetuned = {t: zoo.finetuned_accuracy(t, args.split) for t in tasks}
+    return acc, finetuned, dict.fromkeys(tasks, args.split)
 
 
 def _is_folder(path: str) -> bool:

@@ -195,8 +195,26 @@ def selected_keys(
                 f"shape/dtype mismatch between base and {label}: "
                 + "; ".join(bad[:5])
                 + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                + _dtype_fix(base, other, keys_base, label)
             )
     return keys_base
+
+
+def _dtype_fix(base: TensorIndex, other: TensorIndex, keys: Sequence[str], label: str) -> str:
+    """What to do when ``other`` differs from ``base`` in dtypes only (a task vector needs both
+    in one dtype): convert it; otherwise the architectures differ."""
+    shapes_agree = all(base.meta(k)[0] == other.meta(k)[0] for k in keys)
+    dtypes = {other.meta(k)[1] for k in keys if base.meta(k)[1] != other.meta(k)[1]}
+    if not shapes_agree or not dtypes:
+        return ". Models of different shapes cannot be merged; give fine-tunes of this base"
+    theirs = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+    target = str(base.meta(keys[0])[1]).removeprefix("torch.")
+    return (
+        f". The {label} ({other.label}) stores {theirs} where the base stores {target}; "
+        f"convert it to the base's dtype once (python -c \"import torch, safetensors.torch as s; s.save_file({{k: "
+        f"v.to(torch.{target}) if v.is_floating_point() else v for k, v in "
+        f"s.load_file('IN').items()}}, 'OUT.safetensors')\"), or use a base of that dtype"
+    )
 
 
 def _zero_or(tau: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:

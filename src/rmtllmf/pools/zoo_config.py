@@ -9,11 +9,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors import safe_open
 
 from rmtllmf.data.synthetic import TASK_NAMES
-from rmtllmf.errors import InputError
+from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.fusion.checkpoint import load_state_dict
 from rmtllmf.models.tiny_vit import TinyVit, TinyVitConfig
 from rmtllmf.training.pretrain import PretrainConfig, pretrain_tiny_base
@@ -29,7 +29,7 @@ class ZooConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    tasks: tuple[str, ...] = TASK_NAMES
+    tasks: tuple[str, ...] = Field(TASK_NAMES, min_length=1)
     n_train: int = Field(20000, ge=10)
     n_val: int = Field(300, ge=10)
     n_test: int = Field(500, ge=10)
@@ -72,6 +72,15 @@ class ZooConfig(BaseModel):
     pretrain: PretrainConfig = PretrainConfig()
 
 
+    @field_validator("tasks")
+    @classmethod
+    def _each_task_once(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+        if repeated:
+            raise ValueError(f"names {', '.join(repeated)} more than once; give each task once")
+        return tasks
+
+
 TRAINABLE: dict[str, Callable[[str], bool] | None] = {
     "all": None,
     "blocks": lambda n: n.startswith("encoder.layers."),
@@ -91,7 +100,27 @@ def load_base(path: str | Path | None = None) -> TinyVit:
     with safe_open(str(file), framework="pt") as fh:
         meta = json.loads((fh.metadata() or {}).get("rmtllmf", "{}"))
     model = TinyVit(TinyVitConfig(**meta.get("config", {})))
-    model.load_state_dict(load_state_dict(file))
+    state = load_state_dict(file)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    if missing or extra or reshaped:
+        parts = [
+            f"{len(keys)} {what} (e.g. {keys[0]})"
+            for what, keys in (
+                ("tensors missing", missing),
+                ("tensors it does not have", extra),
+                ("tensors of other shapes", reshaped),
+            )
+            if keys
+        ]
+        raise CheckpointError(
+            f"{file} is not a tiny-vit base checkpoint: against the architecture in its "
+            f"metadata it has {'; '.join(parts)}; give a base written by "
+            "scripts/pretrain_tiny_base.py, or leave --base out for the shipped one"
+        )
+    model.load_state_dict(state)
     return model.eval()
 
 
