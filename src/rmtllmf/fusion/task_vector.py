@@ -211,8 +211,8 @@ def _dtype_fix(base: TensorIndex, other: TensorIndex, keys: Sequence[str], label
     target = str(base.meta(keys[0])[1]).removeprefix("torch.")
     return (
         f". The {label} ({other.label}) stores {theirs} where the base stores {target}; "
-        f"convert it to the base's dtype once (python -c \"import torch, safetensors.torch as s; s.save_file({{k: "
-        f"v.to(torch.{target}) if v.is_floating_point() else v for k, v in "
+        f"convert it to the base's dtype once (python -c \"import torch, safetensors.torch as "
+        f"s; s.save_file({{k: v.to(torch.{target}) if v.is_floating_point() else v for k, v in "
         f"s.load_file('IN').items()}}, 'OUT.safetensors')\"), or use a base of that dtype"
     )
 

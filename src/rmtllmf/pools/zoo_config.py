@@ -71,7 +71,6 @@ class ZooConfig(BaseModel):
     )
     pretrain: PretrainConfig = PretrainConfig()
 
-
     @field_validator("tasks")
     @classmethod
     def _each_task_once(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
