@@ -36,13 +36,16 @@ ERROR_LINE = re.compile(r"^rmtllmf( [a-z-]+)*: error: \S")
 
 @dataclass(frozen=True)
 class Case:
-    """One bad input: how to prepare it, the command line, and a word the message must hold."""
+    """One bad input: how to prepare it, the command line, a fragment the one-line message must
+    hold and the exit status; every file under the case's folder must be unchanged, byte for
+    byte, afterwards (the user's files included: the data-loss rows)."""
 
     id: str
     argv: Callable[[Path], list[str]]
     expect: str
     setup: Callable[[Path], None] = lambda _root: None
     subprocess: bool = False
+    status: int = 2
 
 
 # ---------------------------------------------------------------- inputs the cases share
@@ -107,6 +110,47 @@ def _corrupt_db(root: Path) -> None:
     (root / "study" / "results.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 84 + b"junk")
 
 
+def _user_files(folder: str, *names: str) -> Callable[[Path], None]:
+    """A folder of the user's with files of the given names (what a command must not touch)."""
+
+    def setup(root: Path) -> None:
+        for name in names:
+            _write(root / folder / name, f"the user's own {name}\n")
+
+    return setup
+
+
+def _hf_base_with_bad_config(root: Path) -> None:
+    """A Hugging Face-style base directory whose config.json is not JSON, and a fine-tune."""
+    _checkpoints(root)
+    (root / "hfbase").mkdir()
+    (root / "hfbase" / "model.safetensors").write_bytes((root / "base.safetensors").read_bytes())
+    (root / "hfbase" / "config.json").write_text("{not json")
+
+
+def _nan_tiny_model(root: Path) -> None:
+    """The shipped tiny base with one NaN entry."""
+    from safetensors.torch import save_file
+
+    from rmtllmf.fusion import load_state_dict
+    from rmtllmf.pools.zoo_config import shipped_base_path
+
+    state = load_state_dict(shipped_base_path())
+    state["embeddings.class_embedding"][0] = float("nan")
+    save_file(state, root / "nan-model.safetensors")
+
+
+def _clip_shaped(root: Path) -> None:
+    """A safetensors file that is no tiny-vit base (other names, no architecture metadata)."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file(
+        {"vision_model.embeddings.patch_embedding.weight": torch.zeros(4, 3, 16, 16)},
+        root / "clip-shaped.safetensors",
+    )
+
+
 def _file(name: str, text: str = "x") -> Callable[[Path], None]:
     return lambda root: _write(root / name, text)
 
@@ -127,6 +171,21 @@ def _config(*extra: str) -> Callable[[Path], list[str]]:
 def _merge(model: str, out: str = "merged.safetensors") -> Callable[[Path], list[str]]:
     return lambda r: ["merge", "--base", str(r / "base.safetensors"), "--models",
                       str(r / "ft.safetensors"), str(r / model), "--out", str(r / out)]  # fmt: skip
+
+
+def _merge_flags(*extra: str, out: str = "merged.safetensors") -> Callable[[Path], list[str]]:
+    """A merge of the base and two fine-tunes with extra flags."""
+    return lambda r: ["merge", "--base", str(r / "base.safetensors"), "--models",
+                      str(r / "ft.safetensors"), str(r / "ft2.safetensors"), *extra,
+                      "--out", str(r / out)]  # fmt: skip
+
+
+def _both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        for step in setups:
+            step(root)
+
+    return setup
 
 
 def _merge_full(*extra: str) -> Callable[[Path], list[str]]:
@@ -393,6 +452,167 @@ CASES = [
         "is full (no space left on device",
         _large_checkpoints,
     ),
+    # the user's files: never replaced or deleted by a command that did not write them
+    Case(
+        "reproduce-out-holds-user-files",
+        lambda r: ["reproduce", "--quick", "--out", str(r / "mine")],
+        "did not write (config.json, report.md, runs.csv)",
+        _user_files("mine", "report.md", "runs.csv", "config.json"),
+        subprocess=True,
+    ),
+    Case(
+        "reproduce-out-is-a-model-directory",
+        lambda r: ["reproduce", "--quick", "--out", str(r / "model")],
+        "add --force",
+        _user_files("model", "config.json", "model.safetensors"),
+    ),
+    Case(
+        "reproduce-merge-shards-into-user-files",
+        lambda r: ["reproduce", "--merge-shards", str(r / "empty"), "--out", str(r / "mine")],
+        "did not write",
+        _both(_empty_study, _user_files("mine", "report.md")),
+    ),
+    Case(
+        "reproduce-same-shard-twice",
+        lambda r: [
+            "reproduce",
+            "--merge-shards",
+            str(r / "empty"),
+            str(r / "empty" / "results.db"),
+            "--out",
+            str(r / "out"),
+        ],
+        "names one shard twice",
+        _empty_study,
+    ),
+    Case(
+        "finetune-out-holds-a-model",
+        lambda r: ["finetune", "--task", "signs", "--out", str(r / "ft")],
+        "did not write (model.safetensors)",
+        _user_files("ft", "model.safetensors"),
+    ),
+    Case(
+        "merge-out-is-a-file-no-merge-wrote",
+        _merge("ft2.safetensors", "mine.safetensors"),
+        "was not written by rmtllmf merge",
+        _both(_checkpoints, _file("mine.safetensors", "my model")),
+    ),
+    Case(
+        "merge-record-beside-out-is-the-users",
+        _merge("ft2.safetensors"),
+        "merged.safetensors.json, which exists and was not written by rmtllmf merge",
+        _both(_checkpoints, _file("merged.safetensors.json", '{"mine": 1}')),
+    ),
+    Case(
+        "merge-out-directory-of-user-files",
+        _merge("ft2.safetensors", "notes"),
+        "did not write (todo.txt)",
+        _both(_checkpoints, _user_files("notes", "todo.txt")),
+    ),
+    Case(
+        "export-out-holds-user-files",
+        lambda r: ["export", "--to", "tensorboard", "--out", str(r / "tb"), str(r / "empty")],
+        "did not write",
+        _both(_empty_study, _user_files("tb", "notes.txt")),
+    ),
+    # results that would be silently wrong
+    Case(
+        "merge-average-with-lambda",
+        _merge_flags("--method", "average", "--lambda", "5"),
+        "takes no --lambda",
+        _checkpoints,
+    ),
+    Case(
+        "merge-include-matches-nothing",
+        _merge_flags("--include", "nomatch.*"),
+        "nothing would be merged",
+        _checkpoints,
+    ),
+    Case(
+        "merge-exclude-everything",
+        _merge_flags("--exclude", "*"),
+        "nothing would be merged",
+        _checkpoints,
+    ),
+    Case("merge-lambda-inf", _merge_flags("--lambda", "inf"), "--lambda", _checkpoints),
+    Case(
+        "merge-base-config-not-json",
+        lambda r: [
+            "merge",
+            "--base",
+            str(r / "hfbase"),
+            "--models",
+            str(r / "ft.safetensors"),
+            "--out",
+            str(r / "m") + "/",
+        ],
+        "config.json is not valid JSON",
+        _hf_base_with_bad_config,
+    ),
+    Case(
+        "merge-dtype-mismatch-says-convert",
+        _merge("dtype.safetensors"),
+        "convert it to the base's dtype",
+        _checkpoints,
+    ),
+    Case("zoo-repeated-task", lambda r: ["zoo", "build", "--tasks", "digits", "digits"], "once"),
+    Case(
+        "zoo-base-of-another-architecture",
+        lambda r: [
+            "zoo",
+            "build",
+            "--base",
+            str(r / "clip-shaped.safetensors"),
+            "--root",
+            str(r / "z"),
+        ],
+        "not a tiny-vit base checkpoint",
+        _clip_shaped,
+    ),
+    Case(
+        "evaluate-repeated-task",
+        lambda r: ["evaluate", "--model", str(r / "ft.safetensors"), "--tasks", "signs", "signs"],
+        "more than once",
+        _checkpoints,
+    ),
+    Case(
+        "evaluate-nan-model",
+        lambda r: ["evaluate", "--model", str(r / "nan-model.safetensors")],
+        "evaluate scores only finite weights",
+        _nan_tiny_model,
+    ),
+    Case(
+        "finetune-tiny-vit-with-lora",
+        lambda r: ["finetune", "--task", "signs", "--lora", "--out", str(r / "ft")],
+        "--lora apply only to --family hf-clip",
+    ),
+    Case(
+        "finetune-tiny-vit-with-train-folder",
+        lambda r: ["finetune", "--task", "signs", "--train-folder", str(r), "--out", str(r / "ft")],
+        "--train-folder apply only to --family hf-clip",
+    ),
+    # sizes: each bounded, the message says the bound and the way past
+    Case(
+        "channel-billion-symbols",
+        lambda r: ["channel", "--symbols", "1000000000"],
+        "--no-limit",
+        subprocess=True,
+    ),
+    Case(
+        "channel-users-5000",
+        lambda r: ["channel", "--users", "5000", "--antennas", "5000"],
+        "above the bound 1024",
+    ),
+    Case(
+        "channel-users-100000",
+        lambda r: ["channel", "--users", "100000", "--antennas", "1"],
+        "above the bound 1024",
+    ),
+    Case(
+        "channel-receiver-work",
+        lambda r: ["channel", "--users", "300", "--antennas", "400"],
+        "eigendecompositions",
+    ),
 ]
 
 
@@ -486,7 +706,7 @@ def test_bad_input_is_answered_in_one_line(case, tmp_path, capsys, monkeypatch):
         else:
             status, err = _run_in_process(argv, capsys)
         after = _snapshot(tmp_path)
-    assert status == 2, err
+    assert status == case.status, err
     assert "Traceback" not in err and "pydantic" not in err and "http" not in err, err
     lines = err.splitlines()
     assert len(lines) == 1, err

@@ -21,7 +21,9 @@ pytest.importorskip("transformers")
 
 
 def _merge(tmp_path, base, fts, out, *extra):
-    args = ["merge", "--base", str(base), "--models", *map(str, fts), "--lambda", "0.4"]
+    scaled = "average" not in extra  # average takes no lambda
+    args = ["merge", "--base", str(base), "--models", *map(str, fts)]
+    args += ["--lambda", "0.4"] if scaled else []
     return main([*args, "--out", str(out), *extra])
 
 
@@ -171,6 +173,40 @@ def test_an_existing_output_directory_is_replaced_whole(tmp_path, bert):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_file_the_user_added_to_an_output_directory_survives_a_new_merge(tmp_path, bert, capsys):
+    """The merge replaces its own files (here 2 shards by 1 file) and keeps, byte for byte,
+    what the user added; a user's file named like one the merge writes is refused, unless
+    --force."""
+    from transformers import AutoModel
+
+    base, fts = bert
+    out = tmp_path / "merged"
+    assert _merge(tmp_path, base, fts, out, "--max-shard-size", "20KB") == 0
+    first_shard = sorted(p.name for p in out.glob("model-*"))[0]
+    notes, data = out / "NOTES.md", out / "eval" / "scores.csv"
+    notes.write_bytes(b"my notes \x00\xff")
+    data.parent.mkdir()
+    data.write_bytes(b"task,acc\n")
+    assert _merge(tmp_path, base, fts, out) == 0
+    assert notes.read_bytes() == b"my notes \x00\xff" and data.read_bytes() == b"task,acc\n"
+    assert not list(out.glob("model-*")) and (out / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # a user's file under a name the next merge writes: refused, nothing changed ...
+    mine = out / first_shard
+    mine.write_bytes(b"mine")
+    before = _digest(out)
+    capsys.readouterr()
+    assert _merge(tmp_path, base, fts, out, "--max-shard-size", "20KB") == 2
+    err = capsys.readouterr().err
+    assert f"{first_shard}, which rmtllmf did not write" in err
+    assert _digest(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # ... unless --force: the merge's file wins, the rest of the user's stays
+    assert _merge(tmp_path, base, fts, out, "--max-shard-size", "20KB", "--force") == 0
+    assert mine.read_bytes() != b"mine" and notes.read_bytes() == b"my notes \x00\xff"
+    assert AutoModel.from_pretrained(out) is not None
+
+
 def test_a_failed_merge_leaves_an_existing_output_as_it_was(tmp_path, bert, capsys):
     base, fts = bert
     out = tmp_path / "merged"
@@ -211,7 +247,7 @@ def test_base_without_tokenizer_is_noted_and_without_config_refused(tmp_path, be
         ("{root}", "contains the input"),
         ("merged.bin", "ends in .bin"),
         ("merged.yaml", "ends in .yaml"),
-        ("notes", "holds other things"),
+        ("notes", "did not write (todo.txt)"),
         ("file.txt", "is an existing file that is not .safetensors"),
     ],
 )

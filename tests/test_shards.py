@@ -83,6 +83,22 @@ def test_two_shards_cover_the_plan_once_and_merge_to_the_unsharded_summary(study
     # merging again adds nothing
     assert main([*argv, "--out", str(root / "union")]) == 0
     assert len(_keys(root / "union" / "results.db")) == len(whole)
+    assert merged["coverage"]["complete"] and merged["coverage"]["runs"] == len(whole)
+
+
+def test_a_union_missing_a_shard_says_it_is_incomplete(study, tmp_path, capsys):
+    """One shard of two merged: the report is written over what there is, and says, in
+    report.md, summary.json and on stderr, how much of the plan it holds."""
+    assert main(_argv(study, tmp_path / "s0", "--shard", "0/2")) == 0
+    owned = len(_keys(tmp_path / "s0" / "results.db"))
+    capsys.readouterr()
+    argv = ["reproduce", "--merge-shards", str(tmp_path / "s0"), "--out", str(tmp_path / "u")]
+    assert main(argv) == 0
+    coverage = json.loads((tmp_path / "u" / "summary.json").read_text())["coverage"]
+    assert coverage["runs"] == owned < coverage["planned"] and not coverage["complete"]
+    words = f"Incomplete: {owned} of the {coverage['planned']} planned runs"
+    assert words in capsys.readouterr().err
+    assert words in (tmp_path / "u" / "report.md").read_text()
 
 
 def test_a_shard_keeps_its_runs_when_it_resumes(study, tmp_path):

@@ -3,34 +3,47 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.progress import Progress
 
+Advance = Callable[..., None]
+"""``advance(description, steps=1)``: ``steps`` more of the total are done."""
+
 
 @contextmanager
-def progress_bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[str], None]]:
+def progress_bar(enabled: bool, description: str, total: int) -> Iterator[Advance]:
     """A rich progress bar on a terminal; plain log lines every 5% otherwise (CI, files).
 
-    Yields ``advance(description)``; does nothing when ``enabled`` is false.
+    Yields ``advance(description, steps=1)`` (safe to call from several threads); does nothing
+    when ``enabled`` is false.
     """
     if not enabled:
-        yield lambda _desc: None
+        yield lambda _desc, steps=1: None
         return
+    lock = threading.Lock()
     if sys.stderr.isatty():
         with Progress() as bar:
             task = bar.add_task(description, total=total)
-            yield lambda desc: bar.update(task, advance=1, description=desc)
+
+            def update(desc: str, steps: int = 1) -> None:
+                with lock:
+                    bar.update(task, advance=steps, description=desc)
+
+            yield update
         return
     start, done = time.perf_counter(), 0
     every = max(1, total // 20)
 
-    def advance(desc: str) -> None:
+    def advance(desc: str, steps: int = 1) -> None:
         nonlocal done
-        done += 1
-        if done % every == 0 or done == total:
+        with lock:
+            before, done = done, done + steps
+            if done // every == before // every and done != total:
+                return
             rate = done / max(time.perf_counter() - start, 1e-9)
             eta = (total - done) / rate
             print(

@@ -358,6 +358,8 @@ def merge_shards(
             "the shards' config.json files differ: they ran different studies; merge the shards "
             "of one config"
         )
+    for db_file in dbs:  # each shard readable before anything is written
+        ResultsDB(db_file, read_only=True).close()
     mark_output_dir(out, COMMAND)
     merged = merge_databases(dbs, out / "results.db")
     if configs:

@@ -6,6 +6,7 @@ measurements from the symbol link, for the CLI and for experiment reports.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -101,11 +102,13 @@ def measure(
     link: SymbolLinkConfig,
     n_symbols: int,
     rng: np.random.Generator,
+    progress: Callable[[int], None] | None = None,
 ) -> ChannelSummary:
     """Add Monte-Carlo figures: ``n_symbols`` channel uses of uniformly random payload per user
-    (uniform codes give uniform QAM symbols, the assumption of the BER closed form)."""
+    (uniform codes give uniform QAM symbols, the assumption of the BER closed form);
+    ``progress`` is called with the channel uses finished."""
     k = int(np.log2(link.modulation_order))
     n_values = max(1, n_symbols * k // link.bits)
     payload = [rng.uniform(-1.0, 1.0, n_values).astype(np.float32) for _ in summary.users]
-    stats = transmit_symbols(payload, channel, link, rng).stats
+    stats = transmit_symbols(payload, channel, link, rng, progress=progress).stats
     return ChannelSummary(**{**summary.__dict__, "measured": stats})

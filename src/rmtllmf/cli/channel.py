@@ -10,6 +10,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from rmtllmf._progress import progress_bar
 from rmtllmf.channel.geometry import PathLossConfig
 from rmtllmf.channel.report import ChannelSummary, measure, summarize
 from rmtllmf.channel.scenario import (
@@ -20,7 +21,7 @@ from rmtllmf.channel.scenario import (
     draw_realization,
 )
 from rmtllmf.channel.symbol_link import SymbolLinkConfig
-from rmtllmf.cli.common import examples
+from rmtllmf.cli.common import examples, minutes
 from rmtllmf.errors import InputError
 
 FLAGS = {
@@ -39,6 +40,23 @@ FLAGS = {
     "modulation_order": "--qam",
 }
 """Config field -> the flag that sets it, so errors name what the user typed."""
+
+MAX_USERS = 1024
+"""Users the per-user table shows at most (and the receiver's loop runs over)."""
+MAX_ANTENNAS = 1024
+MAX_RECEIVER_WORK = 2**33
+"""Bound on ``Q * N_R^3``: the MMSE-SIC theory takes one ``N_R x N_R`` eigendecomposition per
+user (``channel.linalg.hermitian_split``); measured here about 1 s per 1e9 (16 users x 1000
+antennas: 11 s), so the bound keeps a call under about 10 s."""
+USERS_PER_SIC_STEP = 128
+"""Above this many users the symbol link's per-symbol cost grows with the users too (the SIC
+detector's steps): a simulation costs ``symbols * users * (1 + users / 128)`` units."""
+MAX_SYMBOL_WORK = 2**27 * (1 + 8 / USERS_PER_SIC_STEP)
+"""Bound on those units (8 users: 2^27 / 8 = 16.8M symbols). Measured here at the bound: 8 users
+x 16,777,216 symbols 8.1 s and 0.90 GB peak; 1024 users x 131,072 symbols (9x the bound) 50 s
+and 3.5 GB: about 5e-8 s and at most 6.3 bytes per unit."""
+SECONDS_PER_UNIT = 5e-8
+BYTES_PER_UNIT = 6.3
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,12 +105,54 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--symbols", type=int, default=0, help="also simulate this many channel uses")
     p.add_argument("--genie", action="store_true", help="genie-aided SIC for --symbols")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument(
+        "--no-limit",
+        action="store_true",
+        help=f"go past the size bounds (--users, --antennas <= {MAX_USERS}; users x antennas^3 "
+        "<= 2^33, about 10 s; --symbols: about 10 s and 1 GB, 16.8M for 8 users) on a machine "
+        "with the memory and time for it",
+    )
+
+
+def check_sizes(args: argparse.Namespace) -> None:
+    """The sizes the user typed, within bounds chosen from memory and time (see the
+    ``MAX_*`` constants), unless ``--no-limit``; the message says the bound and the way past."""
+    if args.symbols < 0:
+        raise InputError(f"--symbols {args.symbols} is negative; give 0 (theory only) or more")
+    if args.no_limit:
+        return
+    past = "or pass --no-limit if this machine has the memory and time for it"
+    for flag, value, bound in (
+        ("--users", args.users, MAX_USERS),
+        ("--antennas", args.antennas, MAX_ANTENNAS),
+    ):
+        if value > bound:
+            raise InputError(
+                f"{flag} {value} is above the bound {bound}; give at most {bound}, {past}"
+            )
+    work = args.users * args.antennas**3
+    if work > MAX_RECEIVER_WORK:
+        raise InputError(
+            f"--users {args.users} with --antennas {args.antennas} means {args.users} "
+            f"eigendecompositions of {args.antennas}x{args.antennas} matrices (users x antennas^3 "
+            f"= {work:.2e}, bound {MAX_RECEIVER_WORK:.2e}, about 10 s): give fewer users or "
+            f"antennas, {past}"
+        )
+    per_symbol = args.users * (1 + args.users / USERS_PER_SIC_STEP)
+    if args.symbols * per_symbol > MAX_SYMBOL_WORK:
+        units = args.symbols * per_symbol
+        raise InputError(
+            f"--symbols {args.symbols} for {args.users} users would take about "
+            f"{minutes(units * SECONDS_PER_UNIT)} and up to {units * BYTES_PER_UNIT / 1e9:.1f} GB "
+            f"(the bound is about 10 s and 1 GB); give at most --symbols "
+            f"{int(MAX_SYMBOL_WORK // per_symbol)} and repeat with other --seed values to "
+            f"average, {past}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     """Draw the uplink of the flags' scenario and print its per-user figures."""
-    if args.symbols < 0:
-        raise InputError(f"--symbols {args.symbols} is negative; give 0 (theory only) or more")
+    check_sizes(args)
     cfg = ScenarioConfig(
         scenario=args.scenario,
         n_users=args.users,
@@ -111,7 +171,10 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(cfg, channel, args.qam)
     if args.symbols > 0:
         link = SymbolLinkConfig(bits=args.bits, modulation_order=args.qam, genie=args.genie)
-        summary = measure(summary, channel, link, args.symbols, rng)
+        with progress_bar(args.symbols >= 10**6, "channel uses", args.symbols) as advance:
+            summary = measure(
+                summary, channel, link, args.symbols, rng, lambda n: advance("channel uses", n)
+            )
     if args.json:
         out = {"config": cfg.model_dump(), "seed": args.seed, **summary.to_dict()}
         print(json.dumps(out, indent=2))

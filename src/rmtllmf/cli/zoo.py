@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rmtllmf.pools.tiny_vit import build_zoo
+    from rmtllmf.pools.zoo_config import load_base
     from rmtllmf.study.clean import evaluate_clean_merge
 
     check_embedded_tasks(args.tasks)
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--workers {args.workers} is below 1; give 1 or more")
     if args.base is not None and not Path(args.base).is_file():
         raise InputError(f"--base {args.base} does not exist; give a tiny-vit .safetensors base")
+    if args.base is not None:
+        load_base(args.base)  # a checkpoint of another architecture fails here, before any work
     root = args.root or default_cache() / "zoo"
     check_output_dir(root, "--root")
     keep_freed_memory()
