@@ -118,7 +118,7 @@ def test_paper_config_runs_end_to_end_on_stand_ins(stand_in, tmp_path):
 
 def test_bad_clip_inputs(stand_in, tmp_path):
     spec = stand_in.clip.tasks["sun397"]
-    with pytest.raises(CheckpointError, match="not available"):
+    with pytest.raises(CheckpointError, match="nor in the local Hugging Face cache"):
         ClipPool(
             ClipPoolConfig(
                 base=stand_in.clip.base,

@@ -144,9 +144,15 @@ _SQLITE_USER = re.compile(r"disk is full|disk I/O error|readonly database|unable
 """SQLite errors that come from the disk or the path, not from the code."""
 
 
+_PARTIAL = re.compile(r"(^|/)\.([^/]+)\.\d+\.[0-9a-f]{8}\.(partial|old)[^/]*$")
+"""A temporary name of :mod:`rmtllmf._io` (``.NAME.PID.XXXXXXXX.partial``): shown as NAME."""
+
+
 def _os_error(exc: OSError) -> str:
-    """A file-system error in the user's words: what, where (when known), what to do."""
-    where = f" {exc.filename}" if exc.filename else ""
+    """A file-system error in the user's words: what, where (when known; the target's name, not
+    a temporary one), what to do."""
+    shown = _PARTIAL.sub(r"\1\2", str(exc.filename)) if exc.filename else ""
+    where = f" {shown}" if shown else ""
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return (
             f"the disk is full (no space left on device{', writing' + where if where else ''}); "

@@ -246,12 +246,6 @@ class LazyCheckpoint(Closing):
     def __contains__(self, key: object) -> bool:
         return key in self._where or key in self._eager
 
-    def file_of(self, key: str) -> Path:
-        """The file (of a sharded checkpoint, the shard) that holds tensor ``key``."""
-        if key not in self._file:
-            raise CheckpointError(f"tensor {key!r} is missing from {self.path}")
-        return self._file[key]
-
     def get(self, key: str) -> torch.Tensor:
         """Load one tensor (checked to be finite, see the class)."""
         if key in self._eager:

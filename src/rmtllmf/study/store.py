@@ -123,10 +123,6 @@ class ResultsDB:
         """Keys of the finished runs."""
         return {r[0] for r in self.conn.execute("SELECT key FROM runs")}
 
-    def add(self, key: str, role: str, result: ExperimentResult, seconds: float) -> None:
-        """Commit one finished run (replacing a stored run of the same key)."""
-        self._insert("INSERT OR REPLACE", finished_run(key, role, result, seconds))
-
     def commit(self, run: FinishedRun) -> bool:
         """Commit a run a worker returned; ``False`` (and nothing written) when a run of that
         key is stored already, so a result that arrives twice is kept once."""
