@@ -119,8 +119,7 @@ def check_output_dir_owner(
     )
     raise InputError(
         f"{flag} {target} {whose}; give a new or empty directory, or add --force to write into "
-        f"it anyway (files of the names rmtllmf {command} writes are replaced, nothing else is "
-        "touched)"
+        "it anyway (only files of the names it writes can be replaced; nothing else is touched)"
     )
 
 

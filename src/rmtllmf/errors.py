@@ -7,9 +7,10 @@ catch ``ValueError`` keep working.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -50,10 +51,7 @@ def validation_message(exc: ValidationError, names: Mapping[str, str] | None = N
         path = ".".join(x for x in loc if not x.isdigit())
         dotted = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".")
         where = names.get(path) or (names.get(loc[-1]) if loc else None) or dotted
-        what = _PHRASES.get(str(err.get("type")), str(err.get("msg", "invalid")))
-        what = what.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if what[:1].isupper() and not what[1:2].isupper():
-            what = what[0].lower() + what[1:]
+        what = _phrase(err)
         shown = err.get("input")
         got = (
             f" (got {shown!r})"
@@ -66,11 +64,53 @@ def validation_message(exc: ValidationError, names: Mapping[str, str] | None = N
     return " ".join("; ".join(parts).split())
 
 
+def _phrase(err: Mapping[str, Any]) -> str:
+    """What is wrong, in this project's words (never pydantic's "Input should be ...")."""
+    kind, ctx, given = str(err.get("type")), dict(err.get("ctx") or {}), err.get("input")
+    if isinstance(given, float) and not math.isfinite(given):
+        return "must be a finite number"
+    bounds = {
+        "greater_than": "must be above {gt}",
+        "greater_than_equal": "must be at least {ge}",
+        "less_than": "must be below {lt}",
+        "less_than_equal": "must be at most {le}",
+        "multiple_of": "must be a multiple of {multiple_of}",
+    }
+    if kind in bounds:
+        return bounds[kind].format(**ctx)
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', 'the listed values')}"
+    if kind in ("too_short", "too_long"):
+        side = "at least" if kind == "too_short" else "at most"
+        limit = ctx.get("min_length" if kind == "too_short" else "max_length")
+        return f"needs {side} {limit} item(s)"
+    if kind.startswith(("dict_", "model_")) or kind == "model_attributes_type":
+        return "must be a mapping of settings (key: value)"
+    if kind in _PHRASES:
+        return _PHRASES[kind]
+    what = str(err.get("msg", "invalid"))
+    what = what.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if what[:1].isupper() and not what[1:2].isupper():
+        what = what[0].lower() + what[1:]
+    return what.replace("input should be", "must be").replace("Input should be", "must be")
+
+
 _PHRASES = {
     "extra_forbidden": "is not a known setting",
     "missing": "is required",
+    "finite_number": "must be a finite number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be text",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
 }
-"""Pydantic error types whose own wording does not read well after a field name."""
+"""Pydantic error types and the words that say what is wrong."""
 
 
 ONLINE_HINT = "--online on the command line, offline: false in a study config"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rmtllmf._io import check_output_dir_owner, mark_output_dir, write_text_atomic
 from rmtllmf.errors import InputError, validation_message
@@ -60,6 +60,17 @@ class ReproduceConfig(BaseModel):
     sweep: dict[str, Any] = Field(
         default_factory=dict, description="SweepConfig fields; tasks default to the pool's"
     )
+
+    @model_validator(mode="after")
+    def _family_has_its_section(self) -> ReproduceConfig:
+        if self.family == "hf-clip" and self.clip is None:
+            raise ValueError("family hf-clip needs a 'clip:' section (see configs/)")
+        if self.family == "hf-causal" and self.causal is None:
+            raise ValueError(
+                "family hf-causal needs a 'causal:' section with base: (a causal LM directory "
+                "or hub id; see docs/causal-lm.md)"
+            )
+        return self
 
 
 def quick_config() -> ReproduceConfig:
@@ -149,11 +160,23 @@ def sweep_config(cfg: ReproduceConfig) -> SweepConfig:
     if "task_counts" not in cfg.sweep:
         fields["task_counts"] = tuple(range(2, len(fields["tasks"]) + 1)) or (1,)
     try:
-        return SweepConfig.model_validate(fields)
+        scfg = SweepConfig.model_validate(fields)
     except ValidationError as exc:
         raise InputError(
             f"sweep settings: {validation_message(exc)}; fix that key under sweep:"
         ) from exc
+    try:
+        scfg.check()
+    except InputError as exc:
+        raise InputError(f"sweep settings: {exc}; fix that key under sweep:") from exc
+    suite = pool_tasks(cfg)
+    unknown = [t for t in scfg.tasks if t not in suite]
+    if unknown:
+        raise InputError(
+            f"sweep.tasks: {', '.join(unknown)} not in the {cfg.family} pool's tasks "
+            f"({', '.join(suite)}); fix sweep.tasks (or the pool's tasks)"
+        )
+    return scfg
 
 
 @dataclass(frozen=True)
@@ -225,10 +248,13 @@ def _run_study(
     _check_out(out, force)
     scfg = sweep_config(cfg)
     check_shard(shard)
-    mark_output_dir(out, COMMAND)
-    db = ResultsDB(out / "results.db", reset=reset)
+    db_file = out / "results.db"
+    if db_file.is_file() and not reset:  # another code version's results: said before any work
+        ResultsDB(db_file).close()
+    pool = build_pool(cfg, Path(cache), progress=progress, workers=workers)
+    mark_output_dir(out, COMMAND)  # nothing is written under out before the pool stands
+    db = ResultsDB(db_file, reset=reset)
     try:
-        pool = build_pool(cfg, Path(cache), progress=progress, workers=workers)
         resolved = {"reproduce": cfg.model_dump(mode="json"), "sweep": scfg.model_dump(mode="json")}
         write_text_atomic(out / "config.json", json.dumps(resolved, indent=2))
         run_sweep(

@@ -35,7 +35,7 @@ _3GPP = {"3gpp-umi": (10.0, 4.0, 7.82), "3gpp-uma": (25.0, 4.0, 6.0)}
 class PathLossConfig(BaseModel):
     """Parameters of the path-loss model (frozen; SI units except dB quantities)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: PathLossModel = "log-distance"
     carrier_hz: float = Field(3.5e9, gt=0)

@@ -49,7 +49,7 @@ DB_LIMIT = 200.0
 class ScenarioConfig(BaseModel):
     """Everything that defines the uplink of one experiment (frozen, validated)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     scenario: ScenarioName = "ideal"
     n_users: int = Field(8, ge=1)

@@ -50,7 +50,7 @@ from rmtllmf.errors import InputError
 class SymbolLinkConfig(BaseModel):
     """Settings of the digital link (frozen)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     bits: int = Field(8, ge=1, le=MAX_BITS, description="quantiser bits per value")
     modulation_order: Literal[4, 16, 64, 256] = Field(64, description="M of Gray M-QAM")

@@ -150,9 +150,27 @@ def check_sizes(args: argparse.Namespace) -> None:
         )
 
 
+def check_flags_apply(args: argparse.Namespace) -> None:
+    """Refuse flags that the other flags make meaningless, instead of ignoring them."""
+    if args.scenario == "ideal" and (args.jammer_dbm is not None or args.jnr_db is not None):
+        raise InputError(
+            "--jammer-dbm / --jnr-db set the jammer, and --scenario ideal has none; drop them or "
+            "choose --scenario sum-rate or strongest-user"
+        )
+    if args.symbols == 0 and (args.genie or args.bits != 8):
+        raise InputError(
+            "--genie and --bits shape the simulated symbol link; add --symbols N, or drop them"
+        )
+    if args.path_loss != "log-distance" and args.exponent != 2.0:
+        raise InputError(
+            f"--exponent belongs to --path-loss log-distance, not {args.path_loss}; drop it"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Draw the uplink of the flags' scenario and print its per-user figures."""
     check_sizes(args)
+    check_flags_apply(args)
     cfg = ScenarioConfig(
         scenario=args.scenario,
         n_users=args.users,

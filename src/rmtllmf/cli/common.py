@@ -190,6 +190,26 @@ def check_output_dir(path: Path, flag: str = "--out") -> Path:
     return path
 
 
+def set_threads(threads: int | None) -> None:
+    """torch's threads: ``--threads`` when given (at least 1), else one per core."""
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads} is below 1; give 1 or more, or leave it out")
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+def check_out_given(path: Path, flag: str = "--out") -> Path:
+    """An output path that is not empty text (``--out ""`` would write into the current
+    directory)."""
+    if not str(path).strip() or str(path) == ".":
+        raise InputError(
+            f"{flag} is empty or the current directory; give a directory of its own, e.g. "
+            f"{flag} results"
+        )
+    return path
+
+
 def notice(text: str, stream: IO[str] | None = None) -> None:
     """A line on stderr (stdout stays machine-readable for ``--json``) before long work."""
     print(f"rmtllmf: {text}", file=stream or sys.stderr, flush=True)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from rmtllmf.cli.common import examples
+from rmtllmf.cli.common import examples, set_threads
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,11 +65,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Score a model on its tasks (one function per family) and print a table or JSON."""
-    import torch
-
+    set_threads(args.threads)
     from rmtllmf.cli.evaluate_families import hf_clip_scores, tiny_vit_scores
 
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     scores = tiny_vit_scores if args.family == "tiny-vit" else hf_clip_scores
     acc, finetuned, scored = scores(args)
     result = _result(args, acc, finetuned, scored)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rmtllmf.cli.common import check_output_dir, examples
+from rmtllmf.cli.common import check_out_given, check_output_dir, examples
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """Export the study and say where it went."""
     from rmtllmf.export import export_study
 
-    check_output_dir(args.out)
+    check_output_dir(check_out_given(args.out))
     done = export_study(
         args.results, args.to, args.out, experiment=args.experiment, force=args.force
     )

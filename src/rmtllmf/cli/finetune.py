@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from rmtllmf._io import check_output_dir_owner
-from rmtllmf.cli.common import check_output_dir, examples
+from rmtllmf.cli.common import check_out_given, check_output_dir, examples, set_threads
 from rmtllmf.errors import InputError
 
 FLAGS = {
@@ -103,15 +102,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Fine-tune the chosen family's base model on one task; each family has its function."""
-    import torch
-
+    set_threads(args.threads)
     from rmtllmf.cli.finetune_families import finetune_hf_clip, finetune_tiny_vit
 
-    check_output_dir(args.out)
+    check_output_dir(check_out_given(args.out))
     check_output_dir_owner(args.out, "finetune", force=args.force)
     if args.family == "tiny-vit":
         _check_tiny_vit_flags(args)
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     if args.family == "tiny-vit":
         return finetune_tiny_vit(args)
     return finetune_hf_clip(args)

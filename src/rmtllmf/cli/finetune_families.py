@@ -31,7 +31,7 @@ def finetune_tiny_vit(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seed,
         base=args.base,
-        **({"lr": args.lr} if args.lr else {}),
+        **({"lr": args.lr} if args.lr is not None else {}),
         **({"anchor_weight": args.anchor_weight} if args.anchor_weight is not None else {}),
     )
     announce_zoo(default_cache() / "zoo", cfg)
@@ -88,8 +88,8 @@ def _clip_config(args: argparse.Namespace) -> FinetuneConfig:
         seed=args.seed,
         lora=args.lora,
         lora_rank=args.lora_rank,
-        lr=args.lr or (1e-4 if args.lora else 1e-5),
-        anchor_weight=args.anchor_weight or 0.0,
+        lr=args.lr if args.lr is not None else (1e-4 if args.lora else 1e-5),
+        anchor_weight=args.anchor_weight if args.anchor_weight is not None else 0.0,
     )
 
 

@@ -178,7 +178,7 @@ def _resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or give "
             "--config merge.yaml); see rmtllmf merge --help"
         )
-    method = args.method or "task-arithmetic"
+    method = "task-arithmetic" if args.method is None else args.method
     if args.scaling is not None and not get_method(method).scaled:
         raise InputError(
             f"--method {method} takes no --lambda (it does not scale the merge); drop --lambda, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,11 +16,13 @@ from rmtllmf._io import check_output_dir_owner
 from rmtllmf._malloc import keep_freed_memory
 from rmtllmf.cli.common import (
     announce_zoo,
+    check_out_given,
     check_output_dir,
     default_cache,
     examples,
     minutes,
     notice,
+    set_threads,
 )
 from rmtllmf.errors import InputError
 
@@ -141,7 +144,8 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 def _check_scale(args: argparse.Namespace) -> None:
     """The executor flags fit together and are in range."""
-    if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
+    finite = math.isfinite(args.cpus_per_run) and math.isfinite(args.gpus_per_run)
+    if not finite or args.cpus_per_run <= 0 or args.gpus_per_run < 0:
         raise InputError(
             "--cpus-per-run must be above 0 and --gpus-per-run at least 0 (e.g. --cpus-per-run "
             "1 --gpus-per-run 0.25)"
@@ -261,8 +265,10 @@ def run(args: argparse.Namespace) -> int:
         sweep_config,
     )
 
-    check_output_dir(args.out)
+    check_output_dir(check_out_given(args.out))
     check_output_dir_owner(args.out, "reproduce", force=args.force)
+    if args.cache is not None:
+        check_output_dir(args.cache, "--cache")
     _positive(args, "max_runs", "workers", "threads")
     _check_scale(args)
     if args.merge_shards:
@@ -285,9 +291,8 @@ def run(args: argparse.Namespace) -> int:
     scale = Scale(args.executor, in_flight, args.address, args.cpus_per_run, args.gpus_per_run)
     cache = args.cache or default_cache()
     _announce(cfg, args, cache, workers, shard)
-    import torch
+    set_threads(args.threads)
 
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     if shard[1] > 1:
         runs = reproduce_shard(
             cfg,

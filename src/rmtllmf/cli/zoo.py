@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from rmtllmf.cli.common import (
     check_output_dir,
     default_cache,
     examples,
+    set_threads,
 )
 from rmtllmf.errors import InputError
 
@@ -98,8 +98,7 @@ FLAGS = {
 
 def run(args: argparse.Namespace) -> int:
     """Build or reuse the zoo, merge its experts cleanly, and print a table or JSON."""
-    import torch
-
+    set_threads(args.threads)
     from rmtllmf.pools.tiny_vit import build_zoo
     from rmtllmf.pools.zoo_config import load_base
     from rmtllmf.study.clean import evaluate_clean_merge
@@ -116,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(root, "--root")
     keep_freed_memory()
     announce_zoo(root, cfg, args.workers)
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     zoo = build_zoo(root, cfg, progress=not args.json, workers=args.workers)
     summary = _summary(zoo, cfg, evaluate_clean_merge(zoo, cfg.tasks))
     if args.json:

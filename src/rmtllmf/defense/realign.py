@@ -35,7 +35,7 @@ from rmtllmf.training.loops import Preprocess, cosine_lr
 class RealignConfig(BaseModel):
     """Few-shot realignment settings (frozen)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     k_per_class: int = Field(10, ge=1)
     steps: int = Field(80, ge=0, description="the budget; validation keeps the best step of it")

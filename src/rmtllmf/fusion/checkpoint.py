@@ -186,7 +186,7 @@ def nonfinite_error(where: str, key: str, tensor: torch.Tensor, bad: int) -> Che
     return CheckpointError(
         f"{where}: tensor {key!r} holds {'/'.join(kinds) or 'non-finite'} values ({bad} of "
         f"{tensor.numel()} entries); a merge of it would be NaN or inf there. Check or re-save "
-        "that checkpoint, or pass --allow-nonfinite (allow_nonfinite=True) to use it anyway"
+        "that checkpoint, or pass --allow-nonfinite to use it anyway"
     )
 
 

@@ -365,10 +365,11 @@ def _blame(key: str, dtype: torch.dtype, readers: list[tuple[str, ModelReader]])
     own error, naming the file), else for an overflow of the merge itself."""
     for role, reader in readers:
         check_finite(reader.get(key), f"{role} ({reader.label})", key)
+    wider = "" if dtype in (torch.float32, torch.float64) else ", write float32 (--dtype float32)"
     raise CheckpointError(
-        f"the merged tensor {key!r} has NaN or inf entries in {dtype} although every input is "
-        "finite: the merge overflows; lower lambda or the weights, write float32 (--dtype "
-        "float32), or pass --allow-nonfinite (allow_nonfinite=True) to keep it"
+        f"the merged tensor {key!r} has NaN or inf entries in {str(dtype).removeprefix('torch.')} "
+        f"although every input is finite: the merge overflows; lower --lambda or the "
+        f"weights{wider}, or pass --allow-nonfinite to keep it"
     )
 
 

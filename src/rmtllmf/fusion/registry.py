@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from rmtllmf.errors import InputError
+from rmtllmf.errors import InputError, validation_message
 from rmtllmf.fusion.selection import ties_thresholds
 
 
@@ -89,11 +89,8 @@ class MergeConfig(BaseModel):
             resolved = entry.options.model_validate(self.options).model_dump()
         except ValidationError as exc:
             takes = ", ".join(entry.options.model_fields) or "no options"
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()
-            )
             raise ValueError(
-                f"merge method {self.method!r} takes {takes}; fix its options ({problems})"
+                f"merge method {self.method!r} takes {takes}: {validation_message(exc)}"
             ) from None
         object.__setattr__(self, "options", resolved)
         return self

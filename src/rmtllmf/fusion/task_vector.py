@@ -160,8 +160,12 @@ def selected_keys(
         raise InputError(
             f"no floating-point parameter of the base ({base.label}) is selected by include "
             f"{list(param_filter.include)} and exclude {list(param_filter.exclude)}, so nothing "
-            f"would be merged; fix the patterns (--include / --exclude) to match names such as "
-            f"{_names(floating) if floating else '(the base has none)'}"
+            + (
+                f"would be merged; fix the patterns (--include / --exclude) to match names such "
+                f"as {_names(floating)}"
+                if floating
+                else "would be merged: the base has no floating-point tensor; check the base"
+            )
         )
     set_base = set(keys_base)
     for i, other in enumerate(others, start=1):
@@ -183,7 +187,7 @@ def selected_keys(
             raise InputError(
                 "the models do not have the same parameters; " + "; ".join(parts) + ". Different "
                 "architectures cannot be merged; to use a common part, select it with a "
-                "parameter filter (e.g. include=('vision_model.*',))."
+                "parameter filter (e.g. --include 'vision_model.*')."
             )
         bad = [
             f"{k!r}: {base.meta(k)} vs {other.meta(k)}"

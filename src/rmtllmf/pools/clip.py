@@ -36,7 +36,7 @@ from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
 class ClipTaskSpec(BaseModel):
     """One task: its fine-tuned checkpoint and dataset."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     finetuned: str
     dataset: str
@@ -52,7 +52,7 @@ class ClipTaskSpec(BaseModel):
 class ClipPoolConfig(BaseModel):
     """The hf-clip pool (frozen)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     base: str = "openai/clip-vit-base-patch16"
     tasks: dict[str, ClipTaskSpec]

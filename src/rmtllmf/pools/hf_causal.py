@@ -85,7 +85,7 @@ NO_BASE = (
 class CausalPoolConfig(BaseModel):
     """How the causal-LM pool is built (frozen); part of the cache key."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     base: str = Field(
         description="causal LM: a local directory or hub id (required: none ships offline)"

@@ -71,7 +71,7 @@ SPLITS = ("train", "val", "test", "head")
 class TextPoolConfig(BaseModel):
     """How the text pool is built (frozen); part of the cache key."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     base: str | None = Field(
         None,

@@ -27,12 +27,14 @@ def shipped_base_path() -> Path:
 class ZooConfig(BaseModel):
     """How the zoo is built (frozen); part of the cache key."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     tasks: tuple[str, ...] = Field(TASK_NAMES, min_length=1)
-    n_train: int = Field(20000, ge=10)
-    n_val: int = Field(300, ge=10)
-    n_test: int = Field(500, ge=10)
+    n_train: int = Field(
+        20000, ge=10, le=500_000, description="at most 500,000 (1.5 GB of 32x32 images)"
+    )
+    n_val: int = Field(300, ge=10, le=100_000)
+    n_test: int = Field(500, ge=10, le=100_000)
     head_per_class: int = Field(100, ge=1, description="labelled examples per class for heads")
     head_fit: Literal["prototype", "probe"] = Field(
         "probe",
@@ -43,7 +45,7 @@ class ZooConfig(BaseModel):
         30.0, gt=0, description="logit scale of the prototype heads (fine-tuning temperature)"
     )
     steps: int = Field(800, ge=1, description="fine-tuning steps per task")
-    batch: int = Field(64, ge=1)
+    batch: int = Field(64, ge=1, le=4096)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     anchor_weight: float = Field(
@@ -74,6 +76,12 @@ class ZooConfig(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _each_task_once(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [t for t in tasks if t not in TASK_NAMES]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} not in the embedded suite; choose from "
+                f"{', '.join(TASK_NAMES)}"
+            )
         repeated = sorted({t for t in tasks if tasks.count(t) > 1})
         if repeated:
             raise ValueError(f"names {', '.join(repeated)} more than once; give each task once")

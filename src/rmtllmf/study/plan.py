@@ -38,6 +38,7 @@ from rmtllmf.channel import ScenarioConfig, SymbolLinkConfig
 from rmtllmf.defense import BLIND, CHANNEL_FREE, DEFENSES, PAPER, RealignConfig
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig
+from rmtllmf.fusion.registry import get_method
 from rmtllmf.study.analysis import AnalysisConfig
 from rmtllmf.study.experiment import ExperimentConfig, LinkMode, Scenario
 from rmtllmf.study.spectra import SpectraConfig
@@ -48,7 +49,7 @@ DEFAULT_GRID = tuple(round(float(x), 4) for x in np.linspace(0.0, 1.0, 21))
 class SweepConfig(BaseModel):
     """What the sweep runs (frozen; stored beside the results)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     tasks: tuple[str, ...] = Field(..., min_length=1)
     task_counts: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
@@ -97,6 +98,12 @@ class SweepConfig(BaseModel):
             )
         if not self.task_counts or not self.links or not self.scenarios or not self.seeds:
             raise InputError("task_counts, scenarios, links and seeds must not be empty")
+        if any(k < 1 for k in self.k_values):
+            raise InputError(
+                f"k_values {list(self.k_values)}: realignment needs at least 1 sample per class; "
+                "give values of 1 or more"
+            )
+        get_method(self.merge_method)  # an unknown method names the known ones
         unknown = [
             d for d in self.extra_defenses if d not in DEFENSES or d in (*PAPER, *CHANNEL_FREE)
         ]

@@ -41,7 +41,7 @@ from rmtllmf.training.loops import Anchor, accuracy, finetune
 class FinetuneConfig(BaseModel):
     """Optimisation settings of one fine-tune (frozen)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     steps: int = Field(200, ge=1)
     batch: int = Field(32, ge=1)

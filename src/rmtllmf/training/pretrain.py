@@ -32,7 +32,7 @@ DEFAULT_MODEL = TinyVitConfig(patch_size=8, hidden=128, layers=4, heads=4, mlp=5
 class PretrainConfig(BaseModel):
     """How the tiny base is pretrained (frozen; part of every cache key that depends on it)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: TinyVitConfig = DEFAULT_MODEL
     images: int = Field(240_000, ge=16)
