@@ -705,6 +705,50 @@ CASES = [
         "pass --allow-nonfinite to keep it",
         _checkpoints,
     ),
+    Case(
+        "merge-shard-size-for-a-file",
+        _merge_flags("--max-shard-size", "1KB"),
+        "--max-shard-size shards a directory output",
+        _checkpoints,
+    ),
+    Case(
+        "merge-dare-seed-past-2-63",
+        _merge_flags("--method", "dare", "--seed", str(2**64)),
+        "seed: must be below",
+        _checkpoints,
+    ),
+    Case(
+        "finetune-lora-rank-without-lora",
+        lambda r: ["finetune", "--task", "signs", "--lora-rank", "4", "--out", str(r / "ft")],
+        "--lora-rank",
+    ),
+    Case(
+        "evaluate-hf-clip-flags-with-tiny-vit",
+        lambda r: ["evaluate", "--model", str(r / "ft.safetensors"), "--finetuned", "a=b"],
+        "--finetuned apply only to --family hf-clip",
+        _checkpoints,
+    ),
+    Case(
+        "evaluate-tasks-with-hf-clip",
+        lambda r: [
+            "evaluate",
+            "--family",
+            "hf-clip",
+            "--model",
+            str(r / "ft.safetensors"),
+            "--tasks",
+            "signs",
+            "--data",
+            f"signs={r}",
+        ],
+        "drop --tasks",
+        _checkpoints,
+    ),
+    Case(
+        "reproduce-config-is-a-directory",
+        lambda r: ["reproduce", "--config", str(r), "--out", str(r / "out")],
+        "is a directory",
+    ),
 ]
 
 

@@ -96,6 +96,10 @@ def load_config(path: str | Path) -> ReproduceConfig:
     import yaml
 
     file = Path(path)
+    if file.is_dir():
+        raise InputError(
+            f"config file {file} is a directory; give a YAML study config file (see configs/)"
+        )
     if not file.is_file():
         raise InputError(
             f"config file {file} does not exist; give a YAML study config (see configs/)"

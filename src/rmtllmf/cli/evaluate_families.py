@@ -86,6 +86,21 @@ def tiny_vit_scores(args: argparse.Namespace) -> Scores:
     from rmtllmf.pools.zoo_config import base_path
 
     check_embedded_tasks(args.tasks)
+    given = [
+        flag
+        for flag, value in (
+            ("--base", args.base),
+            ("--data", args.data),
+            ("--finetuned", args.finetuned),
+            ("--online", args.online),
+        )
+        if value
+    ]
+    if given:
+        raise InputError(
+            f"{', '.join(given)} apply only to --family hf-clip; drop them, or add --family "
+            "hf-clip (tiny-vit scores the embedded tasks against the embedded zoo's experts)"
+        )
     if args.split not in ("val", "test"):
         raise InputError(f"--split {args.split!r}: the embedded tasks have val and test; pick one")
     cfg = ZooConfig()  # the embedded zoo that reproduce and zoo build use; --tasks picks tasks
@@ -133,6 +148,11 @@ def hf_clip_scores(args: argparse.Namespace) -> Scores:
     from rmtllmf.models.hf_clip import BASE_IDS, HfClip, vision_state
     from rmtllmf.training.clip import clip_accuracy
 
+    if args.tasks:
+        raise InputError(
+            "--tasks picks embedded tasks (--family tiny-vit); with hf-clip the tasks are the "
+            "names in --data TASK=PATH: drop --tasks"
+        )
     data_paths = _pairs(args.data, "--data")
     if not data_paths:
         raise InputError("--family hf-clip needs --data TASK=PATH for at least one task")

@@ -76,7 +76,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--lr", type=float, default=None, help="default 1e-5 (full), 1e-4 (LoRA), tiny-vit 1e-3"
     )
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (hf-clip, peft)")
-    p.add_argument("--lora-rank", type=int, default=8, help="hf-clip: LoRA rank with --lora")
+    p.add_argument(
+        "--lora-rank", type=int, default=None, help="hf-clip: LoRA rank with --lora (default 8)"
+    )
     p.add_argument(
         "--anchor-weight",
         type=float,
@@ -109,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir_owner(args.out, "finetune", force=args.force)
     if args.family == "tiny-vit":
         _check_tiny_vit_flags(args)
+    if args.lora_rank is not None and not args.lora:
+        raise InputError("--lora-rank sets the rank of --lora; add --lora, or drop --lora-rank")
     if args.family == "tiny-vit":
         return finetune_tiny_vit(args)
     return finetune_hf_clip(args)
@@ -122,6 +126,7 @@ HF_CLIP_ONLY = (
     "templates",
     "anchor_folder",
     "lora",
+    "lora_rank",
     "online",
 )
 """Flags that only --family hf-clip reads (tiny-vit trains on its embedded task)."""

@@ -87,7 +87,7 @@ def _clip_config(args: argparse.Namespace) -> FinetuneConfig:
         batch=args.batch,
         seed=args.seed,
         lora=args.lora,
-        lora_rank=args.lora_rank,
+        lora_rank=8 if args.lora_rank is None else args.lora_rank,
         lr=args.lr if args.lr is not None else (1e-4 if args.lora else 1e-5),
         anchor_weight=args.anchor_weight if args.anchor_weight is not None else 0.0,
     )
@@ -119,10 +119,10 @@ def finetune_hf_clip(args: argparse.Namespace) -> int:
             raise InputError(
                 f"{name} {folder} is not a directory; give an image folder root/<class>/<images>"
             )
+    ft_cfg = _clip_config(args)  # bad numbers fail here, before the model loads
     clip = HfClip.from_pretrained(args.base or BASE_IDS["vit-b-16"], offline=not args.online)
     train, val, val_source = _train_and_val(args, clip)
     head = clip.zero_shot_head(train.classnames, tuple(args.templates or DEFAULT_TEMPLATES))
-    ft_cfg = _clip_config(args)
     anchor_images = _anchor_images(args, clip)
     base_state = clip.vision_state()
     before = clip_accuracy(clip, head, val)

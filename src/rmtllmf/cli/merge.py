@@ -115,7 +115,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--max-shard-size",
-        default="5GB",
+        default=None,
         help="directory output: largest weights file before sharding with an index (5GB, "
         "500MB, 500KB, 2GiB; default 5GB)",
     )
@@ -234,19 +234,25 @@ def run(args: argparse.Namespace) -> int:
     """Check the output path, resolve the merge, merge, print one line."""
     from rmtllmf._io import atomic_output
     from rmtllmf.fusion import merge_checkpoints
-    from rmtllmf.fusion.hf_dir import output_kind, parse_size
+    from rmtllmf.fusion.hf_dir import DEFAULT_MAX_SHARD_SIZE, output_kind, parse_size
 
-    parse_size(args.max_shard_size)
     base, models, config, params, dtype = _resolve(args)
     inputs = [base, *models, *([args.config] if args.config is not None else [])]
     out = Path(args.out)
     kind = output_kind(args.out, inputs, force=args.force)
+    if args.max_shard_size is not None and kind == "file":
+        raise InputError(
+            f"--max-shard-size shards a directory output; --out {out} is one .safetensors file: "
+            "drop --max-shard-size, or give --out a directory"
+        )
+    max_shard_size = args.max_shard_size or DEFAULT_MAX_SHARD_SIZE
+    parse_size(max_shard_size)
     text = _record(base, models, config, params, dtype, args)
     merge_args: dict[str, Any] = {
         "allow_pickle": args.allow_pickle,
         "allow_nonfinite": args.allow_nonfinite,
         "dtype": dtype,
-        "max_shard_size": args.max_shard_size,
+        "max_shard_size": max_shard_size,
         "force": args.force,
     }
     if kind == "directory":

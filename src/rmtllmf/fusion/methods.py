@@ -52,7 +52,7 @@ class DareOptions(BaseModel):
     combine: Literal["task-arithmetic", "ties"] = "task-arithmetic"
     density: float = Field(0.2, gt=0.0, le=1.0, description="TIES combiner: entries kept")
     merge: Literal["mean", "sum", "max"] = "mean"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of the drop masks (mod 2^63 unique)")
 
 
 @register(

@@ -190,7 +190,7 @@ def selected_keys(
                 "parameter filter (e.g. --include 'vision_model.*')."
             )
         bad = [
-            f"{k!r}: {base.meta(k)} vs {other.meta(k)}"
+            f"{k!r}: {_shown(base.meta(k))} vs {_shown(other.meta(k))}"
             for k in keys_base
             if base.meta(k) != other.meta(k)
         ]
@@ -202,6 +202,11 @@ def selected_keys(
                 + _dtype_fix(base, other, keys_base, label)
             )
     return keys_base
+
+
+def _shown(meta: tuple[tuple[int, ...], torch.dtype]) -> str:
+    """A tensor's shape and dtype as a user reads them: ``(3, 2) float16``."""
+    return f"{meta[0]} {str(meta[1]).removeprefix('torch.')}"
 
 
 def _dtype_fix(base: TensorIndex, other: TensorIndex, keys: Sequence[str], label: str) -> str:
