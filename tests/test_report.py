@@ -146,6 +146,7 @@ def test_summary_json_keeps_its_keys_and_order(report):
         "config",
         "figures",
         "coverage",
+        "uncertainty",
     ]
     assert list(written["recovered"]) == ["clean_realign", "base", "base_realign", "by_link"]
     assert list(written["orderings"][0]) == [

@@ -22,7 +22,7 @@ from typing import Any
 
 from rmtllmf._io import atomic_output, write_text_atomic
 from rmtllmf.errors import InputError
-from rmtllmf.report import figures, markdown, tables
+from rmtllmf.report import figures, markdown, seeds, tables
 from rmtllmf.study.plan import SweepConfig, plan_runs
 from rmtllmf.study.spectra import SPECTRA_META, RankSpectra
 from rmtllmf.study.store import ResultsDB, RunRecord, code_version, export_csv, run_key
@@ -152,6 +152,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         outside=planned.outside,
     )
     counts = spectra.counts() if spectra is not None else []
+    unc = seeds.uncertainty(rows, summ.n_tasks)
     text = markdown.render(
         summ,
         order,
@@ -162,6 +163,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         kshot,
         meta,
         spectra=spectra,
+        uncertainty=unc,
     )
     write_text_atomic(out / "report.md", text)
     full = {
@@ -184,6 +186,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
             "other_settings": planned.outside,
             "note": markdown.coverage_note(meta),
         },
+        "uncertainty": unc.to_json(),
     }
     write_text_atomic(out / "summary.json", json.dumps(full, indent=2))
     with atomic_output(out / "runs.csv") as tmp:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rmtllmf.defense import CHANNEL_FREE, DEFENSES, PAPER
+from rmtllmf.report.seeds import ALPHA, TEST_NAME, Interval, Uncertainty
 from rmtllmf.report.tables import AnalysisRow, ChannelRow, Ordering, Summary
 from rmtllmf.study.spectra import RankSpectra, SpectraCount
 
@@ -355,6 +356,63 @@ def _configuration(meta: ReportMeta) -> list[str]:
     return ["", "## Configuration", "", "```json", meta.config, "```", ""]
 
 
+def _interval(i: Interval) -> str:
+    """``mean [lo, hi]``, or the mean alone for one seed."""
+    return _f(i.mean) if i.n < 2 else f"{_f(i.mean)} [{_f(i.lo)}, {_f(i.hi)}]"
+
+
+def _uncertainty(unc: Uncertainty | None) -> list[str]:
+    """Every cell at the largest N with its 95% interval over seeds, and the paired tests."""
+    if unc is None or not unc.by_link:
+        return []
+    lines = ["", f"## How sure: {len(unc.seeds)} seed(s), 95% intervals and paired tests", ""]
+    if len(unc.seeds) < 2:
+        lines += [
+            f"One seed ({unc.seeds}): no interval, and no ordering can be resolved. A seed draws "
+            "the channel, the noise, the few-shot sample and the realignment order; give "
+            "`seeds: [0, 1, 2, 3, 4]` under `sweep:` for intervals and tested orderings.",
+            "",
+        ]
+        return lines
+    lines += [
+        f"Seeds {unc.seeds}. Each cell: the mean over seeds of the normalized accuracy [its 95% "
+        "Student-t interval]. Clean merge "
+        + _interval(unc.clean)
+        + ", base model alone "
+        + _interval(unc.base)
+        + ".",
+        "",
+    ]
+    defenses = list(dict.fromkeys(d for c in unc.by_link.values() for s in c.values() for d in s))
+    rows = [
+        [link, scenario, *(_interval(cell[d]) if d in cell else "" for d in defenses)]
+        for link, cells in unc.by_link.items()
+        for scenario, cell in cells.items()
+    ]
+    lines += _table(["link", "scenario", *defenses], rows)
+    lines += [
+        "",
+        f"Orderings, each by a {TEST_NAME}, at α = {ALPHA}: *holds* / *reversed* when the test "
+        "rejects equality, *not resolved* when these seeds cannot tell.",
+        "",
+    ]
+    lines += _table(
+        ["link", "scenario", "ordering", "mean difference [95%]", "p", "verdict"],
+        [
+            [
+                c.link,
+                c.scenario,
+                f"{c.better} > {c.worse}",
+                _interval(c.difference),
+                "n/a" if c.p_value != c.p_value else f"{c.p_value:.3g}",
+                c.verdict,
+            ]
+            for c in unc.comparisons
+        ],
+    )
+    return lines
+
+
 def render(
     summ: Summary,
     order: Sequence[Ordering],
@@ -366,11 +424,14 @@ def render(
     meta: ReportMeta,
     *,
     spectra: RankSpectra | None = None,
+    uncertainty: Uncertainty | None = None,
 ) -> str:
-    """The whole report as markdown (with the rank spectra when the sweep measured them)."""
+    """The whole report as markdown (with the rank spectra when the sweep measured them, and
+    the intervals over seeds)."""
     sections = (
         _header(meta),
         _at_largest_n(summ),
+        _uncertainty(uncertainty),
         _paper(summ),
         _orderings(order),
         _fig2(fig2),
