@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Sequence
 
 from rmtllmf import __version__
-from rmtllmf.cli import channel, evaluate, export, finetune, merge, reproduce, zoo
+from rmtllmf.cli import channel, compare, evaluate, export, finetune, merge, reproduce, zoo
 from rmtllmf.cli.common import CliParser, error_message
 
 COMMANDS = {
@@ -30,6 +30,7 @@ COMMANDS = {
     "evaluate": evaluate,
     "reproduce": reproduce,
     "export": export,
+    "compare": compare,
 }
 
 
