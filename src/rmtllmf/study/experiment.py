@@ -6,6 +6,9 @@ defense and a seed:
 * scenarios: ``ideal``, ``sum-rate``, ``strongest-user`` (geometry, fading and jammer from
   :mod:`rmtllmf.channel`, each user's MSE from eq. 5), or the ``paper-*`` presets that inject the
   paper's reported mean MSEs (0.013 ideal, 0.21 sum-rate, 0.16 strongest-user) for every user;
+  or ``awgn``: no channel is drawn, every user's entries see the per-entry SNR ``snr_db`` on a
+  power-scaled link (``mu_q = S_ref 10^(-snr_db/10)`` on ``snr``, ``10^(-snr_db/10)`` on
+  ``relative`` and ``weights``): the SNR axis (:mod:`rmtllmf.study.snr_axis`);
 * link modes: ``noiseless`` (a clean run through the same pipeline); ``absolute`` (the paper:
   ``tau + N(0, mu_q)``); ``snr`` (the paper's per-entry SNR on this model's task vectors:
   ``N(0, mu_q E[tau_q^2] / S_ref)``, ``S_ref`` the paper's task-vector power, 3.1e-4;
@@ -27,9 +30,10 @@ from typing import Literal
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rmtllmf.channel import (
+    PAPER_SIGNAL_POWER,
     ChannelRealization,
     LargeScale,
     ScenarioConfig,
@@ -63,10 +67,26 @@ from rmtllmf.study.payload import (
 )
 
 Scenario = Literal[
-    "ideal", "sum-rate", "strongest-user", "paper-ideal", "paper-sum-rate", "paper-strongest-user"
+    "ideal",
+    "sum-rate",
+    "strongest-user",
+    "paper-ideal",
+    "paper-sum-rate",
+    "paper-strongest-user",
+    "awgn",
 ]
 LinkMode = Literal["noiseless", "absolute", "snr", "snr-tensor", "relative", "weights", "symbol"]
 PAPER_MSE = {"paper-ideal": 0.013, "paper-sum-rate": 0.21, "paper-strongest-user": 0.16}
+AWGN_LINKS = ("snr", "snr-tensor", "relative", "weights")
+"""The links whose noise scales with what is sent: the ``awgn`` scenario sets their SNR."""
+
+
+def awgn_mse(link: str, snr_db: float) -> float:
+    """The MSE ``mu`` that gives every entry the per-entry SNR ``snr_db`` on ``link``: the
+    ``snr`` link's noise is ``mu E[tau^2] / S_ref``, so ``mu = S_ref 10^(-snr_db/10)``; the
+    ``relative`` and ``weights`` links' is ``mu E[x^2]``, so ``mu = 10^(-snr_db/10)``."""
+    ratio = float(10.0 ** (-snr_db / 10.0))
+    return PAPER_SIGNAL_POWER * ratio if link in ("snr", "snr-tensor") else ratio
 
 
 class ExperimentConfig(BaseModel):
@@ -91,6 +111,27 @@ class ExperimentConfig(BaseModel):
         description="what a user sends: its task vector, or a LoRA user's factors A and B "
         "(rmtllmf.study.payload)",
     )
+    snr_db: float | None = Field(
+        None,
+        ge=-200,
+        le=200,
+        description="the awgn scenario's per-entry SNR in dB (every user; set exactly when the "
+        "scenario is awgn)",
+    )
+
+    @model_validator(mode="after")
+    def _awgn_has_its_snr(self) -> ExperimentConfig:
+        if (self.scenario == "awgn") != (self.snr_db is not None):
+            raise InputError(
+                "snr_db sets the awgn scenario's per-entry SNR: give both scenario 'awgn' and "
+                "snr_db, or neither"
+            )
+        if self.scenario == "awgn" and self.link not in AWGN_LINKS:
+            raise InputError(
+                f"the awgn scenario sets the per-entry SNR of a power-scaled link "
+                f"({', '.join(AWGN_LINKS)}), not the {self.link} link"
+            )
+        return self
 
 
 @dataclass
@@ -129,6 +170,8 @@ def channel_mse(
     """Eq. 5: each user's MSE ``mu_q`` and the drawn channel (``None`` for presets)."""
     if cfg.scenario in PAPER_MSE:
         return np.full(len(cfg.tasks), PAPER_MSE[cfg.scenario]), None
+    if cfg.scenario == "awgn" and cfg.snr_db is not None:
+        return np.full(len(cfg.tasks), awgn_mse(cfg.link, cfg.snr_db)), None
     scenario = cfg.channel.model_copy(update={"scenario": cfg.scenario, "n_users": len(cfg.tasks)})
     large = draw_large_scale(scenario, rng)
     channel = realize(scenario, large, rng)
@@ -163,7 +206,7 @@ def transmit(
     if channel is None:
         raise InputError(
             "the symbol link needs a physical scenario (ideal, sum-rate, strongest-user), "
-            "not a paper-* MSE preset"
+            "not a paper-* MSE preset or awgn"
         )
     return transmit_symbols(
         flats,

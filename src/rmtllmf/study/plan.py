@@ -16,7 +16,13 @@ that size (all ``C(T, N)`` combinations, 247 for ``N = 2..8`` of 8 tasks, or a s
   hypothesis test);
 * ``kshot``: at the largest ``N``, R-MTLLMF (and each realigning extra defense) with ``k``
   samples per class for each ``k`` in ``k_values`` on the ideal and the first worst-case
-  scenario, first link (Fig. 5, right).
+  scenario, first link (Fig. 5, right);
+* ``snr-axis`` and ``jammer-axis``: with ``snr_axis``, the ablation's defenses at the largest
+  ``N`` against the per-entry SNR and the jammer's power (:mod:`rmtllmf.study.snr_axis`).
+
+Every run is repeated for each of ``seeds``; the ``headline_seeds`` repeat only the largest N's
+clean runs, its ablation on the first link and the SNR axis (the k sweep and the other links
+keep ``seeds``).
 
 The rank spectra (:mod:`rmtllmf.study.spectra`) are measured on :func:`spectra_receptions`: the
 ablation's own channel uses of the largest ``N``'s first subset.
@@ -41,6 +47,7 @@ from rmtllmf.fusion import MergeConfig
 from rmtllmf.fusion.registry import get_method
 from rmtllmf.study.analysis import AnalysisConfig
 from rmtllmf.study.experiment import ExperimentConfig, LinkMode, Scenario
+from rmtllmf.study.snr_axis import SnrAxisConfig, axis_runs
 from rmtllmf.study.spectra import SpectraConfig
 
 DEFAULT_GRID = tuple(round(float(x), 4) for x in np.linspace(0.0, 1.0, 21))
@@ -60,6 +67,12 @@ class SweepConfig(BaseModel):
     links: tuple[LinkMode, ...] = ("snr", "absolute", "relative", "weights", "symbol")
     k_values: tuple[int, ...] = (1, 2, 5, 10, 20)
     seeds: tuple[int, ...] = (0,)
+    headline_seeds: tuple[int, ...] = Field(
+        (),
+        description="further seeds for the headline cells only: the largest N's ablation on "
+        "the first link, its clean runs and the SNR axis (intervals where they matter most, at "
+        "a fraction of the whole grid's cost)",
+    )
     merge_method: str = "task-arithmetic"
     lambda_grid: tuple[float, ...] = DEFAULT_GRID
     realign: RealignConfig = RealignConfig()
@@ -85,6 +98,19 @@ class SweepConfig(BaseModel):
         description="rank spectra of the clean and received task vectors (report figure); "
         "None: not measured",
     )
+    snr_axis: SnrAxisConfig | None = Field(
+        None,
+        description="the largest N's defenses swept over the per-entry SNR and the jammer's "
+        "power (report figure); None: not run",
+    )
+
+    @property
+    def axis_defenses(self) -> tuple[str, ...]:
+        """The defenses at each point of the SNR axis: its own list, else the paper's four and
+        the extra defenses (the axis's snr link takes every one)."""
+        if self.snr_axis is not None and self.snr_axis.defenses:
+            return self.snr_axis.defenses
+        return (*PAPER, *self.extra_defenses)
 
     def check(self) -> None:
         """Clear errors for plans that cannot run."""
@@ -98,6 +124,17 @@ class SweepConfig(BaseModel):
             )
         if not self.task_counts or not self.links or not self.scenarios or not self.seeds:
             raise InputError("task_counts, scenarios, links and seeds must not be empty")
+        seeds = (*self.seeds, *self.headline_seeds)
+        if len(set(seeds)) != len(seeds) or any(x < 0 for x in seeds):
+            raise InputError(
+                f"seeds {list(self.seeds)} and headline_seeds {list(self.headline_seeds)} must be "
+                "distinct non-negative integers; give each seed once"
+            )
+        if "awgn" in self.scenarios:
+            raise InputError(
+                "scenario awgn is the SNR axis's own (it needs a per-entry SNR); sweep it with "
+                "snr_axis: {snr_db: [...]} instead of listing it under scenarios"
+            )
         if any(k < 1 for k in self.k_values):
             raise InputError(
                 f"k_values {list(self.k_values)}: realignment needs at least 1 sample per class; "
@@ -122,6 +159,8 @@ class SweepConfig(BaseModel):
                 raise InputError(
                     f"{what} {stray} are not in the sweep's {list(allowed)}; choose among those"
                 )
+        if self.snr_axis is not None:
+            self.snr_axis.check((*PAPER, *self.extra_defenses))
         if self.spectra and "symbol" in (self.spectra.links or ()):
             raise InputError(
                 "spectra.links: the symbol link has no known noise law (no threshold to draw); "
@@ -164,7 +203,8 @@ def plan_runs(cfg: SweepConfig, lambdas: dict[int, float]) -> list[PlannedRun]:
     by_count = subsets(cfg)
     largest = max(by_count)
     for n, combos in by_count.items():
-        for tasks, seed in itertools.product(combos, cfg.seeds):
+        seeds = (*cfg.seeds, *(cfg.headline_seeds if n == largest else ()))
+        for tasks, seed in itertools.product(combos, seeds):
             common: dict[str, Any] = {
                 "tasks": tasks,
                 "merge": MergeConfig(method=cfg.merge_method, scaling=lambdas[n]),
@@ -174,10 +214,17 @@ def plan_runs(cfg: SweepConfig, lambdas: dict[int, float]) -> list[PlannedRun]:
                 "nan_policy": cfg.nan_policy,
                 "seed": seed,
             }
+            headline_only = seed not in cfg.seeds
             runs += _clean_runs(common, largest=n == largest)
-            runs += _channel_runs(cfg, common, ablation=n == largest)
-            if n == largest:
+            links = cfg.links[:1] if headline_only else cfg.links
+            runs += _channel_runs(cfg, common, links, ablation=n == largest)
+            if n == largest and not headline_only:
                 runs += _kshot_runs(cfg, common)
+            if n == largest and cfg.snr_axis is not None:
+                runs += [
+                    PlannedRun(role, config)
+                    for role, config in axis_runs(cfg.snr_axis, cfg.axis_defenses, common)
+                ]
     return runs
 
 
@@ -200,12 +247,14 @@ def extra_defenses_on(cfg: SweepConfig, link: str) -> tuple[str, ...]:
     return tuple(d for d in cfg.extra_defenses if not (link == "symbol" and d in BLIND))
 
 
-def _channel_runs(cfg: SweepConfig, common: dict[str, Any], *, ablation: bool) -> list[PlannedRun]:
-    """Every scenario × link: Fig. 2's two defenses, or at the largest N the ablation's four
-    (its undefended runs carry the interference analysis), each beside the extra defenses of
-    that link (:func:`extra_defenses_on`)."""
+def _channel_runs(
+    cfg: SweepConfig, common: dict[str, Any], links: tuple[LinkMode, ...], *, ablation: bool
+) -> list[PlannedRun]:
+    """Every scenario × link of ``links``: Fig. 2's two defenses, or at the largest N the
+    ablation's four (its undefended runs carry the interference analysis), each beside the
+    extra defenses of that link (:func:`extra_defenses_on`)."""
     runs = []
-    for scenario, link in itertools.product(cfg.scenarios, cfg.links):
+    for scenario, link in itertools.product(cfg.scenarios, links):
         if link == "symbol" and scenario.startswith("paper-"):
             continue  # the digital link needs a physical channel
         paper = PAPER if ablation else ("none", "r-mtllmf")

@@ -16,6 +16,7 @@ from rmtllmf.study.clean import choose_lambda
 from rmtllmf.study.executors import Executor, InProcess
 from rmtllmf.study.experiment import reception_key
 from rmtllmf.study.plan import PlannedRun, SweepConfig, plan_runs, spectra_receptions, subsets
+from rmtllmf.study.snr_axis import SIGNAL_META, signal_power
 from rmtllmf.study.spectra import SPECTRA_META, RankSpectra, rank_spectra, spectra_key
 from rmtllmf.study.store import ResultsDB, run_key
 
@@ -210,6 +211,9 @@ def run_sweep(
         raise InputError(f"tasks {unknown} are not in the model pool ({sorted(pool.finetuned)})")
     db.set_meta("sweep_config", cfg.model_dump_json())
     db.set_meta("pool_id", pool_id)
+    if cfg.snr_axis is not None:
+        axis_tasks = subsets(cfg)[max(cfg.task_counts)][0]
+        db.set_meta(SIGNAL_META, json.dumps(signal_power(pool, axis_tasks)))
     with executor if executor is not None else InProcess(pool) as runner:
         lambdas = ensure_lambdas(pool, pool_id, cfg, db, runner)
         if shard[0] == 0:  # one shard of a sharded study measures them
