@@ -4,7 +4,8 @@
 
 * ``fig2_accuracy_vs_tasks``, ``fig3_cosine_ideal``, ``fig4_cosine_worst``,
   ``fig5_ablation``, ``hypothesis_rejection`` and, when the sweep measured them, the
-  ``rank_spectra`` of the clean and received task vectors (``.png`` and ``.pdf``);
+  ``rank_spectra`` of the clean and received task vectors and the ``snr_axis``
+  (:mod:`rmtllmf.report.snr_axis`) (``.png`` and ``.pdf``);
 * ``report.md`` with the tables behind each figure, the paper's orderings per link, the
   channel per scenario, WDE and hypothesis-test results and the resolved config;
 * ``summary.json`` (``clean``, ``clean_realign``, ``by_link`` at the largest task count, the
@@ -23,7 +24,9 @@ from typing import Any
 from rmtllmf._io import atomic_output, write_text_atomic
 from rmtllmf.errors import InputError
 from rmtllmf.report import figures, markdown, seeds, tables
+from rmtllmf.report.snr_axis import AXIS_ROLES, AxisReport, axis_report
 from rmtllmf.study.plan import SweepConfig, plan_runs
+from rmtllmf.study.snr_axis import SIGNAL_META
 from rmtllmf.study.spectra import SPECTRA_META, RankSpectra
 from rmtllmf.study.store import ResultsDB, RunRecord, code_version, export_csv, run_key
 from rmtllmf.study.sweep import stored_lambdas
@@ -56,6 +59,7 @@ def _figures(
     kshot: dict[str, list[tuple[int, float]]],
     out: Path,
     spectra: RankSpectra | None = None,
+    axis: AxisReport | None = None,
 ) -> list[Path]:
     """Save every figure under ``out``; returns the files written (PNG and PDF of each)."""
     links = list(summ.by_link)
@@ -85,6 +89,8 @@ def _figures(
         files += figures.save(figures.rejection(points, beta=beta), out, "hypothesis_rejection")
     if spectra is not None and spectra.receptions:
         files += figures.save(figures.rank_spectra(spectra), out, "rank_spectra")
+    if axis is not None:
+        files += figures.save(figures.snr_axis(axis), out, "snr_axis")
     for name in figures.NAMES:  # a figure an earlier report drew but this one cannot
         for suffix in figures.FORMATS:
             if (stale := out / f"{name}{suffix}") not in files:
@@ -124,7 +130,8 @@ def planned_rows(rows: list[RunRecord], db: ResultsDB) -> PlannedRows:
 def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
     """Write every artefact of the report under ``out``; returns ``summary.json``'s content."""
     planned = planned_rows(list(db.rows()), db)
-    rows = planned.rows
+    every = planned.rows
+    rows = [r for r in every if r.role not in AXIS_ROLES]
     if not rows:
         other = f" of its study ({planned.outside} of other settings)" if planned.outside else ""
         raise InputError(
@@ -140,10 +147,12 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
     scenarios = list(dict.fromkeys(s for d in summ.by_link.values() for s in d))
     cosines = _cosines(rows, list(summ.by_link), scenarios)
     spectra = _spectra(db)
-    files = _figures(rows, summ, fig2, kshot, out, spectra)
+    signal = db.meta(SIGNAL_META)
+    axis = axis_report(every, None if signal is None else json.loads(signal))
+    files = _figures(rows, summ, fig2, kshot, out, spectra, axis)
     analysis = tables.analysis_table(rows)
     meta = markdown.ReportMeta(
-        runs=len(rows),
+        runs=len(every),
         code_version=code_version(),
         pool_id=db.meta("pool_id"),
         seeds=config.get("seeds"),
@@ -164,6 +173,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         meta,
         spectra=spectra,
         uncertainty=unc,
+        axis=axis,
     )
     write_text_atomic(out / "report.md", text)
     full = {
@@ -180,17 +190,18 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         "config": config,
         "figures": [p.name for p in files],
         "coverage": {
-            "runs": len(rows),
+            "runs": len(every),
             "planned": planned.planned,
-            "complete": planned.planned is not None and len(rows) >= planned.planned,
+            "complete": planned.planned is not None and len(every) >= planned.planned,
             "other_settings": planned.outside,
             "note": markdown.coverage_note(meta),
         },
         "uncertainty": unc.to_json(),
+        "snr_axis": None if axis is None else axis.to_json(),
     }
     write_text_atomic(out / "summary.json", json.dumps(full, indent=2))
     with atomic_output(out / "runs.csv") as tmp:
-        export_csv(rows, tmp)
+        export_csv(every, tmp)
     return full
 
 

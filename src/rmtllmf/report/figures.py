@@ -9,6 +9,10 @@
 * Hypothesis test: rejection rate of H0 vs ``Σ μ_q``, measured and as eq. 12 predicts it.
 * Rank spectra: singular values of clean and received weight matrices in units of each user's
   Gavish-Donoho threshold, with the Marchenko-Pastur edge, per link × scenario.
+* SNR axis: normalized accuracy against the per-entry SNR (and, on a second axis, the SNR
+  relative to the weights), one line per defense with its 95% band over seeds, the clean merge
+  and the floors as lines and the paper's operating points marked; beside it, the accuracy
+  against the jammer's power where the sweep ran that axis.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from matplotlib.lines import Line2D
 from rmtllmf._io import atomic_output
 from rmtllmf.defense.blind import gd_threshold, mp_edge
 from rmtllmf.metrics import predicted_rejection_rate
+from rmtllmf.report.snr_axis import AxisReport
+from rmtllmf.study.snr_axis import PAPER_POINTS
 from rmtllmf.study.spectra import RankSpectra
 
 DEFENSE_ORDER = ("none", "freeze", "realign", "r-mtllmf")
@@ -54,6 +60,7 @@ NAMES = (
     "fig5_ablation",
     "hypothesis_rejection",
     "rank_spectra",
+    "snr_axis",
 )
 """Every figure a report may draw (each as ``.png`` and ``.pdf``)."""
 FORMATS = (".png", ".pdf")
@@ -278,4 +285,62 @@ def rank_spectra(spectra: RankSpectra) -> Figure:
         ncol=6,
     )
     fig.suptitle(f"Rank spectra of the task vectors (N = {len(spectra.tasks)}; median over users)")
+    return fig
+
+
+def snr_axis(axis: AxisReport) -> Figure:
+    """Normalized accuracy against the per-entry SNR with 95% bands over seeds (left) and,
+    where the sweep ran it, against the jammer-to-noise ratio (right)."""
+    panels = 1 + bool(axis.snr and axis.jammer)
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
+    ax = axes[0][0]
+    if axis.snr:
+        for name, points in axis.snr.items():
+            x = [p[0] for p in points]
+            line = ax.plot(x, [p[1].mean for p in points], marker=".", label=name)[0]
+            ax.fill_between(
+                x,
+                [p[1].lo for p in points],
+                [p[1].hi for p in points],
+                color=line.get_color(),
+                alpha=0.18,
+                lw=0,
+            )
+        for name, value in axis.floors.items():
+            color, style = FLOOR_STYLE.get(name, ("0.3", (0, (1, 3))))
+            ax.axhline(value.mean, color=color, ls=style, lw=1, label=name)
+        for scenario, db in PAPER_POINTS.items():
+            ax.axvline(db, color="0.6", lw=0.8, ls=(0, (2, 2)))
+            ax.annotate(
+                f"paper {scenario}", (db, 1.06), fontsize=6, rotation=90, ha="right", va="top"
+            )
+        ax.set_xlabel("per-entry SNR relative to the task vector (dB)")
+        if axis.weights_shift_db is not None:
+            shift = axis.weights_shift_db
+            top = ax.secondary_xaxis("top", functions=(lambda v: v + shift, lambda v: v - shift))
+            top.set_xlabel("SNR relative to the weights (dB)", fontsize=8)
+        ax.set_ylabel("normalized accuracy")
+        ax.set_ylim(0, 1.1)
+        ax.legend(fontsize=6, ncol=2, loc="lower right")
+    if axis.jammer:
+        bx = axes[0][-1] if axis.snr else ax
+        scenario, by_defense = next(iter(axis.jammer.items()))
+        for name, jam_points in by_defense.items():
+            x = [p[0] for p in jam_points]
+            line = bx.plot(x, [p[1].mean for p in jam_points], marker=".", label=name)[0]
+            bx.fill_between(
+                x,
+                [p[1].lo for p in jam_points],
+                [p[1].hi for p in jam_points],
+                color=line.get_color(),
+                alpha=0.18,
+                lw=0,
+            )
+        for name, value in axis.floors.items():
+            color, style = FLOOR_STYLE.get(name, ("0.3", (0, (1, 3))))
+            bx.axhline(value.mean, color=color, ls=style, lw=1)
+        bx.set_xlabel(f"jammer-to-noise ratio (dB), {scenario} jammer, snr link")
+        bx.set_ylim(0, 1.1)
+        bx.legend(fontsize=6, ncol=2)
+    fig.suptitle("normalized accuracy against the noise's strength (bands: 95% over seeds)")
     return fig

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from rmtllmf.defense import CHANNEL_FREE, DEFENSES, PAPER
 from rmtllmf.report.seeds import ALPHA, TEST_NAME, Interval, Uncertainty
+from rmtllmf.report.snr_axis import LIMIT_TOLERANCE, AxisReport
 from rmtllmf.report.tables import AnalysisRow, ChannelRow, Ordering, Summary
+from rmtllmf.study.snr_axis import PAPER_POINTS
 from rmtllmf.study.spectra import RankSpectra, SpectraCount
 
 Fig2Data = Mapping[str, Mapping[str, Sequence[tuple[int, float, float, float]]]]
@@ -86,8 +88,9 @@ def _header(meta: ReportMeta) -> list[str]:
     ]
 
 
-def _at_largest_n(summ: Summary) -> list[str]:
-    """Clean merge, floors and every link × scenario × defense at the largest N."""
+def _at_largest_n(summ: Summary, unc: Uncertainty | None = None) -> list[str]:
+    """Clean merge, floors and every link × scenario × defense at the largest N, each cell with
+    its 95% interval over seeds where it ran more than one."""
     lines = [
         f"## At N = {summ.n_tasks} tasks: every link, scenario and defense (summary.json)",
         "",
@@ -100,8 +103,9 @@ def _at_largest_n(summ: Summary) -> list[str]:
         f"**{_f(summ.chance)}**. A defense below `base` made the received "
         "vectors worse than none; below `base+realign`, realignment did better without them.",
         "",
-        "Each cell: normalized accuracy, and in brackets the recovered fraction "
-        "(acc − chance) / (clean − chance), comparable to the paper's numbers.",
+        "Each cell: normalized accuracy (the mean over seeds and, where a cell ran several "
+        "seeds, its 95% interval in square brackets), and in round brackets the recovered "
+        "fraction (acc − chance) / (clean − chance), comparable to the paper's numbers.",
         "",
     ]
     rec = summ.recovered.by_link
@@ -112,7 +116,11 @@ def _at_largest_n(summ: Summary) -> list[str]:
     for link, by_s in summ.by_link.items():
         for scenario, d in by_s.items():
             r = rec.get(link, {}).get(scenario, {})
-            cells = (f"{_f(d.get(k, NAN))} ({_f(r.get(k, NAN))})" for k in cols)
+            seeds = unc.by_link.get(link, {}).get(scenario, {}) if unc is not None else {}
+            cells = (
+                f"{_interval(seeds[k]) if k in seeds else _f(d.get(k, NAN))} ({_f(r.get(k, NAN))})"
+                for k in cols
+            )
             rows.append([link, scenario, *cells])
     header = ["link", "scenario", *(c if c != "r-mtllmf" else "R-MTLLMF" for c in cols)]
     return lines + _table(header, rows)
@@ -362,11 +370,12 @@ def _interval(i: Interval) -> str:
 
 
 def _uncertainty(unc: Uncertainty | None) -> list[str]:
-    """Every cell at the largest N with its 95% interval over seeds, and the paired tests."""
+    """The paired tests of the orderings, where the cells ran more than one seed."""
     if unc is None or not unc.by_link:
         return []
     lines = ["", f"## How sure: {len(unc.seeds)} seed(s), 95% intervals and paired tests", ""]
-    if len(unc.seeds) < 2:
+    tested = [c for c in unc.comparisons if c.difference.n >= 2]
+    if not tested:
         lines += [
             f"One seed ({unc.seeds}): no interval, and no ordering can be resolved. A seed draws "
             "the channel, the noise, the few-shot sample and the realignment order; give "
@@ -374,25 +383,13 @@ def _uncertainty(unc: Uncertainty | None) -> list[str]:
             "",
         ]
         return lines
+    single = sorted(
+        {(c.link, c.scenario) for c in unc.comparisons} - {(c.link, c.scenario) for c in tested}
+    )
     lines += [
-        f"Seeds {unc.seeds}. Each cell: the mean over seeds of the normalized accuracy [its 95% "
-        "Student-t interval]. Clean merge "
-        + _interval(unc.clean)
-        + ", base model alone "
-        + _interval(unc.base)
-        + ".",
-        "",
-    ]
-    defenses = list(dict.fromkeys(d for c in unc.by_link.values() for s in c.values() for d in s))
-    rows = [
-        [link, scenario, *(_interval(cell[d]) if d in cell else "" for d in defenses)]
-        for link, cells in unc.by_link.items()
-        for scenario, cell in cells.items()
-    ]
-    lines += _table(["link", "scenario", *defenses], rows)
-    lines += [
-        "",
-        f"Orderings, each by a {TEST_NAME}, at α = {ALPHA}: *holds* / *reversed* when the test "
+        f"Seeds {unc.seeds}. The cells above carry their 95% Student-t intervals over seeds; "
+        f"clean merge {_interval(unc.clean)}, base model alone {_interval(unc.base)}. Each "
+        f"ordering by a {TEST_NAME}, at α = {ALPHA}: *holds* / *reversed* when the test "
         "rejects equality, *not resolved* when these seeds cannot tell.",
         "",
     ]
@@ -407,10 +404,112 @@ def _uncertainty(unc: Uncertainty | None) -> list[str]:
                 "n/a" if c.p_value != c.p_value else f"{c.p_value:.3g}",
                 c.verdict,
             ]
-            for c in unc.comparisons
+            for c in tested
         ],
     )
+    if single:
+        links = sorted({link for link, _ in single})
+        lines += [
+            "",
+            f"The cells of {', '.join(links)} ran one seed: their orderings are not tested "
+            "here (give their sweep more `seeds` to test them).",
+        ]
     return lines
+
+
+def _snr_axis(axis: AxisReport | None) -> list[str]:
+    """The SNR axis: every defense per point with its interval, the bands, the limits, and
+    the jammer axis."""
+    if axis is None:
+        return []
+    lines = ["", "## The SNR axis (figure snr_axis)", ""]
+    if axis.snr:
+        shift = axis.weights_shift_db
+        lines += [
+            "Every user's task vector received as `tau + N(0, E[tau^2] 10^(-SNR/10))` (the awgn "
+            "scenario on the snr link, no channel drawn), each defense at each per-entry SNR; "
+            "each cell the mean normalized accuracy over seeds [95% interval]. The paper's "
+            "operating points on this axis: "
+            + ", ".join(f"{s} {db:g} dB" for s, db in PAPER_POINTS.items())
+            + "."
+            + (
+                ""
+                if shift is None
+                else f" Relative to the weights' power the SNR is {shift:+.1f} dB higher "
+                "(E[theta^2] / E[tau^2] of this pool): the axis on which models compare."
+            ),
+            "",
+        ]
+        defenses = list(axis.snr)
+        grid = [x for x, _ in axis.snr[defenses[0]]]
+        rows = [
+            [f"{x:g}", *(_interval(dict(axis.snr[d]).get(x, _NO)) for d in defenses)] for x in grid
+        ]
+        rows.append(
+            [
+                "noiseless",
+                *(_interval(axis.noiseless[d]) if d in axis.noiseless else "" for d in defenses),
+            ]
+        )
+        lines += _table(["SNR (dB)", *defenses], rows)
+        lines += [
+            "",
+            "Floors: " + ", ".join(f"{k} {_interval(v)}" for k, v in axis.floors.items()) + ".",
+            "",
+        ]
+    if axis.bands:
+        lines += [
+            "Where R-MTLLMF beats each reference: the paired difference over seeds has its 95% "
+            "interval above the margin (one seed: its mean).",
+            "",
+        ]
+        lines += _table(
+            ["R-MTLLMF beats", "by more than", "band"],
+            [[b.versus, f"{b.margin:g}", b.text] for b in axis.bands],
+        )
+        lines.append("")
+    if axis.limits:
+        lines += [
+            "The limits: at the highest SNR each defense against itself on the noiseless link, "
+            "at the lowest no defense against chance and shrink against the base model alone; "
+            f"reached when the paired difference's 95% interval holds 0 or its mean is within "
+            f"{LIMIT_TOLERANCE:g}.",
+            "",
+        ]
+        lines += _table(
+            ["SNR (dB)", "defense", "against", "difference [95%]", "reached"],
+            [
+                [
+                    f"{lim.snr_db:g}",
+                    lim.defense,
+                    lim.reference,
+                    _interval(lim.difference),
+                    "yes" if lim.reached else "**no**",
+                ]
+                for lim in axis.limits
+            ],
+        )
+        lines.append("")
+    for scenario, by_defense in axis.jammer.items():
+        defenses = list(by_defense)
+        points = by_defense[defenses[0]]
+        lines += [
+            f"Against the jammer's power: the {scenario} jammer on the snr link, its "
+            "jammer-to-noise ratio swept; the users' mean per-entry SNR beside it.",
+            "",
+        ]
+        lines += _table(
+            ["JNR (dB)", "mean per-entry SNR (dB)", *defenses],
+            [
+                [f"{jnr:g}", _f(snr_db), *(_interval(by_defense[d][i][1]) for d in defenses)]
+                for i, (jnr, _, snr_db) in enumerate(points)
+            ],
+        )
+        lines.append("")
+    return lines
+
+
+_NO = Interval(NAN, NAN, NAN, 0)
 
 
 def render(
@@ -425,13 +524,15 @@ def render(
     *,
     spectra: RankSpectra | None = None,
     uncertainty: Uncertainty | None = None,
+    axis: AxisReport | None = None,
 ) -> str:
     """The whole report as markdown (with the rank spectra when the sweep measured them, and
     the intervals over seeds)."""
     sections = (
         _header(meta),
-        _at_largest_n(summ),
+        _at_largest_n(summ, uncertainty),
         _uncertainty(uncertainty),
+        _snr_axis(axis),
         _paper(summ),
         _orderings(order),
         _fig2(fig2),
