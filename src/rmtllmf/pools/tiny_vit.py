@@ -13,15 +13,23 @@ config and the base checkpoint, so different settings never collide):
 * ``finetuned/<task>.safetensors``: full fine-tunes against the fixed heads;
 * ``zoo.json``: the resolved config, seeds, base and fine-tuned accuracy per task and split.
 
+The default config gets the package's shipped heads and experts instead of fitting and
+training them (:func:`~rmtllmf.pools.zoo_config.shipped_experts`); its data is generated here
+like any other's, and the anchor, which only the fine-tuning needs, is not.
+
 Finished pieces are never recomputed; an interrupted build resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from rmtllmf._io import atomic_output
 from rmtllmf.data.synthetic import TASK_NAMES, TASKS
-from rmtllmf.errors import InputError
+from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.models.tiny_vit import (
     EMBEDDING_PARAMS,
     PrototypeHead,
@@ -46,6 +54,8 @@ from rmtllmf.pools.zoo_config import (
     load_base,
     resolve_base,
     shipped_base_path,
+    shipped_experts,
+    shipped_zoo_dir,
 )
 from rmtllmf.pools.zoo_data import load_anchor, write_task_or_anchor
 from rmtllmf.training.loops import (
@@ -103,7 +113,9 @@ class Zoo(RecordedAccuracies):
 
     def anchor(self, task: str | None = None) -> Anchor | None:
         """The function-space anchor ``task``'s fine-tune was trained with: every anchor image
-        but those of its own domain (``None``: plain fine-tuning; ``task=None``: the whole set)."""
+        but those of its own domain (``None``: plain fine-tuning; ``task=None``: the whole set);
+        made here when the zoo's experts were shipped."""
+        ensure_anchor(self.config, self.root, self.base)
         return load_anchor(self.config, self.root, task)
 
     def n_classes(self, task: str) -> int:
@@ -152,8 +164,49 @@ def missing_finetunes(root: str | Path, cfg: ZooConfig | None = None) -> list[st
     base_file = base_path(cfg, Path(root) / "base")
     if not base_file.is_file():
         return list(cfg.tasks)
-    home = Path(root) / digest(cfg.model_dump_json().encode() + base_file.read_bytes())
+    home, shipped = zoo_home(root, cfg, base_file)
+    if shipped is not None:
+        return []
     return [t for t in cfg.tasks if not (home / "finetuned" / f"{t}.safetensors").exists()]
+
+
+def zoo_home(root: str | Path, cfg: ZooConfig, base_file: Path) -> tuple[Path, Path | None]:
+    """Where the zoo of ``cfg`` lives under ``root`` and the shipped experts it gets (or
+    ``None``): the directory is keyed by the config, with ``experts`` resolved to ``shipped`` or
+    ``trained``, and by the base checkpoint's bytes."""
+    shipped = shipped_experts(cfg, base_file)
+    resolved = cfg.model_copy(update={"experts": "trained" if shipped is None else "shipped"})
+    key = digest(resolved.model_dump_json().encode() + base_file.read_bytes())
+    return Path(root) / key, shipped
+
+
+def _copy_shipped(cfg: ZooConfig, home: Path, shipped: Path) -> None:
+    """Copy the shipped heads and experts of ``cfg.tasks`` into ``home`` where missing, each
+    checked against the sha256 the shipped ``zoo.json`` records."""
+    manifest = json.loads((shipped / "zoo.json").read_text(encoding="utf-8"))
+    heads_file = home / "heads.safetensors"
+    if not heads_file.exists():
+        heads = load_file(_checked(shipped / "heads.safetensors", manifest))
+        with atomic_output(heads_file) as tmp:
+            save_file({t: heads[t].contiguous() for t in cfg.tasks}, tmp)
+    for task in cfg.tasks:
+        target = home / "finetuned" / f"{task}.safetensors"
+        if not target.exists():
+            with atomic_output(target) as tmp:
+                shutil.copyfile(_checked(shipped / "finetuned" / target.name, manifest), tmp)
+
+
+def _checked(file: Path, manifest: dict[str, Any]) -> Path:
+    """``file`` after checking its sha256 against the shipped manifest."""
+    name = file.relative_to(shipped_zoo_dir()).as_posix()
+    expected = manifest["sha256"].get(name)
+    actual = hashlib.sha256(file.read_bytes()).hexdigest()
+    if actual != expected:
+        raise CheckpointError(
+            f"the shipped expert file {file} does not match its recorded sha256; reinstall "
+            "rmtllmf, or set experts: trained to fine-tune the experts here"
+        )
+    return file
 
 
 def build_zoo(
@@ -171,10 +224,11 @@ def build_zoo(
         raise InputError(f"unknown tasks {unknown}; the embedded suite has {', '.join(TASK_NAMES)}")
     base_file = resolve_base(cfg, Path(root) / "base", progress=progress)
     base = load_base(base_file)
-    key = digest(cfg.model_dump_json().encode() + base_file.read_bytes())
-    home = Path(root) / key
+    home, shipped = zoo_home(root, cfg, base_file)
     (home / "data").mkdir(parents=True, exist_ok=True)
     (home / "finetuned").mkdir(exist_ok=True)
+    if shipped is not None:
+        _copy_shipped(cfg, home, shipped)
     record_file = home / "zoo.json"
     record = (
         PoolRecord.load(record_file)
@@ -182,9 +236,10 @@ def build_zoo(
         else PoolRecord(config=cfg.model_dump(), base_file=str(base_file))
     )
 
-    data = _build_data(cfg, home, workers, progress)
-    heads = _build_heads(cfg, home, base, data)
     ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
+    train = not all(f.exists() for f in ft_files.values())
+    data = _build_data(cfg, home, workers, progress, anchor=train)
+    heads = _build_heads(cfg, home, base, data, anchor=train)
     jobs = [
         (cfg.model_dump_json(), str(base_file), str(home), t, i, progress and workers == 1)
         for i, (t, f) in enumerate(ft_files.items())
@@ -206,13 +261,14 @@ def build_zoo(
 
 
 def _build_data(
-    cfg: ZooConfig, home: Path, workers: int, progress: bool
+    cfg: ZooConfig, home: Path, workers: int, progress: bool, *, anchor: bool
 ) -> dict[str, dict[str, Split]]:
-    """Every task's splits (and the anchor images), generated where missing, then loaded."""
+    """Every task's splits (and, with ``anchor``, the anchor images), generated where missing,
+    then loaded."""
     data_files = {t: home / "data" / f"{t}.npz" for t in cfg.tasks}
     pending = [(cfg.model_dump_json(), t, str(f)) for t, f in data_files.items() if not f.exists()]
     anchor_file = home / "data" / "anchor.npz"
-    if cfg.anchor_weight > 0 and not anchor_file.exists():
+    if anchor and cfg.anchor_weight > 0 and not anchor_file.exists():
         pending.append((cfg.model_dump_json(), "", str(anchor_file)))
     in_workers(write_task_or_anchor, pending, workers, progress, "generating data")
     data: dict[str, dict[str, Split]] = {}
@@ -223,10 +279,15 @@ def _build_data(
 
 
 def _build_heads(
-    cfg: ZooConfig, home: Path, base: TinyVit, data: dict[str, dict[str, Split]]
+    cfg: ZooConfig,
+    home: Path,
+    base: TinyVit,
+    data: dict[str, dict[str, Split]],
+    *,
+    anchor: bool,
 ) -> dict[str, PrototypeHead]:
     """The fixed heads from the base's embeddings of each head split (fitted where missing),
-    and the anchor's targets, the base's embeddings of the anchor images."""
+    and, with ``anchor``, the anchor's targets, the base's embeddings of the anchor images."""
     heads_file = home / "heads.safetensors"
     stored = load_file(heads_file) if heads_file.exists() else {}
     heads = {}
@@ -241,13 +302,25 @@ def _build_heads(
         heads[task] = PrototypeHead(stored[task], cfg.head_scale)
     with atomic_output(heads_file) as tmp:
         save_file({k: v.contiguous() for k, v in stored.items()}, tmp)
+    if anchor:
+        ensure_anchor(cfg, home, base)
+    return heads
+
+
+def ensure_anchor(cfg: ZooConfig, home: Path, base: TinyVit) -> None:
+    """The anchor's images and targets (the base's embeddings of them) under ``home``, made
+    where missing (nothing for plain fine-tuning)."""
+    if cfg.anchor_weight == 0:
+        return
+    images_file = home / "data" / "anchor.npz"
+    if not images_file.exists():
+        write_task_or_anchor(cfg.model_dump_json(), "", str(images_file))
     targets_file = home / "anchor.safetensors"
-    if cfg.anchor_weight > 0 and not targets_file.exists():
-        with np.load(home / "data" / "anchor.npz") as z:
+    if not targets_file.exists():
+        with np.load(images_file) as z:
             anchor = Anchor.from_base(base, z["images"], cfg.anchor_weight, cfg.anchor_batch)
         with atomic_output(targets_file) as tmp:
             save_file({"targets": anchor.targets.contiguous()}, tmp)
-    return heads
 
 
 def _measure(zoo: Zoo, task: str) -> None:

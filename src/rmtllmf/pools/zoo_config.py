@@ -1,4 +1,17 @@
-"""The embedded zoo's configuration and its base checkpoint (shipped, given, or pretrained)."""
+"""The embedded zoo's configuration, its base checkpoint (shipped, given, or pretrained) and
+its experts (shipped, or trained).
+
+The package ships the eight experts and heads of the default zoo
+(``models/assets/tiny_vit_zoo/``, rebuilt by ``scripts/build_shipped_zoo.py``): every machine
+then starts the study from the same models, and the first run skips the fine-tuning. Which
+experts a config gets (``ZooConfig.experts``, :func:`shipped_experts`):
+
+* ``auto`` (default): the shipped ones when the config trains exactly as they were trained
+  (the shipped base, every setting but ``tasks`` equal, its tasks among the shipped eight),
+  else trained here;
+* ``shipped``: the shipped ones, or an error naming the settings that differ;
+* ``trained``: trained here (what the shipped ones were built with).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +20,7 @@ import json
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors import safe_open
@@ -72,6 +85,11 @@ class ZooConfig(BaseModel):
         None, description="base checkpoint; None = the shipped one, else pretrain and cache one"
     )
     pretrain: PretrainConfig = PretrainConfig()
+    experts: Literal["auto", "shipped", "trained"] = Field(
+        "auto",
+        description="the experts: the package's (shipped), fine-tuned here (trained), or the "
+        "package's when this config trains as they were trained (auto)",
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -157,3 +175,55 @@ def base_path(cfg: ZooConfig, cache: Path) -> Path:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
+
+
+def shipped_zoo_dir() -> Path:
+    """The shipped experts: ``heads.safetensors``, ``finetuned/<task>.safetensors`` and
+    ``zoo.json`` (the config they were trained with, their accuracies, sha256 of each file and
+    the machine that built them)."""
+    return Path(str(resources.files("rmtllmf.models") / "assets" / "tiny_vit_zoo"))
+
+
+def shipped_manifest() -> dict[str, Any] | None:
+    """The shipped zoo's ``zoo.json`` (``None`` when the package carries no experts)."""
+    file = shipped_zoo_dir() / "zoo.json"
+    if not file.is_file():
+        return None
+    manifest: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    return manifest
+
+
+def _training_settings(cfg: ZooConfig) -> dict[str, Any]:
+    """Every setting that shapes an expert but the task list and the choice of experts."""
+    return cfg.model_dump(mode="json", exclude={"tasks", "experts"})
+
+
+def shipped_experts(cfg: ZooConfig, base_file: Path) -> Path | None:
+    """The shipped zoo's directory when ``cfg`` gets the shipped experts (module docs), else
+    ``None``; an error when ``cfg.experts`` is ``shipped`` and they do not fit."""
+    if cfg.experts == "trained":
+        return None
+    manifest = shipped_manifest()
+    reasons = []
+    if manifest is None:
+        reasons.append("this installation carries no shipped experts")
+    else:
+        trained = ZooConfig.model_validate(manifest["config"])
+        differ = [
+            k for k, v in _training_settings(cfg).items() if _training_settings(trained).get(k) != v
+        ]
+        if differ:
+            reasons.append(f"the settings {', '.join(differ)} differ from theirs")
+        if base_file.resolve() != shipped_base_path().resolve():
+            reasons.append("they were fine-tuned from the shipped base, not from " + str(base_file))
+        stray = [t for t in cfg.tasks if t not in trained.tasks]
+        if stray:
+            reasons.append(f"tasks {stray} are not among them")
+    if not reasons:
+        return shipped_zoo_dir()
+    if cfg.experts == "shipped":
+        raise InputError(
+            f"experts: shipped, but {'; '.join(reasons)}; set experts: trained (or auto) to "
+            "fine-tune this config's experts here"
+        )
+    return None
