@@ -81,6 +81,7 @@ def quick_config() -> ReproduceConfig:
         sweep={
             "task_counts": (2, 4, 8),
             "subsets_per_count": 1,
+            "headline_seeds": (1, 2, 3, 4),
             "k_values": (1, 5, 10),
             "analysis": AnalysisConfig(samples=48, probes=2).model_dump(),
             "lambda_grid": tuple(round(0.1 * i, 1) for i in range(11)),
