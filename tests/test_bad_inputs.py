@@ -365,6 +365,11 @@ CASES = [
         _file("taken"),
     ),
     Case(
+        "zoo-shipped-experts-other-settings",
+        lambda r: ["zoo", "build", "--experts", "shipped", "--steps", "5", "--root", str(r / "z")],
+        "the settings steps differ from theirs",
+    ),
+    Case(
         "zoo-missing-base",
         lambda r: ["zoo", "build", "--base", str(r / "none.safetensors"), "--root", str(r / "z")],
         "--base",

@@ -223,7 +223,7 @@ def shipped_experts(cfg: ZooConfig, base_file: Path) -> Path | None:
         return shipped_zoo_dir()
     if cfg.experts == "shipped":
         raise InputError(
-            f"experts: shipped, but {'; '.join(reasons)}; set experts: trained (or auto) to "
-            "fine-tune this config's experts here"
+            f"experts: shipped, but {'; '.join(reasons)}; use experts: trained or auto "
+            "(--experts on the command line) to fine-tune this config's experts here"
         )
     return None
