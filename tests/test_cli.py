@@ -77,3 +77,25 @@ def test_merge_command_writes_model_and_config(tmp_path, capsys):
         == 2
     )
     assert "pickle" in capsys.readouterr().err
+
+
+def test_a_reader_closing_the_pipe_ends_a_table_command_quietly():
+    """``rmtllmf channel | head``: rich's own handler would exit 1; the command exits as any
+    closed pipe does (141, nothing on stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rmtllmf", "channel", "--scenario", "ideal"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (141, "")

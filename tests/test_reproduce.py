@@ -73,6 +73,11 @@ def test_quick_covers_every_link_scenario_and_defense():
         assert {(n, "snr", "shrink"), (n, "snr", "svd")} <= extra
     assert not any(d in ("shrink", "svd") for _, link, d in extra if link != "snr")
     assert {r.link for r in spectra_receptions(sweep, lambdas)} == {"snr", "weights"}
+    # five seeds for the N = 8 ablation on the headline link, one for everything else
+    headline = {r.config.seed for r in runs if r.role == "ablation" and r.config.link == "snr"}
+    assert headline == {0, 1, 2, 3, 4}
+    others = {r.config.seed for r in runs if r.role != "clean" and r.config.link != "snr"}
+    assert others == {0}
 
 
 def test_reproduce_bad_input(study, tmp_path, capsys):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from rmtllmf._progress import progress_bar
@@ -21,7 +19,7 @@ from rmtllmf.channel.scenario import (
     draw_realization,
 )
 from rmtllmf.channel.symbol_link import SymbolLinkConfig
-from rmtllmf.cli.common import examples, minutes
+from rmtllmf.cli.common import examples, minutes, rich_console
 from rmtllmf.errors import InputError
 
 FLAGS = {
@@ -225,7 +223,7 @@ def _print_summary(summary: ChannelSummary, qam: int) -> None:
             m = summary.measured[i]
             cells += [f"{m.symbol_mse:.4g}", f"{m.ber:.3g}"]
         table.add_row(*cells)
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = rich_console(140)
     console.print(table)
     jammer = "none" if summary.jammer_dbm == -np.inf else f"{summary.jammer_dbm:.1f} dBm"
     console.print(

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn
 
+from rich.console import Console
+
 from rmtllmf.errors import CheckpointError, InputError, RmtllmfError, validation_message
 
 if TYPE_CHECKING:
@@ -263,3 +265,17 @@ def check_embedded_tasks(tasks: Sequence[str] | None, flag: str = "--tasks") -> 
     repeated = sorted({t for t in tasks or () if list(tasks or ()).count(t) > 1})
     if repeated:
         raise InputError(f"{flag} names {', '.join(repeated)} more than once; give each task once")
+
+
+class _Console(Console):
+    """rich's console, except that a reader closing the pipe (``| head``) ends the command as
+    any other output does (``cli.main``: quietly, status 141), not with rich's status 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def rich_console(width: int) -> Console:
+    """The console tables print on: the terminal's width, or ``width`` columns into a pipe."""
+    return _Console(width=None if sys.stdout.isatty() else width)

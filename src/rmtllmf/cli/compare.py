@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-from rmtllmf.cli.common import examples
+from rmtllmf.cli.common import examples, rich_console
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for c in cells:
         interval = "-" if c.status == "no interval" else f"[{c.lo:.3f}, {c.hi:.3f}]"
         table.add_row(c.cell, f"{c.value:.3f}", f"{c.reference:.3f}", interval, c.status)
-    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    rich_console(120).print(table)
     print(
         f"{counts['inside']} of {len(cells)} cells inside the reference's 95% intervals, "
         f"{counts['outside']} outside, {counts['no interval']} without an interval "

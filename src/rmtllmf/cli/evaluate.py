@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
-from rmtllmf.cli.common import examples, set_threads
+from rmtllmf.cli.common import examples, rich_console, set_threads
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -117,7 +115,7 @@ def _print_table(
         table.add_row(
             t, f"{a:.3f}", "-" if f is None else f"{f:.3f}", "-" if f is None else f"{a / f:.3f}"
         )
-    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    rich_console(120).print(table)
     if "normalized_accuracy" in result:
         print(
             f"mean accuracy {result['mean_accuracy']:.3f}, "

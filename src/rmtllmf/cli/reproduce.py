@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
 
 from rmtllmf._io import check_output_dir_owner
@@ -22,6 +20,7 @@ from rmtllmf.cli.common import (
     examples,
     minutes,
     notice,
+    rich_console,
     set_threads,
 )
 from rmtllmf.errors import InputError
@@ -33,10 +32,10 @@ if TYPE_CHECKING:
 FLAGS = {"max_runs": "--max-runs"}
 """Config field -> the flag that sets it, so errors name what the user typed."""
 
-SECONDS_PER_RUN = {"tiny-vit": 2.7, "hf-text": 25.0, "hf-clip": 60.0, "hf-causal": 600.0}
-"""A run's single-process wall time when the database has no finished run to measure (measured
-here: tiny-vit, the quick run's 150 runs, 461 run-seconds; hf-text, configs/minilm-text.yaml's
-132 runs, 3,275 run-seconds; docs/results.md, docs/text.md. hf-clip and hf-causal: guesses)."""
+SECONDS_PER_RUN = {"tiny-vit": 2.9, "hf-text": 25.0, "hf-clip": 60.0, "hf-causal": 600.0}
+"""A run's single-process wall time when the database has no finished run to measure: tiny-vit
+and hf-text from the quick run and configs/minilm-text.yaml (docs/results.md, docs/text.md);
+hf-clip and hf-causal are guesses."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "can share one study: each runs --shard i/n into its own OUT, then --merge-shards "
         "combines their databases and writes the report over the union.",
         epilog=examples(
-            "rmtllmf reproduce --quick --out results              # ~9 min on 2 cores",
+            "rmtllmf reproduce --quick --out results              # ~7 min on 2 cores",
             "rmtllmf reproduce --config configs/embedded-paper-mse.yaml --out paper-mse",
             "rmtllmf reproduce --config study.yaml --shard 0/2 --out shard0   # machine 1",
             "rmtllmf reproduce --config study.yaml --shard 1/2 --out shard1   # machine 2",
@@ -331,7 +330,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     note = summary.get("coverage", {}).get("note")
     if note:
         notice(note.replace("**", ""))
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = rich_console(120)
     table = Table(title=f"Normalized accuracy at N = {summary['n_tasks']} ({out})")
     for name in ("link", "scenario", "none", "freeze", "realign", "R-MTLLMF"):
         table.add_column(name, justify="right")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from rmtllmf._malloc import keep_freed_memory
@@ -20,6 +18,7 @@ from rmtllmf.cli.common import (
     check_output_dir,
     default_cache,
     examples,
+    rich_console,
     set_threads,
 )
 from rmtllmf.errors import InputError
@@ -186,7 +185,7 @@ def _print_summary(tasks: Sequence[str], s: dict[str, Any]) -> None:
         base, ft, merged = s["base_test"][t], s["finetuned_test"][t], s["merged_test"][t]
         table.add_row(t, f"{base:.3f}", f"{ft:.3f}", f"{merged:.3f}")
     table.add_row("mean", *(f"{s[k]:.3f}" for k in ("mean_base", "mean_finetuned", "mean_merged")))
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = rich_console(120)
     console.print(table)
     console.print(
         f"task arithmetic, lambda={s['lambda']:.2f} (chosen on validation): normalized accuracy "
