@@ -142,3 +142,34 @@ def test_paper_mse_config_runs_on_a_tiny_zoo(tmp_path):
         "paper-sum-rate",
         "paper-strongest-user",
     }
+
+
+def test_snr_config_runs_on_a_tiny_zoo_and_reports_its_axis(tmp_path):
+    snr = load_config(CONFIGS / "embedded-snr.yaml")
+    zoo = tiny_zoo_config(tmp_path, ("signs", "textures"))
+    tiny = {"task_counts": [2], "k_values": [2], "lambda_grid": [0.0, 0.5], "seeds": [0, 1]}
+    tiny |= {"realign": {"k_per_class": 2, "steps": 2, "batch": 8}}
+    tiny |= {"analysis": {"samples": 4, "probes": 1}}
+    tiny |= {"snr_axis": {"snr_db": [-30, 0, 30], "jnr_db": [0, 20]}}
+    cfg = snr.model_copy(update={"zoo": zoo, "sweep": {**snr.sweep, **tiny}})
+    summary = reproduce(cfg, tmp_path / "out", cache=tmp_path / "cache", progress=False)
+    axis = summary["snr_axis"]
+    assert set(axis["snr"]) == {
+        "none",
+        "freeze",
+        "realign",
+        "r-mtllmf",
+        "shrink",
+        "svd",
+        "svd+r-mtllmf",
+    }
+    assert [p["snr_db"] for p in axis["snr"]["none"]] == [-30, 0, 30]
+    assert all(p["n"] == 2 for p in axis["snr"]["r-mtllmf"])
+    assert [p["jnr_db"] for p in axis["jammer"]["sum-rate"]["none"]] == [0, 20]
+    assert {b["versus"] for b in axis["bands"]} == {"none", "base", "shrink"}
+    assert axis["weights_shift_db"] > 0  # weights carry more power than task vectors
+    assert "snr_axis.png" in summary["figures"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## The SNR axis" in report and "R-MTLLMF beats" in report
+    # the axis's runs stay out of the ablation's tables
+    assert set(summary["by_link"]["snr"]) == {"sum-rate"}

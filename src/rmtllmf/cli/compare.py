@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "seed has no interval: its cells are listed with the difference only. Exit status 0 "
         "either way; --json for scripts.",
         epilog=examples(
-            "rmtllmf compare results-seeds docs/seeds-results",
+            "rmtllmf compare results docs/quick-results",
             "rmtllmf compare results/ reference/summary.json --json",
         ),
     )

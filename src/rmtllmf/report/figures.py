@@ -32,6 +32,7 @@ from matplotlib.lines import Line2D
 from rmtllmf._io import atomic_output
 from rmtllmf.defense.blind import gd_threshold, mp_edge
 from rmtllmf.metrics import predicted_rejection_rate
+from rmtllmf.report.seeds import Interval
 from rmtllmf.report.snr_axis import AxisReport
 from rmtllmf.study.snr_axis import PAPER_POINTS
 from rmtllmf.study.spectra import RankSpectra
@@ -288,27 +289,35 @@ def rank_spectra(spectra: RankSpectra) -> Figure:
     return fig
 
 
+def _banded(
+    ax: Any,
+    curves: Mapping[str, Sequence[tuple[float, Interval]]],
+    floors: Mapping[str, Interval],
+    *,
+    floor_labels: bool,
+) -> None:
+    """One line per curve with its 95% band, and the floors as horizontal lines."""
+    for name, points in curves.items():
+        x = [p[0] for p in points]
+        line = ax.plot(x, [p[1].mean for p in points], marker=".", label=name)[0]
+        lo, hi = [p[1].lo for p in points], [p[1].hi for p in points]
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
+    for name, value in floors.items():
+        color, style = FLOOR_STYLE.get(name, ("0.3", (0, (1, 3))))
+        ax.axhline(value.mean, color=color, ls=style, lw=1, label=name if floor_labels else None)
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
+
+
 def snr_axis(axis: AxisReport) -> Figure:
     """Normalized accuracy against the per-entry SNR with 95% bands over seeds (left) and,
     where the sweep ran it, against the jammer-to-noise ratio (right)."""
     panels = 1 + bool(axis.snr and axis.jammer)
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
     ax = axes[0][0]
+    ax.set_ylabel("normalized accuracy")
     if axis.snr:
-        for name, points in axis.snr.items():
-            x = [p[0] for p in points]
-            line = ax.plot(x, [p[1].mean for p in points], marker=".", label=name)[0]
-            ax.fill_between(
-                x,
-                [p[1].lo for p in points],
-                [p[1].hi for p in points],
-                color=line.get_color(),
-                alpha=0.18,
-                lw=0,
-            )
-        for name, value in axis.floors.items():
-            color, style = FLOOR_STYLE.get(name, ("0.3", (0, (1, 3))))
-            ax.axhline(value.mean, color=color, ls=style, lw=1, label=name)
+        _banded(ax, axis.snr, axis.floors, floor_labels=True)
         for scenario, db in PAPER_POINTS.items():
             ax.axvline(db, color="0.6", lw=0.8, ls=(0, (2, 2)))
             ax.annotate(
@@ -319,28 +328,11 @@ def snr_axis(axis: AxisReport) -> Figure:
             shift = axis.weights_shift_db
             top = ax.secondary_xaxis("top", functions=(lambda v: v + shift, lambda v: v - shift))
             top.set_xlabel("SNR relative to the weights (dB)", fontsize=8)
-        ax.set_ylabel("normalized accuracy")
-        ax.set_ylim(0, 1.1)
-        ax.legend(fontsize=6, ncol=2, loc="lower right")
     if axis.jammer:
-        bx = axes[0][-1] if axis.snr else ax
+        bx = axes[0][-1]
         scenario, by_defense = next(iter(axis.jammer.items()))
-        for name, jam_points in by_defense.items():
-            x = [p[0] for p in jam_points]
-            line = bx.plot(x, [p[1].mean for p in jam_points], marker=".", label=name)[0]
-            bx.fill_between(
-                x,
-                [p[1].lo for p in jam_points],
-                [p[1].hi for p in jam_points],
-                color=line.get_color(),
-                alpha=0.18,
-                lw=0,
-            )
-        for name, value in axis.floors.items():
-            color, style = FLOOR_STYLE.get(name, ("0.3", (0, (1, 3))))
-            bx.axhline(value.mean, color=color, ls=style, lw=1)
+        curves = {d: [(j, i) for j, i, _ in points] for d, points in by_defense.items()}
+        _banded(bx, curves, axis.floors, floor_labels=not axis.snr)
         bx.set_xlabel(f"jammer-to-noise ratio (dB), {scenario} jammer, snr link")
-        bx.set_ylim(0, 1.1)
-        bx.legend(fontsize=6, ncol=2)
     fig.suptitle("normalized accuracy against the noise's strength (bands: 95% over seeds)")
     return fig
