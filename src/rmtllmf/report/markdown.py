@@ -501,7 +501,7 @@ def _snr_axis(axis: AxisReport | None) -> list[str]:
         lines += _table(
             ["JNR (dB)", "mean per-entry SNR (dB)", *defenses],
             [
-                [f"{jnr:g}", _f(snr_db), *(_interval(by_defense[d][i][1]) for d in defenses)]
+                [f"{jnr:g}", f"{snr_db:.1f}", *(_interval(by_defense[d][i][1]) for d in defenses)]
                 for i, (jnr, _, snr_db) in enumerate(points)
             ],
         )

@@ -197,7 +197,10 @@ def axis_report(
         jammed, lambda r: (r.config.scenario, r.config.defense, r.config.channel.jnr_db)
     )
     jammer: dict[str, dict[str, list[tuple[float, Interval, float]]]] = defaultdict(dict)
-    for scenario, defense, jnr in sorted(jam_values, key=lambda k: (k[0], k[1], k[2] or 0.0)):
+    order = {d: i for i, d in enumerate(dict.fromkeys(r.config.defense for r in jammed))}
+    for scenario, defense, jnr in sorted(
+        jam_values, key=lambda k: (k[0], order[k[1]], k[2] if k[2] is not None else 0.0)
+    ):
         at = [
             r
             for r in jammed
