@@ -495,11 +495,12 @@ def _snr_axis(axis: AxisReport | None) -> list[str]:
         points = by_defense[defenses[0]]
         lines += [
             f"Against the jammer's power: the {scenario} jammer on the snr link, its "
-            "jammer-to-noise ratio swept; the users' mean per-entry SNR beside it.",
+            "jammer-to-noise ratio swept; beside it the equivalent per-entry SNR, at which "
+            "the awgn axis puts as much noise into the merge (S_ref / mean of the users' MSEs).",
             "",
         ]
         lines += _table(
-            ["JNR (dB)", "mean per-entry SNR (dB)", *defenses],
+            ["JNR (dB)", "equivalent SNR (dB)", *defenses],
             [
                 [f"{jnr:g}", f"{snr_db:.1f}", *(_interval(by_defense[d][i][1]) for d in defenses)]
                 for i, (jnr, _, snr_db) in enumerate(points)

@@ -104,7 +104,8 @@ class AxisReport:
     noiseless: dict[str, Interval]
     """defense -> its interval on the noiseless link (the limit of infinite SNR)."""
     jammer: dict[str, dict[str, list[tuple[float, Interval, float]]]]
-    """scenario -> defense -> (JNR dB, interval, mean per-entry SNR ``S_ref / mu`` in dB)."""
+    """scenario -> defense -> (JNR dB, interval, equivalent per-entry SNR in dB,
+    :func:`equivalent_snr_db`)."""
     floors: dict[str, Interval]
     weights_shift_db: float | None
     """per-entry SNR + this = the SNR relative to the weights' power (None: not measured)."""
@@ -120,7 +121,7 @@ class AxisReport:
             "noiseless": {d: i.to_json() for d, i in self.noiseless.items()},
             "jammer": {
                 s: {
-                    d: [{"jnr_db": j, **i.to_json(), "mean_snr_db": m} for j, i, m in pts]
+                    d: [{"jnr_db": j, **i.to_json(), "equivalent_snr_db": m} for j, i, m in pts]
                     for d, pts in by_d.items()
                 }
                 for s, by_d in self.jammer.items()
@@ -152,12 +153,16 @@ def _ahead(diff: Interval, margin: float) -> bool:
     return (diff.lo if diff.n >= 2 else diff.mean) > margin
 
 
-def _mean_snr_db(rows: Sequence[RunRecord]) -> float:
-    """Mean over runs of the users' mean per-entry SNR ``S_ref / mu_q`` (dB) on the snr link."""
+def equivalent_snr_db(rows: Sequence[RunRecord]) -> float:
+    """The per-entry SNR at which the awgn axis puts as much noise into the merge as these
+    physical runs did, averaged over runs (dB): the users' noises add, each of power
+    ``mu_q E[tau_q^2] / S_ref`` on the snr link, so one SNR for all users gives the same total
+    at ``S_ref / mean_q(mu_q)``. (The mean of the users' own SNRs would hide that the noisiest
+    users set the merge's noise.)"""
     values = [
-        10.0 * math.log10(PAPER_SIGNAL_POWER * math.fsum(1.0 / m for m in mse) / len(mse))
+        10.0 * math.log10(PAPER_SIGNAL_POWER * len(mse) / math.fsum(mse))
         for r in rows
-        if (mse := r.result.mse) and min(mse) > 0
+        if (mse := r.result.mse) and math.fsum(mse) > 0
     ]
     return math.fsum(values) / len(values) if values else math.nan
 
@@ -208,7 +213,7 @@ def axis_report(
             == (scenario, defense, jnr)
         ]
         point = (float(jnr or 0.0), interval(list(jam_values[(scenario, defense, jnr)].values())))
-        jammer[scenario].setdefault(defense, []).append((*point, _mean_snr_db(at)))
+        jammer[scenario].setdefault(defense, []).append((*point, equivalent_snr_db(at)))
     bands = []
     if "r-mtllmf" in defenses:
         for versus, margin in BAND_MARGINS.items():
