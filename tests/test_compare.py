@@ -61,6 +61,25 @@ def test_cells_inside_outside_and_without_interval(tmp_path, capsys):
     assert "2 of 4 cells inside" in capsys.readouterr().out
 
 
+def test_the_tolerance_widens_each_interval(tmp_path, capsys):
+    """A cell no seed moves (zero-width interval) is inside within the tolerance, and outside
+    with --tolerance 0 as soon as a rounding moved it."""
+    ref = _write(tmp_path / "ref", _summary({"none": 0.673}, {"none": (0.673, 0.673)}))
+    rerun = _write(tmp_path / "rerun", _summary({"none": 0.6745}, None))
+    main(["compare", str(rerun), str(ref), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["tolerance"] == 0.005
+    assert {c["cell"]: c["status"] for c in out["cells"]}["snr / ideal / none"] == "inside"
+    main(["compare", str(rerun), str(ref), "--json", "--tolerance", "0"])
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    assert {c["cell"]: c["status"] for c in cells}["snr / ideal / none"] == "outside"
+    far = _write(tmp_path / "far", _summary({"none": 0.679}, None))
+    main(["compare", str(far), str(ref), "--json"])
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    assert {c["cell"]: c["status"] for c in cells}["snr / ideal / none"] == "outside"
+    assert main(["compare", str(rerun), str(ref), "--tolerance", "-1"]) == 2
+
+
 def test_a_one_seed_reference_has_no_interval(tmp_path, capsys):
     ref = _write(tmp_path / "ref", _summary({"none": 0.15}, {"none": (0.15, 0.15)}, n=1))
     rerun = _write(tmp_path / "rerun", _summary({"none": 0.15}, None))
