@@ -153,7 +153,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
     analysis = tables.analysis_table(rows)
     meta = markdown.ReportMeta(
         runs=len(every),
-        code_version=code_version(),
+        code_version=db.code_version or code_version(),
         pool_id=db.meta("pool_id"),
         seeds=config.get("seeds"),
         config=json.dumps(config, indent=2),
