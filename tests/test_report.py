@@ -147,7 +147,9 @@ def test_summary_json_keeps_its_keys_and_order(report):
         "figures",
         "coverage",
         "uncertainty",
+        "snr_axis",
     ]
+    assert written["snr_axis"] is None  # this sweep ran no SNR axis
     assert list(written["recovered"]) == ["clean_realign", "base", "base_realign", "by_link"]
     assert list(written["orderings"][0]) == [
         "link",
