@@ -156,6 +156,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         code_version=db.code_version or code_version(),
         pool_id=db.meta("pool_id"),
         seeds=config.get("seeds"),
+        headline_seeds=config.get("headline_seeds"),
         config=json.dumps(config, indent=2),
         planned=planned.planned,
         outside=planned.outside,

@@ -37,6 +37,8 @@ class ReportMeta:
     """Runs the sweep config plans (``None``: the plan could not be rebuilt)."""
     outside: int = 0
     """Runs in the database of other settings (not reported)."""
+    headline_seeds: list[int] | None = None
+    """Further seeds of the headline cells (the largest N's ablation on the first link)."""
 
 
 def _f(x: float) -> str:
@@ -79,7 +81,8 @@ def _header(meta: ReportMeta) -> list[str]:
         "# R-MTLLMF study report",
         "",
         f"Runs: {meta.runs}{planned} · code version `{meta.code_version}` · pool "
-        f"`{meta.pool_id}` · seeds {meta.seeds}",
+        f"`{meta.pool_id}` · seeds {meta.seeds}"
+        + (f" (the headline cells also {meta.headline_seeds})" if meta.headline_seeds else ""),
         "",
         *([note, ""] if note else []),
         "All numbers are normalized accuracies (merged / the task's own fine-tuned accuracy, "
