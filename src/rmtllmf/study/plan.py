@@ -105,12 +105,17 @@ class SweepConfig(BaseModel):
     )
 
     @property
+    def ablation_defenses(self) -> tuple[str, ...]:
+        """The paper's four defenses and the extra ones (on a link that takes them all)."""
+        return (*PAPER, *self.extra_defenses)
+
+    @property
     def axis_defenses(self) -> tuple[str, ...]:
-        """The defenses at each point of the SNR axis: its own list, else the paper's four and
-        the extra defenses (the axis's snr link takes every one)."""
+        """The defenses at each point of the SNR axis: its own list, else
+        :attr:`ablation_defenses` (the axis's snr link takes every one)."""
         if self.snr_axis is not None and self.snr_axis.defenses:
             return self.snr_axis.defenses
-        return (*PAPER, *self.extra_defenses)
+        return self.ablation_defenses
 
     def check(self) -> None:
         """Clear errors for plans that cannot run."""
@@ -160,7 +165,7 @@ class SweepConfig(BaseModel):
                     f"{what} {stray} are not in the sweep's {list(allowed)}; choose among those"
                 )
         if self.snr_axis is not None:
-            self.snr_axis.check((*PAPER, *self.extra_defenses))
+            self.snr_axis.check(self.ablation_defenses)
         if self.spectra and "symbol" in (self.spectra.links or ()):
             raise InputError(
                 "spectra.links: the symbol link has no known noise law (no threshold to draw); "
