@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from rmtllmf.pools.base import PoolRecord
-from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
+from rmtllmf.pools.tiny_vit_pool import ZooConfig, build_zoo
 from rmtllmf.pools.zoo_config import shipped_zoo_dir
 
 TARGET = Path(__file__).resolve().parents[1] / "src" / "rmtllmf" / "models" / "assets"

@@ -25,7 +25,7 @@ import torch
 from rmtllmf._malloc import keep_freed_memory
 from rmtllmf.metrics import gap_recovery, normalized_accuracy
 from rmtllmf.reproduce import ReproduceConfig, build_pool, load_config, pool_tasks
-from rmtllmf.study.clean import evaluate_clean_merge
+from rmtllmf.study.clean_merge import evaluate_clean_merge
 
 TA_GRID = tuple(round(0.05 * i, 2) for i in range(1, 21))
 TIES_GRID = tuple(round(0.2 * i, 1) for i in range(1, 11))

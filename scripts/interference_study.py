@@ -38,7 +38,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from rmtllmf.pools.tiny_vit import Zoo, ZooConfig, build_zoo
+from rmtllmf.pools.tiny_vit_pool import TinyVitPool, ZooConfig, build_zoo
 from rmtllmf.training.loops import accuracy, finetune
 
 State = dict[str, torch.Tensor]
@@ -62,7 +62,7 @@ def group(name: str) -> str:
 class Study:
     """Task vectors of a built zoo and the gap-unit accuracy of combinations of them."""
 
-    def __init__(self, zoo: Zoo) -> None:
+    def __init__(self, zoo: TinyVitPool) -> None:
         self.zoo = zoo
         self.base = zoo.base_state
         self.tasks = list(zoo.config.tasks)
@@ -256,7 +256,7 @@ def _tangent_finetune(root: str, config: str, task: str, index: int) -> State:
     return model.vector()
 
 
-def tangent_study(root: Path, zoo: Zoo, workers: int) -> dict[str, object]:
+def tangent_study(root: Path, zoo: TinyVitPool, workers: int) -> dict[str, object]:
     """Tangent fine-tunes of every task, their task-arithmetic merge, lambda on validation."""
     tasks = list(zoo.config.tasks)
     ctx = multiprocessing.get_context("spawn")

@@ -23,7 +23,7 @@ import torch
 from rmtllmf.channel import SymbolLinkConfig
 from rmtllmf.defense import RealignConfig
 from rmtllmf.fusion import MergeConfig
-from rmtllmf.pools.hf_text import TextPool, TextPoolConfig, build_text_pool
+from rmtllmf.pools.text_pool import TextPool, TextPoolConfig, build_text_pool
 from rmtllmf.study.experiment import ExperimentConfig, run_experiment
 from rmtllmf.study.payload import channel_uses, payload_entries
 

@@ -52,7 +52,7 @@ def make_tiny_base(path: Path) -> Path:
 
 def tiny_zoo_config(root: Path, tasks: tuple[str, ...], **overrides):
     """A zoo config on the tiny random base with a few fine-tuning steps per task (seconds)."""
-    from rmtllmf.pools.tiny_vit import ZooConfig
+    from rmtllmf.pools.tiny_vit_pool import ZooConfig
 
     fields = {
         "tasks": tasks,
@@ -72,7 +72,7 @@ def tiny_zoo_config(root: Path, tasks: tuple[str, ...], **overrides):
 
 def build_tiny_zoo(root: Path, tasks: tuple[str, ...]):
     """The zoo of :func:`tiny_zoo_config`, built under ``root``."""
-    from rmtllmf.pools.tiny_vit import build_zoo
+    from rmtllmf.pools.tiny_vit_pool import build_zoo
 
     return build_zoo(root / "zoo", tiny_zoo_config(root, tasks))
 

@@ -28,7 +28,7 @@ from rmtllmf.defense.blind import (
 )
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig, TaskVector, VectorLayout, merge_task_vectors
-from rmtllmf.study.clean import task_vectors
+from rmtllmf.study.clean_merge import task_vectors
 from rmtllmf.study.experiment import ExperimentConfig, receive, run_experiment
 from rmtllmf.study.plan import SweepConfig, plan_runs
 

@@ -28,7 +28,7 @@ from rmtllmf.models.hf_causal import (  # noqa: E402
     verbalizer_ids,
 )
 from rmtllmf.models.hf_text import load_tokenizer  # noqa: E402
-from rmtllmf.pools.hf_causal import (  # noqa: E402
+from rmtllmf.pools.causal_pool import (  # noqa: E402
     CausalPoolConfig,
     build_causal_pool,
 )

@@ -20,7 +20,7 @@ from rmtllmf.defense import (
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig, merge_task_vectors
 from rmtllmf.models.tiny_vit import EMBEDDING_PARAMS
-from rmtllmf.study.clean import task_vectors
+from rmtllmf.study.clean_merge import task_vectors
 from rmtllmf.study.experiment import ExperimentConfig, reception_from, run_experiment
 
 TASKS = ("signs", "textures")

@@ -84,7 +84,7 @@ def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threa
 def test_merge_checkpoints_takes_the_fused_path(tmp_path, monkeypatch):
     """A task-arithmetic merge of safetensors files runs the fused path and equals the
     in-memory merge."""
-    import rmtllmf.fusion.merge as merge_module
+    import rmtllmf.fusion.drivers as merge_module
 
     calls = []
     real = merge_module.fused_linear_merge
@@ -107,7 +107,7 @@ def test_merge_without_positional_io_streams_instead(tmp_path, monkeypatch):
     """Where the OS has no ``preadv`` (Windows), linear merges take the streaming path."""
     import os
 
-    import rmtllmf.fusion.merge as merge_module
+    import rmtllmf.fusion.drivers as merge_module
 
     monkeypatch.delattr(os, "preadv")
     monkeypatch.setattr(merge_module, "fused_linear_merge", None)  # would fail if called

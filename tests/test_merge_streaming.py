@@ -58,7 +58,7 @@ def test_streaming_merge_from_disk_equals_in_memory(tmp_path, cfg):
 def test_sliceable_merges_stream_slices_bit_for_bit(tmp_path, monkeypatch, cfg):
     """Slices of 7 entries (dividing no tensor) through the streaming path give the same bits as
     the whole tensors merged in memory, float32 and bfloat16 alike."""
-    import rmtllmf.fusion.merge as merge_module
+    import rmtllmf.fusion.drivers as merge_module
 
     monkeypatch.setattr(merge_module, "SLICE_ELEMENTS", 7)
     base, fts = _models(3)
@@ -88,7 +88,7 @@ def test_sliced_ties_breaks_exact_ties_by_the_whole_tensors_majority(tmp_path, m
     """Entry 0's task vectors cancel (+1, -1, 0), so TIES gives it the majority sign of the
     whole tensor: 13 positive entries against 6 negative, though its own slice (entries 0-6)
     is all negative. With the majority +1 the disjoint mean keeps +1 alone."""
-    import rmtllmf.fusion.merge as merge_module
+    import rmtllmf.fusion.drivers as merge_module
 
     monkeypatch.setattr(merge_module, "SLICE_ELEMENTS", 7)
     rows = torch.full((19, 3), 0.5)

@@ -289,7 +289,7 @@ def test_out_equal_to_the_config_is_refused(workdir, tmp_path, monkeypatch, caps
 def test_per_model_weights_agree_across_the_drivers(tmp_path, monkeypatch, cfg):
     """MergeConfig.weights, merged in memory, from files (fused or streaming) and in slices of
     7 entries, give the same tensors."""
-    import rmtllmf.fusion.merge as merge_module
+    import rmtllmf.fusion.drivers as merge_module
     from merge_helpers import random_models
     from rmtllmf.fusion import MergeConfig, TaskVector, merge_checkpoints, merge_task_vectors
 

@@ -116,7 +116,7 @@ def test_average_records_no_lambda_and_task_arithmetic_its_own(tmp_path):
 def test_evaluate_scores_the_tasks_on_the_default_eight_task_zoo(tmp_path, monkeypatch):
     """``evaluate --tasks digits`` uses the zoo that reproduce and zoo build cache, not a zoo of
     its own (whose expert would be another model): the config it builds is the default."""
-    from rmtllmf.pools.tiny_vit import ZooConfig
+    from rmtllmf.pools.tiny_vit_pool import ZooConfig
     from rmtllmf.pools.zoo_config import shipped_base_path
 
     seen = []
@@ -126,7 +126,7 @@ def test_evaluate_scores_the_tasks_on_the_default_eight_task_zoo(tmp_path, monke
         raise InputError("stop here; the test checks the config")
 
     monkeypatch.setenv("RMTLLMF_CACHE", str(tmp_path))
-    monkeypatch.setattr("rmtllmf.pools.tiny_vit.build_zoo", fake_build_zoo)
+    monkeypatch.setattr("rmtllmf.pools.tiny_vit_pool.build_zoo", fake_build_zoo)
     argv = ["evaluate", "--model", str(shipped_base_path()), "--tasks", "digits", "--json"]
     assert main(argv) == 2
     assert seen == [ZooConfig()] and len(seen[0].tasks) == 8

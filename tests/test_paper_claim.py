@@ -12,9 +12,9 @@ import pytest
 
 from rmtllmf.defense import RealignConfig
 from rmtllmf.fusion import MergeConfig
-from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
+from rmtllmf.pools.tiny_vit_pool import ZooConfig, build_zoo
 from rmtllmf.report.tables import CLEAR_MARGIN
-from rmtllmf.study.clean import choose_lambda
+from rmtllmf.study.clean_merge import choose_lambda
 from rmtllmf.study.experiment import ExperimentConfig, receive, run_experiment
 
 TASKS = ("digits", "signs", "counting")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from rmtllmf.errors import InputError
 from rmtllmf.models.tiny_vit import PrototypeHead
-from rmtllmf.pools.tiny_vit import (
+from rmtllmf.pools.tiny_vit_pool import (
     _finetune_task,
     build_zoo,
     ensure_anchor,
@@ -82,7 +82,7 @@ def test_default_zoo_uses_the_shipped_experts_and_reproduces_their_accuracy(tmp_
 
 
 def test_a_corrupt_shipped_file_is_refused(tmp_path, monkeypatch):
-    import rmtllmf.pools.tiny_vit as tiny_vit
+    import rmtllmf.pools.tiny_vit_pool as tiny_vit
     import rmtllmf.pools.zoo_config as zoo_config
 
     copy = tmp_path / "shipped"

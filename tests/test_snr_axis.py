@@ -14,8 +14,8 @@ from rmtllmf.channel import PAPER_SIGNAL_POWER
 from rmtllmf.defense import RealignConfig
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig
+from rmtllmf.report.axis_report import AXIS_ROLES, Band, axis_report
 from rmtllmf.report.seeds import Interval
-from rmtllmf.report.snr_axis import AXIS_ROLES, Band, axis_report
 from rmtllmf.study.analysis import AnalysisConfig
 from rmtllmf.study.experiment import ExperimentConfig, awgn_mse, channel_mse, receive
 from rmtllmf.study.plan import SweepConfig, plan_runs
@@ -192,7 +192,7 @@ def test_limits_of_the_axis(tiny_zoo, tmp_path):
 
 
 def test_limits_fail_where_they_do_not_hold():
-    from rmtllmf.report.snr_axis import _equal
+    from rmtllmf.report.axis_report import _equal
 
     assert _equal(Interval(0.005, 0.005, 0.005, 3))
     assert _equal(Interval(0.05, -0.01, 0.11, 3))

@@ -28,7 +28,7 @@ from rmtllmf.models.hf_text import (  # noqa: E402
     minilm_path,
     tokenize,
 )
-from rmtllmf.pools.hf_text import TextPoolConfig, build_text_pool  # noqa: E402
+from rmtllmf.pools.text_pool import TextPoolConfig, build_text_pool  # noqa: E402
 from rmtllmf.study.experiment import ExperimentConfig, run_experiment  # noqa: E402
 
 SMALL = {"n_train": 20, "n_val": 5, "n_test": 6, "n_head": 4}

@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_tiny_base, tiny_zoo_config
 from rmtllmf.models.tiny_vit import TinyVitConfig
-from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo, load_base
+from rmtllmf.pools.tiny_vit_pool import ZooConfig, build_zoo, load_base
 
 
 def test_zoo_builds_caches_and_resumes(tmp_path):
@@ -97,7 +97,7 @@ def test_shipped_base_is_what_the_pretraining_script_makes():
     `python scripts/pretrain_tiny_base.py` (1 thread, seeded) reproduces it."""
     from safetensors import safe_open
 
-    from rmtllmf.pools.tiny_vit import shipped_base_path
+    from rmtllmf.pools.tiny_vit_pool import shipped_base_path
     from rmtllmf.training.pretrain import PretrainConfig
 
     path = shipped_base_path()
@@ -212,7 +212,7 @@ def test_each_user_anchors_on_the_other_domains_never_its_own(tmp_path):
 
 
 def test_choose_lambda_hands_the_method_options_to_every_grid_point():
-    from rmtllmf.study.clean import LambdaJob, choose_lambda
+    from rmtllmf.study.clean_merge import LambdaJob, choose_lambda
 
     seen: list[LambdaJob] = []
 
@@ -234,7 +234,12 @@ def test_choose_lambda_hands_the_method_options_to_every_grid_point():
 def test_clean_merge_by_ties_reports_the_merge_it_chose(tiny_zoo):
     from rmtllmf.fusion import MergeConfig, merge_task_vectors
     from rmtllmf.metrics import normalized_accuracy
-    from rmtllmf.study.clean import LambdaJob, evaluate_clean_merge, lambda_score, task_vectors
+    from rmtllmf.study.clean_merge import (
+        LambdaJob,
+        evaluate_clean_merge,
+        lambda_score,
+        task_vectors,
+    )
 
     tasks = tuple(tiny_zoo.config.tasks)
     grid = [0.5, 1.0, 1.5]

@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rmtllmf._io import check_output_dir_owner, mark_output_dir, write_text_atomic
 from rmtllmf.errors import InputError, validation_message
 from rmtllmf.pools.base import ModelPool
-from rmtllmf.pools.clip import ClipPool, ClipPoolConfig
-from rmtllmf.pools.hf_causal import CausalPoolConfig, build_causal_pool
-from rmtllmf.pools.hf_text import TextPoolConfig, build_text_pool
-from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
+from rmtllmf.pools.causal_pool import CausalPoolConfig, build_causal_pool
+from rmtllmf.pools.clip_pool import ClipPool, ClipPoolConfig
+from rmtllmf.pools.text_pool import TextPoolConfig, build_text_pool
+from rmtllmf.pools.tiny_vit_pool import ZooConfig, build_zoo
 from rmtllmf.report import write_report
 from rmtllmf.study.analysis import AnalysisConfig
 from rmtllmf.study.executors import (

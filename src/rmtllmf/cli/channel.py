@@ -10,7 +10,6 @@ from rich.table import Table
 
 from rmtllmf._progress import progress_bar
 from rmtllmf.channel.geometry import PathLossConfig
-from rmtllmf.channel.report import ChannelSummary, measure, summarize
 from rmtllmf.channel.scenario import (
     DB_LIMIT,
     DEFAULT_JNR_DB,
@@ -18,6 +17,7 @@ from rmtllmf.channel.scenario import (
     ScenarioConfig,
     draw_realization,
 )
+from rmtllmf.channel.summary import ChannelSummary, measure, summarize
 from rmtllmf.channel.symbol_link import SymbolLinkConfig
 from rmtllmf.cli.common import examples, minutes, rich_console
 from rmtllmf.errors import InputError

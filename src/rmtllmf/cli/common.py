@@ -18,7 +18,7 @@ from rich.console import Console
 from rmtllmf.errors import CheckpointError, InputError, RmtllmfError, validation_message
 
 if TYPE_CHECKING:
-    from rmtllmf.pools.tiny_vit import ZooConfig
+    from rmtllmf.pools.tiny_vit_pool import ZooConfig
 
 
 def default_cache() -> Path:
@@ -235,7 +235,7 @@ ZOO_SECONDS_PER_IMAGE = 2e-4
 
 def announce_zoo(root: Path, cfg: ZooConfig, workers: int = 1) -> None:
     """Say, before it starts, that the embedded zoo will be built, how much and how long."""
-    from rmtllmf.pools.tiny_vit import missing_finetunes
+    from rmtllmf.pools.tiny_vit_pool import missing_finetunes
 
     missing = missing_finetunes(root, cfg)
     if not missing:

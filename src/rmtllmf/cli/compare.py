@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Compare and print a table (or JSON) and a one-line verdict."""
-    from rmtllmf.report.compare import TOLERANCE, compare_summaries, read_summary
+    from rmtllmf.report.agreement import TOLERANCE, compare_summaries, read_summary
 
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     cells = compare_summaries(

@@ -82,7 +82,7 @@ def tiny_vit_scores(args: argparse.Namespace) -> Scores:
     build)."""
     from rmtllmf.cli.common import announce_zoo, check_embedded_tasks
     from rmtllmf.fusion import load_state_dict
-    from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
+    from rmtllmf.pools.tiny_vit_pool import ZooConfig, build_zoo
     from rmtllmf.pools.zoo_config import base_path
 
     check_embedded_tasks(args.tasks)

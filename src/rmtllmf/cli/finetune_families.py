@@ -21,7 +21,7 @@ from rmtllmf.training.clip import FinetuneConfig, clip_accuracy, finetune_clip, 
 
 def finetune_tiny_vit(args: argparse.Namespace) -> int:
     """Fine-tune the tiny base on one embedded task (through the zoo) and write the result."""
-    from rmtllmf.pools.tiny_vit import ZooConfig, build_zoo
+    from rmtllmf.pools.tiny_vit_pool import ZooConfig, build_zoo
 
     if not args.task:
         raise InputError("--family tiny-vit needs --task (one of the embedded tasks)")

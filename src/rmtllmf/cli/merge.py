@@ -145,7 +145,7 @@ def _resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
 
     from rmtllmf.fusion import MergeConfig, ParamFilter
     from rmtllmf.fusion.merge_yaml import DTYPES, load_merge_config
-    from rmtllmf.fusion.registry import get_method
+    from rmtllmf.fusion.method_registry import get_method
 
     given = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag in OPTION_FLAGS}
     options = {k: v for k, v in given.items() if v is not None}
@@ -194,7 +194,7 @@ def _resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
 
 def _record(base: Any, models: Any, config: Any, params: Any, dtype: Any, args: Any) -> str:
     """The resolved merge as JSON (``lambda`` is null for a method that does not scale)."""
-    from rmtllmf.fusion.registry import get_method
+    from rmtllmf.fusion.method_registry import get_method
 
     merge = config.model_dump(mode="json")
     if not get_method(config.method).scaled:

@@ -24,8 +24,8 @@ from rmtllmf.cli.common import (
 from rmtllmf.errors import InputError
 
 if TYPE_CHECKING:
-    from rmtllmf.pools.tiny_vit import Zoo, ZooConfig
-    from rmtllmf.study.clean import MergeReport
+    from rmtllmf.pools.tiny_vit_pool import TinyVitPool, ZooConfig
+    from rmtllmf.study.clean_merge import MergeReport
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -118,9 +118,9 @@ FLAGS = {
 def run(args: argparse.Namespace) -> int:
     """Build or reuse the zoo, merge its experts cleanly, and print a table or JSON."""
     set_threads(args.threads)
-    from rmtllmf.pools.tiny_vit import build_zoo
+    from rmtllmf.pools.tiny_vit_pool import build_zoo
     from rmtllmf.pools.zoo_config import load_base
-    from rmtllmf.study.clean import evaluate_clean_merge
+    from rmtllmf.study.clean_merge import evaluate_clean_merge
 
     check_embedded_tasks(args.tasks)
     cfg = _zoo_config(args)
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _zoo_config(args: argparse.Namespace) -> ZooConfig:
     """The zoo config: the defaults, overridden by the flags that were given."""
-    from rmtllmf.pools.tiny_vit import ZooConfig
+    from rmtllmf.pools.tiny_vit_pool import ZooConfig
 
     names = ("steps", "lr", "batch", "n_train", "anchor_weight", "base", "seed", "experts")
     given: dict[str, Any] = {"tasks": tuple(args.tasks) if args.tasks else None}
@@ -153,7 +153,7 @@ def _zoo_config(args: argparse.Namespace) -> ZooConfig:
     return ZooConfig(**{k: v for k, v in given.items() if v is not None})
 
 
-def _summary(zoo: Zoo, cfg: ZooConfig, report: MergeReport) -> dict[str, Any]:
+def _summary(zoo: TinyVitPool, cfg: ZooConfig, report: MergeReport) -> dict[str, Any]:
     """The JSON record: the config, accuracies per task and their means, the merge and cosines."""
     base = {t: zoo.base_accuracy(t) for t in cfg.tasks}
     ft = {t: zoo.finetuned_accuracy(t) for t in cfg.tasks}

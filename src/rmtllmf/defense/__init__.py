@@ -1,6 +1,6 @@
 """R-MTLLMF (paper sec. III): embedding re-load (*freeze*) and few-shot *realign*ment.
 
-Named defenses (:data:`DEFENSES`, :mod:`rmtllmf.defense.registry`): the paper's ``none``,
+Named defenses (:data:`DEFENSES`, :mod:`rmtllmf.defense.defense_registry`): the paper's ``none``,
 ``freeze``, ``realign`` and ``r-mtllmf`` (both); the floors ``base`` and ``base+realign``
 (discard what was received); and receiver defenses that need no labels
 (:mod:`rmtllmf.defense.blind`: ``shrink``, ``svd``, ``gate``, ``median``, ``trimmed-mean``) and
@@ -9,6 +9,14 @@ their composition
 """
 
 from rmtllmf.defense.blind import blind_defense
+from rmtllmf.defense.defense_registry import (
+    BLIND,
+    CHANNEL_FREE,
+    DEFENSES,
+    PAPER,
+    REALIGNING,
+    Defense,
+)
 from rmtllmf.defense.freeze import reload_embeddings
 from rmtllmf.defense.realign import (
     FewShotSet,
@@ -18,7 +26,6 @@ from rmtllmf.defense.realign import (
     few_shot_set,
     realign,
 )
-from rmtllmf.defense.registry import BLIND, CHANNEL_FREE, DEFENSES, PAPER, REALIGNING, Defense
 
 __all__ = [
     "BLIND",

@@ -14,7 +14,7 @@ functions here use only that.
   (:func:`gd_threshold`; the noise's own edge is :func:`mp_edge`);
 * :func:`gate_users`: drop the users whose estimated SNR is below a threshold;
 * :func:`coordinate_median` and :func:`trimmed_mean`: the classical robust aggregators;
-* :func:`blind_defense`: a registry entry's first stage (:mod:`rmtllmf.defense.registry`).
+* :func:`blind_defense`: a registry entry's first stage (:mod:`rmtllmf.defense.defense_registry`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from threadpoolctl import threadpool_limits
 
-from rmtllmf.defense.registry import Defense
+from rmtllmf.defense.defense_registry import Defense
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.task_vector import VectorLayout
 
@@ -206,7 +206,7 @@ def blind_defense(
     gate_snr: float = 1.0,
     trim: float = 0.25,
 ) -> list[NDArray[np.float32]]:
-    """Stage 1 of ``defense`` (:mod:`rmtllmf.defense.registry`) on the users' received flat
+    """Stage 1 of ``defense`` (:mod:`rmtllmf.defense.defense_registry`) on the users' received flat
     vectors, with each user's per-segment noise variances: the vectors that enter the merge.
     A robust aggregate stands for the sum it replaces: ``N`` times the median (trimmed mean)
     of the ``N`` vectors, so that task arithmetic's ``lambda`` keeps its meaning."""

@@ -26,8 +26,8 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from rmtllmf.defense.defense_registry import DEFENSES
 from rmtllmf.defense.freeze import reload_embeddings
-from rmtllmf.defense.registry import DEFENSES
 from rmtllmf.errors import InputError
 from rmtllmf.training.loops import Preprocess, cosine_lr
 
@@ -221,7 +221,7 @@ def apply_defense(
     val_sets: Sequence[FewShotSet] = (),
 ) -> RealignLog:
     """Apply a named defense's model stages to ``model`` (its state is the merged model) in
-    place: discard what was received, freeze, realign (:mod:`rmtllmf.defense.registry`)."""
+    place: discard what was received, freeze, realign (:mod:`rmtllmf.defense.defense_registry`)."""
     if defense not in DEFENSES:
         raise InputError(f"unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}")
     spec = DEFENSES[defense]

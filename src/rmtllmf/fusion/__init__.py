@@ -9,16 +9,14 @@
 """
 
 from rmtllmf.fusion.checkpoint import LazyCheckpoint, load_state_dict, save_state_dict
-from rmtllmf.fusion.merge import (
+from rmtllmf.fusion.drivers import (
     LambdaSearch,
     lambda_values,
     merge_checkpoints,
     merge_task_vectors,
     select_lambda,
 )
-from rmtllmf.fusion.methods import DareOptions, TiesOptions
-from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
-from rmtllmf.fusion.registry import (
+from rmtllmf.fusion.method_registry import (
     MERGE_METHODS,
     MergeConfig,
     MergeMethod,
@@ -27,6 +25,8 @@ from rmtllmf.fusion.registry import (
     linear_weights,
     register,
 )
+from rmtllmf.fusion.methods import DareOptions, TiesOptions
+from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
 from rmtllmf.fusion.task_vector import TaskVector, VectorLayout, cosine_matrix
 
 __all__ = [

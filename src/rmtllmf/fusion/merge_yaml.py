@@ -54,8 +54,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rmtllmf.errors import InputError, validation_message
+from rmtllmf.fusion.method_registry import MergeConfig
 from rmtllmf.fusion.params import ParamFilter
-from rmtllmf.fusion.registry import MergeConfig
 
 MERGEKIT_METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "linear")
 """mergekit's ``merge_method`` values that rmtllmf merges."""
@@ -276,7 +276,7 @@ def _normalized(weights: list[float], normalize: bool) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class MergePlan:
-    """A merge config resolved: what :func:`~rmtllmf.fusion.merge.merge_checkpoints` takes."""
+    """A merge config resolved: what :func:`~rmtllmf.fusion.drivers.merge_checkpoints` takes."""
 
     base: str
     models: tuple[str, ...]

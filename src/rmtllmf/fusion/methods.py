@@ -1,4 +1,4 @@
-"""The merge methods, each one entry of the registry (:mod:`rmtllmf.fusion.registry`).
+"""The merge methods, each one entry of the registry (:mod:`rmtllmf.fusion.method_registry`).
 
 Every method turns the task-vector slices of one parameter, ``[tau_1[k], ..., tau_N[k]]``, into
 the merged delta for that parameter; the merged model is ``theta_base[k] + delta[k]``:
@@ -31,7 +31,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from rmtllmf.fusion.registry import MergeConfig, TensorContext, register, stacked_task_vectors
+from rmtllmf.fusion.method_registry import (
+    MergeConfig,
+    TensorContext,
+    register,
+    stacked_task_vectors,
+)
 
 
 class TiesOptions(BaseModel):

@@ -1,8 +1,8 @@
 """What the experiment needs from a model family and its task suite (FusionBench's *model
 pool* and *task pool* in one small interface).
 
-:class:`rmtllmf.pools.tiny_vit.Zoo` (the embedded ``tiny-vit``) and
-:class:`rmtllmf.pools.clip.ClipPool` (``hf-clip``) implement it; the channel, the merge, the
+:class:`rmtllmf.pools.tiny_vit_pool.TinyVitPool` (the embedded ``tiny-vit``) and
+:class:`rmtllmf.pools.clip_pool.ClipPool` (``hf-clip``) implement it; the channel, the merge, the
 defense and the metrics only ever see this.
 """
 

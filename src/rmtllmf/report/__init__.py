@@ -5,7 +5,7 @@
 * ``fig2_accuracy_vs_tasks``, ``fig3_cosine_ideal``, ``fig4_cosine_worst``,
   ``fig5_ablation``, ``hypothesis_rejection`` and, when the sweep measured them, the
   ``rank_spectra`` of the clean and received task vectors and the ``snr_axis``
-  (:mod:`rmtllmf.report.snr_axis`) (``.png`` and ``.pdf``);
+  (:mod:`rmtllmf.report.axis_report`) (``.png`` and ``.pdf``);
 * ``report.md`` with the tables behind each figure, the paper's orderings per link, the
   channel per scenario, WDE and hypothesis-test results and the resolved config;
 * ``summary.json`` (``clean``, ``clean_realign``, ``by_link`` at the largest task count, the
@@ -24,7 +24,7 @@ from typing import Any
 from rmtllmf._io import atomic_output, write_text_atomic
 from rmtllmf.errors import InputError
 from rmtllmf.report import figures, markdown, seeds, tables
-from rmtllmf.report.snr_axis import AXIS_ROLES, AxisReport, axis_report
+from rmtllmf.report.axis_report import AXIS_ROLES, AxisReport, axis_report
 from rmtllmf.study.plan import SweepConfig, plan_runs
 from rmtllmf.study.snr_axis import SIGNAL_META
 from rmtllmf.study.spectra import SPECTRA_META, RankSpectra

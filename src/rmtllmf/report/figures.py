@@ -32,8 +32,8 @@ from matplotlib.lines import Line2D
 from rmtllmf._io import atomic_output
 from rmtllmf.defense.blind import gd_threshold, mp_edge
 from rmtllmf.metrics import predicted_rejection_rate
+from rmtllmf.report.axis_report import AxisReport
 from rmtllmf.report.seeds import Interval
-from rmtllmf.report.snr_axis import AxisReport
 from rmtllmf.study.snr_axis import PAPER_POINTS
 from rmtllmf.study.spectra import RankSpectra
 

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rmtllmf.defense import CHANNEL_FREE, DEFENSES, PAPER
+from rmtllmf.report.axis_report import LIMIT_TOLERANCE, AxisReport
 from rmtllmf.report.seeds import ALPHA, TEST_NAME, Interval, Uncertainty
-from rmtllmf.report.snr_axis import LIMIT_TOLERANCE, AxisReport
 from rmtllmf.report.tables import AnalysisRow, ChannelRow, Ordering, Summary
 from rmtllmf.study.snr_axis import PAPER_POINTS
 from rmtllmf.study.spectra import RankSpectra, SpectraCount

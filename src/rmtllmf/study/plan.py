@@ -44,7 +44,7 @@ from rmtllmf.channel import ScenarioConfig, SymbolLinkConfig
 from rmtllmf.defense import BLIND, CHANNEL_FREE, DEFENSES, PAPER, RealignConfig
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig
-from rmtllmf.fusion.registry import get_method
+from rmtllmf.fusion.method_registry import get_method
 from rmtllmf.study.analysis import AnalysisConfig
 from rmtllmf.study.experiment import ExperimentConfig, LinkMode, Scenario
 from rmtllmf.study.snr_axis import SnrAxisConfig, axis_runs

@@ -12,7 +12,7 @@ from rmtllmf._progress import progress_bar
 from rmtllmf.defense import REALIGNING
 from rmtllmf.errors import InputError
 from rmtllmf.pools.base import ModelPool
-from rmtllmf.study.clean import choose_lambda
+from rmtllmf.study.clean_merge import choose_lambda
 from rmtllmf.study.executors import Executor, InProcess
 from rmtllmf.study.experiment import reception_key
 from rmtllmf.study.plan import PlannedRun, SweepConfig, plan_runs, spectra_receptions, subsets

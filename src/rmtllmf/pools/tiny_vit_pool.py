@@ -68,7 +68,7 @@ from rmtllmf.training.loops import (
 
 
 @dataclass
-class Zoo(RecordedAccuracies):
+class TinyVitPool(RecordedAccuracies):
     """A built zoo: data, heads, base and fine-tuned state dicts, and the measured accuracies."""
 
     root: Path
@@ -215,7 +215,7 @@ def build_zoo(
     *,
     progress: bool = False,
     workers: int = 1,
-) -> Zoo:
+) -> TinyVitPool:
     """Build or reuse the zoo under ``root`` (see module docs); ``workers`` processes generate
     data and fine-tune in parallel."""
     cfg = cfg or ZooConfig()
@@ -252,7 +252,7 @@ def build_zoo(
     ):
         record.seconds[task] = seconds
         record.finetuned.pop(task, None)
-    zoo = Zoo(home, cfg, base, heads, data, record=record)
+    zoo = TinyVitPool(home, cfg, base, heads, data, record=record)
     for task in cfg.tasks:
         zoo.finetuned[task] = load_file(ft_files[task])
         _measure(zoo, task)
@@ -323,7 +323,7 @@ def ensure_anchor(cfg: ZooConfig, home: Path, base: TinyVit) -> None:
             save_file({"targets": anchor.targets.contiguous()}, tmp)
 
 
-def _measure(zoo: Zoo, task: str) -> None:
+def _measure(zoo: TinyVitPool, task: str) -> None:
     """Record the base's and the fine-tuned model's validation and test accuracy on ``task``
     (once: the record keeps them)."""
     data, head, record = zoo.data[task], zoo.heads[task], zoo.record
@@ -335,7 +335,7 @@ def _measure(zoo: Zoo, task: str) -> None:
 
 
 __all__ = [
-    "Zoo",
+    "TinyVitPool",
     "ZooConfig",
     "build_zoo",
     "load_base",

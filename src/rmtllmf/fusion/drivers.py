@@ -60,8 +60,7 @@ from rmtllmf.fusion.hf_dir import (
     parse_size,
     write_hf_directory,
 )
-from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
-from rmtllmf.fusion.registry import (
+from rmtllmf.fusion.method_registry import (
     MergeConfig,
     MergeMethod,
     TensorContext,
@@ -69,6 +68,7 @@ from rmtllmf.fusion.registry import (
     linear_weights,
     merge_thresholds,
 )
+from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
 from rmtllmf.fusion.task_vector import (
     ModelReader,
     ModelSource,
