@@ -42,8 +42,8 @@ from threadpoolctl import threadpool_limits
 
 import rmtllmf.study.experiment as exp
 from rmtllmf._malloc import keep_freed_memory, malloc_env
+from rmtllmf.app.reproduce import ReproduceConfig, build_pool, load_config, sweep_config
 from rmtllmf.fusion import MergeConfig
-from rmtllmf.reproduce import ReproduceConfig, build_pool, load_config, sweep_config
 
 realign_mod = importlib.import_module("rmtllmf.defense.realign")
 

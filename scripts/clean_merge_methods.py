@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from rmtllmf._malloc import keep_freed_memory
+from rmtllmf.app.reproduce import ReproduceConfig, build_pool, load_config, pool_tasks
 from rmtllmf.metrics import gap_recovery, normalized_accuracy
-from rmtllmf.reproduce import ReproduceConfig, build_pool, load_config, pool_tasks
 from rmtllmf.study.clean_merge import evaluate_clean_merge
 
 TA_GRID = tuple(round(0.05 * i, 2) for i in range(1, 21))

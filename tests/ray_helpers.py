@@ -9,7 +9,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from rmtllmf.reproduce import StudyPool
+from rmtllmf.app.reproduce import StudyPool
 
 
 @dataclass(frozen=True)

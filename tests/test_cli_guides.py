@@ -11,8 +11,9 @@ import stat
 import pytest
 
 from rmtllmf import __version__
+from rmtllmf.app.tiny_vit_family import announce_zoo
 from rmtllmf.cli import COMMANDS, build_parser, main
-from rmtllmf.cli.common import HelpFormatter, announce_zoo
+from rmtllmf.cli.common import HelpFormatter
 
 
 def _subparsers(parser: argparse.ArgumentParser, prefix: str = "rmtllmf"):

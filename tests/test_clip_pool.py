@@ -13,9 +13,9 @@ import torch
 pytest.importorskip("transformers", reason="hf-clip needs transformers")
 datasets = pytest.importorskip("datasets", reason="hf-clip data needs datasets")
 
+from rmtllmf.app.reproduce import load_config, reproduce, sweep_config  # noqa: E402
 from rmtllmf.errors import CheckpointError, InputError  # noqa: E402
 from rmtllmf.pools.clip_pool import ClipPool, ClipPoolConfig, ClipTaskSpec  # noqa: E402
-from rmtllmf.reproduce import load_config, reproduce, sweep_config  # noqa: E402
 
 PAPER_CONFIG = Path(__file__).parents[1] / "configs" / "paper-clip-vit-b16.yaml"
 

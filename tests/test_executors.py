@@ -15,7 +15,7 @@ import pytest
 
 from conftest import tiny_zoo_config
 from ray_helpers import CountLoads, KillOnce, slow_echo
-from rmtllmf.reproduce import (
+from rmtllmf.app.reproduce import (
     ReproduceConfig,
     Scale,
     StudyPool,
@@ -193,7 +193,7 @@ def test_the_ray_driver_killed_then_rerun_resumes_to_the_same_numbers(
 
     def argv(out: Path) -> list[str]:
         code = (
-            "import sys; from rmtllmf.reproduce import ReproduceConfig, Scale, reproduce; "
+            "import sys; from rmtllmf.app.reproduce import ReproduceConfig, Scale, reproduce; "
             "cfg = ReproduceConfig.model_validate_json(open(sys.argv[1]).read()); "
             "reproduce(cfg, sys.argv[2], cache=sys.argv[3], progress=False, "
             "scale=Scale('ray', workers=2))"

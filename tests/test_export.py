@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_zoo_config
+from rmtllmf.app.reproduce import ReproduceConfig, reproduce
 from rmtllmf.cli import main
-from rmtllmf.reproduce import ReproduceConfig, reproduce
 from rmtllmf.study.store import ResultsDB
 
 TINY_SWEEP = {
@@ -64,7 +64,7 @@ def test_tensorboard_export_reads_back(study, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from rmtllmf.export import tracked_run
+    from rmtllmf.app.export import tracked_run
 
     before = _hashes(study)
     out = tmp_path / "tb"

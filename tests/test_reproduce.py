@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from conftest import tiny_zoo_config
+from rmtllmf.app.reproduce import load_config, quick_config, reproduce, sweep_config
 from rmtllmf.cli import main
-from rmtllmf.reproduce import load_config, quick_config, reproduce, sweep_config
 from rmtllmf.study.store import ResultsDB
 
 CONFIGS = Path(__file__).parents[1] / "configs"

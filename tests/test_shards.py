@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_zoo_config
+from rmtllmf.app.reproduce import ReproduceConfig, load_config, sweep_config
 from rmtllmf.cli import main
-from rmtllmf.reproduce import ReproduceConfig, load_config, sweep_config
 from rmtllmf.study.experiment import reception_key
 from rmtllmf.study.store import ResultsDB, merge_databases
 from rmtllmf.study.sweep import pending_runs, plan_groups, run_weight, shard_owners

@@ -243,3 +243,8 @@ class Closing(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def default_cache() -> Path:
+    """Where built zoos live: ``$RMTLLMF_CACHE`` or ``~/.cache/rmtllmf``."""
+    return Path(os.environ.get("RMTLLMF_CACHE", "~/.cache/rmtllmf")).expanduser()

@@ -1,4 +1,5 @@
-"""Progress reporting for long work: a rich bar on a terminal, log lines elsewhere."""
+"""Progress reporting for long work (a rich bar on a terminal, log lines elsewhere) and the
+notices a long command prints before it starts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import IO
 
 from rich.progress import Progress
 
@@ -53,3 +55,17 @@ def progress_bar(enabled: bool, description: str, total: int) -> Iterator[Advanc
             )
 
     yield advance
+
+
+def notice(text: str, stream: IO[str] | None = None) -> None:
+    """A line on stderr (stdout stays machine-readable for ``--json``) before long work."""
+    print(f"rmtllmf: {text}", file=stream or sys.stderr, flush=True)
+
+
+def minutes(seconds: float) -> str:
+    """A duration as people say it: ``40 s``, ``3 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -36,18 +36,21 @@ class CheckpointError(RmtllmfError):
     """A checkpoint cannot be read or written: missing, truncated, pickled, or mismatched."""
 
 
-def validation_message(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
+def validation_message(
+    exc: ValidationError, names: Mapping[str, str] | None = None, *, prefix: str = ""
+) -> str:
     """A pydantic ``ValidationError`` as one line, each problem as ``where: what (got value)``.
 
     ``where`` is the user's name for the field: ``names`` maps a field name or dotted path
     (``n_users``, ``path_loss.exponent``) to it (a flag such as ``--users``); other fields keep
-    their dotted path (``sweep.task_counts[0]``), which is the key to fix in a YAML file. No
-    pydantic URLs, no input types, no line breaks.
+    their dotted path (``sweep.task_counts[0]``), which is the key to fix in a YAML file;
+    ``prefix`` is the path of the validated model within a larger file (``zoo``). No pydantic
+    URLs, no input types, no line breaks.
     """
     names = names or {}
     parts = []
     for err in exc.errors(include_url=False):
-        loc = [str(x) for x in err.get("loc", ())]
+        loc = [*filter(None, [prefix]), *(str(x) for x in err.get("loc", ()))]
         path = ".".join(x for x in loc if not x.isdigit())
         dotted = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".")
         where = names.get(path) or (names.get(loc[-1]) if loc else None) or dotted

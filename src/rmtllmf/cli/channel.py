@@ -8,7 +8,7 @@ import json
 import numpy as np
 from rich.table import Table
 
-from rmtllmf._progress import progress_bar
+from rmtllmf._progress import minutes, progress_bar
 from rmtllmf.channel.geometry import PathLossConfig
 from rmtllmf.channel.scenario import (
     DB_LIMIT,
@@ -19,7 +19,7 @@ from rmtllmf.channel.scenario import (
 )
 from rmtllmf.channel.summary import ChannelSummary, measure, summarize
 from rmtllmf.channel.symbol_link import SymbolLinkConfig
-from rmtllmf.cli.common import examples, minutes, rich_console
+from rmtllmf.cli.common import examples, rich_console
 from rmtllmf.errors import InputError
 
 FLAGS = {

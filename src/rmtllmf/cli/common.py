@@ -9,21 +9,16 @@ import os
 import re
 import sqlite3
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 
 from rmtllmf.errors import CheckpointError, InputError, RmtllmfError, validation_message
 
 if TYPE_CHECKING:
-    from rmtllmf.pools.tiny_vit_pool import ZooConfig
-
-
-def default_cache() -> Path:
-    """Where built zoos live: ``$RMTLLMF_CACHE`` or ``~/.cache/rmtllmf``."""
-    return Path(os.environ.get("RMTLLMF_CACHE", "~/.cache/rmtllmf")).expanduser()
+    pass
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -210,61 +205,6 @@ def check_out_given(path: Path, flag: str = "--out") -> Path:
             f"{flag} results"
         )
     return path
-
-
-def notice(text: str, stream: IO[str] | None = None) -> None:
-    """A line on stderr (stdout stays machine-readable for ``--json``) before long work."""
-    print(f"rmtllmf: {text}", file=stream or sys.stderr, flush=True)
-
-
-def minutes(seconds: float) -> str:
-    """A duration as people say it: ``40 s``, ``3 min``, ``2.5 h``."""
-    if seconds < 90:
-        return f"{max(seconds, 1):.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-ZOO_SECONDS_PER_STEP = 0.1
-"""Single-threaded seconds per fine-tuning step of the embedded zoo at batch 64 + 16 anchor
-images (docs/embedded-zoo.md: eight 800-step fine-tunes of 67-70 s each, two at a time)."""
-ZOO_SECONDS_PER_IMAGE = 2e-4
-"""Seconds to render one synthetic image (data generation before the fine-tunes)."""
-
-
-def announce_zoo(root: Path, cfg: ZooConfig, workers: int = 1) -> None:
-    """Say, before it starts, that the embedded zoo will be built, how much and how long."""
-    from rmtllmf.pools.tiny_vit_pool import missing_finetunes
-
-    missing = missing_finetunes(root, cfg)
-    if not missing:
-        return
-    per_step = ZOO_SECONDS_PER_STEP * (cfg.batch + cfg.anchor_batch * (cfg.anchor_weight > 0)) / 80
-    per_task = cfg.steps * per_step + ZOO_SECONDS_PER_IMAGE * (cfg.n_train + cfg.n_val + cfg.n_test)
-    parallel = max(1, min(workers, len(missing)))
-    seconds = per_task * len(missing) / parallel
-    notice(
-        f"building the embedded zoo first: {len(missing)} fine-tune(s) of {cfg.steps} steps, "
-        f"about {minutes(seconds)} on {parallel} process(es); cached under {root} and reused "
-        "by later commands"
-    )
-
-
-def check_embedded_tasks(tasks: Sequence[str] | None, flag: str = "--tasks") -> None:
-    """Each of ``tasks`` is a task of the embedded suite, named once (checked before any
-    work)."""
-    from rmtllmf.data.synthetic import TASK_NAMES
-
-    unknown = [t for t in tasks or () if t not in TASK_NAMES]
-    if unknown:
-        raise InputError(
-            f"{flag}: {', '.join(unknown)} not in the embedded suite; choose from "
-            f"{', '.join(TASK_NAMES)}"
-        )
-    repeated = sorted({t for t in tasks or () if list(tasks or ()).count(t) > 1})
-    if repeated:
-        raise InputError(f"{flag} names {', '.join(repeated)} more than once; give each task once")
 
 
 class _Console(Console):

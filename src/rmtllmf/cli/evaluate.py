@@ -28,7 +28,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     p.add_argument(
-        "--family", choices=["tiny-vit", "hf-clip"], default="tiny-vit", help="model family"
+        "--family",
+        default="tiny-vit",
+        help="model family: a registered family with an evaluate hook (built in: tiny-vit, "
+        "hf-clip)",
     )
     p.add_argument("--model", required=True, help="checkpoint to evaluate (e.g. a merge)")
     p.add_argument(
@@ -64,9 +67,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Score a model on its tasks (one function per family) and print a table or JSON."""
     set_threads(args.threads)
-    from rmtllmf.cli.evaluate_families import hf_clip_scores, tiny_vit_scores
+    from rmtllmf.app.evaluate import scores
 
-    scores = tiny_vit_scores if args.family == "tiny-vit" else hf_clip_scores
     acc, finetuned, scored = scores(args)
     result = _result(args, acc, finetuned, scored)
     if args.json:

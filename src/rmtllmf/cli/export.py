@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Export the study and say where it went."""
-    from rmtllmf.export import export_study
+    from rmtllmf.app.export import export_study
 
     check_output_dir(check_out_given(args.out))
     done = export_study(

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from rmtllmf._io import check_output_dir_owner
 from rmtllmf.cli.common import check_out_given, check_output_dir, examples, set_threads
-from rmtllmf.errors import InputError
 
 FLAGS = {
     name: "--" + name.replace("_", "-")
@@ -33,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     p.add_argument(
-        "--family", choices=["tiny-vit", "hf-clip"], default="tiny-vit", help="model family"
+        "--family",
+        default="tiny-vit",
+        help="model family: a registered family with a finetune hook (built in: tiny-vit, hf-clip)",
     )
     p.add_argument("--task", help="tiny-vit: a task of the embedded suite (required there)")
     p.add_argument(
@@ -105,38 +106,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Fine-tune the chosen family's base model on one task; each family has its function."""
     set_threads(args.threads)
-    from rmtllmf.cli.finetune_families import finetune_hf_clip, finetune_tiny_vit
+    from rmtllmf.app.finetune import finetune
 
     check_output_dir(check_out_given(args.out))
     check_output_dir_owner(args.out, "finetune", force=args.force)
-    if args.family == "tiny-vit":
-        _check_tiny_vit_flags(args)
-    if args.lora_rank is not None and not args.lora:
-        raise InputError("--lora-rank sets the rank of --lora; add --lora, or drop --lora-rank")
-    if args.family == "tiny-vit":
-        return finetune_tiny_vit(args)
-    return finetune_hf_clip(args)
-
-
-HF_CLIP_ONLY = (
-    "train_folder",
-    "val_folder",
-    "dataset",
-    "dataset_config",
-    "templates",
-    "anchor_folder",
-    "lora",
-    "lora_rank",
-    "online",
-)
-"""Flags that only --family hf-clip reads (tiny-vit trains on its embedded task)."""
-
-
-def _check_tiny_vit_flags(args: argparse.Namespace) -> None:
-    """Refuse hf-clip's flags with --family tiny-vit, instead of ignoring them."""
-    given = [f"--{name.replace('_', '-')}" for name in HF_CLIP_ONLY if getattr(args, name)]
-    if given:
-        raise InputError(
-            f"{', '.join(given)} apply only to --family hf-clip; drop them, or add --family "
-            "hf-clip (the tiny-vit expert is fully fine-tuned on its embedded task)"
-        )
+    return finetune(args)

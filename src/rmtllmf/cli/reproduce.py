@@ -10,32 +10,24 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from rmtllmf._io import check_output_dir_owner
+from rmtllmf._io import check_output_dir_owner, default_cache
 from rmtllmf._malloc import keep_freed_memory
+from rmtllmf._progress import notice
 from rmtllmf.cli.common import (
-    announce_zoo,
     check_out_given,
     check_output_dir,
-    default_cache,
     examples,
-    minutes,
-    notice,
     rich_console,
     set_threads,
 )
 from rmtllmf.errors import InputError
 
 if TYPE_CHECKING:
-    from rmtllmf.reproduce import ReproduceConfig
+    pass
 
 
 FLAGS = {"max_runs": "--max-runs"}
 """Config field -> the flag that sets it, so errors name what the user typed."""
-
-SECONDS_PER_RUN = {"tiny-vit": 2.9, "hf-text": 25.0, "hf-clip": 60.0, "hf-causal": 600.0}
-"""A run's single-process wall time when the database has no finished run to measure: tiny-vit
-and hf-text from the quick run and configs/minilm-text.yaml (docs/results.md, docs/text.md);
-hf-clip and hf-causal are guesses."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -180,7 +172,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def _merge(args: argparse.Namespace) -> int:
     """``--merge-shards``: combine the shards and print the report's table."""
-    from rmtllmf.reproduce import merge_shards
+    from rmtllmf.app.reproduce import merge_shards
 
     given = [
         flag
@@ -204,63 +196,16 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _announce(
-    cfg: ReproduceConfig,
-    args: argparse.Namespace,
-    cache: Path,
-    workers: int,
-    shard: tuple[int, int],
-) -> None:
-    """Before any work: say that the zoo will be built, and how long the sweep will take when
-    that is more than a minute (from the database's own runs when it has some)."""
-    from rmtllmf.reproduce import sweep_config
-    from rmtllmf.study.plan import subsets
-    from rmtllmf.study.store import ResultsDB
-    from rmtllmf.study.sweep import shard_groups
-
-    if cfg.family == "tiny-vit":
-        announce_zoo(cache / "zoo", cfg.zoo, workers)
-    if cfg.family == "hf-text":
-        notice(
-            "the hf-text pool is built first where it is not cached: eight fine-tunes of "
-            f"{cfg.text.steps} steps, about {minutes(6 * 60 * 2 / max(1, workers))} on "
-            f"{workers} process(es) (measured: 6 min on 2), cached under {cache / 'text'}"
-        )
-    scfg = sweep_config(cfg)
-    owned = shard_groups(scfg, dict.fromkeys(subsets(scfg), 0.0), shard)
-    planned = sum(len(group) for group in owned)
-    per_run, done = SECONDS_PER_RUN.get(cfg.family, 10.0), 0
-    db_file = args.out / "results.db"
-    if db_file.is_file() and not args.reset:
-        db = ResultsDB(db_file, read_only=True)
-        try:
-            seconds = [float(r[0]) for r in db.conn.execute("SELECT seconds FROM runs")]
-        finally:
-            db.close()
-        done = len(seconds)
-        per_run = sum(seconds) / done if done else per_run
-    todo = max(0, planned - done)
-    if args.max_runs is not None:
-        todo = min(todo, args.max_runs)
-    total = todo * per_run / max(1, workers)
-    if total > 60:
-        part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-        notice(
-            f"the sweep{part}: {todo} run(s) to go, about {minutes(total)} at ~{per_run:.0f} s "
-            f"per run on {workers} process(es); finished runs are kept in {db_file}, so Ctrl-C "
-            "and the same command resume"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the study (or a shard of it, or merge shards) and print the headline table."""
-    from rmtllmf.reproduce import (
+    from rmtllmf.app.reproduce import (
         ReproduceConfig,
         Scale,
         load_config,
         quick_config,
         reproduce,
         reproduce_shard,
+        study_notices,
         sweep_config,
     )
 
@@ -284,12 +229,14 @@ def run(args: argparse.Namespace) -> int:
     )
     sweep_config(cfg)  # a bad sweep section fails here, before any pool is built
     keep_freed_memory()
-    small = cfg.family in ("tiny-vit", "hf-text")
-    workers = args.workers or ((os.cpu_count() or 1) if small else 1)
+    workers = args.workers or ((os.cpu_count() or 1) if cfg.entry.parallel else 1)
     in_flight = 0 if (args.address and not args.workers) else workers  # 0: the cluster's size
     scale = Scale(args.executor, in_flight, args.address, args.cpus_per_run, args.gpus_per_run)
     cache = args.cache or default_cache()
-    _announce(cfg, args, cache, workers, shard)
+    for line in study_notices(
+        cfg, args.out, cache, workers, shard=shard, reset=args.reset, max_runs=args.max_runs
+    ):
+        notice(line)
     set_threads(args.threads)
 
     if shard[1] > 1:

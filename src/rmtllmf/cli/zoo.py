@@ -8,24 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from rich.table import Table
 
-from rmtllmf._malloc import keep_freed_memory
-from rmtllmf.cli.common import (
-    announce_zoo,
-    check_embedded_tasks,
-    check_output_dir,
-    default_cache,
-    examples,
-    rich_console,
-    set_threads,
-)
-from rmtllmf.errors import InputError
+from rmtllmf._io import default_cache
+from rmtllmf.cli.common import check_output_dir, examples, rich_console, set_threads
 
 if TYPE_CHECKING:
-    from rmtllmf.pools.tiny_vit_pool import TinyVitPool, ZooConfig
-    from rmtllmf.study.clean_merge import MergeReport
+    from rmtllmf.pools.tiny_vit_pool import ZooConfig
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -118,24 +107,14 @@ FLAGS = {
 def run(args: argparse.Namespace) -> int:
     """Build or reuse the zoo, merge its experts cleanly, and print a table or JSON."""
     set_threads(args.threads)
-    from rmtllmf.pools.tiny_vit_pool import build_zoo
-    from rmtllmf.pools.zoo_config import load_base
-    from rmtllmf.study.clean_merge import evaluate_clean_merge
+    from rmtllmf.app.tiny_vit_family import check_embedded_tasks
+    from rmtllmf.app.zoo import build_zoo_summary
 
     check_embedded_tasks(args.tasks)
     cfg = _zoo_config(args)
-    if args.workers < 1:
-        raise InputError(f"--workers {args.workers} is below 1; give 1 or more")
-    if args.base is not None and not Path(args.base).is_file():
-        raise InputError(f"--base {args.base} does not exist; give a tiny-vit .safetensors base")
-    if args.base is not None:
-        load_base(args.base)  # a checkpoint of another architecture fails here, before any work
     root = args.root or default_cache() / "zoo"
     check_output_dir(root, "--root")
-    keep_freed_memory()
-    announce_zoo(root, cfg, args.workers)
-    zoo = build_zoo(root, cfg, progress=not args.json, workers=args.workers)
-    summary = _summary(zoo, cfg, evaluate_clean_merge(zoo, cfg.tasks))
+    summary = build_zoo_summary(cfg, root, workers=args.workers, progress=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -151,29 +130,6 @@ def _zoo_config(args: argparse.Namespace) -> ZooConfig:
     given: dict[str, Any] = {"tasks": tuple(args.tasks) if args.tasks else None}
     given.update((name, getattr(args, name)) for name in names)
     return ZooConfig(**{k: v for k, v in given.items() if v is not None})
-
-
-def _summary(zoo: TinyVitPool, cfg: ZooConfig, report: MergeReport) -> dict[str, Any]:
-    """The JSON record: the config, accuracies per task and their means, the merge and cosines."""
-    base = {t: zoo.base_accuracy(t) for t in cfg.tasks}
-    ft = {t: zoo.finetuned_accuracy(t) for t in cfg.tasks}
-    off = report.cosine[~np.eye(len(cfg.tasks), dtype=bool)]
-    return {
-        "root": str(zoo.root),
-        "config": cfg.model_dump(),
-        "base_test": base,
-        "finetuned_test": ft,
-        "merged_test": report.test_accuracy,
-        "mean_base": float(np.mean(list(base.values()))),
-        "mean_finetuned": float(np.mean(list(ft.values()))),
-        "mean_merged": float(np.mean(list(report.test_accuracy.values()))),
-        "lambda": report.scaling,
-        "normalized_accuracy": report.normalized,
-        "gap_recovery": report.gap_recovery,
-        "cosine_offdiag_mean": float(off.mean()) if off.size else float("nan"),
-        "cosine_offdiag_max": float(off.max()) if off.size else float("nan"),
-        "cosine": report.cosine.tolist(),
-    }
 
 
 def _print_summary(tasks: Sequence[str], s: dict[str, Any]) -> None:

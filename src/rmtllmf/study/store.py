@@ -123,6 +123,10 @@ class ResultsDB:
         """Keys of the finished runs."""
         return {r[0] for r in self.conn.execute("SELECT key FROM runs")}
 
+    def run_seconds(self) -> list[float]:
+        """The wall seconds of each finished run."""
+        return [float(r[0]) for r in self.conn.execute("SELECT seconds FROM runs")]
+
     def commit(self, run: FinishedRun) -> bool:
         """Commit a run a worker returned; ``False`` (and nothing written) when a run of that
         key is stored already, so a result that arrives twice is kept once."""

@@ -1,16 +1,16 @@
-"""``rmtllmf reproduce``: the whole study in one command.
+"""What ``rmtllmf reproduce`` does: the whole study in one command.
 
-Builds (or reuses) the model pool — the embedded ``tiny-vit`` zoo by default, ``hf-clip``
-from a YAML config such as ``configs/paper-clip-vit-b16.yaml``, or the ``hf-text`` language
-pool (MiniLM on the embedded text suite, ``configs/minilm-text.yaml``) — runs the sweep into
-``OUT/results.db`` (resumable) and writes the report, figures, ``summary.json`` and
+Builds (or reuses) the model pool of the study's family (:mod:`rmtllmf.app.family_registry`: the
+embedded ``tiny-vit`` zoo by default, ``hf-clip`` from a config such as
+``configs/paper-clip-vit-b16.yaml``, the ``hf-text`` and ``hf-causal`` language pools), runs the
+sweep into ``OUT/results.db`` (resumable) and writes the report, figures, ``summary.json`` and
 ``runs.csv`` under ``OUT``, with the fully resolved config in ``OUT/config.json``.
 
 ``--quick`` is the embedded default on a sample: task counts 2, 4 and 8 with one subset each,
-one seed, every scenario, link and paper defense (realignment as the library's default), the
-receiver defenses ``shrink`` and ``svd`` on the headline ``snr`` link, ``k`` up to 10, a
-smaller interference analysis (48 images per task) and ``λ`` on an 11-point grid. The full grid
-is the default.
+seed 0 plus four headline seeds, every scenario, link and paper defense (realignment as the
+library's default), the receiver defenses ``shrink`` and ``svd`` on the headline ``snr`` link,
+``k`` up to 10, a smaller interference analysis (48 images per task) and ``λ`` on an 11-point
+grid. The full grid is the default.
 """
 
 from __future__ import annotations
@@ -24,12 +24,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rmtllmf._io import check_output_dir_owner, mark_output_dir, write_text_atomic
+from rmtllmf._progress import minutes
+from rmtllmf.app.family_registry import (
+    Family,
+    ensure_module,
+    family_names,
+    family_of_section,
+    get_family,
+)
 from rmtllmf.errors import InputError, validation_message
 from rmtllmf.pools.base import ModelPool
-from rmtllmf.pools.causal_pool import CausalPoolConfig, build_causal_pool
-from rmtllmf.pools.clip_pool import ClipPool, ClipPoolConfig
-from rmtllmf.pools.text_pool import TextPoolConfig, build_text_pool
-from rmtllmf.pools.tiny_vit_pool import ZooConfig, build_zoo
 from rmtllmf.report import write_report
 from rmtllmf.study.analysis import AnalysisConfig
 from rmtllmf.study.executors import (
@@ -39,38 +43,81 @@ from rmtllmf.study.executors import (
     ProcessExecutor,
     RayExecutor,
 )
-from rmtllmf.study.plan import SweepConfig
+from rmtllmf.study.plan import SweepConfig, subsets
 from rmtllmf.study.spectra import SpectraConfig
 from rmtllmf.study.store import MergedShards, ResultsDB, merge_databases
-from rmtllmf.study.sweep import check_shard, run_sweep
+from rmtllmf.study.sweep import check_shard, run_sweep, shard_groups
+
+TOP_KEYS = ("family", "sweep")
+"""The study config's own keys; every other key is a family's pool section."""
 
 
 class ReproduceConfig(BaseModel):
-    """The study: a model pool and the sweep run on it (frozen)."""
+    """The study: a model family, its pool's section and the sweep run on it (frozen).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    ``family`` names a registered :class:`~rmtllmf.app.family_registry.Family`; each family's
+    pool settings sit under its section (``zoo:``, ``clip:``, ``text:``, ``causal:``, ...),
+    validated by the family's config model. A section of another registered family is
+    validated too and ignored; a section no family owns is an error.
+    """
 
-    family: Literal["tiny-vit", "hf-clip", "hf-text", "hf-causal"] = "tiny-vit"
-    zoo: ZooConfig = ZooConfig()
-    clip: ClipPoolConfig | None = None
-    text: TextPoolConfig = TextPoolConfig()
-    causal: CausalPoolConfig | None = Field(
-        None, description="the hf-causal pool; its base (a causal LM) is required"
-    )
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    family: str = "tiny-vit"
     sweep: dict[str, Any] = Field(
         default_factory=dict, description="SweepConfig fields; tasks default to the pool's"
     )
 
-    @model_validator(mode="after")
-    def _family_has_its_section(self) -> ReproduceConfig:
-        if self.family == "hf-clip" and self.clip is None:
-            raise ValueError("family hf-clip needs a 'clip:' section (see configs/)")
-        if self.family == "hf-causal" and self.causal is None:
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        """The family is registered, every other key is a family's section, valid for it, and
+        the family's own section is there where it has no defaults."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        name = data.get("family", "tiny-vit")
+        if not isinstance(name, str) or name not in family_names():
             raise ValueError(
-                "family hf-causal needs a 'causal:' section with base: (a causal LM directory "
-                "or hub id; see docs/causal-lm.md)"
+                f"family {name!r} is not registered; choose one of {', '.join(family_names())}"
             )
-        return self
+        for key in [k for k in data if k not in TOP_KEYS]:
+            owner = family_of_section(key)
+            if owner is None:
+                sections = ", ".join(f"{get_family(n).section} ({n})" for n in family_names())
+                raise ValueError(
+                    f"{key}: is not a known setting (a study config holds family:, sweep: and a "
+                    f"family's pool section: {sections})"
+                )
+            try:
+                data[key] = owner.section_config(data[key])
+            except ValidationError as exc:
+                raise ValueError(validation_message(exc, prefix=key)) from None
+        own = get_family(name)
+        if own.required is not None and data.get(own.section) is None:
+            raise ValueError(own.required)
+        return data
+
+    @property
+    def entry(self) -> Family[Any]:
+        """The study's family."""
+        return get_family(self.family)
+
+    def pool_config(self) -> BaseModel:
+        """The family's pool settings: its section, or the family's defaults."""
+        config: BaseModel = self.entry.section_config(
+            (self.model_extra or {}).get(self.entry.section)
+        )
+        return config
+
+    def resolved(self) -> dict[str, Any]:
+        """The study as ``config.json`` records it: the family, its pool's resolved settings
+        and the sweep section as given."""
+        return {
+            "family": self.family,
+            self.entry.section: self.pool_config().model_dump(mode="json"),
+            "sweep": self.sweep,
+        }
 
 
 def quick_config() -> ReproduceConfig:
@@ -131,32 +178,15 @@ def load_config(path: str | Path) -> ReproduceConfig:
 
 
 def build_pool(cfg: ReproduceConfig, cache: Path, *, progress: bool, workers: int = 1) -> ModelPool:
-    """The model pool of ``cfg`` (built with ``workers`` processes where the family trains)."""
-    if cfg.family == "hf-clip":
-        if cfg.clip is None:
-            raise InputError("family hf-clip needs a 'clip:' section (see configs/)")
-        return ClipPool(cfg.clip, cache_dir=cache / "clip")
-    if cfg.family == "hf-text":
-        return build_text_pool(cache / "text", cfg.text, progress=progress, workers=workers)
-    if cfg.family == "hf-causal":
-        if cfg.causal is None:
-            raise InputError(
-                "family hf-causal needs a 'causal:' section with base: (a causal LM directory "
-                "or hub id; see docs/causal-lm.md)"
-            )
-        return build_causal_pool(cache / "causal", cfg.causal, progress=progress, workers=workers)
-    return build_zoo(cache / "zoo", cfg.zoo, progress=progress, workers=workers)
+    """The model pool of ``cfg`` under ``cache/<section>`` (built with ``workers`` processes
+    where the family trains)."""
+    family = cfg.entry
+    return family.build(cfg.pool_config(), cache / family.section, progress, workers)
 
 
 def pool_tasks(cfg: ReproduceConfig) -> list[str]:
     """The task suite of ``cfg``'s pool."""
-    if cfg.family == "hf-clip" and cfg.clip is not None:
-        return list(cfg.clip.tasks)
-    if cfg.family == "hf-text":
-        return list(cfg.text.tasks)
-    if cfg.family == "hf-causal" and cfg.causal is not None:
-        return list(cfg.causal.tasks)
-    return list(cfg.zoo.tasks)
+    return list(cfg.entry.tasks(cfg.pool_config()))
 
 
 def sweep_config(cfg: ReproduceConfig) -> SweepConfig:
@@ -184,16 +214,65 @@ def sweep_config(cfg: ReproduceConfig) -> SweepConfig:
     return scfg
 
 
+def study_notices(
+    cfg: ReproduceConfig,
+    out: Path,
+    cache: Path,
+    workers: int,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    reset: bool = False,
+    max_runs: int | None = None,
+) -> list[str]:
+    """What to say before any work: the family's pool build where it announces one, and the
+    sweep's expected time when that is over a minute (per run: the mean of the runs already in
+    ``out/results.db``, else the family's ``seconds_per_run``)."""
+    family = cfg.entry
+    lines = []
+    if family.announce is not None:
+        line = family.announce(cfg.pool_config(), cache / family.section, workers)
+        if line:
+            lines.append(line)
+    scfg = sweep_config(cfg)
+    owned = shard_groups(scfg, dict.fromkeys(subsets(scfg), 0.0), shard)
+    planned = sum(len(group) for group in owned)
+    per_run, done = family.seconds_per_run, 0
+    db_file = out / "results.db"
+    if db_file.is_file() and not reset:
+        db = ResultsDB(db_file, read_only=True)
+        try:
+            seconds = db.run_seconds()
+        finally:
+            db.close()
+        done = len(seconds)
+        per_run = sum(seconds) / done if done else per_run
+    todo = max(0, planned - done)
+    if max_runs is not None:
+        todo = min(todo, max_runs)
+    total = todo * per_run / max(1, workers)
+    if total > 60:
+        part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+        lines.append(
+            f"the sweep{part}: {todo} run(s) to go, about {minutes(total)} at ~{per_run:.0f} s "
+            f"per run on {workers} process(es); finished runs are kept in {db_file}, so Ctrl-C "
+            "and the same command resume"
+        )
+    return lines
+
+
 @dataclass(frozen=True)
 class StudyPool:
     """The study's pool as a worker loads it (:data:`~rmtllmf.study.executors.PoolFactory`):
     from the cache the driver built it in, never rebuilt."""
 
     config: str
-    """The :class:`ReproduceConfig` as JSON."""
+    """The :class:`ReproduceConfig` as JSON (:meth:`ReproduceConfig.resolved`)."""
     cache: str
+    module: str = ""
+    """The module that registers the study's family, imported first in a fresh worker."""
 
     def __call__(self) -> ModelPool:
+        ensure_module(self.module)
         cfg = ReproduceConfig.model_validate_json(self.config)
         return build_pool(cfg, Path(self.cache), progress=False)
 
@@ -260,7 +339,7 @@ def _run_study(
     mark_output_dir(out, COMMAND)  # nothing is written under out before the pool stands
     db = ResultsDB(db_file, reset=reset)
     try:
-        resolved = {"reproduce": cfg.model_dump(mode="json"), "sweep": scfg.model_dump(mode="json")}
+        resolved = {"reproduce": cfg.resolved(), "sweep": scfg.model_dump(mode="json")}
         write_text_atomic(out / "config.json", json.dumps(resolved, indent=2))
         run_sweep(
             pool,
@@ -271,7 +350,7 @@ def _run_study(
             max_runs=max_runs,
             shard=shard,
             executor=(scale or Scale(workers=workers)).build(
-                pool, StudyPool(cfg.model_dump_json(), str(cache))
+                pool, StudyPool(json.dumps(cfg.resolved()), str(cache), cfg.entry.module)
             ),
         )
     except BaseException:

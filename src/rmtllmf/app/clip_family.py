@@ -1,55 +1,93 @@
-"""``rmtllmf finetune``, one function per model family (tiny-vit, hf-clip).
+"""The ``hf-clip`` family: a Hugging Face CLIP's vision tower on image datasets, the paper's
+setting (CLIP ViT-B/16 on eight tasks).
 
-Imported only when the command runs: it loads torch and the training code.
+Registers :data:`FAMILY` (study section ``clip:``,
+:class:`~rmtllmf.pools.clip_pool.ClipPoolConfig`, required: it names the checkpoints) and holds
+what its commands do: ``rmtllmf evaluate`` (zero-shot heads on image folders or datasets) and
+``rmtllmf finetune`` (one task's vision tower, fully or with LoRA).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from rmtllmf._io import mark_output_dir
-from rmtllmf.cli.common import announce_zoo, check_embedded_tasks, default_cache
+from rmtllmf.app.evaluate import named_checkpoint_error, pairs
+from rmtllmf.app.family_registry import Family, Scores, register_family
 from rmtllmf.data.real import LabelledImages, hold_out, load_hf_dataset, load_image_folder
-from rmtllmf.errors import InputError
-from rmtllmf.models.hf_clip import BASE_IDS, DEFAULT_TEMPLATES, HfClip
+from rmtllmf.errors import CheckpointError, InputError
+from rmtllmf.models.hf_clip import BASE_IDS, DEFAULT_TEMPLATES, HfClip, vision_state
+from rmtllmf.pools.base import ModelPool
+from rmtllmf.pools.clip_pool import ClipPool, ClipPoolConfig
 from rmtllmf.training.clip import FinetuneConfig, clip_accuracy, finetune_clip, write_result
 
 
-def finetune_tiny_vit(args: argparse.Namespace) -> int:
-    """Fine-tune the tiny base on one embedded task (through the zoo) and write the result."""
-    from rmtllmf.pools.tiny_vit_pool import ZooConfig, build_zoo
+def build_pool(cfg: ClipPoolConfig, cache: Path, progress: bool, workers: int) -> ModelPool:
+    """The CLIP pool of ``cfg``, its accuracies cached under ``cache`` (no training: the
+    checkpoints are given)."""
+    return ClipPool(cfg, cache_dir=cache)
 
-    if not args.task:
-        raise InputError("--family tiny-vit needs --task (one of the embedded tasks)")
-    check_embedded_tasks([args.task], "--task")
-    cfg = ZooConfig(
-        tasks=(args.task,),
-        steps=args.steps,
-        seed=args.seed,
-        base=args.base,
-        **({"lr": args.lr} if args.lr is not None else {}),
-        **({"anchor_weight": args.anchor_weight} if args.anchor_weight is not None else {}),
-    )
-    announce_zoo(default_cache() / "zoo", cfg)
-    zoo = build_zoo(default_cache() / "zoo", cfg, progress=True)
-    record = {
-        "family": "tiny-vit",
-        "task": args.task,
-        "zoo": cfg.model_dump(),
-        "base_accuracy": zoo.record.base[args.task],
-        "finetuned_accuracy": zoo.record.finetuned[args.task],
-    }
-    mark_output_dir(args.out, "finetune")
-    out = write_result(args.out, zoo.base_state, zoo.finetuned[args.task], record)
-    print(
-        f"fine-tuned {args.task}: test accuracy {record['base_accuracy']['test']:.3f} -> "
-        f"{record['finetuned_accuracy']['test']:.3f}; wrote {out}"
-    )
-    return 0
+
+def _is_folder(path: str) -> bool:
+    """An image folder (``root/<class>/<images>``), not a ``save_to_disk`` dataset."""
+    return Path(path).is_dir() and not (Path(path) / "dataset_dict.json").exists()
+
+
+def _load_suites(
+    args: argparse.Namespace, clip: HfClip, data_paths: Mapping[str, str]
+) -> dict[str, LabelledImages]:
+    """Each task's data: an image folder, or a dataset (hub id or ``save_to_disk`` directory)."""
+    suites = {}
+    for task, path in data_paths.items():
+        suites[task] = (
+            load_image_folder(path, clip.image_size)
+            if _is_folder(path)
+            else load_hf_dataset(path, args.split, clip.image_size, offline=not args.online)
+        )
+    return suites
+
+
+def hf_clip_scores(args: argparse.Namespace) -> Scores:
+    """Score ``--model`` and the ``--finetuned`` checkpoints with zero-shot heads on ``--data``."""
+    from rmtllmf.fusion import LazyCheckpoint
+
+    if args.tasks:
+        raise InputError(
+            "--tasks picks embedded tasks (--family tiny-vit); with hf-clip the tasks are the "
+            "names in --data TASK=PATH: drop --tasks"
+        )
+    data_paths = pairs(args.data, "--data")
+    if not data_paths:
+        raise InputError("--family hf-clip needs --data TASK=PATH for at least one task")
+    finetuned_paths = pairs(args.finetuned, "--finetuned")
+    for flag, path in [
+        ("--model", args.model),
+        *(("--finetuned", p) for p in finetuned_paths.values()),
+    ]:
+        try:
+            with LazyCheckpoint(path):  # readable, not pickled: checked before any model loads
+                pass
+        except CheckpointError as exc:
+            raise named_checkpoint_error(exc, flag, path) from exc
+    clip = HfClip.from_pretrained(args.base or BASE_IDS["vit-b-16"], offline=not args.online)
+    suites = _load_suites(args, clip, data_paths)
+    heads = {t: clip.zero_shot_head(d.classnames) for t, d in suites.items()}
+
+    def score(checkpoint: str) -> dict[str, float]:
+        """Accuracy per task with ``checkpoint``'s vision tower loaded."""
+        clip.load_vision_state(vision_state(checkpoint))
+        return {t: clip_accuracy(clip, heads[t], d) for t, d in suites.items()}
+
+    finetuned = {}
+    for task, ckpt in finetuned_paths.items():
+        finetuned[task] = score(ckpt)[task]
+    scored = {t: "all images" if _is_folder(p) else args.split for t, p in data_paths.items()}
+    return score(args.model), finetuned, scored
 
 
 def _train_and_val(
@@ -106,6 +144,8 @@ def _anchor_images(args: argparse.Namespace, clip: HfClip) -> NDArray[np.uint8] 
 
 def finetune_hf_clip(args: argparse.Namespace) -> int:
     """Fine-tune a Hugging Face CLIP's vision tower on one task and write the result."""
+    if args.lora_rank is not None and not args.lora:
+        raise InputError("--lora-rank sets the rank of --lora; add --lora, or drop --lora-rank")
     if bool(args.train_folder) == bool(args.dataset):
         raise InputError("--family hf-clip needs exactly one of --train-folder or --dataset")
     if args.val_folder and not args.train_folder:
@@ -146,3 +186,18 @@ def finetune_hf_clip(args: argparse.Namespace) -> int:
         f"images ({val_source}); wrote {out}"
     )
     return 0
+
+
+FAMILY = register_family(
+    Family(
+        name="hf-clip",
+        section="clip",
+        config=ClipPoolConfig,
+        build=build_pool,
+        tasks=lambda cfg: cfg.tasks,
+        seconds_per_run=60.0,
+        required="family hf-clip needs a 'clip:' section (see configs/)",
+        evaluate=hf_clip_scores,
+        finetune=finetune_hf_clip,
+    )
+)

@@ -1,0 +1,47 @@
+"""The ``hf-text`` family: a Hugging Face encoder LM (all-MiniLM-L6-v2 by default, installed as a
+package) on the embedded text suite, with fixed heads and one fine-tune per task.
+
+Registers :data:`FAMILY` (study section ``text:``,
+:class:`~rmtllmf.pools.text_pool.TextPoolConfig`; ``configs/minilm-text.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rmtllmf._progress import minutes
+from rmtllmf.app.family_registry import Family, register_family
+from rmtllmf.pools.base import ModelPool
+from rmtllmf.pools.text_pool import TextPoolConfig, build_text_pool
+
+BUILD_SECONDS_PER_TASK = 105.0
+"""Single-process seconds per task of the default text pool's build, 150 steps (docs/text.md)."""
+
+
+def build_pool(cfg: TextPoolConfig, cache: Path, progress: bool, workers: int) -> ModelPool:
+    """The text pool of ``cfg`` under ``cache`` (:func:`build_text_pool`)."""
+    return build_text_pool(cache, cfg, progress=progress, workers=workers)
+
+
+def build_notice(cfg: TextPoolConfig, cache: Path, workers: int) -> str:
+    """A line saying the pool is built first where it is not cached, and about how long."""
+    seconds = BUILD_SECONDS_PER_TASK * len(cfg.tasks) * cfg.steps / 150 / max(1, workers)
+    return (
+        f"the hf-text pool is built first where it is not cached: {len(cfg.tasks)} fine-tunes "
+        f"of {cfg.steps} steps, about {minutes(seconds)} on {workers} process(es), cached under "
+        f"{cache}"
+    )
+
+
+FAMILY = register_family(
+    Family(
+        name="hf-text",
+        section="text",
+        config=TextPoolConfig,
+        build=build_pool,
+        tasks=lambda cfg: cfg.tasks,
+        seconds_per_run=25.0,
+        parallel=True,
+        announce=build_notice,
+    )
+)
