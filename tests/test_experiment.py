@@ -257,3 +257,13 @@ def test_defenses_sharing_one_reception_equal_runs_on_their_own(zoo):
         assert together.accuracy == alone.accuracy
         np.testing.assert_array_equal(together.received_cosine, alone.received_cosine)
         assert together.realign_curve == alone.realign_curve
+
+
+def test_every_link_mode_has_one_entry_in_the_link_table():
+    from typing import get_args
+
+    from rmtllmf.study.experiment import AWGN_LINKS, LINKS, LinkMode
+
+    assert tuple(LINKS) == get_args(LinkMode)
+    assert AWGN_LINKS == ("snr", "snr-tensor", "relative", "weights")
+    assert [n for n, link in LINKS.items() if link.scale is None] == ["noiseless", "symbol"]

@@ -16,6 +16,7 @@ from rmtllmf.defense.defense_registry import (
     PAPER,
     REALIGNING,
     Defense,
+    get_defense,
 )
 from rmtllmf.defense.freeze import reload_embeddings
 from rmtllmf.defense.realign import (
@@ -40,6 +41,7 @@ __all__ = [
     "apply_defense",
     "blind_defense",
     "few_shot_set",
+    "get_defense",
     "realign",
     "reload_embeddings",
 ]

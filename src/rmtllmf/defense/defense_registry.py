@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from rmtllmf.errors import InputError
+
 Denoise = Literal["none", "shrink", "svd", "gate"]
 Aggregate = Literal["sum", "median", "trimmed-mean"]
 
@@ -85,3 +87,10 @@ CHANNEL_FREE = tuple(name for name, d in DEFENSES.items() if d.discard)
 """The defenses whose outcome does not depend on what was received."""
 BLIND = tuple(name for name, d in DEFENSES.items() if d.blind)
 """The defenses that act on the received vectors; they need an analog link (a known noise law)."""
+
+
+def get_defense(name: str) -> Defense:
+    """The defense called ``name``; an error lists the registered ones."""
+    if name not in DEFENSES:
+        raise InputError(f"unknown defense {name!r}; choose one of {', '.join(DEFENSES)}")
+    return DEFENSES[name]

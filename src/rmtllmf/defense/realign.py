@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from rmtllmf.defense.defense_registry import DEFENSES
+from rmtllmf.defense.defense_registry import get_defense
 from rmtllmf.defense.freeze import reload_embeddings
 from rmtllmf.errors import InputError
 from rmtllmf.training.loops import Preprocess, cosine_lr
@@ -222,9 +222,7 @@ def apply_defense(
 ) -> RealignLog:
     """Apply a named defense's model stages to ``model`` (its state is the merged model) in
     place: discard what was received, freeze, realign (:mod:`rmtllmf.defense.defense_registry`)."""
-    if defense not in DEFENSES:
-        raise InputError(f"unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}")
-    spec = DEFENSES[defense]
+    spec = get_defense(defense)
     if spec.discard:
         model.load_state_dict(dict(base_state))
     if spec.freeze:

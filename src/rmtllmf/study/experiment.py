@@ -24,6 +24,7 @@ defense and a seed:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,17 +46,18 @@ from rmtllmf.channel import (
     transmit_symbols,
     user_mse,
 )
+from rmtllmf.channel.link import NoiseScale
 from rmtllmf.defense import (
-    DEFENSES,
     REALIGNING,
     FewShotSet,
     RealignConfig,
     apply_defense,
     blind_defense,
     few_shot_set,
+    get_defense,
 )
 from rmtllmf.errors import InputError
-from rmtllmf.fusion import MergeConfig, TaskVector, cosine_matrix, merge_task_vectors
+from rmtllmf.fusion import MergeConfig, TaskVector, VectorLayout, cosine_matrix, merge_task_vectors
 from rmtllmf.metrics import normalized_accuracy
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.study.analysis import Analysis, AnalysisConfig, interference_analysis, state_digest
@@ -77,16 +79,53 @@ Scenario = Literal[
 ]
 LinkMode = Literal["noiseless", "absolute", "snr", "snr-tensor", "relative", "weights", "symbol"]
 PAPER_MSE = {"paper-ideal": 0.013, "paper-sum-rate": 0.21, "paper-strongest-user": 0.16}
-AWGN_LINKS = ("snr", "snr-tensor", "relative", "weights")
+
+
+@dataclass(frozen=True)
+class Link:
+    """How a link carries a user's flat task vector to the BS.
+
+    An *analog* link (``scale`` set) is eq. 9's ``tau_hat_q = tau_q + eps_q`` with
+    ``eps_q ~ N(0, mu_q s_q)`` (:func:`rmtllmf.channel.transmit_statistical`), ``s_q`` by
+    ``scale`` (``absolute``: 1; ``snr``: ``E[tau_q^2] / S_ref``; ``relative``: the power of what
+    is sent), measured per tensor where ``per_segment``; ``on_weights`` sends the fine-tuned
+    weights ``theta_0 + tau_q`` and subtracts ``theta_0`` after. The BS knows that noise law
+    (:func:`rmtllmf.channel.noise_variance`), which the receiver defenses need. ``noiseless``
+    passes the vector as sent; ``symbol`` quantises it and sends QAM symbols through the drawn
+    MIMO channel to the MMSE-SIC detector (:func:`rmtllmf.channel.transmit_symbols`).
+    """
+
+    kind: Literal["noiseless", "analog", "symbol"]
+    scale: NoiseScale | None = None
+    per_segment: bool = False
+    on_weights: bool = False
+
+
+LINKS: dict[str, Link] = {
+    "noiseless": Link("noiseless"),
+    "absolute": Link("analog", "absolute"),
+    "snr": Link("analog", "snr"),
+    "snr-tensor": Link("analog", "snr", per_segment=True),
+    "relative": Link("analog", "relative"),
+    "weights": Link("analog", "relative", on_weights=True),
+    "symbol": Link("symbol"),
+}
+"""Every link mode (:data:`LinkMode`), one entry each: the only place a link is told apart."""
+AWGN_LINKS = tuple(name for name, link in LINKS.items() if link.scale in ("snr", "relative"))
 """The links whose noise scales with what is sent: the ``awgn`` scenario sets their SNR."""
 
 
 def awgn_mse(link: str, snr_db: float) -> float:
     """The MSE ``mu`` that gives every entry the per-entry SNR ``snr_db`` on ``link``: the
-    ``snr`` link's noise is ``mu E[tau^2] / S_ref``, so ``mu = S_ref 10^(-snr_db/10)``; the
-    ``relative`` and ``weights`` links' is ``mu E[x^2]``, so ``mu = 10^(-snr_db/10)``."""
+    ``snr`` links' noise is ``mu E[tau^2] / S_ref``, so ``mu = S_ref 10^(-snr_db/10)``; the
+    ``relative`` links' is ``mu E[x^2]``, so ``mu = 10^(-snr_db/10)``."""
     ratio = float(10.0 ** (-snr_db / 10.0))
-    return PAPER_SIGNAL_POWER * ratio if link in ("snr", "snr-tensor") else ratio
+    return PAPER_SIGNAL_POWER * ratio if LINKS[link].scale == "snr" else ratio
+
+
+def _weights_offset(base: Mapping[str, torch.Tensor], layout: VectorLayout) -> NDArray[np.float32]:
+    """``theta_0`` flattened in the task vectors' layout (what an ``on_weights`` link adds)."""
+    return TaskVector({k: base[k] for k in layout.names}).flatten()
 
 
 class ExperimentConfig(BaseModel):
@@ -192,17 +231,16 @@ def transmit(
     layout = clean[0].layout
     seg = [layout.segments] * len(clean)
     flats = [tv.flatten() for tv in clean]
-    if cfg.link == "noiseless":
+    link = LINKS[cfg.link]
+    if link.kind == "noiseless":
         return flats
-    if cfg.link in ("absolute", "relative", "snr"):
-        return transmit_statistical(flats, mu, rng, scale=cfg.link, segments=seg)
-    if cfg.link == "snr-tensor":
-        return transmit_statistical(flats, mu, rng, scale="snr", segments=seg, per_segment=True)
-    if cfg.link == "weights":
-        theta_base = TaskVector({k: base[k] for k in layout.names}).flatten()
-        sent = [f + theta_base for f in flats]
-        received = transmit_statistical(sent, mu, rng, scale="relative", segments=seg)
-        return [r - theta_base for r in received]
+    if link.scale is not None:
+        offset = _weights_offset(base, layout) if link.on_weights else None
+        sent = flats if offset is None else [f + offset for f in flats]
+        received = transmit_statistical(
+            sent, mu, rng, scale=link.scale, segments=seg, per_segment=link.per_segment
+        )
+        return received if offset is None else [r - offset for r in received]
     if channel is None:
         raise InputError(
             "the symbol link needs a physical scenario (ideal, sum-rate, strongest-user), "
@@ -246,9 +284,7 @@ def _validate(pool: ModelPool, cfg: ExperimentConfig) -> None:
         raise InputError(f"tasks {unknown} are not in this model pool ({sorted(pool.finetuned)})")
     if len(set(cfg.tasks)) != len(cfg.tasks) or not cfg.tasks:
         raise InputError("give each task once, at least one task")
-    if cfg.defense not in DEFENSES:
-        raise InputError(f"unknown defense {cfg.defense!r}; choose one of {', '.join(DEFENSES)}")
-    if cfg.payload == "factors" and DEFENSES[cfg.defense].blind:
+    if cfg.payload == "factors" and get_defense(cfg.defense).blind:
         raise InputError(
             f"defense {cfg.defense} denoises with the noise law of a task vector; on a factor "
             "payload the noise reaches the rebuilt delta through the other factor. Use payload "
@@ -346,26 +382,24 @@ def noise_variances(
 ) -> list[NDArray[np.float64]]:
     """The BS's estimate of each merged user's per-tensor noise variance on ``cfg.link``
     (:func:`rmtllmf.channel.noise_variance`): what it knows of the channel, no labels."""
-    if cfg.link == "symbol":
+    link = LINKS[cfg.link]
+    if link.kind == "symbol":
         raise InputError(
-            "the receiver defenses need an analog link with a known noise law (noiseless, "
-            "absolute, snr, snr-tensor, relative, weights), not the symbol link"
+            "the receiver defenses need an analog link with a known noise law ("
+            + ", ".join(n for n, lk in LINKS.items() if lk.kind != "symbol")
+            + "), not the symbol link"
         )
-    layout = rx.clean[0].layout
-    seg = layout.segments
-    if cfg.link == "noiseless":
+    seg = rx.clean[0].layout.segments
+    if link.scale is None:
         return [np.zeros(seg.size - 1) for _ in rx.received]
-    scale = {"absolute": "absolute", "snr": "snr", "snr-tensor": "snr"}.get(cfg.link, "relative")
-    offset = None
-    if cfg.link == "weights":
-        offset = TaskVector({k: base[k] for k in layout.names}).flatten()
+    offset = _weights_offset(base, rx.clean[0].layout) if link.on_weights else None
     return [
         noise_variance(
             tv.flatten(),
             float(rx.mse[q]),
-            scale=scale,  # type: ignore[arg-type]
+            scale=link.scale,
             segments=seg,
-            per_segment=cfg.link == "snr-tensor",
+            per_segment=link.per_segment,
             offset=offset,
         )
         for q, tv in rx.received
@@ -379,7 +413,7 @@ def _blind_vectors(
     layout = rx.clean[0].layout
     flats = [tv.flatten() for tv in rx.vectors]
     noise = noise_variances(cfg, rx, base)
-    out = blind_defense(flats, noise, layout, DEFENSES[cfg.defense])
+    out = blind_defense(flats, noise, layout, get_defense(cfg.defense))
     return [TaskVector.from_flat(f, layout) for f in out]
 
 
@@ -416,7 +450,7 @@ def run_experiment(
     rx = reception if reception is not None else receive(pool, cfg)
     base = pool.base_state
     vectors = rx.vectors
-    if DEFENSES[cfg.defense].blind:
+    if get_defense(cfg.defense).blind:
         defended = _blind_vectors(cfg, rx, base)
         merged = merge_task_vectors(base, defended, cfg.merge) if defended else dict(base)
     else:
