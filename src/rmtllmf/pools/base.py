@@ -23,6 +23,8 @@ from rmtllmf.errors import InputError
 from rmtllmf.training.loops import Preprocess
 
 Split = tuple[NDArray[np.uint8], NDArray[np.int64]]
+MEASURED_SPLITS = ("val", "test")
+"""The splits a pool's record holds accuracies of."""
 
 
 class PoolRecord(BaseModel):
@@ -57,6 +59,34 @@ class PoolRecord(BaseModel):
     def save(self, path: Path) -> None:
         """Write the record as JSON (atomically)."""
         write_text_atomic(path, self.model_dump_json(indent=2))
+
+
+class MeasuredPool(Protocol):
+    """What :func:`measure_task` reads of a pool while it is built."""
+
+    record: PoolRecord
+
+    @property
+    def base(self) -> Any: ...
+
+    @property
+    def finetuned(self) -> Mapping[str, Mapping[str, torch.Tensor]]: ...
+
+    def model_from_state(self, state: Mapping[str, torch.Tensor]) -> Any: ...
+
+    def accuracy(self, model: Any, task: str, split: str) -> float: ...
+
+
+def measure_task(pool: MeasuredPool, task: str) -> None:
+    """Record the base model's and ``task``'s fine-tuned model's accuracy on ``task`` for each
+    of :data:`MEASURED_SPLITS`, where the pool's record lacks them (once: the record is cached
+    with the pool)."""
+    record = pool.record
+    if task not in record.base:
+        record.base[task] = {s: pool.accuracy(pool.base, task, s) for s in MEASURED_SPLITS}
+    if task not in record.finetuned:
+        model = pool.model_from_state(pool.finetuned[task])
+        record.finetuned[task] = {s: pool.accuracy(model, task, s) for s in MEASURED_SPLITS}
 
 
 class RecordedAccuracies:
@@ -122,4 +152,12 @@ MapCalls = Callable[[Callable[[ModelPool, Any], Any], Sequence[Any]], list[Any]]
 executor's ``map_calls``, :mod:`rmtllmf.study.executors`)."""
 
 
-__all__ = ["ModelPool", "PoolRecord", "Preprocess", "RecordedAccuracies", "Split"]
+__all__ = [
+    "MEASURED_SPLITS",
+    "ModelPool",
+    "PoolRecord",
+    "Preprocess",
+    "RecordedAccuracies",
+    "Split",
+    "measure_task",
+]

@@ -58,8 +58,8 @@ from rmtllmf.models.hf_causal import (
     verbalizer_ids,
 )
 from rmtllmf.models.hf_text import TOKENIZER_FILES, load_tokenizer, resolve_text_model
-from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
-from rmtllmf.pools.workers import in_workers
+from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split, measure_task
+from rmtllmf.pools.text_suite_pool import encoded_splits, pool_home, run_finetunes, stored_record
 from rmtllmf.training.loops import embed, finetune
 
 SPLITS = ("train", "val", "test")
@@ -302,48 +302,43 @@ def build_causal_pool(
     base_dir = resolve_text_model(cfg.base, offline=cfg.offline)
     tokenizer = load_tokenizer(base_dir)
     key_source = cfg.model_dump_json() + _model_digest(base_dir) + splits_digest(texts)
-    home = Path(root) / hashlib.sha256(key_source.encode()).hexdigest()[:12]
-    (home / "data").mkdir(parents=True, exist_ok=True)
-    (home / "finetuned").mkdir(exist_ok=True)
+    home = pool_home(root, key_source, "finetuned")
     labels = _write_verbalizers(cfg, home, tokenizer)
     base = load_scorer(base_dir, _read_verbalizers(home, cfg.tasks), cfg.normalize)
-    data = _write_data(cfg, home, tokenizer, texts)
-    record_file = home / "pool.json"
-    record = (
-        PoolRecord.load(record_file)
-        if record_file.exists()
-        else PoolRecord(
-            config={
-                **cfg.model_dump(),
-                "sources": source_versions(cfg.tasks),
-                "data": splits_digest(texts),
-                "verbalizers": labels,
-            },
-            base_file=str(base_dir),
-        )
+    data = encoded_splits(
+        cfg.tasks,
+        home,
+        texts,
+        SPLITS,
+        lambda task, index, words: encode_prompts(
+            tokenizer, words, cfg.template_of(task), cfg.max_length, index
+        ),
     )
+    config = {
+        **cfg.model_dump(),
+        "sources": source_versions(cfg.tasks),
+        "data": splits_digest(texts),
+        "verbalizers": labels,
+    }
+    record = stored_record(home, config, base_dir)
     heads = {t: ClassSelector(len(TEXT_TASKS[t].classes)) for t in cfg.tasks}
-    ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
-    jobs = [
-        (cfg.model_dump_json(), str(base_dir), str(home), t, i)
-        for i, (t, f) in enumerate(ft_files.items())
-        if not f.exists()
-    ]
-    if jobs and progress:
-        print(
-            f"fine-tuning {len(jobs)} causal-LM experts ({cfg.steps} steps each) into {home}",
-            flush=True,
-        )
-    done = in_workers(_finetune_task, jobs, workers, progress, "fine-tuning causal-LM experts")
-    for job, seconds in zip(jobs, done, strict=True):
-        record.seconds[job[3]] = seconds
-        record.finetuned.pop(job[3], None)
+    ft_files = run_finetunes(
+        _finetune_task,
+        cfg.model_dump_json(),
+        base_dir,
+        home,
+        cfg.tasks,
+        record,
+        workers=workers,
+        progress=progress,
+        what=f"causal-LM experts ({cfg.steps} steps each)",
+    )
     split_texts = {t: {s: texts[t][s][0] for s in SPLITS} for t in cfg.tasks}
     pool = CausalPool(home, cfg, base_dir, base, heads, data, split_texts, record=record)
     for task in cfg.tasks:
         pool.finetuned[task] = load_file(ft_files[task])
-        _measure(pool, task)
-        record.save(record_file)
+        measure_task(pool, task)
+        record.save(home / "pool.json")
     return pool
 
 
@@ -367,45 +362,6 @@ def _write_verbalizers(cfg: CausalPoolConfig, home: Path, tokenizer: Any) -> dic
         write_text_atomic(file, json.dumps(table, indent=1, ensure_ascii=False))
     stored: dict[str, Any] = json.loads(file.read_text())
     return stored
-
-
-def _write_data(
-    cfg: CausalPoolConfig,
-    home: Path,
-    tokenizer: Any,
-    texts: dict[str, dict[str, TextSplit]],
-) -> dict[str, dict[str, Split]]:
-    """Every task's encoded splits (written where missing, then loaded)."""
-    data: dict[str, dict[str, Split]] = {}
-    for index, task in enumerate(cfg.tasks):
-        file = home / "data" / f"{task}.npz"
-        if not file.exists():
-            arrays: dict[str, Any] = {}
-            for split in SPLITS:
-                words, labels = texts[task][split]
-                arrays[f"{split}_x"] = encode_prompts(
-                    tokenizer, words, cfg.template_of(task), cfg.max_length, index
-                )
-                arrays[f"{split}_y"] = labels
-            with atomic_output(file, suffix=".npz") as tmp:
-                np.savez(tmp, **arrays)
-            write_text_atomic(
-                home / "data" / f"{task}.json",
-                json.dumps({s: texts[task][s][0] for s in SPLITS}, ensure_ascii=False),
-            )
-        with np.load(file) as z:
-            data[task] = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in SPLITS}
-    return data
-
-
-def _measure(pool: CausalPool, task: str) -> None:
-    """Record the base's (zero-shot) and the fine-tuned model's validation and test accuracy."""
-    record = pool.record
-    if task not in record.base:
-        record.base[task] = {s: pool.accuracy(pool.base, task, s) for s in ("val", "test")}
-    if task not in record.finetuned:
-        model = pool.model_from_state(pool.finetuned[task])
-        record.finetuned[task] = {s: pool.accuracy(model, task, s) for s in ("val", "test")}
 
 
 __all__ = [

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +32,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
-from rmtllmf._io import atomic_output, write_text_atomic
+from rmtllmf._io import atomic_output
 from rmtllmf.data.text import (
     TEXT_TASK_NAMES,
     TEXT_TASKS,
-    TextSplit,
     source_versions,
     splits_digest,
     suite_splits,
@@ -61,8 +59,8 @@ from rmtllmf.models.lora import (
     save_factors,
 )
 from rmtllmf.models.tiny_vit import PrototypeHead
-from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
-from rmtllmf.pools.workers import in_workers
+from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split, measure_task
+from rmtllmf.pools.text_suite_pool import encoded_splits, pool_home, run_finetunes, stored_record
 from rmtllmf.training.loops import accuracy, finetune, probe_head
 
 SPLITS = ("train", "val", "test", "head")
@@ -265,78 +263,43 @@ def build_text_pool(
     )
     base_dir = resolve_text_model(cfg.base, offline=cfg.offline)
     key_source = _config_key(cfg) + _weights_digest(base_dir) + splits_digest(texts)
-    home = Path(root) / hashlib.sha256(key_source.encode()).hexdigest()[:12]
-    (home / "data").mkdir(parents=True, exist_ok=True)
-    (home / "finetuned").mkdir(exist_ok=True)
-    (home / "lora").mkdir(exist_ok=True)
+    home = pool_home(root, key_source, "finetuned", "lora")
     tokenizer = load_tokenizer(base_dir)
     base = TextEncoder(load_text_model(base_dir), int(tokenizer.pad_token_id)).eval()
-    data = _write_data(cfg, home, tokenizer, texts)
-    record_file = home / "pool.json"
-    record = (
-        PoolRecord.load(record_file)
-        if record_file.exists()
-        else PoolRecord(
-            config={
-                **cfg.model_dump(),
-                "sources": source_versions(cfg.tasks),
-                "data": splits_digest(texts),
-            },
-            base_file=str(base_dir),
-        )
+    data = encoded_splits(
+        cfg.tasks,
+        home,
+        texts,
+        SPLITS,
+        lambda task, index, words: tokenize(tokenizer, words, cfg.max_length),
     )
+    config = {
+        **cfg.model_dump(),
+        "sources": source_versions(cfg.tasks),
+        "data": splits_digest(texts),
+    }
+    record = stored_record(home, config, base_dir)
     heads = _build_heads(cfg, home, base, data)
-    ft_files = {t: home / "finetuned" / f"{t}.safetensors" for t in cfg.tasks}
-    jobs = [
-        (cfg.model_dump_json(), str(base_dir), str(home), t, i)
-        for i, (t, f) in enumerate(ft_files.items())
-        if not f.exists()
-    ]
-    if jobs and progress:
-        print(
-            f"fine-tuning {len(jobs)} text experts ({cfg.steps} steps each) into {home}",
-            flush=True,
-        )
-    done = in_workers(_finetune_task, jobs, workers, progress, "fine-tuning text experts")
-    for job, seconds in zip(jobs, done, strict=True):
-        record.seconds[job[3]] = seconds
-        record.finetuned.pop(job[3], None)
+    ft_files = run_finetunes(
+        _finetune_task,
+        cfg.model_dump_json(),
+        base_dir,
+        home,
+        cfg.tasks,
+        record,
+        workers=workers,
+        progress=progress,
+        what=f"text experts ({cfg.steps} steps each)",
+    )
     split_texts = {t: {s: texts[t][s][0] for s in SPLITS} for t in cfg.tasks}
     pool = TextPool(home, cfg, base_dir, base, heads, data, split_texts, record=record)
     for task in cfg.tasks:
         pool.finetuned[task] = load_file(ft_files[task])
         if cfg.lora_rank is not None:
             pool.lora[task] = load_factors(home / "lora" / f"{task}.safetensors")
-        _measure(pool, task)
-        record.save(record_file)
+        measure_task(pool, task)
+        record.save(home / "pool.json")
     return pool
-
-
-def _write_data(
-    cfg: TextPoolConfig,
-    home: Path,
-    tokenizer: object,
-    texts: dict[str, dict[str, TextSplit]],
-) -> dict[str, dict[str, Split]]:
-    """Every task's tokenized splits (written where missing, then loaded)."""
-    data: dict[str, dict[str, Split]] = {}
-    for task in cfg.tasks:
-        file = home / "data" / f"{task}.npz"
-        if not file.exists():
-            arrays: dict[str, Any] = {}
-            for split in SPLITS:
-                words, labels = texts[task][split]
-                arrays[f"{split}_x"] = tokenize(tokenizer, words, cfg.max_length)
-                arrays[f"{split}_y"] = labels
-            with atomic_output(file, suffix=".npz") as tmp:
-                np.savez(tmp, **arrays)
-            write_text_atomic(
-                home / "data" / f"{task}.json",
-                json.dumps({s: texts[task][s][0] for s in SPLITS}, ensure_ascii=False),
-            )
-        with np.load(file) as z:
-            data[task] = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in SPLITS}
-    return data
 
 
 def _build_heads(
@@ -360,16 +323,6 @@ def _build_heads(
         with atomic_output(heads_file) as tmp:
             save_file({k: v.contiguous() for k, v in stored.items()}, tmp)
     return {t: PrototypeHead(stored[t], cfg.head_scale) for t in cfg.tasks}
-
-
-def _measure(pool: TextPool, task: str) -> None:
-    """Record the base's and the fine-tuned model's validation and test accuracy on ``task``."""
-    record = pool.record
-    if task not in record.base:
-        record.base[task] = {s: pool.accuracy(pool.base, task, s) for s in ("val", "test")}
-    if task not in record.finetuned:
-        model = pool.model_from_state(pool.finetuned[task])
-        record.finetuned[task] = {s: pool.accuracy(model, task, s) for s in ("val", "test")}
 
 
 __all__ = ["TextPool", "TextPoolConfig", "build_text_pool", "ids_to_input", "load_encoder"]

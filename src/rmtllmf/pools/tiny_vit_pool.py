@@ -44,7 +44,7 @@ from rmtllmf.models.tiny_vit import (
     TinyVit,
     normalise_images,
 )
-from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split
+from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split, measure_task
 from rmtllmf.pools.workers import in_workers
 from rmtllmf.pools.zoo_config import (
     TRAINABLE,
@@ -95,7 +95,11 @@ class TinyVitPool(RecordedAccuracies):
     ) -> dict[str, float]:
         """Accuracy of the model ``state`` on each task's split, with that task's head."""
         model = self.model_from_state(state)
-        return {t: accuracy(model, self.heads[t], *self.data[t][split]) for t in tasks}
+        return {t: self.accuracy(model, t, split) for t in tasks}
+
+    def accuracy(self, model: TinyVit, task: str, split: str) -> float:
+        """Accuracy of ``model`` on a task's split, with that task's head."""
+        return accuracy(model, self.heads[task], *self.data[task][split])
 
     @property
     def pool_id(self) -> str:
@@ -255,7 +259,7 @@ def build_zoo(
     zoo = TinyVitPool(home, cfg, base, heads, data, record=record)
     for task in cfg.tasks:
         zoo.finetuned[task] = load_file(ft_files[task])
-        _measure(zoo, task)
+        measure_task(zoo, task)
         record.save(record_file)
     return zoo
 
@@ -321,17 +325,6 @@ def ensure_anchor(cfg: ZooConfig, home: Path, base: TinyVit) -> None:
             anchor = Anchor.from_base(base, z["images"], cfg.anchor_weight, cfg.anchor_batch)
         with atomic_output(targets_file) as tmp:
             save_file({"targets": anchor.targets.contiguous()}, tmp)
-
-
-def _measure(zoo: TinyVitPool, task: str) -> None:
-    """Record the base's and the fine-tuned model's validation and test accuracy on ``task``
-    (once: the record keeps them)."""
-    data, head, record = zoo.data[task], zoo.heads[task], zoo.record
-    if task not in record.base:
-        record.base[task] = {s: accuracy(zoo.base, head, *data[s]) for s in ("val", "test")}
-    if task not in record.finetuned:
-        model = zoo.model_from_state(zoo.finetuned[task])
-        record.finetuned[task] = {s: accuracy(model, head, *data[s]) for s in ("val", "test")}
 
 
 __all__ = [
