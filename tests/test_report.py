@@ -283,3 +283,61 @@ def test_the_report_does_not_depend_on_the_order_runs_were_committed(report, tmp
     assert not shuffled.commit(FinishedRun(*listed[0]))  # a run arriving twice is kept once
     assert write_report(shuffled, tmp_path / "out") == summary
     assert (tmp_path / "out" / "report.md").read_text() == (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("killed_at", ["figure", "summary.json", "runs.csv"])
+def test_a_report_killed_mid_write_leaves_the_previous_files_intact(
+    report, tmp_path, monkeypatch, killed_at
+):
+    """Each artefact is the previous one or the new one whole, never a half-written file, and
+    no temporary file stays behind."""
+    import shutil
+    from pathlib import Path
+
+    import matplotlib.figure
+
+    import rmtllmf.study.store as store
+
+    db, out, _ = report
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+
+    def half_then_die(path) -> None:
+        Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    if killed_at == "figure":
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda _, p, **k: half_then_die(p))
+    elif killed_at == "summary.json":
+        real = Path.write_text
+
+        def write_text(self, text, *args, **kwargs):
+            if "summary.json" in self.name:
+                half_then_die(self)
+            return real(self, text, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+    else:
+        real_writer = store.csv.writer
+
+        class DyingWriter:
+            def __init__(self, fh):
+                self.inner, self.rows = real_writer(fh), 0
+
+            def writerow(self, row):
+                self.inner.writerow(row)
+                self.rows += 1
+                if self.rows == 3:
+                    raise KeyboardInterrupt
+
+        monkeypatch.setattr(store.csv, "writer", DyingWriter)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(db, copy)
+    after = {p.name: p.read_bytes() for p in copy.iterdir()}
+    assert set(after) == set(before), "a temporary file was left behind"
+    assert not [name for name, data in after.items() if b"half a file" in data]
+    killed = (
+        [n for n in after if n.endswith((".png", ".pdf"))] if killed_at == "figure" else [killed_at]
+    )
+    assert all(after[n] == before[n] for n in killed)

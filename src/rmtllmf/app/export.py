@@ -180,13 +180,6 @@ def _tensorboard_writer() -> Any:
     return SummaryWriter
 
 
-def _write_dir_atomically(target: Path, write: Any) -> None:
-    """``write(tmp)`` into a hidden folder beside ``target``, renamed to ``target`` when done
-    (:func:`~rmtllmf._io.atomic_directory`)."""
-    with atomic_directory(target) as tmp:
-        write(tmp)
-
-
 def export_tensorboard(
     runs: Sequence[TrackedRun], folder: Path, out: Path, *, progress: bool = False
 ) -> tuple[int, int]:
@@ -199,25 +192,23 @@ def export_tensorboard(
     out.mkdir(parents=True, exist_ok=True)
     todo = [r for r in runs if not (out / r.name).exists()]
 
-    def write_run(run: TrackedRun) -> Any:
-        def write(tmp: Path) -> None:
-            writer = writer_class(log_dir=str(tmp))
-            try:
-                for summary in hparams(dict(run.params), dict(run.metrics)):  # type: ignore[no-untyped-call]
-                    writer.file_writer.add_summary(summary)
-                for tag, value in run.metrics.items():
-                    writer.add_scalar(tag, value, 0)
-                for tag, curve in run.curves.items():
-                    for step, value in curve:
-                        writer.add_scalar(tag, value, step)
-            finally:
-                writer.close()
-
-        return write
+    def write_run(run: TrackedRun, tmp: Path) -> None:
+        writer = writer_class(log_dir=str(tmp))
+        try:
+            for summary in hparams(dict(run.params), dict(run.metrics)):  # type: ignore[no-untyped-call]
+                writer.file_writer.add_summary(summary)
+            for tag, value in run.metrics.items():
+                writer.add_scalar(tag, value, 0)
+            for tag, curve in run.curves.items():
+                for step, value in curve:
+                    writer.add_scalar(tag, value, step)
+        finally:
+            writer.close()
 
     with progress_bar(progress and bool(todo), "export to TensorBoard", len(todo)) as advance:
         for run in todo:
-            _write_dir_atomically(out / run.name, write_run(run))
+            with atomic_directory(out / run.name) as tmp:
+                write_run(run, tmp)
             advance(f"export to TensorBoard: {run.name}")
     figures, texts = report_files(folder)
     if (figures or texts) and not (out / "study").exists():
@@ -240,7 +231,8 @@ def export_tensorboard(
             finally:
                 writer.close()
 
-        _write_dir_atomically(out / "study", write_study)
+        with atomic_directory(out / "study") as tmp:
+            write_study(tmp)
     return len(todo), len(runs) - len(todo)
 
 

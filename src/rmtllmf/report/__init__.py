@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmtllmf._io import atomic_output, write_text_atomic
+from rmtllmf._io import write_text_atomic
 from rmtllmf.errors import InputError
 from rmtllmf.report import figures, markdown, seeds, tables
 from rmtllmf.report.axis_report import AXIS_ROLES, AxisReport, axis_report
@@ -201,8 +201,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         "snr_axis": None if axis is None else axis.to_json(),
     }
     write_text_atomic(out / "summary.json", json.dumps(full, indent=2))
-    with atomic_output(out / "runs.csv") as tmp:
-        export_csv(every, tmp)
+    export_csv(every, out / "runs.csv")
     return full
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rmtllmf._io import atomic_output
 from rmtllmf.errors import InputError
 from rmtllmf.study.analysis import Analysis
 from rmtllmf.study.experiment import ExperimentConfig, ExperimentResult
@@ -453,9 +454,9 @@ def result_record(result: ExperimentResult) -> dict[str, Any]:
 
 def export_csv(rows: Iterable[RunRecord], out: str | Path) -> Path:
     """One row per run of ``rows`` and task: config columns, accuracy, normalized accuracy,
-    MSEs."""
+    MSEs; written whole or not at all (:func:`~rmtllmf._io.atomic_output`)."""
     path = Path(out)
-    with closing(path.open("w", newline="")) as fh:
+    with atomic_output(path) as tmp, closing(tmp.open("w", newline="")) as fh:
         writer = csv.writer(fh)
         writer.writerow(
             [
