@@ -23,7 +23,7 @@ from rmtllmf.cli.common import (
 from rmtllmf.errors import InputError
 
 if TYPE_CHECKING:
-    pass
+    from rmtllmf.app.reproduce import ReproduceConfig
 
 
 FLAGS = {"max_runs": "--max-runs"}
@@ -196,18 +196,27 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_config(args: argparse.Namespace) -> ReproduceConfig:
+    """The study of ``--config``, ``--quick`` or the default grid, its sweep section checked
+    before any pool is built."""
+    from rmtllmf.app.reproduce import ReproduceConfig, load_config, quick_config, sweep_config
+
+    if args.quick and args.config is not None:
+        raise InputError("--quick runs the embedded default; drop --config or --quick")
+    cfg = (
+        load_config(args.config)
+        if args.config is not None
+        else quick_config()
+        if args.quick
+        else ReproduceConfig()
+    )
+    sweep_config(cfg)
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the study (or a shard of it, or merge shards) and print the headline table."""
-    from rmtllmf.app.reproduce import (
-        ReproduceConfig,
-        Scale,
-        load_config,
-        quick_config,
-        reproduce,
-        reproduce_shard,
-        study_notices,
-        sweep_config,
-    )
+    from rmtllmf.app.reproduce import Scale, reproduce, reproduce_shard, study_notices
 
     check_output_dir(check_out_given(args.out))
     check_output_dir_owner(args.out, "reproduce", force=args.force)
@@ -217,17 +226,8 @@ def run(args: argparse.Namespace) -> int:
     _check_scale(args)
     if args.merge_shards:
         return _merge(args)
-    if args.quick and args.config is not None:
-        raise InputError("--quick runs the embedded default; drop --config or --quick")
     shard = parse_shard(args.shard) if args.shard is not None else (0, 1)
-    cfg = (
-        load_config(args.config)
-        if args.config is not None
-        else quick_config()
-        if args.quick
-        else ReproduceConfig()
-    )
-    sweep_config(cfg)  # a bad sweep section fails here, before any pool is built
+    cfg = _study_config(args)
     keep_freed_memory()
     workers = args.workers or ((os.cpu_count() or 1) if cfg.entry.parallel else 1)
     in_flight = 0 if (args.address and not args.workers) else workers  # 0: the cluster's size

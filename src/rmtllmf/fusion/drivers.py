@@ -375,9 +375,8 @@ def _blame(key: str, dtype: torch.dtype, readers: list[tuple[str, ModelReader]])
 
 SLICE_ELEMENTS = 1 << 18
 """Entries per slice of a sliceable merge: 1 MiB per model in float32, whatever the tensor
-(a 128k-token LLM embedding is 2 GiB per model in float32). Task arithmetic of 4 sharded
-checkpoints around one 64 MiB tensor peaked at 8.1 MiB of anonymous memory with these slices,
-448 MiB unsliced (``tests/test_merge_memory.py``)."""
+(a 128k-token LLM embedding is 2 GiB per model in float32), so a merge's memory stays at one
+slice per model (``tests/test_merge_memory.py`` bounds it)."""
 
 
 def _tau_slices(

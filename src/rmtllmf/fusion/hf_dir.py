@@ -377,54 +377,42 @@ def written_by_merge(path: str | Path) -> bool:
         return False
 
 
-def output_kind(
-    out: str | Path,
-    inputs: Iterable[str | Path] = (),
-    flag: str = "--out",
-    *,
-    force: bool = False,
-    command: str = "merge",
-) -> OutputKind:
-    """Check an output path before any work and say what it is: ``"file"`` for a
-    ``.safetensors`` path, ``"directory"`` for a directory (an existing one, a path ending in
-    ``/``, or a path without a file extension).
-
-    Raises :class:`~rmtllmf.errors.InputError`, naming ``flag`` and the fix, for any other file
-    name, a path that is, lies inside or contains one of ``inputs``, a location that cannot be
-    written, and, unless ``force``, an existing file that no merge wrote or an existing
-    directory that ``command`` did not write (:func:`rmtllmf._io.check_output_dir_owner`).
-    """
-    text = str(out)
-    p = Path(out)
+def _classify(out: str | Path, flag: str) -> OutputKind:
+    """What the output path ``out`` names: ``"file"`` for a ``.safetensors`` path,
+    ``"directory"`` for a directory (an existing one, a path ending in ``/``, or a path without a
+    file extension); any other file name is an error."""
+    text, p = str(out), Path(out)
     if not text.strip():
         raise InputError(f"{flag} is empty; give a .safetensors file or a directory")
-    kind: OutputKind
     if p.is_dir():
         if p.suffix == ".safetensors":
             raise InputError(
                 f"{flag} {out} is a directory named like a file; give a new .safetensors path "
                 "or a directory without the .safetensors extension"
             )
-        kind = "directory"
-    elif p.exists():
+        return "directory"
+    if p.exists():
         if p.suffix != ".safetensors":
             raise InputError(
                 f"{flag} {out} is an existing file that is not .safetensors; give a "
                 ".safetensors file or a directory"
             )
-        kind = "file"
-    elif text.endswith(("/", os.sep)):
-        kind = "directory"
-    elif p.suffix == ".safetensors":
-        kind = "file"
-    elif p.suffix.lower() in MODEL_FILE_SUFFIXES:
+        return "file"
+    if text.endswith(("/", os.sep)):
+        return "directory"
+    if p.suffix == ".safetensors":
+        return "file"
+    if p.suffix.lower() in MODEL_FILE_SUFFIXES:
         raise InputError(
             f"{flag} {out} ends in {p.suffix}; the output is a .safetensors file or a "
             f"directory: give {p.with_suffix('.safetensors')} or {p.with_suffix('')}/"
         )
-    else:
-        kind = "directory"
-    target = p.resolve()
+    return "directory"
+
+
+def _check_apart_from_inputs(out: str | Path, inputs: Iterable[str | Path], flag: str) -> None:
+    """``out`` is not, does not lie inside and does not contain any of ``inputs``."""
+    target = Path(out).resolve()
     for given in inputs:
         src = Path(given).resolve()
         if target == src:
@@ -442,13 +430,13 @@ def output_kind(
                 f"{flag} {out} contains the input {given}; replacing it would delete that model. "
                 "Give another path"
             )
-    if kind == "directory" and p.is_dir():
-        check_output_dir_owner(p, command, force=force, flag=flag)
-    if kind == "file" and p.exists() and not force and not written_by_merge(p):
-        raise InputError(
-            f"{flag} {out} exists and was not written by rmtllmf merge; give a new path, or add "
-            "--force to replace it"
-        )
+
+
+def _check_writable(out: str | Path, kind: OutputKind, flag: str) -> None:
+    """The output's nearest existing folder is a writable directory, and an existing output
+    directory's folder is writable too (it is replaced by a rename)."""
+    p = Path(out)
+    target = p.resolve()
     probe = target.parent if kind == "file" or not p.exists() else target
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
@@ -461,4 +449,32 @@ def output_kind(
             f"{flag} {out}: its folder {target.parent} is read-only, so the directory cannot be "
             "replaced; choose a location you may write to"
         )
+
+
+def output_kind(
+    out: str | Path,
+    inputs: Iterable[str | Path] = (),
+    flag: str = "--out",
+    *,
+    force: bool = False,
+    command: str = "merge",
+) -> OutputKind:
+    """Check an output path before any work and say what it is (:func:`_classify`).
+
+    Raises :class:`~rmtllmf.errors.InputError`, naming ``flag`` and the fix, for a name that is
+    neither, a path that is, lies inside or contains one of ``inputs``, a location that cannot
+    be written, and, unless ``force``, an existing file that no merge wrote or an existing
+    directory that ``command`` did not write (:func:`rmtllmf._io.check_output_dir_owner`).
+    """
+    kind = _classify(out, flag)
+    _check_apart_from_inputs(out, inputs, flag)
+    p = Path(out)
+    if kind == "directory" and p.is_dir():
+        check_output_dir_owner(p, command, force=force, flag=flag)
+    if kind == "file" and p.exists() and not force and not written_by_merge(p):
+        raise InputError(
+            f"{flag} {out} exists and was not written by rmtllmf merge; give a new path, or add "
+            "--force to replace it"
+        )
+    _check_writable(out, kind, flag)
     return kind

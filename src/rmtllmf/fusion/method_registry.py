@@ -46,8 +46,8 @@ class MergeConfig(BaseModel):
     ``weights`` (optional, one per model, mergekit's per-model ``weight``) scale each task vector
     before the method sees it: ``tau_q -> w_q tau_q``. Task arithmetic then gives
     ``theta_base + lambda sum_q w_q tau_q``; TIES's disjoint mean divides by the summed weights of
-    the agreeing models instead of their count (mergekit's normalised TIES). Without weights
-    the dump is what it was before the field existed, so stored run ids do not change."""
+    the agreeing models instead of their count (mergekit's normalised TIES). ``weights`` is left
+    out of the dump when unset, so a config without weights keeps its stored run id."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -72,10 +72,38 @@ class Analysis:
         }
 
 
-_MEMO_SIZE = 64
-"""Entries each memo keeps (least recently used out): a subset's references and clean merge."""
-_LOGITS: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
-_JACOBIANS: OrderedDict[tuple[Any, ...], dict[str, torch.Tensor]] = OrderedDict()
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Lru(Generic[K, V]):
+    """A memo of at most ``size`` entries, the least recently used dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        """The value of ``key``, made by ``make()`` when absent."""
+        if key not in self.items:
+            self.items[key] = make()
+        self.items.move_to_end(key)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return self.items[key]
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self.items.clear()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+_LOGITS: _Lru[tuple[Any, ...], torch.Tensor] = _Lru(64)
+"""Logits by (pool, samples, task, state digest): a subset's references and clean merge."""
+_JACOBIANS: _Lru[tuple[Any, ...], dict[str, torch.Tensor]] = _Lru(64)
+"""``||J||_F^2`` per task by (pool, samples, tasks, probes, seed, clean merge's digest)."""
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
@@ -87,6 +115,65 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
+
+
+class _Logits:
+    """One analysis's view of ``pool``: its test inputs (first ``samples`` per task) and the
+    logits of a state on them, memoised by the state's content across analyses."""
+
+    def __init__(self, pool: ModelPool, samples: int) -> None:
+        self.pool, self.samples = pool, samples
+        self.where = (id(pool), pool.pool_id, samples)
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.recent: _Lru[int, tuple[Mapping[str, torch.Tensor], str]] = _Lru(3)
+
+    def digest(self, state: Mapping[str, torch.Tensor]) -> str:
+        """:func:`state_digest` of the last few states, by object (holding a state keeps its id
+        unique, and only a few are held: a state may be a whole model's weights)."""
+        return self.recent.get(id(state), lambda: (state, state_digest(state)))[1]
+
+    def batch(self, task: str) -> torch.Tensor:
+        """The task's preprocessed test inputs."""
+        if task not in self.inputs:
+            images = self.pool.data[task]["test"][0][: self.samples]
+            self.inputs[task] = self.pool.preprocess(torch.from_numpy(images))
+        return self.inputs[task]
+
+    def __call__(self, state: Mapping[str, torch.Tensor], task: str) -> torch.Tensor:
+        """The task head's logits of ``state`` on the task's inputs."""
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                model = self.pool.model_from_state(state)
+                out: torch.Tensor = self.pool.heads[task](model(self.batch(task)))
+            return out
+
+        return _LOGITS.get((*self.where, task, self.digest(state)), run)
+
+    def predict(self, state: Mapping[str, torch.Tensor], task: str) -> NDArray[np.int64]:
+        """The predicted classes (eq. 7's ``f(x; θ)``)."""
+        return self(state, task).argmax(-1).numpy()
+
+
+def _jacobians(
+    logits: _Logits,
+    tasks: Sequence[str],
+    names: Sequence[str],
+    merged: Mapping[str, torch.Tensor],
+    cfg: AnalysisConfig,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Eq. 10's ``||J||_F^2`` of each task's logits at the ``merged`` state with respect to the
+    parameters ``names`` (those the channel perturbs)."""
+    model = logits.pool.model_from_state(merged)
+    params = {k: v for k, v in model.named_parameters() if k in names}
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        task: _jacobian_sq_norm(
+            model, logits.pool.heads[task], params, logits.batch(task), cfg.probes, gen
+        )
+        for task in tasks
+    }
 
 
 def interference_analysis(
@@ -105,41 +192,11 @@ def interference_analysis(
     see module docs."""
     tasks = list(tasks)
     base = pool.base_state
-    inputs: dict[str, torch.Tensor] = {}
-    recent: OrderedDict[int, tuple[Mapping[str, torch.Tensor], str]] = OrderedDict()
-    where = (id(pool), pool.pool_id, cfg.samples)
-
-    def digest(state: Mapping[str, torch.Tensor]) -> str:
-        # the last few states' digests, by object: holding the state keeps its id unique, and
-        # only a few are held (a state may be a whole model's weights)
-        if id(state) not in recent:
-            recent[id(state)] = (state, state_digest(state))
-            while len(recent) > 3:
-                recent.popitem(last=False)
-        recent.move_to_end(id(state))
-        return recent[id(state)][1]
-
-    def batch(task: str) -> torch.Tensor:
-        if task not in inputs:
-            images = pool.data[task]["test"][0][: cfg.samples]
-            inputs[task] = pool.preprocess(torch.from_numpy(images))
-        return inputs[task]
-
-    def logits(state: Mapping[str, torch.Tensor], task: str) -> torch.Tensor:
-        key = (*where, task, digest(state))
-        if key not in _LOGITS:
-            with torch.inference_mode():
-                _LOGITS[key] = pool.heads[task](pool.model_from_state(state)(batch(task)))
-        _LOGITS.move_to_end(key)
-        while len(_LOGITS) > _MEMO_SIZE:
-            _LOGITS.popitem(last=False)
-        return _LOGITS[key]
-
-    def predict(state: Mapping[str, torch.Tensor], task: str) -> NDArray[np.int64]:
-        return logits(state, task).argmax(-1).numpy()
-
-    wde_clean = wde(predict, base, tasks, clean, lambda_merged=scaling)
-    wde_received = wde(predict, base, tasks, clean, lambda_merged=scaling, merged_vectors=received)
+    logits = _Logits(pool, cfg.samples)
+    wde_clean = wde(logits.predict, base, tasks, clean, lambda_merged=scaling)
+    wde_received = wde(
+        logits.predict, base, tasks, clean, lambda_merged=scaling, merged_vectors=received
+    )
     undisturbed = merge_task_vectors(base, clean, MergeConfig(scaling=scaling))
     disturbed = (
         merge_task_vectors(base, received, MergeConfig(scaling=scaling)) if received else base
@@ -152,21 +209,11 @@ def interference_analysis(
         sum_mu_ref=len(tasks) * cfg.mu_ref,
         beta=cfg.beta,
     )
-    jac_key = (*where, tuple(tasks), cfg.probes, seed, digest(undisturbed))
-    if jac_key not in _JACOBIANS:
-        model = pool.model_from_state(undisturbed)
-        names = clean[0].layout.names
-        params = {k: v for k, v in model.named_parameters() if k in names}
-        gen = torch.Generator().manual_seed(seed)
-        jac: dict[str, torch.Tensor] = {}
-        for task in tasks:
-            jac[task] = _jacobian_sq_norm(
-                model, pool.heads[task], params, batch(task), cfg.probes, gen
-            )
-        _JACOBIANS[jac_key] = jac
-        while len(_JACOBIANS) > _MEMO_SIZE:
-            _JACOBIANS.popitem(last=False)
-    jac_sq = _JACOBIANS[jac_key]
+    jac_key = (*logits.where, tuple(tasks), cfg.probes, seed, logits.digest(undisturbed))
+    jac_sq = _JACOBIANS.get(
+        jac_key,
+        lambda: _jacobians(logits, tasks, clean[0].layout.names, undisturbed, cfg, seed),
+    )
     robust: dict[str, float] = {}
     paper: dict[str, float] = {}
     for task in tasks:

@@ -112,10 +112,9 @@ def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
 
 RUN_WEIGHT = {"run": 1.0, "realign": 4.0, "analysis": 15.0}
 """Estimated cost, for balancing shards: every run counts ``run``, a realigning one ``realign``
-more, one with the interference analysis ``analysis`` more (in units of an undefended run;
-measured on the default grid's first shard, docs/scaling.md: an undefended run 0.8 s, a
-realigning one 4.4 s whatever ``N``, the analysis about 12 s more). Not counted: the cost of a
-group's reception (the symbol link's detector) and of a blind defense's first stage."""
+more, one with the interference analysis ``analysis`` more, in units of an undefended run
+(the ratios measured in docs/scaling.md; realignment's cost does not grow with ``N``). Not
+counted: a group's reception (the symbol link's detector) and a blind defense's first stage."""
 
 
 def run_weight(run: PlannedRun) -> float:

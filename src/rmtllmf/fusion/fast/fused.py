@@ -53,14 +53,12 @@ from rmtllmf.fusion.fast import kernel
 
 BLOCK = 1 << 16
 """Elements of one tensor per block: 256 KB of float32 per input, few enough system calls, and
-nine inputs' blocks fit the shared cache. On 2 cores merging 9 x 343 MB, blocks of 2**15, 2**16
-and 2**17 elements took 0.53, 0.48 and 0.51 s; 2**14 and 2**18 took 0.70 s."""
+nine inputs' blocks fit the shared cache (the block sizes compared: docs/merge-kernel.md)."""
 
 KERNEL_CHUNK_BYTES = 1 << 21
-"""Bytes of each input per kernel job (2 MiB): windows of 2**17 to 2**21 float32 elements
-merged 9 x 343 MB on 2 cores in about the same time, larger ones were slower. Jobs are cut where
-the base file crosses a multiple of it, so a window is one huge page of the page cache where the
-kernel keeps the file in 2 MiB folios: 2.4x fewer page faults in that merge (17k against 39k)."""
+"""Bytes of each input per kernel job (2 MiB). Jobs are cut where the base file crosses a
+multiple of it, so a window is one huge page of the page cache where the kernel keeps the file
+in 2 MiB folios, which saves page faults (docs/merge-kernel.md)."""
 
 _MAX_ITEMSIZE = 8
 _Array = NDArray[np.floating]
