@@ -1,4 +1,5 @@
-"""The package's shape: layers import one way (import-linter), no cycles, no private imports.
+"""The package's shape: layers import one way (import-linter), no cycles, no private imports,
+no module name used twice, every package and module described in docs/architecture.md.
 
 The layer contract lives in pyproject.toml (``[tool.importlinter]``) and the README's test
 command runs ``lint-imports``; these tests show that the contract catches a back-edge and check
@@ -117,3 +118,50 @@ def test_no_module_imports_another_modules_private_names() -> None:
         if (hits := _private_imports(file.read_text()))
     }
     assert found == {}
+
+
+COMMANDS = {"reproduce", "export", "evaluate", "finetune", "zoo"}
+"""Commands whose two halves share a name: ``cli/<command>.py`` parses, ``app/<command>.py``
+does the work (docs/architecture.md, "Names")."""
+
+
+def _modules() -> list[Path]:
+    return [
+        p
+        for p in SRC.rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py") and "assets" not in p.parts
+    ]
+
+
+def _repeated_names(modules: list[Path]) -> dict[str, list[str]]:
+    by_name: dict[str, list[str]] = {}
+    for path in modules:
+        by_name.setdefault(path.stem, []).append(str(path.parent.relative_to(SRC)))
+    return {
+        name: sorted(dirs)
+        for name, dirs in by_name.items()
+        if len(dirs) > 1 and not (name in COMMANDS and sorted(dirs) == ["app", "cli"])
+    }
+
+
+def test_the_name_check_finds_a_repeated_name(tmp_path: Path) -> None:
+    paths = [tmp_path / "pools" / "tiny_vit.py", tmp_path / "models" / "tiny_vit.py"]
+    global SRC
+    saved, SRC = SRC, tmp_path
+    try:
+        assert _repeated_names(paths) == {"tiny_vit": ["models", "pools"]}
+        assert _repeated_names([tmp_path / "cli" / "zoo.py", tmp_path / "app" / "zoo.py"]) == {}
+    finally:
+        SRC = saved
+
+
+def test_no_module_name_is_used_twice() -> None:
+    assert _repeated_names(_modules()) == {}
+
+
+def test_every_package_and_module_is_in_the_architecture_doc() -> None:
+    doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    packages = [p.parent.relative_to(SRC) for p in SRC.rglob("__init__.py")]
+    missing = [f"{p.name}/" for p in packages if p.parts and f"{p.name}/" not in doc]
+    missing += [p.name for p in _modules() if p.name not in doc]
+    assert not missing, f"docs/architecture.md does not describe {missing}"

@@ -1,9 +1,9 @@
-"""What the experiment needs from a model family and its task suite (FusionBench's *model
-pool* and *task pool* in one small interface).
+"""What the study needs from a model family and its task suite (FusionBench's *model pool* and
+*task pool* in one small interface).
 
-:class:`rmtllmf.pools.tiny_vit_pool.TinyVitPool` (the embedded ``tiny-vit``) and
-:class:`rmtllmf.pools.clip_pool.ClipPool` (``hf-clip``) implement it; the channel, the merge, the
-defense and the metrics only ever see this.
+:class:`ModelPool` is the contract: the study (:mod:`rmtllmf.study`) reads a family only
+through it, and the family registry (:mod:`rmtllmf.app.family_registry`) builds one per study.
+:class:`PoolRecord` is what a pool measures once and caches; :func:`measure_task` fills it.
 """
 
 from __future__ import annotations
