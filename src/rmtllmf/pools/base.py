@@ -8,9 +8,11 @@ through it, and the family registry (:mod:`rmtllmf.app.family_registry`) builds 
 
 from __future__ import annotations
 
+import copy
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from rmtllmf.errors import InputError
 from rmtllmf.training.loops import Preprocess
 
 Split = tuple[NDArray[np.uint8], NDArray[np.int64]]
+ModelT = TypeVar("ModelT", bound=nn.Module)
 MEASURED_SPLITS = ("val", "test")
 """The splits a pool's record holds accuracies of."""
 
@@ -103,6 +106,36 @@ class RecordedAccuracies:
         return self.record.accuracy("base", task, split)
 
 
+class LoadedPool(RecordedAccuracies, ABC, Generic[ModelT]):
+    """The :class:`ModelPool` methods of a pool that holds its base model (``base``) and scores a
+    model on a task's split (:meth:`accuracy`): the base's state, a model of the base's
+    architecture with a state loaded, and the accuracy of a state per task."""
+
+    base: ModelT
+
+    @abstractmethod
+    def accuracy(self, model: ModelT, task: str, split: str) -> float:
+        """Accuracy of ``model`` on ``task``'s split, with that task's head."""
+
+    @property
+    def base_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the base model's parameters (its own keys)."""
+        return {k: v.detach().clone() for k, v in self.base.state_dict().items()}
+
+    def model_from_state(self, state: Mapping[str, torch.Tensor]) -> ModelT:
+        """A model of the base's architecture with ``state`` loaded (strict), in eval mode."""
+        model = copy.deepcopy(self.base)
+        model.load_state_dict(dict(state))
+        return model.eval()
+
+    def task_accuracy(
+        self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test"
+    ) -> dict[str, float]:
+        """Accuracy of the model ``state`` on each task's split, with that task's head."""
+        model = self.model_from_state(state)
+        return {t: self.accuracy(model, t, split) for t in tasks}
+
+
 class ModelPool(Protocol):
     """A base model, one fine-tuned model per task, fixed task heads and task data.
 
@@ -154,6 +187,7 @@ executor's ``map_calls``, :mod:`rmtllmf.study.executors`)."""
 
 __all__ = [
     "MEASURED_SPLITS",
+    "LoadedPool",
     "ModelPool",
     "PoolRecord",
     "Preprocess",

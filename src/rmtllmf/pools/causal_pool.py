@@ -24,7 +24,6 @@ Finished pieces are never recomputed; an interrupted build resumes where it stop
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -58,8 +57,14 @@ from rmtllmf.models.hf_causal import (
     verbalizer_ids,
 )
 from rmtllmf.models.hf_text import TOKENIZER_FILES, load_tokenizer, resolve_text_model
-from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split, measure_task
-from rmtllmf.pools.text_suite_pool import encoded_splits, pool_home, run_finetunes, stored_record
+from rmtllmf.pools.base import PoolRecord, Split, measure_task
+from rmtllmf.pools.text_suite_pool import (
+    TextSuitePool,
+    encoded_splits,
+    pool_home,
+    run_finetunes,
+    stored_record,
+)
 from rmtllmf.training.loops import embed, finetune
 
 SPLITS = ("train", "val", "test")
@@ -158,9 +163,10 @@ def ids_to_input(rows: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class CausalPool(RecordedAccuracies):
+class CausalPool(TextSuitePool[CausalScorer]):
     """A built causal-LM pool (see module docs) behind :class:`rmtllmf.pools.base.ModelPool`."""
 
+    family = "hf-causal"
     root: Path
     config: CausalPoolConfig
     base_dir: Path
@@ -170,25 +176,6 @@ class CausalPool(RecordedAccuracies):
     texts: dict[str, dict[str, list[str]]]
     finetuned: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     record: PoolRecord = field(default_factory=lambda: PoolRecord(config={}))
-
-    @property
-    def base_state(self) -> dict[str, torch.Tensor]:
-        """A copy of the base LM's parameters (its own keys, a tied table once)."""
-        return {k: v.detach().clone() for k, v in self.base.state_dict().items()}
-
-    def model_from_state(self, state: Mapping[str, torch.Tensor]) -> CausalScorer:
-        """A scorer of the base's architecture with ``state`` loaded (strict; tied aliases are
-        filled from their source)."""
-        model = copy.deepcopy(self.base)
-        model.load_state_dict(dict(state))
-        return model.eval()
-
-    def task_accuracy(
-        self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test"
-    ) -> dict[str, float]:
-        """Accuracy of ``state`` on each task's split."""
-        model = self.model_from_state(state)
-        return {t: self.accuracy(model, t, split) for t in tasks}
 
     def accuracy(self, model: CausalScorer, task: str, split: str) -> float:
         """Accuracy of ``model`` on a task's split: ``argmax_c s_c(x)`` against the label, the
@@ -202,11 +189,6 @@ class CausalPool(RecordedAccuracies):
         return float(np.mean(pred == labels[order]))
 
     @property
-    def pool_id(self) -> str:
-        """Identity of this pool in result databases (its cache key)."""
-        return f"hf-causal-{self.root.name}"
-
-    @property
     def embedding_names(self) -> tuple[str, ...]:
         """Token and learned position embeddings (R-MTLLMF's re-load)."""
         return embedding_names(self.base)
@@ -214,10 +196,6 @@ class CausalPool(RecordedAccuracies):
     def preprocess(self, rows: torch.Tensor) -> torch.Tensor:
         """Encoded prompts to the scorer's input."""
         return ids_to_input(rows)
-
-    def n_classes(self, task: str) -> int:
-        """Number of classes of ``task``."""
-        return len(TEXT_TASKS[task].classes)
 
 
 def _model_digest(base_dir: Path) -> str:

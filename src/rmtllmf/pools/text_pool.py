@@ -19,10 +19,9 @@ Finished pieces are never recomputed; an interrupted build resumes where it stop
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +58,14 @@ from rmtllmf.models.lora import (
     save_factors,
 )
 from rmtllmf.models.tiny_vit import PrototypeHead
-from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split, measure_task
-from rmtllmf.pools.text_suite_pool import encoded_splits, pool_home, run_finetunes, stored_record
+from rmtllmf.pools.base import PoolRecord, Split, measure_task
+from rmtllmf.pools.text_suite_pool import (
+    TextSuitePool,
+    encoded_splits,
+    pool_home,
+    run_finetunes,
+    stored_record,
+)
 from rmtllmf.training.loops import accuracy, finetune, probe_head
 
 SPLITS = ("train", "val", "test", "head")
@@ -107,9 +112,10 @@ def ids_to_input(ids: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class TextPool(RecordedAccuracies):
+class TextPool(TextSuitePool[TextEncoder]):
     """A built text pool (see module docs) behind :class:`rmtllmf.pools.base.ModelPool`."""
 
+    family = "hf-text"
     root: Path
     config: TextPoolConfig
     base_dir: Path
@@ -122,35 +128,12 @@ class TextPool(RecordedAccuracies):
     lora: dict[str, dict[str, LoraFactors]] = field(default_factory=dict)
     """each task's LoRA factors (empty for full fine-tunes); ``finetuned`` holds ``W + s B A``"""
 
-    @property
-    def base_state(self) -> dict[str, torch.Tensor]:
-        """A copy of the base encoder's parameters (the model's own keys)."""
-        return {k: v.detach().clone() for k, v in self.base.state_dict().items()}
-
-    def model_from_state(self, state: Mapping[str, torch.Tensor]) -> TextEncoder:
-        """An encoder of the base's architecture with ``state`` loaded (strict)."""
-        model = copy.deepcopy(self.base)
-        model.load_state_dict(dict(state))
-        return model.eval()
-
-    def task_accuracy(
-        self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test"
-    ) -> dict[str, float]:
-        """Accuracy of ``state`` on each task's split, with that task's head."""
-        model = self.model_from_state(state)
-        return {t: self.accuracy(model, t, split) for t in tasks}
-
     def accuracy(self, model: TextEncoder, task: str, split: str) -> float:
         """Accuracy of ``model`` on a task's split, its texts batched in order of length (the
         encoder cuts the padding a batch shares, so similar lengths batch cheaply)."""
         ids, labels = self.data[task][split]
         order = np.argsort((ids != model.pad_id).sum(axis=1), kind="stable")
         return accuracy(model, self.heads[task], ids[order], labels[order], ids_to_input)
-
-    @property
-    def pool_id(self) -> str:
-        """Identity of this pool in result databases (its cache key)."""
-        return f"hf-text-{self.root.name}"
 
     @property
     def embedding_names(self) -> tuple[str, ...]:
@@ -160,10 +143,6 @@ class TextPool(RecordedAccuracies):
     def preprocess(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids to the encoder's input."""
         return ids_to_input(ids)
-
-    def n_classes(self, task: str) -> int:
-        """Number of classes of ``task``."""
-        return len(TEXT_TASKS[task].classes)
 
     def save_pretrained(
         self, state: Mapping[str, torch.Tensor], out: str | Path, **kwargs: Any

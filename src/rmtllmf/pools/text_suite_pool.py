@@ -14,14 +14,14 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from rmtllmf._io import atomic_output, write_text_atomic
-from rmtllmf.data.text import TextSplit
-from rmtllmf.pools.base import PoolRecord, Split
+from rmtllmf.data.text import TEXT_TASKS, TextSplit
+from rmtllmf.pools.base import LoadedPool, ModelT, PoolRecord, Split
 from rmtllmf.pools.workers import in_workers
 
 Encode = Callable[[str, int, list[str]], NDArray[Any]]
@@ -29,6 +29,23 @@ Encode = Callable[[str, int, list[str]], NDArray[Any]]
 FinetuneJob = Callable[[str, str, str, str, int], float]
 """A worker ``job(cfg_json, base_dir, home, task, index)`` that writes
 ``home/finetuned/<task>.safetensors`` and returns its fine-tuning seconds."""
+
+
+class TextSuitePool(LoadedPool[ModelT]):
+    """What a pool on the text suite adds: its identity (``family`` and the cache key) and the
+    suite's class counts."""
+
+    family: ClassVar[str]
+    root: Path
+
+    @property
+    def pool_id(self) -> str:
+        """Identity of this pool in result databases (its cache key)."""
+        return f"{self.family}-{self.root.name}"
+
+    def n_classes(self, task: str) -> int:
+        """Number of classes of ``task``."""
+        return len(TEXT_TASKS[task].classes)
 
 
 def pool_home(root: str | Path, key_source: str, *folders: str) -> Path:

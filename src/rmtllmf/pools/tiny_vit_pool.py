@@ -26,7 +26,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from rmtllmf.models.tiny_vit import (
     TinyVit,
     normalise_images,
 )
-from rmtllmf.pools.base import PoolRecord, RecordedAccuracies, Split, measure_task
+from rmtllmf.pools.base import LoadedPool, PoolRecord, Split, measure_task
 from rmtllmf.pools.workers import in_workers
 from rmtllmf.pools.zoo_config import (
     TRAINABLE,
@@ -68,7 +68,7 @@ from rmtllmf.training.loops import (
 
 
 @dataclass
-class TinyVitPool(RecordedAccuracies):
+class TinyVitPool(LoadedPool[TinyVit]):
     """A built zoo: data, heads, base and fine-tuned state dicts, and the measured accuracies."""
 
     root: Path
@@ -79,23 +79,11 @@ class TinyVitPool(RecordedAccuracies):
     finetuned: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     record: PoolRecord = field(default_factory=lambda: PoolRecord(config={}))
 
-    @property
-    def base_state(self) -> dict[str, torch.Tensor]:
-        """A copy of the base model's parameters."""
-        return {k: v.detach().clone() for k, v in self.base.state_dict().items()}
-
     def model_from_state(self, state: Mapping[str, torch.Tensor]) -> TinyVit:
         """A model of the base's architecture with ``state`` loaded."""
         model = TinyVit(self.base.config)
         model.load_state_dict(dict(state))
         return model.eval()
-
-    def task_accuracy(
-        self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test"
-    ) -> dict[str, float]:
-        """Accuracy of the model ``state`` on each task's split, with that task's head."""
-        model = self.model_from_state(state)
-        return {t: self.accuracy(model, t, split) for t in tasks}
 
     def accuracy(self, model: TinyVit, task: str, split: str) -> float:
         """Accuracy of ``model`` on a task's split, with that task's head."""
