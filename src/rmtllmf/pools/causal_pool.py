@@ -61,6 +61,7 @@ from rmtllmf.pools.base import PoolRecord, Split, measure_task
 from rmtllmf.pools.text_suite_pool import (
     TextSuitePool,
     encoded_splits,
+    ids_to_input,
     pool_home,
     run_finetunes,
     stored_record,
@@ -155,11 +156,6 @@ class CausalPoolConfig(BaseModel):
                 f"({', '.join(classes)}); give one word per class in that order"
             )
         return tuple(words)
-
-
-def ids_to_input(rows: torch.Tensor) -> torch.Tensor:
-    """Encoded-prompt batch to the scorer's input (int64)."""
-    return rows.long()
 
 
 @dataclass
@@ -347,6 +343,5 @@ __all__ = [
     "CausalPool",
     "CausalPoolConfig",
     "build_causal_pool",
-    "ids_to_input",
     "load_scorer",
 ]

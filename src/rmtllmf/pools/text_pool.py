@@ -62,6 +62,7 @@ from rmtllmf.pools.base import PoolRecord, Split, measure_task
 from rmtllmf.pools.text_suite_pool import (
     TextSuitePool,
     encoded_splits,
+    ids_to_input,
     pool_home,
     run_finetunes,
     stored_record,
@@ -104,11 +105,6 @@ class TextPoolConfig(BaseModel):
     )
     seed: int = 0
     offline: bool = True
-
-
-def ids_to_input(ids: torch.Tensor) -> torch.Tensor:
-    """Token-id batch to the encoder's input (int64)."""
-    return ids.long()
 
 
 @dataclass
@@ -304,4 +300,4 @@ def _build_heads(
     return {t: PrototypeHead(stored[t], cfg.head_scale) for t in cfg.tasks}
 
 
-__all__ = ["TextPool", "TextPoolConfig", "build_text_pool", "ids_to_input", "load_encoder"]
+__all__ = ["TextPool", "TextPoolConfig", "build_text_pool", "load_encoder"]

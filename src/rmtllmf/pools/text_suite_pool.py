@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from rmtllmf._io import atomic_output, write_text_atomic
@@ -29,6 +30,11 @@ Encode = Callable[[str, int, list[str]], NDArray[Any]]
 FinetuneJob = Callable[[str, str, str, str, int], float]
 """A worker ``job(cfg_json, base_dir, home, task, index)`` that writes
 ``home/finetuned/<task>.safetensors`` and returns its fine-tuning seconds."""
+
+
+def ids_to_input(ids: torch.Tensor) -> torch.Tensor:
+    """A batch of token ids (int32 on disk) to the model's input (int64)."""
+    return ids.long()
 
 
 class TextSuitePool(LoadedPool[ModelT]):
