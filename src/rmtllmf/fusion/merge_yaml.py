@@ -167,13 +167,13 @@ class MergeYaml(BaseModel):
             )
         return value
 
-    def plan(self) -> MergePlan:
-        """The merge this config asks for (paths as written; see :func:`load_merge_config`)."""
-        p = self.parameters
-        method = self.merge_method
+    def _fine_tuned(self) -> tuple[list[ModelEntry], list[float]]:
+        """The models other than the base and their weights (each model's own, else the
+        config's), checked: a base where the method needs one, at least one model, every
+        weight given."""
+        method, p = self.merge_method, self.parameters
         entries = [m for m in self.models if m.model != self.base_model]
-        base = self.base_model
-        if base is None:
+        if self.base_model is None:
             if method != "linear":
                 raise InputError(f"base_model is required for merge_method {method}")
             if len(entries) < 2:
@@ -191,6 +191,12 @@ class MergeYaml(BaseModel):
                     "model a weight, or parameters.weight for all"
                 )
             weights.append(float(w))
+        return entries, weights
+
+    def _density(self, entries: list[ModelEntry]) -> float | None:
+        """The one density of the models (each model's own, else the config's), where the
+        method has one; DARE's rescaling cannot be switched off."""
+        p, method = self.parameters, self.merge_method
         densities = {
             m.parameters.density if m.parameters.density is not None else p.density for m in entries
         }
@@ -210,55 +216,67 @@ class MergeYaml(BaseModel):
                 "parameters.rescale: false is not supported; DARE always rescales the kept "
                 "entries by 1/(1 - drop rate)"
             )
-        normalize = p.normalize
-        lam = 1.0 if p.lambda_ is None else p.lambda_
-        seed = self.rmtllmf.seed
-        paths = [m.model for m in entries]
-        if method == "linear":
-            if p.lambda_ is not None:
-                raise InputError("lambda has no meaning for merge_method linear; remove it")
-            total = sum(weights)
-            if normalize is False and abs(total - 1.0) > 1e-6:
-                raise InputError(
-                    f"a linear merge with normalize: false and weights summing to {total:g} "
-                    "scales the whole model; set normalize: true or weights that sum to 1"
-                )
-            if abs(total) < 1e-8:
-                raise InputError("the linear merge's weights sum to 0; give weights with a sum")
-            if base is None:
-                base, paths, weights = paths[0], paths[1:], weights[1:]
-            config = MergeConfig(scaling=1.0, weights=tuple(w / total for w in weights))
-        elif method == "task_arithmetic":
-            config = MergeConfig(scaling=lam, weights=_normalized(weights, normalize is True))
-        elif method == "ties":
+        return density
+
+    def _linear(self, weights: list[float]) -> MergeConfig:
+        """mergekit's ``linear``: ``sum_q w_q theta_q / sum_q w_q`` (as a merge of task vectors,
+        scaling 1 and the normalised weights)."""
+        p = self.parameters
+        if p.lambda_ is not None:
+            raise InputError("lambda has no meaning for merge_method linear; remove it")
+        total = sum(weights)
+        if p.normalize is False and abs(total - 1.0) > 1e-6:
+            raise InputError(
+                f"a linear merge with normalize: false and weights summing to {total:g} "
+                "scales the whole model; set normalize: true or weights that sum to 1"
+            )
+        if abs(total) < 1e-8:
+            raise InputError("the linear merge's weights sum to 0; give weights with a sum")
+        return MergeConfig(scaling=1.0, weights=tuple(w / total for w in weights))
+
+    def _task_vector_merge(self, weights: list[float], density: float | None) -> MergeConfig:
+        """``task_arithmetic``, ``ties``, ``dare_linear`` and ``dare_ties`` as a registry merge."""
+        method, normalize = self.merge_method, self.parameters.normalize
+        lam = 1.0 if self.parameters.lambda_ is None else self.parameters.lambda_
+        if method == "task_arithmetic":
+            return MergeConfig(scaling=lam, weights=_normalized(weights, normalize is True))
+        if method == "ties":
             options: dict[str, Any] = {
                 "density": density or 1.0,
                 "merge": "sum" if normalize is False else "mean",
             }
-            config = MergeConfig(method="ties", scaling=lam, options=options, weights=weights)
+            return MergeConfig(method="ties", scaling=lam, options=options, weights=weights)
+        options = {"drop_rate": 1.0 - (density or 1.0), "seed": self.rmtllmf.seed}
+        if method == "dare_linear":
+            return MergeConfig(
+                method="dare",
+                scaling=lam,
+                options=options,
+                weights=_normalized(weights, normalize is True),
+            )
+        options |= {
+            "combine": "ties",
+            "density": 1.0,
+            "merge": "mean" if normalize is True else "sum",
+        }
+        return MergeConfig(method="dare", scaling=lam, options=options, weights=weights)
+
+    def plan(self) -> MergePlan:
+        """The merge this config asks for (paths as written; see :func:`load_merge_config`)."""
+        entries, weights = self._fine_tuned()
+        density = self._density(entries)
+        base, paths = self.base_model, [m.model for m in entries]
+        if self.merge_method == "linear":
+            config = self._linear(weights)
+            if base is None:  # the first model stands in for the base (weights sum to 1)
+                base, paths = paths[0], paths[1:]
+                config = config.model_copy(update={"weights": (config.weights or ())[1:]})
         else:
-            drop = 1.0 - (density or 1.0)
-            if method == "dare_linear":
-                options = {"drop_rate": drop, "seed": seed}
-                config = MergeConfig(
-                    method="dare",
-                    scaling=lam,
-                    options=options,
-                    weights=_normalized(weights, normalize is True),
-                )
-            else:
-                options = {
-                    "drop_rate": drop,
-                    "seed": seed,
-                    "combine": "ties",
-                    "density": 1.0,
-                    "merge": "mean" if normalize is True else "sum",
-                }
-                config = MergeConfig(method="dare", scaling=lam, options=options, weights=weights)
+            config = self._task_vector_merge(weights, density)
         if config.weights is not None and all(w == 1.0 for w in config.weights):
             config = config.model_copy(update={"weights": None})
         out = self.out_dtype or self.dtype
-        assert base is not None
+        assert base is not None  # _fine_tuned: only a linear merge may lack one
         return MergePlan(
             base=base,
             models=tuple(paths),
