@@ -27,7 +27,7 @@ from rmtllmf.report import figures, markdown, seeds, tables
 from rmtllmf.report.axis_report import AXIS_ROLES, AxisReport, axis_report
 from rmtllmf.study.plan import SweepConfig, plan_runs
 from rmtllmf.study.snr_axis import SIGNAL_META
-from rmtllmf.study.spectra import SPECTRA_META, RankSpectra
+from rmtllmf.study.spectra import SPECTRA_META, RankSpectra, SpectraCount
 from rmtllmf.study.store import ResultsDB, RunRecord, code_version, export_csv, run_key
 from rmtllmf.study.sweep import stored_lambdas
 
@@ -127,6 +127,45 @@ def planned_rows(rows: list[RunRecord], db: ResultsDB) -> PlannedRows:
     return PlannedRows(kept, len(plan), len(rows) - len(kept))
 
 
+def _summary_json(
+    summ: tables.Summary,
+    order: list[tables.Ordering],
+    cosines: dict[str, tuple[float, float, float]],
+    analysis: list[tables.AnalysisRow],
+    counts: list[SpectraCount],
+    meta: markdown.ReportMeta,
+    config: dict[str, Any],
+    files: list[Path],
+    unc: seeds.Uncertainty,
+    axis: AxisReport | None,
+) -> dict[str, Any]:
+    """``summary.json``'s content: the headline summary, then everything the report shows."""
+    complete = meta.planned is not None and meta.runs >= meta.planned
+    return {
+        **summ.to_json(),
+        "orderings": [o.to_json() for o in order],
+        "cosine_offdiag": {
+            k: dict(zip(("mean", "min", "max"), v, strict=True)) for k, v in cosines.items()
+        },
+        "analysis": [a.to_json() for a in analysis],
+        "rank_spectra": [c.to_json() for c in counts],
+        "code_version": meta.code_version,
+        "pool_id": meta.pool_id,
+        "seeds": meta.seeds,
+        "config": config,
+        "figures": [p.name for p in files],
+        "coverage": {
+            "runs": meta.runs,
+            "planned": meta.planned,
+            "complete": complete,
+            "other_settings": meta.outside,
+            "note": markdown.coverage_note(meta),
+        },
+        "uncertainty": unc.to_json(),
+        "snr_axis": None if axis is None else axis.to_json(),
+    }
+
+
 def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
     """Write every artefact of the report under ``out``; returns ``summary.json``'s content."""
     planned = planned_rows(list(db.rows()), db)
@@ -177,29 +216,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         axis=axis,
     )
     write_text_atomic(out / "report.md", text)
-    full = {
-        **summ.to_json(),
-        "orderings": [o.to_json() for o in order],
-        "cosine_offdiag": {
-            k: dict(zip(("mean", "min", "max"), v, strict=True)) for k, v in cosines.items()
-        },
-        "analysis": [a.to_json() for a in analysis],
-        "rank_spectra": [c.to_json() for c in counts],
-        "code_version": meta.code_version,
-        "pool_id": meta.pool_id,
-        "seeds": meta.seeds,
-        "config": config,
-        "figures": [p.name for p in files],
-        "coverage": {
-            "runs": len(every),
-            "planned": planned.planned,
-            "complete": planned.planned is not None and len(every) >= planned.planned,
-            "other_settings": planned.outside,
-            "note": markdown.coverage_note(meta),
-        },
-        "uncertainty": unc.to_json(),
-        "snr_axis": None if axis is None else axis.to_json(),
-    }
+    full = _summary_json(summ, order, cosines, analysis, counts, meta, config, files, unc, axis)
     write_text_atomic(out / "summary.json", json.dumps(full, indent=2))
     export_csv(every, out / "runs.csv")
     return full
