@@ -425,74 +425,97 @@ def _snr_axis(axis: AxisReport | None) -> list[str]:
     the jammer axis."""
     if axis is None:
         return []
-    lines = ["", "## The SNR axis (figure snr_axis)", ""]
-    if axis.snr:
-        shift = axis.weights_shift_db
-        lines += [
-            "Every user's task vector received as `tau + N(0, E[tau^2] 10^(-SNR/10))` (the awgn "
-            "scenario on the snr link, no channel drawn), each defense at each per-entry SNR; "
-            "each cell the mean normalized accuracy over seeds [95% interval]. The paper's "
-            "operating points on this axis: "
-            + ", ".join(f"{s} {db:g} dB" for s, db in PAPER_POINTS.items())
-            + "."
-            + (
-                ""
-                if shift is None
-                else f" Relative to the weights' power the SNR is {shift:+.1f} dB higher "
-                "(E[theta^2] / E[tau^2] of this pool): the axis on which models compare."
-            ),
-            "",
+    return [
+        "",
+        "## The SNR axis (figure snr_axis)",
+        "",
+        *_snr_points(axis),
+        *_snr_bands(axis),
+        *_snr_limits(axis),
+        *_jammer_axis(axis),
+    ]
+
+
+def _snr_points(axis: AxisReport) -> list[str]:
+    """Each defense at each per-entry SNR and on the noiseless link, and the floors."""
+    if not axis.snr:
+        return []
+    shift = axis.weights_shift_db
+    lines = [
+        "Every user's task vector received as `tau + N(0, E[tau^2] 10^(-SNR/10))` (the awgn "
+        "scenario on the snr link, no channel drawn), each defense at each per-entry SNR; "
+        "each cell the mean normalized accuracy over seeds [95% interval]. The paper's "
+        "operating points on this axis: "
+        + ", ".join(f"{s} {db:g} dB" for s, db in PAPER_POINTS.items())
+        + "."
+        + (
+            ""
+            if shift is None
+            else f" Relative to the weights' power the SNR is {shift:+.1f} dB higher "
+            "(E[theta^2] / E[tau^2] of this pool): the axis on which models compare."
+        ),
+        "",
+    ]
+    defenses = list(axis.snr)
+    grid = [x for x, _ in axis.snr[defenses[0]]]
+    rows = [[f"{x:g}", *(_interval(dict(axis.snr[d]).get(x, _NO)) for d in defenses)] for x in grid]
+    rows.append(
+        [
+            "noiseless",
+            *(_interval(axis.noiseless[d]) if d in axis.noiseless else "" for d in defenses),
         ]
-        defenses = list(axis.snr)
-        grid = [x for x, _ in axis.snr[defenses[0]]]
-        rows = [
-            [f"{x:g}", *(_interval(dict(axis.snr[d]).get(x, _NO)) for d in defenses)] for x in grid
-        ]
-        rows.append(
+    )
+    lines += _table(["SNR (dB)", *defenses], rows)
+    floors = ", ".join(f"{k} {_interval(v)}" for k, v in axis.floors.items())
+    return [*lines, "", f"Floors: {floors}.", ""]
+
+
+def _snr_bands(axis: AxisReport) -> list[str]:
+    """Where R-MTLLMF beats each reference by more than its margin."""
+    if not axis.bands:
+        return []
+    lines = [
+        "Where R-MTLLMF beats each reference: the paired difference over seeds has its 95% "
+        "interval above the margin (one seed: its mean).",
+        "",
+    ]
+    lines += _table(
+        ["R-MTLLMF beats", "by more than", "band"],
+        [[b.versus, f"{b.margin:g}", b.text] for b in axis.bands],
+    )
+    return [*lines, ""]
+
+
+def _snr_limits(axis: AxisReport) -> list[str]:
+    """The axis's two limits and whether each is reached."""
+    if not axis.limits:
+        return []
+    lines = [
+        "The limits: at the highest SNR each defense against itself on the noiseless link, "
+        "at the lowest no defense against chance and shrink against the base model alone; "
+        f"reached when the paired difference's 95% interval holds 0 or its mean is within "
+        f"{LIMIT_TOLERANCE:g}.",
+        "",
+    ]
+    lines += _table(
+        ["SNR (dB)", "defense", "against", "difference [95%]", "reached"],
+        [
             [
-                "noiseless",
-                *(_interval(axis.noiseless[d]) if d in axis.noiseless else "" for d in defenses),
+                f"{lim.snr_db:g}",
+                lim.defense,
+                lim.reference,
+                _interval(lim.difference),
+                "yes" if lim.reached else "**no**",
             ]
-        )
-        lines += _table(["SNR (dB)", *defenses], rows)
-        lines += [
-            "",
-            "Floors: " + ", ".join(f"{k} {_interval(v)}" for k, v in axis.floors.items()) + ".",
-            "",
-        ]
-    if axis.bands:
-        lines += [
-            "Where R-MTLLMF beats each reference: the paired difference over seeds has its 95% "
-            "interval above the margin (one seed: its mean).",
-            "",
-        ]
-        lines += _table(
-            ["R-MTLLMF beats", "by more than", "band"],
-            [[b.versus, f"{b.margin:g}", b.text] for b in axis.bands],
-        )
-        lines.append("")
-    if axis.limits:
-        lines += [
-            "The limits: at the highest SNR each defense against itself on the noiseless link, "
-            "at the lowest no defense against chance and shrink against the base model alone; "
-            f"reached when the paired difference's 95% interval holds 0 or its mean is within "
-            f"{LIMIT_TOLERANCE:g}.",
-            "",
-        ]
-        lines += _table(
-            ["SNR (dB)", "defense", "against", "difference [95%]", "reached"],
-            [
-                [
-                    f"{lim.snr_db:g}",
-                    lim.defense,
-                    lim.reference,
-                    _interval(lim.difference),
-                    "yes" if lim.reached else "**no**",
-                ]
-                for lim in axis.limits
-            ],
-        )
-        lines.append("")
+            for lim in axis.limits
+        ],
+    )
+    return [*lines, ""]
+
+
+def _jammer_axis(axis: AxisReport) -> list[str]:
+    """Each defense against the physical jammer's power, beside the equivalent SNR."""
+    lines: list[str] = []
     for scenario, by_defense in axis.jammer.items():
         defenses = list(by_defense)
         points = by_defense[defenses[0]]
