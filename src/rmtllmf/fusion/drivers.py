@@ -128,6 +128,42 @@ class MergeOutput:
     directory: WrittenDirectory | None = None
 
 
+def _checked_request(
+    base: ModelSource,
+    finetuned: Sequence[ModelSource],
+    out: str | Path,
+    config: MergeConfig,
+    dtype: torch.dtype | None,
+    *,
+    force: bool,
+    require_tokenizer: bool,
+    max_shard_size: int | str,
+) -> OutputKind:
+    """What :func:`merge_checkpoints` checks before any work: models to merge, as many as the
+    config's weights, a floating-point ``dtype``, the output path (:func:`output_kind`), and
+    for a directory output a Hugging Face base directory (with a tokenizer where
+    ``require_tokenizer``) and a valid ``max_shard_size``."""
+    if not finetuned:
+        raise InputError("no fine-tuned models to merge; give at least one (--models ...)")
+    config.check_models(len(finetuned))
+    if dtype is not None and not dtype.is_floating_point:
+        raise InputError(f"output dtype {dtype} is not a floating-point dtype (--dtype)")
+    inputs = [s for s in (base, *finetuned) if not isinstance(s, Mapping)]
+    kind = output_kind(out, inputs, force=force)
+    if kind == "file":
+        return kind
+    if isinstance(base, Mapping) or not is_hf_model_dir(base):
+        what = "an in-memory state dict" if isinstance(base, Mapping) else f"{base}"
+        raise InputError(
+            f"--out {out} is a directory, written for from_pretrained, which needs the base to be "
+            f"a Hugging Face model directory with config.json, but the base is {what}; give "
+            "--out a .safetensors file, or a base directory with config.json"
+        )
+    check_base_dir(base, require_tokenizer=require_tokenizer)
+    parse_size(max_shard_size)
+    return kind
+
+
 def merge_checkpoints(
     base: ModelSource,
     finetuned: Sequence[ModelSource],
@@ -159,25 +195,17 @@ def merge_checkpoints(
     base. Fine-tuned models may be LoRA adapter directories. NaN or infinite values are refused
     (see the module docs) unless ``allow_nonfinite``.
     """
-    if not finetuned:
-        raise InputError("no fine-tuned models to merge; give at least one (--models ...)")
-    config.check_models(len(finetuned))
-    if dtype is not None and not dtype.is_floating_point:
-        raise InputError(f"output dtype {dtype} is not a floating-point dtype (--dtype)")
-    inputs = [s for s in (base, *finetuned) if not isinstance(s, Mapping)]
-    kind = output_kind(out, inputs, force=force)
+    kind = _checked_request(
+        base,
+        finetuned,
+        out,
+        config,
+        dtype,
+        force=force,
+        require_tokenizer=require_tokenizer,
+        max_shard_size=max_shard_size,
+    )
     target = Path(out)
-    if kind == "directory" and (isinstance(base, Mapping) or not is_hf_model_dir(base)):
-        what = "an in-memory state dict" if isinstance(base, Mapping) else f"{base}"
-        raise InputError(
-            f"--out {out} is a directory, written for from_pretrained, which needs the base to be "
-            f"a Hugging Face model directory with config.json, but the base is {what}; give "
-            "--out a .safetensors file, or a base directory with config.json"
-        )
-    if kind == "directory":
-        assert not isinstance(base, Mapping)
-        check_base_dir(base, require_tokenizer=require_tokenizer)
-        parse_size(max_shard_size)
     metadata = {"format": "pt", MERGE_METADATA: config.model_dump_json()}
     with ExitStack() as stack:
         plan = _fused_plan(base, finetuned, config, param_filter, dtype, metadata, stack)
