@@ -233,3 +233,15 @@ def test_a_config_section_no_family_owns_is_named(tmp_path):
     path.write_text(yaml.safe_dump({"family": "toy-mlp", "toy": {"dims": 3}}))
     with pytest.raises(InputError, match=r"toy\.dims: is not a known setting"):
         load_config(path)
+
+
+def test_the_architecture_doc_lists_every_builtin_family():
+    doc = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    for name in family_names():
+        family = get_family(name)
+        if family.module.startswith("rmtllmf."):
+            row = next((r for r in rows if r.startswith(f"| `{name}`")), None)
+            assert row is not None, f"docs/architecture.md has no row for family {name}"
+            assert f"`{family.section}:`" in row
+            assert family.module.removeprefix("rmtllmf.").replace(".", "/") + ".py" in row
