@@ -286,8 +286,25 @@ CASES = [
         "TASK=PATH",
         _checkpoints,
     ),
+    Case(
+        "evaluate-unknown-family",
+        lambda r: ["evaluate", "--family", "hf-vit", "--model", str(r / "ft.safetensors")],
+        "--family hf-vit is not a registered family; choose one of tiny-vit, hf-clip",
+        _checkpoints,
+    ),
+    Case(
+        "evaluate-family-without-hook",
+        lambda r: ["evaluate", "--family", "hf-text", "--model", str(r / "ft.safetensors")],
+        "--family hf-text has no evaluate command; evaluate scores tiny-vit, hf-clip",
+        _checkpoints,
+    ),
     # finetune
     Case("finetune-no-task", lambda r: ["finetune", "--out", str(r / "ft")], "--task"),
+    Case(
+        "finetune-family-without-hook",
+        lambda r: ["finetune", "--family", "hf-causal", "--out", str(r / "ft")],
+        "--family hf-causal has no finetune command",
+    ),
     Case(
         "finetune-unknown-task",
         lambda r: ["finetune", "--task", "weather", "--out", str(r / "ft")],

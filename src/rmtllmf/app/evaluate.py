@@ -12,6 +12,11 @@ from rmtllmf.errors import CheckpointError, InputError
 
 def scores(args: argparse.Namespace) -> Scores:
     """Score ``--model`` with ``--family``'s ``evaluate`` hook."""
+    if args.family not in family_names():
+        raise InputError(
+            f"--family {args.family} is not a registered family; choose one of "
+            f"{', '.join(family_names())}"
+        )
     hook = get_family(args.family).evaluate
     if hook is None:
         able = [n for n in family_names() if get_family(n).evaluate is not None]
