@@ -44,17 +44,18 @@ MAX_USERS = 1024
 MAX_ANTENNAS = 1024
 MAX_RECEIVER_WORK = 2**33
 """Bound on ``Q * N_R^3``: the MMSE-SIC theory takes one ``N_R x N_R`` eigendecomposition per
-user (``channel.linalg.hermitian_split``); measured here about 1 s per 1e9 (16 users x 1000
-antennas: 11 s), so the bound keeps a call under about 10 s."""
+user (``channel.linalg.hermitian_split``); the bound keeps a call near 10 s (the times at the
+bounds: docs/benchmarks.md, "Channel bounds")."""
 USERS_PER_SIC_STEP = 128
 """Above this many users the symbol link's per-symbol cost grows with the users too (the SIC
 detector's steps): a simulation costs ``symbols * users * (1 + users / 128)`` units."""
 MAX_SYMBOL_WORK = 2**27 * (1 + 8 / USERS_PER_SIC_STEP)
-"""Bound on those units (8 users: 2^27 / 8 = 16.8M symbols). Measured here at the bound: 8 users
-x 16,777,216 symbols 8.1 s and 0.90 GB peak; 1024 users x 131,072 symbols (9x the bound) 50 s
-and 3.5 GB: about 5e-8 s and at most 6.3 bytes per unit."""
+"""Bound on those units (8 users: 2^27 / 8 = 16.8M symbols), near 10 s and 1 GB
+(docs/benchmarks.md, "Channel bounds")."""
 SECONDS_PER_UNIT = 5e-8
+"""Seconds per unit, for the time a refused request would take (docs/benchmarks.md)."""
 BYTES_PER_UNIT = 6.3
+"""Peak bytes per unit, likewise (docs/benchmarks.md)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -35,12 +35,9 @@ MAX_INPUTS = 256
 MAP_BYTES = 64 << 20
 """Bytes of input windows each thread keeps mapped before it unmaps them all in one call (at
 least one job's). Each unmap of pages a thread has read makes the system flush the other threads'
-TLBs by inter-processor interrupts, which leave a virtual machine's guest: merging 9 x 343 MB (164
-jobs) with 2 threads took ~1,440 TLB-shootdown interrupts when each window was unmapped after its
-job (one per window), ~80 with 40 MiB arenas and ~55 with 64 MiB ones; in 25 interleaved pairs
-of fresh-process merges, 64 MiB arenas were faster in 19, by 1% at the median (0.239 s against
-0.242 s) and 0.256 s against 0.314 s at the slowest. Mapped pages count in the resident set:
-peak RSS of that merge 337 MiB, against 265 MiB."""
+TLBs by inter-processor interrupts, which leave a virtual machine's guest, so unmapping once per
+arena rather than once per window saves most of them; mapped pages count in the resident set
+(the trade measured: docs/merge-kernel.md, "What the kernel does")."""
 
 
 @dataclass(frozen=True)
