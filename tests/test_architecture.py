@@ -120,7 +120,7 @@ def test_no_module_imports_another_modules_private_names() -> None:
     assert found == {}
 
 
-COMMANDS = {"reproduce", "export", "evaluate", "finetune", "zoo"}
+COMMANDS = {"reproduce", "export", "evaluate", "zoo"}
 """Commands whose two halves share a name: ``cli/<command>.py`` parses, ``app/<command>.py``
 does the work (docs/architecture.md, "Names")."""
 

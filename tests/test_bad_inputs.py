@@ -295,7 +295,7 @@ CASES = [
     Case(
         "evaluate-family-without-hook",
         lambda r: ["evaluate", "--family", "hf-text", "--model", str(r / "ft.safetensors")],
-        "--family hf-text has no evaluate command; evaluate scores tiny-vit, hf-clip",
+        "--family hf-text has no evaluate command; evaluate takes tiny-vit, hf-clip",
         _checkpoints,
     ),
     # finetune

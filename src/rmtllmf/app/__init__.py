@@ -8,8 +8,9 @@
   :mod:`~rmtllmf.app.causal_family`, each with its ``evaluate`` / ``finetune`` hooks;
 * :mod:`~rmtllmf.app.reproduce`: the study (config, pool, sweep, report, shards);
 * :mod:`~rmtllmf.app.export`: a study's runs into TensorBoard or MLflow;
-* :mod:`~rmtllmf.app.evaluate`, :mod:`~rmtllmf.app.finetune`, :mod:`~rmtllmf.app.zoo`: the
-  ``evaluate``, ``finetune`` and ``zoo build`` commands.
+* :mod:`~rmtllmf.app.zoo`: the ``zoo build`` command; :mod:`~rmtllmf.app.evaluate`: what the
+  families' ``evaluate`` hooks share (``evaluate`` and ``finetune`` run the family's hook,
+  :func:`~rmtllmf.app.family_registry.evaluate_hook` / ``finetune_hook``).
 
 A module of ``app/`` and one of ``cli/`` share a name only where they are one command's two
 halves (``cli/reproduce.py`` parses, ``app/reproduce.py`` does).

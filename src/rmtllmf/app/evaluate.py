@@ -1,30 +1,12 @@
-"""What ``rmtllmf evaluate`` does: the chosen family's scores, and the helpers the families'
-``evaluate`` hooks share (``TASK=PATH`` items, checkpoint errors named by their flag)."""
+"""What the families' ``rmtllmf evaluate`` hooks share: ``TASK=PATH`` items and checkpoint
+errors named by their flag (each hook is its family's: :func:`rmtllmf.app.family_registry.
+evaluate_hook`)."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from rmtllmf.app.family_registry import Scores, family_names, get_family
 from rmtllmf.errors import CheckpointError, InputError
-
-
-def scores(args: argparse.Namespace) -> Scores:
-    """Score ``--model`` with ``--family``'s ``evaluate`` hook."""
-    if args.family not in family_names():
-        raise InputError(
-            f"--family {args.family} is not a registered family; choose one of "
-            f"{', '.join(family_names())}"
-        )
-    hook = get_family(args.family).evaluate
-    if hook is None:
-        able = [n for n in family_names() if get_family(n).evaluate is not None]
-        raise InputError(
-            f"--family {args.family} has no evaluate command; evaluate scores {', '.join(able)} "
-            "(a study of that family reports its accuracies: rmtllmf reproduce)"
-        )
-    return hook(args)
 
 
 def pairs(items: Sequence[str], flag: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -157,3 +157,33 @@ def ensure_module(module: str) -> None:
     """Import ``module`` (a family's registering module) where this process has not yet."""
     if module:
         importlib.import_module(module)
+
+
+def _with_command(name: str, command: Literal["evaluate", "finetune"]) -> Family[Any]:
+    """The family of ``rmtllmf COMMAND --family NAME``, registered and with that hook."""
+    names = family_names()
+    if name not in names:
+        raise InputError(
+            f"--family {name} is not a registered family; choose one of {', '.join(names)}"
+        )
+    able = [n for n in names if getattr(get_family(n), command) is not None]
+    if name not in able:
+        raise InputError(
+            f"--family {name} has no {command} command; {command} takes {', '.join(able)} "
+            "(rmtllmf reproduce builds and scores the pool of any registered family)"
+        )
+    return get_family(name)
+
+
+def evaluate_hook(name: str) -> Callable[[argparse.Namespace], Scores]:
+    """``rmtllmf evaluate --family NAME``'s scoring; an error names the families that have one."""
+    hook = _with_command(name, "evaluate").evaluate
+    assert hook is not None  # _with_command checked it
+    return hook
+
+
+def finetune_hook(name: str) -> Callable[[argparse.Namespace], int]:
+    """``rmtllmf finetune --family NAME``'s training; an error names the families that have one."""
+    hook = _with_command(name, "finetune").finetune
+    assert hook is not None  # _with_command checked it
+    return hook

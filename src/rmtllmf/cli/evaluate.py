@@ -67,9 +67,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Score a model on its tasks (one function per family) and print a table or JSON."""
     set_threads(args.threads)
-    from rmtllmf.app.evaluate import scores
+    from rmtllmf.app.family_registry import evaluate_hook
 
-    acc, finetuned, scored = scores(args)
+    acc, finetuned, scored = evaluate_hook(args.family)(args)
     result = _result(args, acc, finetuned, scored)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -106,8 +106,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Fine-tune the chosen family's base model on one task; each family has its function."""
     set_threads(args.threads)
-    from rmtllmf.app.finetune import finetune
+    from rmtllmf.app.family_registry import finetune_hook
 
     check_output_dir(check_out_given(args.out))
     check_output_dir_owner(args.out, "finetune", force=args.force)
-    return finetune(args)
+    return finetune_hook(args.family)(args)
