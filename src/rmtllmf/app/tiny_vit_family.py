@@ -8,13 +8,15 @@ against the zoo's experts) and ``rmtllmf finetune`` (one expert through the zoo)
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from rmtllmf._io import default_cache, mark_output_dir
 from rmtllmf._progress import minutes, notice
 from rmtllmf.app.evaluate import named_checkpoint_error
-from rmtllmf.app.family_registry import Family, Scores, register_family
+from rmtllmf.app.family_registry import Family, Preflight, Scores, register_family
+from rmtllmf.app.preflight import float_entries, unreadable
 from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.pools.zoo_config import ZooConfig
@@ -203,6 +205,50 @@ def finetune_tiny_vit(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_pool(cfg: ZooConfig) -> Preflight:
+    """The base (``base:`` or the shipped one) loadable as a tiny-vit, and the shipped experts'
+    files matching their sha256 where the config uses them (else they are fine-tuned on the
+    first run, and cached)."""
+    from rmtllmf.pools.zoo_config import (
+        load_base,
+        shipped_base_path,
+        shipped_experts,
+        shipped_manifest,
+    )
+
+    found: list[str] = []
+    missing: list[str] = []
+    base = Path(cfg.base) if cfg.base else shipped_base_path()
+    entries = None
+    try:
+        load_base(base)
+        entries = float_entries(base)
+        found.append(f"base {base} ({entries:,} entries)")
+    except (CheckpointError, InputError) as exc:
+        fix = "give zoo.base a tiny-vit checkpoint (scripts/pretrain_tiny_base.py makes one)"
+        missing.append(unreadable("base", str(base), exc, fix))
+        return Preflight(found, missing, entries)
+    shipped = shipped_experts(cfg, base)
+    manifest = shipped_manifest()
+    if shipped is None or manifest is None:
+        found.append(f"experts: {len(cfg.tasks)} fine-tuned on the first run, then cached")
+        return Preflight(found, missing, entries)
+    bad = [
+        name
+        for name, sha in manifest["sha256"].items()
+        if not (shipped / name).is_file()
+        or hashlib.sha256((shipped / name).read_bytes()).hexdigest() != sha
+    ]
+    if bad:
+        missing.append(
+            f"shipped experts: {', '.join(bad[:3])} missing or changed (sha256); reinstall "
+            "rmtllmf (pip install --force-reinstall rmtllmf), or use zoo.experts: trained"
+        )
+    else:
+        found.append(f"shipped experts: {len(manifest['sha256'])} files, sha256 as recorded")
+    return Preflight(found, missing, entries)
+
+
 FAMILY = register_family(
     Family(
         name="tiny-vit",
@@ -215,5 +261,6 @@ FAMILY = register_family(
         announce=zoo_build_notice,
         evaluate=tiny_vit_scores,
         finetune=finetune_tiny_vit,
+        check=check_pool,
     )
 )

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from rmtllmf._io import check_output_dir_owner, default_cache
 from rmtllmf._malloc import keep_freed_memory
-from rmtllmf._progress import notice
+from rmtllmf._progress import minutes, notice
 from rmtllmf.cli.common import (
     check_out_given,
     check_output_dir,
@@ -63,6 +63,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="zoo / pool cache directory (default: $RMTLLMF_CACHE or ~/.cache/rmtllmf)",
     )
     p.add_argument("--reset", action="store_true", help="discard an existing results database")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check, offline and in seconds, that every checkpoint and dataset the config names "
+        "is present and loadable, print the plan and its estimated time, and run nothing "
+        "(exit status 2 naming what is missing)",
+    )
     p.add_argument(
         "--force",
         action="store_true",
@@ -230,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = _study_config(args)
     keep_freed_memory()
     workers = args.workers or ((os.cpu_count() or 1) if cfg.entry.parallel else 1)
+    if args.check:
+        return _check(cfg, workers)
     in_flight = 0 if (args.address and not args.workers) else workers  # 0: the cluster's size
     scale = Scale(args.executor, in_flight, args.address, args.cpus_per_run, args.gpus_per_run)
     cache = args.cache or default_cache()
@@ -268,6 +277,30 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
     )
     _print_summary(summary, args.out)
+    return 0
+
+
+def _check(cfg: ReproduceConfig, workers: int) -> int:
+    """``--check``: what the family's preflight found, the plan and its time; an error naming
+    the first missing asset (every one is listed above it)."""
+    from rmtllmf.app.preflight import preflight
+
+    report = preflight(cfg, workers)
+    found = report.family
+    print(f"study of family {cfg.family}: {len(found.found)} asset(s) found")
+    for line in found.found:
+        print(f"  found    {line}")
+    for line in found.missing:
+        print(f"  MISSING  {line}")
+    entries = f"{found.entries:,}" if found.entries is not None else "unknown"
+    print(
+        f"plan: {report.runs} run(s) in {report.channel_uses} channel use(s), {entries} entries "
+        f"per task vector; about {minutes(report.seconds)} on {workers} process(es) at "
+        f"~{cfg.entry.seconds_per_run:g} s per run"
+    )
+    if found.missing:
+        more = f" ({len(found.missing) - 1} more listed above)" if len(found.missing) > 1 else ""
+        raise InputError(f"{found.missing[0]}{more}")
     return 0
 
 

@@ -122,10 +122,10 @@ def load_base(path: str | Path | None = None) -> TinyVit:
         raise InputError(
             f"tiny base checkpoint {file} not found; run scripts/pretrain_tiny_base.py to make it"
         )
+    state = load_state_dict(file)  # a corrupt or pickled file is a CheckpointError here
     with safe_open(str(file), framework="pt") as fh:
         meta = json.loads((fh.metadata() or {}).get("rmtllmf", "{}"))
     model = TinyVit(TinyVitConfig(**meta.get("config", {})))
-    state = load_state_dict(file)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
