@@ -64,6 +64,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--reset", action="store_true", help="discard an existing results database")
     p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="arithmetic of realignment and evaluation: bf16 autocasts them to bfloat16 (fast "
+        "where the CPU has bf16 units, e.g. AMX or AVX512-BF16, and on GPUs); a setting of the "
+        "runs, stored with them (default: the config's sweep.precision, fp32)",
+    )
+    p.add_argument(
         "--check",
         action="store_true",
         help="check, offline and in seconds, that every checkpoint and dataset the config names "
@@ -217,8 +225,21 @@ def _study_config(args: argparse.Namespace) -> ReproduceConfig:
         if args.quick
         else ReproduceConfig()
     )
-    sweep_config(cfg)
+    if args.precision is not None:
+        cfg = cfg.model_copy(update={"sweep": {**cfg.sweep, "precision": args.precision}})
+    if sweep_config(cfg).precision == "bf16" and not _has_bf16_units():
+        notice(
+            "this CPU has no bfloat16 units (no AVX512-BF16 or AMX): bf16 runs are emulated and "
+            "slower than fp32 here"
+        )
     return cfg
+
+
+def _has_bf16_units() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check), or a GPU is there."""
+    import torch
+
+    return bool(torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def run(args: argparse.Namespace) -> int:

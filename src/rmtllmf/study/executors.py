@@ -60,7 +60,7 @@ def iter_group(
     pool: ModelPool,
     pool_id: str,
     runs: Sequence[PlannedRun],
-    accuracies: dict[tuple[str, str, str], float] | None = None,
+    accuracies: dict[tuple[str, str, str, str], float] | None = None,
 ) -> Iterator[FinishedRun]:
     """Run one channel-use group: receive once, then each run on that reception. A run's
     seconds include the reception when it is the group's first. ``accuracies`` (the
@@ -112,7 +112,7 @@ class InProcess(Closing):
     """The driver runs every group and call itself, on ``pool``."""
 
     pool: ModelPool
-    accuracies: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    accuracies: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
 
     def map_groups(
         self, pool_id: str, groups: Sequence[Sequence[PlannedRun]]

@@ -26,12 +26,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from rmtllmf.channel import (
     PAPER_SIGNAL_POWER,
@@ -67,6 +74,7 @@ from rmtllmf.study.payload import (
     sent_vectors,
     zero_offsets,
 )
+from rmtllmf.training.loops import Precision, compute_precision
 
 Scenario = Literal[
     "ideal",
@@ -157,6 +165,20 @@ class ExperimentConfig(BaseModel):
         description="the awgn scenario's per-entry SNR in dB (every user; set exactly when the "
         "scenario is awgn)",
     )
+    precision: Precision = Field(
+        "fp32",
+        description="arithmetic of realignment and evaluation (bf16: autocast, "
+        "rmtllmf.training.loops.compute_precision)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_precision(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``precision`` is left out of the dump at ``fp32``: a run's identity (its JSON) is
+        what it was before runs could choose their precision."""
+        data: dict[str, Any] = handler(self)
+        if data.get("precision") == "fp32":
+            data.pop("precision")
+        return data
 
     @model_validator(mode="after")
     def _awgn_has_its_snr(self) -> ExperimentConfig:
@@ -302,12 +324,12 @@ class Reception:
     error_mse: NDArray[np.float64]
     nonfinite_entries: int
     n_users: int
-    accuracies: dict[tuple[str, str, str], float] = field(default_factory=dict)
-    """Test accuracies measured on this reception's runs, by (split, task, state digest): a
-    defense that ends where another began (realignment that validation stopped at step 0) is
-    not evaluated twice. A task's accuracy depends on the state alone, so a sweep may share one
-    such dict across receptions of the same pool (the base model's floor, evaluated once per
-    task, not once per subset)."""
+    accuracies: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
+    """Test accuracies measured on this reception's runs, by (split, precision, task, state
+    digest): a defense that ends where another began (realignment that validation stopped at
+    step 0) is not evaluated twice. A task's accuracy depends on the state and the precision
+    alone, so a sweep may share one such dict across receptions of the same pool (the base
+    model's floor, evaluated once per task, not once per subset)."""
 
     _cosine: NDArray[np.float64] | None = field(default=None, init=False, repr=False, compare=False)
     _merged: dict[str, dict[str, torch.Tensor]] = field(
@@ -472,24 +494,28 @@ def run_experiment(
     model = pool.model_from_state(merged)
     sets, val_sets = _realign_sets(pool, cfg)
     torch.manual_seed(cfg.seed)
-    log = apply_defense(
-        cfg.defense,
-        model,
-        base,
-        pool.embedding_names,
-        pool.heads,
-        sets,
-        cfg.realign,
-        preprocess=pool.preprocess,
-        val_sets=val_sets,
-    )
+    with compute_precision(cfg.precision):
+        log = apply_defense(
+            cfg.defense,
+            model,
+            base,
+            pool.embedding_names,
+            pool.heads,
+            sets,
+            cfg.realign,
+            preprocess=pool.preprocess,
+            val_sets=val_sets,
+        )
     state = model.state_dict()
+    where = (cfg.split, cfg.precision)
     digest = state_digest(state)
-    missing = [t for t in cfg.tasks if (cfg.split, t, digest) not in rx.accuracies]
+    missing = [t for t in cfg.tasks if (*where, t, digest) not in rx.accuracies]
     if missing:
-        for task, value in pool.task_accuracy(state, missing, cfg.split).items():
-            rx.accuracies[(cfg.split, task, digest)] = value
-    acc = {t: rx.accuracies[(cfg.split, t, digest)] for t in cfg.tasks}
+        with compute_precision(cfg.precision):
+            measured = pool.task_accuracy(state, missing, cfg.split)
+        for task, value in measured.items():
+            rx.accuracies[(*where, task, digest)] = value
+    acc = {t: rx.accuracies[(*where, t, digest)] for t in cfg.tasks}
     ft = {t: pool.finetuned_accuracy(t, cfg.split) for t in cfg.tasks}
     kept = {q for q, _ in rx.received}
     return ExperimentResult(

@@ -38,7 +38,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from rmtllmf.channel import ScenarioConfig, SymbolLinkConfig
 from rmtllmf.defense import BLIND, CHANNEL_FREE, DEFENSES, PAPER, RealignConfig
@@ -49,6 +55,7 @@ from rmtllmf.study.analysis import AnalysisConfig
 from rmtllmf.study.experiment import ExperimentConfig, LinkMode, Scenario
 from rmtllmf.study.snr_axis import SnrAxisConfig, axis_runs
 from rmtllmf.study.spectra import SpectraConfig
+from rmtllmf.training.loops import Precision
 
 DEFAULT_GRID = tuple(round(float(x), 4) for x in np.linspace(0.0, 1.0, 21))
 
@@ -80,6 +87,11 @@ class SweepConfig(BaseModel):
     symbol: SymbolLinkConfig = SymbolLinkConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     nan_policy: Literal["zero", "drop-user", "error"] = "zero"
+    precision: Precision = Field(
+        "fp32",
+        description="arithmetic of every run's realignment and evaluation (bf16: autocast to "
+        "bfloat16 where the CPU or GPU has it; docs/scaling.md)",
+    )
     plan_seed: int = 0
     extra_defenses: tuple[str, ...] = Field(
         (),
@@ -116,6 +128,15 @@ class SweepConfig(BaseModel):
         if self.snr_axis is not None and self.snr_axis.defenses:
             return self.snr_axis.defenses
         return self.ablation_defenses
+
+    @model_serializer(mode="wrap")
+    def _omit_default_precision(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``precision`` is left out of the dump at ``fp32``, so a study's stored config is what
+        it was before studies could choose their precision."""
+        data: dict[str, Any] = handler(self)
+        if data.get("precision") == "fp32":
+            data.pop("precision")
+        return data
 
     def check(self) -> None:
         """Clear errors for plans that cannot run."""
@@ -217,6 +238,7 @@ def plan_runs(cfg: SweepConfig, lambdas: dict[int, float]) -> list[PlannedRun]:
                 "channel": cfg.channel,
                 "symbol": cfg.symbol,
                 "nan_policy": cfg.nan_policy,
+                "precision": cfg.precision,
                 "seed": seed,
             }
             headline_only = seed not in cfg.seeds

@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,6 +25,24 @@ from torch import nn
 
 from rmtllmf._progress import progress_bar
 from rmtllmf.models.tiny_vit import PrototypeHead, normalise_images
+
+Precision = Literal["fp32", "bf16"]
+"""The arithmetic of realignment and evaluation (:func:`compute_precision`)."""
+
+
+@contextmanager
+def compute_precision(precision: Precision) -> Iterator[None]:
+    """Run the block's operations in ``precision``: ``bf16`` autocasts matrix products and
+    convolutions to bfloat16 on the CPU and, where there is one, on CUDA (PyTorch's autocast
+    op lists), while parameters, gradients, optimizer state and the ops autocast keeps in
+    float32 (losses such as cross-entropy) stay float32; ``fp32`` changes nothing."""
+    with ExitStack() as stack:
+        if precision == "bf16":
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            if torch.cuda.is_available():
+                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        yield
+
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 #: uint8 ``(B, H, W, 3)`` batch to the encoder's input tensor
