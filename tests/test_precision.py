@@ -13,6 +13,7 @@ import yaml
 from torch import nn
 
 from rmtllmf.cli import main
+from rmtllmf.defense import RealignConfig
 from rmtllmf.study.experiment import ExperimentConfig, receive, run_experiment
 from rmtllmf.study.plan import SweepConfig
 from rmtllmf.study.store import ResultsDB
@@ -32,6 +33,32 @@ def test_bf16_autocasts_matrix_products_and_fp32_changes_nothing():
     assert layer.weight.dtype == torch.float32
     exact = x.to(torch.bfloat16).float() @ layer.weight.to(torch.bfloat16).float().T
     torch.testing.assert_close(out.float(), exact + layer.bias, atol=0.05, rtol=0.02)
+
+
+def test_a_training_loop_under_bf16_sees_its_own_updates():
+    """With autocast's weight cache a loop inside one autocast block would keep using the
+    weights' first bf16 copy: it would train blind and drift."""
+    layer = nn.Linear(4, 1, bias=False)
+    x = torch.ones(1, 4)
+    with compute_precision("bf16"):
+        layer(x).sum().backward()  # a forward with gradients, as in a realignment step
+        with torch.no_grad():
+            layer.weight.fill_(2.0)
+        assert float(layer(x).detach()) == 8.0
+
+
+def test_bf16_realignment_learns_where_fp32_does(tiny_zoo):
+    realign = RealignConfig(k_per_class=2, steps=10, batch=8, validate_every=5, val_per_task=8)
+    cfg = ExperimentConfig(
+        tasks=("signs", "textures"), link="noiseless", defense="base+realign", realign=realign
+    )
+    rx = receive(tiny_zoo, cfg)
+    fp32 = run_experiment(tiny_zoo, cfg, rx)
+    bf16 = run_experiment(tiny_zoo, cfg.model_copy(update={"precision": "bf16"}), rx)
+    curve = [score for _, score in bf16.realign_curve]
+    assert max(curve) >= curve[0]
+    for task in cfg.tasks:
+        assert abs(bf16.accuracy[task] - fp32.accuracy[task]) <= 0.1
 
 
 def test_fp32_keeps_the_run_ids_it_had_and_bf16_is_a_setting_of_the_run():

@@ -35,12 +35,17 @@ def compute_precision(precision: Precision) -> Iterator[None]:
     """Run the block's operations in ``precision``: ``bf16`` autocasts matrix products and
     convolutions to bfloat16 on the CPU and, where there is one, on CUDA (PyTorch's autocast
     op lists), while parameters, gradients, optimizer state and the ops autocast keeps in
-    float32 (losses such as cross-entropy) stay float32; ``fp32`` changes nothing."""
+    float32 (losses such as cross-entropy) stay float32; ``fp32`` changes nothing. Weights are
+    cast afresh at every use (autocast's cache is off), so a training loop inside the block sees
+    its own updates."""
     with ExitStack() as stack:
         if precision == "bf16":
-            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            # no weight cache: a training loop inside the block must see its own updates
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False))
             if torch.cuda.is_available():
-                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+                stack.enter_context(
+                    torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+                )
         yield
 
 
