@@ -8,6 +8,8 @@
   :mod:`~rmtllmf.app.causal_family`, each with its ``evaluate`` / ``finetune`` hooks;
 * :mod:`~rmtllmf.app.reproduce`: the study (config, pool, sweep, report, shards);
 * :mod:`~rmtllmf.app.export`: a study's runs into TensorBoard or MLflow;
+* :mod:`~rmtllmf.app.preflight`: ``reproduce --check``, the family's check of its assets, the
+  plan and its time;
 * :mod:`~rmtllmf.app.zoo`: the ``zoo build`` command; :mod:`~rmtllmf.app.evaluate`: what the
   families' ``evaluate`` hooks share (``evaluate`` and ``finetune`` run the family's hook,
   :func:`~rmtllmf.app.family_registry.evaluate_hook` / ``finetune_hook``).
