@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -84,13 +85,17 @@ def _ray(*args: str, env: dict[str, str]) -> None:
 
 @pytest.fixture
 def two_nodes(tmp_path):
-    """A head started as a user starts one (no RAY_AUTH_MODE: Ray turns tokens on) and a second
-    node joined as docs/scaling.md says (RAY_AUTH_MODE=token); both stopped afterwards."""
+    """A head started as a user starts one, where a local Ray has run before and left its token
+    in ``~/.ray/auth_token`` (no RAY_AUTH_MODE: the head turns tokens on), and a second node
+    joined as docs/scaling.md says (RAY_AUTH_MODE=token); both stopped afterwards (``ray stop
+    --force``: every Ray process of this machine)."""
     if RAY is None:
         pytest.skip("the ray command is not installed")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env["HOME"] = str(tmp_path / "home")  # the head writes its token here
+    env["HOME"] = str(tmp_path / "home")
+    (tmp_path / "home" / ".ray").mkdir(parents=True)
+    (tmp_path / "home" / ".ray" / "auth_token").write_text(secrets.token_hex(32))
     user = {**env, "RAY_USAGE_STATS_ENABLED": "0"}
     try:
         _ray("start", "--head", "--num-cpus=1", f"--port={port}", "--include-dashboard=false",

@@ -1,11 +1,13 @@
 """Joining a Ray cluster that ``ray start`` made: its token, and why a connection failed.
 
-Since Ray 2.59, ``ray start --head`` turns on token authentication for the cluster it starts
-and writes the token to ``~/.ray/auth_token``, while every other Ray process (a second
-``ray start --address``, a driver's ``ray.init(address=...)``) sends a token only when
-``RAY_AUTH_MODE=token`` is set in its environment *before Ray is imported*; without it the
-cluster answers ``InvalidAuthToken`` and ``ray.init`` gives up with a bare ``ConnectionError``
-("Failed to connect"), which reads like a cluster that is not there. A driver in token mode
+Since Ray 2.59 a local ``ray.init()`` generates a token in ``~/.ray/auth_token`` (so does
+``ray get-auth-token --generate``), and ``ray start --head`` turns token authentication on for
+its cluster whenever a token is at hand there (or in ``RAY_AUTH_TOKEN`` /
+``RAY_AUTH_TOKEN_PATH``), while every other Ray process (a second ``ray start --address``, a
+driver's ``ray.init(address=...)``) sends the token only when ``RAY_AUTH_MODE=token`` is set in
+its environment *before Ray is imported*. Without it the cluster answers ``InvalidAuthToken``
+and ``ray.init`` gives up with a bare ``ConnectionError`` ("Failed to connect"), which reads
+like a cluster that is not there. A driver in token mode
 also joins a cluster without authentication, so when the user has not chosen a mode and a
 token is at hand, :func:`token_auth_env` chooses token mode (what Ray 2.61 does by default);
 an explicit ``RAY_AUTH_MODE`` is left as it is. :func:`join_error` names the real cause of a
@@ -76,8 +78,8 @@ def join_error(
     token = f"the token from {source}" if source else "no token (none was found)"
     if mode != "token" or source is None:
         cause = (
-            f"this process runs with RAY_AUTH_MODE={mode} and {token}, and a cluster made by "
-            "`ray start --head` (Ray 2.59 and later) asks for its token"
+            f"this process runs with RAY_AUTH_MODE={mode} and {token}, and a head started by "
+            "`ray start --head` where a token was at hand (Ray 2.59 and later) asks for it"
         )
     else:
         cause = (
