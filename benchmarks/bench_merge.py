@@ -282,14 +282,12 @@ class Workload:
 
 def child_code(name: str, work: Workload, out: Path) -> str:
     """The program one fresh process runs to time contender ``name`` once."""
-    import torch
-
     from rmtllmf.fusion.fast.kernel import DTYPE_CODES
 
     return CHILD.format(
         scaling=SCALING,
         dtype=work.dtype,
-        kernel_dtype=DTYPE_CODES[getattr(torch, work.dtype)],
+        kernel_dtype=DTYPE_CODES[work.dtype],
         elements=work.elements,
         threads=work.threads,
         floor_lib=str(work.floor_lib),

@@ -33,8 +33,8 @@ def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threa
     block) equals the per-tensor formula for every dtype, across job edges, in one thread or
     several."""
     import rmtllmf.fusion.fast.fused as fused_module
-    from rmtllmf.fusion.checkpoint import RawSafetensors
     from rmtllmf.fusion.fast import kernel
+    from rmtllmf.fusion.safetensors_format import RawSafetensors
 
     if use_kernel and kernel.KERNEL is None:
         pytest.skip("the C kernel is not loaded (not built at install, or RMTLLMF_NO_KERNEL set)")
@@ -64,10 +64,10 @@ def test_fused_linear_path_crosses_block_boundaries(tmp_path, monkeypatch, threa
     if use_kernel:  # every merged dtype went through the kernel, in jobs of 200 bytes or less
         jobs = ran[0]
         assert all(j is jobs for j in ran)  # one job list, shared by the threads
-        codes = {kernel.DTYPE_CODES[d] for d in (torch.float32, torch.float64, torch.float16)}
-        assert set(jobs.dtypes.tolist()) == codes | {kernel.DTYPE_CODES[torch.bfloat16]}
+        codes = {kernel.DTYPE_CODES[d] for d in ("float32", "float64", "float16")}
+        assert set(jobs.dtypes.tolist()) == codes | {kernel.DTYPE_CODES["bfloat16"]}
         assert all(n <= 200 for n in _job_bytes(jobs))
-        assert (jobs.dtypes == kernel.DTYPE_CODES[torch.float32]).sum() >= 3  # a.weight: 128
+        assert (jobs.dtypes == kernel.DTYPE_CODES["float32"]).sum() >= 3  # a.weight: 128
     else:
         assert ran == []
     got = load_file(out)
@@ -125,7 +125,7 @@ def _job_bytes(jobs) -> list[int]:
     """Bytes per element of each kernel job's dtype, times its count."""
     from rmtllmf.fusion.fast import kernel
 
-    size = {code: torch.empty(0, dtype=d).element_size() for d, code in kernel.DTYPE_CODES.items()}
+    size = {code: getattr(torch, d).itemsize for d, code in kernel.DTYPE_CODES.items()}
     return [int(c) * size[int(d)] for c, d in zip(jobs.counts, jobs.dtypes, strict=True)]
 
 
@@ -153,7 +153,7 @@ def test_kernel_jobs_cover_every_tensor_once_in_windows_of_the_base_file(tmp_pat
     every file (fewer jobs than tensors), and start, past a run's first job, at a multiple of
     KERNEL_CHUNK_BYTES in the base file, so that each job maps one huge page."""
     import rmtllmf.fusion.fast.fused as fused_module
-    from rmtllmf.fusion.checkpoint import RawSafetensors, safetensors_prefix
+    from rmtllmf.fusion.safetensors_format import RawSafetensors, safetensors_prefix
 
     chunk = 200
     monkeypatch.setattr(fused_module, "KERNEL_CHUNK_BYTES", chunk)

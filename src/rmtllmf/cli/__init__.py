@@ -14,28 +14,27 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import importlib
 import sys
 import traceback
 from collections.abc import Sequence
+from types import ModuleType
 
 from rmtllmf import __version__
-from rmtllmf.cli import channel, compare, evaluate, export, finetune, merge, reproduce, zoo
 from rmtllmf.cli.common import CliParser, error_message
 
-COMMANDS = {
-    "channel": channel,
-    "merge": merge,
-    "zoo": zoo,
-    "finetune": finetune,
-    "evaluate": evaluate,
-    "reproduce": reproduce,
-    "export": export,
-    "compare": compare,
-}
+COMMANDS = ("channel", "merge", "zoo", "finetune", "evaluate", "reproduce", "export", "compare")
+"""The subcommands, each the module ``rmtllmf.cli.<name>`` (``add_parser`` and ``run``)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+def command_module(name: str) -> ModuleType:
+    """The module of subcommand ``name``, imported on demand: a command pays only for its
+    own imports (``rmtllmf merge`` of linear merges never loads torch)."""
+    return importlib.import_module(f"rmtllmf.cli.{name}")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand, or with subcommand ``only`` alone."""
     parser = CliParser(
         prog="rmtllmf",
         description="Resilient multi-task model fusion over jammed MIMO uplinks (R-MTLLMF).",
@@ -43,16 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rmtllmf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS.values():
-        module.add_parser(sub)
+    for name in COMMANDS if only is None else (only,):
+        command_module(name).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rmtllmf`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    only = given[0] if given and given[0] in COMMANDS else None
+    args = build_parser(only).parse_args(given)
     debug = getattr(args, "debug", False) or bool(os.environ.get("RMTLLMF_DEBUG"))
-    module = COMMANDS[args.command]
+    module = command_module(args.command)
     try:
         status = int(module.run(args))
         sys.stdout.flush()  # a closed pipe shows here, not at exit

@@ -141,8 +141,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
     """``(base, models, MergeConfig, ParamFilter, dtype)`` from the flags or ``--config``."""
-    import torch
-
     from rmtllmf.fusion import MergeConfig, ParamFilter
     from rmtllmf.fusion.merge_yaml import DTYPES, load_merge_config
     from rmtllmf.fusion.method_registry import get_method
@@ -188,13 +186,14 @@ def _resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
     weights = None if args.weights is None else tuple(args.weights)
     config = MergeConfig(method=method, scaling=scaling, options=options, weights=weights)
     params = ParamFilter(include=tuple(args.include), exclude=tuple(args.exclude))
-    dtype: torch.dtype | None = DTYPES[args.dtype] if args.dtype else None
+    dtype = DTYPES[args.dtype] if args.dtype else None
     return args.base, list(args.models), config, params, dtype
 
 
 def _record(base: Any, models: Any, config: Any, params: Any, dtype: Any, args: Any) -> str:
     """The resolved merge as JSON (``lambda`` is null for a method that does not scale)."""
     from rmtllmf.fusion.method_registry import get_method
+    from rmtllmf.fusion.safetensors_format import dtype_name
 
     merge = config.model_dump(mode="json")
     if not get_method(config.method).scaled:
@@ -204,7 +203,7 @@ def _record(base: Any, models: Any, config: Any, params: Any, dtype: Any, args: 
         "models": [str(m) for m in models],
         "merge": merge,
         "params": params.model_dump(mode="json"),
-        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        "dtype": None if dtype is None else dtype_name(dtype),
         **({"config": str(args.config)} if args.config is not None else {}),
     }
     return json.dumps(record, indent=2)

@@ -1,4 +1,5 @@
-"""Task vectors and merging (torch; knows nothing of radios).
+"""Task vectors and merging (torch, imported at its first use: the linear merges between files
+need none; knows nothing of radios).
 
 * :class:`TaskVector` (eq. 1): build from checkpoints tensor by tensor, arithmetic, cosine,
   flatten for the channel, safetensors in and out;

@@ -34,13 +34,16 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-import torch.nn.functional as F
-
+from rmtllmf._lazy import lazy_module
 from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.fusion.checkpoint import LazyCheckpoint, check_finite
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -323,7 +326,11 @@ class AdapterSource:
                 flat = b.reshape(b.shape[0], b.shape[1]) @ a.reshape(a.shape[0], a.shape[1])
                 delta = flat.reshape(*flat.shape, *([1] * (a.dim() - 2)))
             else:
-                conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[a.dim()]
+                conv = {
+                    3: torch.nn.functional.conv1d,
+                    4: torch.nn.functional.conv2d,
+                    5: torch.nn.functional.conv3d,
+                }[a.dim()]
                 delta = conv(a.transpose(0, 1), b).transpose(0, 1)
         else:
             raise CheckpointError(

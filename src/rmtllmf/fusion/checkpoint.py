@@ -18,38 +18,28 @@ safetensors file from a generator of tensors, without holding the whole model.
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-import os
-import struct
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from rmtllmf._io import Closing, atomic_output
+from rmtllmf._lazy import lazy_module
 from rmtllmf.errors import CheckpointError
+from rmtllmf.fusion.safetensors_format import (
+    DTYPES,
+    PICKLE_SUFFIXES,
+    resolve_files,
+    safetensors_prefix,
+)
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-_DTYPE_NAMES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_DTYPES_BY_NAME = {v: k for k, v in _DTYPE_NAMES.items()}
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 
 def _pickle_refusal(path: Path) -> CheckpointError:
@@ -58,94 +48,6 @@ def _pickle_refusal(path: Path) -> CheckpointError:
         "Convert it to safetensors, or pass allow_pickle=True (--allow-pickle) to load it with "
         "torch.load(weights_only=True) if you trust it."
     )
-
-
-def resolve_files(path: str | Path) -> list[Path]:
-    """The tensor files behind a checkpoint path (one file, or the shards of an HF directory)."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(
-            f"checkpoint {p} does not exist; give a .safetensors file or a model directory"
-        )
-    if p.is_file():
-        return [p]
-    index = p / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            names = [str(name) for name in dict.fromkeys(weight_map.values())]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(
-                f"cannot read the shard index {index} ({exc}); it must be JSON with a "
-                "'weight_map' of tensor name -> shard file, as transformers writes it"
-            ) from exc
-        outside = [n for n in names if Path(n).anchor or ".." in Path(n).parts]
-        if outside:
-            raise CheckpointError(
-                f"the shard index {index} names files outside its directory ({outside[0]!r}); "
-                "shard files must lie beside the index"
-            )
-        return [p / name for name in names]
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (p / name).exists():
-            return [p / name]
-    candidates = sorted(p.glob("*.safetensors"))
-    if len(candidates) == 1:
-        return candidates
-    raise CheckpointError(
-        f"no weights found in directory {p}: expected model.safetensors, a sharded "
-        "model.safetensors.index.json, or a single *.safetensors file"
-    )
-
-
-_Spans = dict[str, tuple[int, int]]
-_Entries = dict[str, tuple[torch.dtype, tuple[int, ...]]]
-
-
-@functools.lru_cache(maxsize=16)
-def _parse_header(raw: bytes) -> tuple[_Spans, _Entries, int]:
-    """Byte spans in the file, (dtype, shape) and the end of the data of every tensor, from the
-    ``len(raw)``-byte JSON header of a safetensors file. Files whose headers are the same bytes
-    (a base model and its fine-tuned copies, usually) share one parse, whose dictionaries are
-    read-only. Raises ``ValueError`` or ``KeyError`` for a malformed header."""
-    n = len(raw)
-    header = json.loads(raw)
-    header.pop("__metadata__", None)
-    spans: _Spans = {}
-    entries: _Entries = {}
-    end = 8 + n
-    for key, info in header.items():
-        start, stop = (8 + n + o for o in info["data_offsets"])
-        dtype, shape = _DTYPES_BY_NAME[info["dtype"]], tuple(info["shape"])
-        need = math.prod(shape) * dtype.itemsize
-        if stop - start != need:
-            raise ValueError(
-                f"tensor {key!r} takes {stop - start} bytes in the header, but its shape "
-                f"{list(shape)} of {dtype} needs {need}; re-save the file"
-            )
-        spans[key] = (start, stop)
-        entries[key] = (dtype, shape)
-        end = max(end, stop)
-    return spans, entries, end
-
-
-def _read_header(fd: int, path: Path) -> tuple[_Spans, _Entries]:
-    """The byte span (start, stop) in the file and the (dtype, shape) of every tensor of the open
-    safetensors file ``fd``, checked to lie inside the file."""
-    try:
-        size = os.fstat(fd).st_size
-        (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
-        if 8 + n > size:
-            raise ValueError(f"header of {n} bytes runs past the end of the file")
-        spans, entries, end = _parse_header(os.pread(fd, n, 8))
-    except (OSError, ValueError, KeyError, struct.error) as exc:
-        raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from exc
-    if end > size:
-        key = next(k for k, (_, stop) in spans.items() if stop > size)
-        raise CheckpointError(
-            f"{path} is truncated: tensor {key!r} runs past the end; re-download or re-save it"
-        )
-    return spans, entries
 
 
 FINITE_CHUNK = 1 << 20
@@ -273,7 +175,7 @@ class LazyCheckpoint(Closing):
             raise CheckpointError(f"tensor {key!r} is missing from {self.path}")
         if key not in self._meta:
             sl = self._where[key].get_slice(key)
-            self._meta[key] = (tuple(sl.get_shape()), _DTYPES_BY_NAME[sl.get_dtype()])
+            self._meta[key] = (tuple(sl.get_shape()), torch_dtype(sl.get_dtype()))
         return self._meta[key]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -281,92 +183,10 @@ class LazyCheckpoint(Closing):
         return {k: self.get(k) for k in self.keys()}
 
 
-class RawSafetensors(Closing):
-    """Positional reads of one safetensors file's tensor bytes (``pread``; no memory map).
-
-    The header is parsed once; :meth:`read_into` copies a byte range of one tensor straight from
-    the page cache into a caller's buffer, so a blocked merge touches every input byte exactly
-    once and its resident memory is only its buffers. Use as a context manager.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except OSError as exc:
-            raise CheckpointError(f"cannot open {self.path}: {exc}") from exc
-        try:
-            self.spans, self.entries = _read_header(self._fd, self.path)
-        except CheckpointError:
-            os.close(self._fd)
-            raise
-
-    def close(self) -> None:
-        """Close the file."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def fileno(self) -> int:
-        """The open file's descriptor (valid until :meth:`close`)."""
-        return self._fd
-
-    @property
-    def label(self) -> str:
-        """The file, for messages."""
-        return str(self.path)
-
-    def keys(self) -> list[str]:
-        """Tensor names in file order."""
-        return list(self.entries)
-
-    def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
-        """Shape and dtype of a tensor (as :meth:`LazyCheckpoint.meta`)."""
-        if key not in self.entries:
-            raise CheckpointError(f"tensor {key!r} is missing from {self.path}")
-        dtype, shape = self.entries[key]
-        return shape, dtype
-
-    def read_into(self, key: str, offset: int, buffer: memoryview) -> None:
-        """Fill ``buffer`` with tensor ``key``'s bytes from byte ``offset`` on."""
-        start, stop = self.spans[key]
-        if start + offset + len(buffer) > stop:
-            raise CheckpointError(f"read past the end of tensor {key!r} in {self.path}")
-        got = os.preadv(self._fd, [buffer], start + offset)
-        if got != len(buffer):
-            raise CheckpointError(f"{self.path} shrank while tensor {key!r} was being read")
-
-
-def safetensors_prefix(
-    layout: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
-    metadata: dict[str, str] | None = None,
-) -> tuple[bytes, dict[str, tuple[int, int]]]:
-    """The bytes before a safetensors file's data (8-byte little-endian header length, then
-    the JSON header padded to 8 bytes) and each tensor's ``(start, stop)`` byte span in the
-    file, for ``(name, shape, dtype)`` entries in file order."""
-    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for name, shape, dtype in layout:
-        if dtype not in _DTYPE_NAMES:
-            raise CheckpointError(f"tensor {name!r}: dtype {dtype} cannot be stored in safetensors")
-        size = dtype.itemsize
-        for dim in shape:
-            size *= dim
-        header[name] = {
-            "dtype": _DTYPE_NAMES[dtype],
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * ((-len(blob)) % 8)
-    prefix = struct.pack("<Q", len(blob)) + blob
-    spans = {
-        k: (len(prefix) + v["data_offsets"][0], len(prefix) + v["data_offsets"][1])
-        for k, v in header.items()
-        if k != "__metadata__"
-    }
-    return prefix, spans
+def torch_dtype(code: str) -> torch.dtype:
+    """The torch dtype of a safetensors header code (``BF16`` -> ``torch.bfloat16``)."""
+    dtype: torch.dtype = getattr(torch, DTYPES[code].name)
+    return dtype
 
 
 def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
@@ -397,6 +217,8 @@ def save_state_dict(
 ) -> None:
     """Write tensors as one safetensors file (contiguous copies; shared storage is fine)."""
     with atomic_output(path) as tmp:
+        from safetensors.torch import save_file
+
         save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp, metadata)
 
 

@@ -29,23 +29,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from rmtllmf._io import atomic_output
+from rmtllmf._lazy import lazy_module
 from rmtllmf.errors import CheckpointError, InputError
 from rmtllmf.fusion import methods as _methods  # noqa: F401  (registers the built-in methods)
 from rmtllmf.fusion.adapters import is_adapter_dir
-from rmtllmf.fusion.checkpoint import (
-    LazyCheckpoint,
-    RawSafetensors,
-    check_finite,
-    count_nonfinite,
-    resolve_files,
-    write_safetensors_streaming,
-)
+from rmtllmf.fusion.checkpoint import check_finite, write_safetensors_streaming
 from rmtllmf.fusion.fast.fused import fused_linear_merge
 from rmtllmf.fusion.hf_dir import (
     DEFAULT_MAX_SHARD_SIZE,
@@ -69,6 +63,13 @@ from rmtllmf.fusion.method_registry import (
     merge_thresholds,
 )
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter
+from rmtllmf.fusion.safetensors_format import (
+    DtypeLike,
+    RawSafetensors,
+    count_nonfinite_stored,
+    dtype_name,
+    resolve_files,
+)
 from rmtllmf.fusion.task_vector import (
     ModelReader,
     ModelSource,
@@ -77,6 +78,11 @@ from rmtllmf.fusion.task_vector import (
     open_finetuned,
     selected_keys,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 
 def merge_task_vectors(
@@ -133,7 +139,7 @@ def _checked_request(
     finetuned: Sequence[ModelSource],
     out: str | Path,
     config: MergeConfig,
-    dtype: torch.dtype | None,
+    dtype: DtypeLike | None,
     *,
     force: bool,
     require_tokenizer: bool,
@@ -173,7 +179,7 @@ def merge_checkpoints(
     *,
     allow_pickle: bool = False,
     allow_nonfinite: bool = False,
-    dtype: torch.dtype | None = None,
+    dtype: DtypeLike | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     extra_files: Mapping[str, str] | None = None,
     require_tokenizer: bool = False,
@@ -270,7 +276,7 @@ def _fused_plan(
     finetuned: Sequence[ModelSource],
     config: MergeConfig,
     param_filter: ParamFilter,
-    dtype: torch.dtype | None,
+    dtype: DtypeLike | None,
     metadata: dict[str, str],
     stack: ExitStack,
 ) -> _Plan | None:
@@ -287,7 +293,9 @@ def _fused_plan(
     raws = [stack.enter_context(RawSafetensors(f)) for f in files]
     order = raws[0].keys()
     layout = [(k, raws[0].entries[k][1], raws[0].entries[k][0]) for k in order]
-    if dtype is not None and any(dt.is_floating_point and dt != dtype for _, _, dt in layout):
+    if dtype is not None and any(
+        dt.is_floating_point and dt.name != dtype_name(dtype) for _, _, dt in layout
+    ):
         for raw in reversed(raws):
             raw.close()
         return None
@@ -315,7 +323,7 @@ def _streaming_plan(
     finetuned: Sequence[ModelSource],
     config: MergeConfig,
     param_filter: ParamFilter,
-    dtype: torch.dtype | None,
+    dtype: DtypeLike | None,
     metadata: dict[str, str],
     stack: ExitStack,
     *,
@@ -346,8 +354,10 @@ def _streaming_plan(
 
         thresholds = merge_thresholds(method, config, slices, len(fts))
 
+    target = None if dtype is None else getattr(torch, dtype_name(dtype))
+
     def out_dtype(t: torch.dtype) -> torch.dtype:
-        return dtype if dtype is not None and t.is_floating_point else t
+        return target if target is not None and t.is_floating_point else t
 
     def tensors(
         shard: Sequence[str],
@@ -379,23 +389,24 @@ def _streaming_plan(
 
 def _check_written(path: Path, keys: Sequence[str], readers: _Readers) -> None:
     """Refuse an output with a NaN or infinite entry, naming the input file and key that hold
-    one (or, if none does, the overflow), before the output is published. Each tensor is a view
-    of the memory-mapped file, checked a chunk at a time (:func:`count_nonfinite`)."""
-    with LazyCheckpoint(path, allow_nonfinite=True) as written:
+    one (or, if none does, the overflow), before the output is published. Each tensor is read
+    a chunk at a time (:func:`count_nonfinite_stored`: no torch)."""
+    with RawSafetensors(path) as written:
         for key in keys:
-            tensor = written.get(key)
-            if count_nonfinite(tensor):
-                _blame(key, tensor.dtype, readers())
+            if count_nonfinite_stored(written, key):
+                _blame(key, written.entries[key][0], readers())
 
 
-def _blame(key: str, dtype: torch.dtype, readers: list[tuple[str, ModelReader]]) -> None:
+def _blame(key: str, dtype: DtypeLike, readers: list[tuple[str, ModelReader]]) -> None:
     """Raise for the first input whose tensor ``key`` is not finite (a checkpoint file raises its
     own error, naming the file), else for an overflow of the merge itself."""
     for role, reader in readers:
         check_finite(reader.get(key), f"{role} ({reader.label})", key)
-    wider = "" if dtype in (torch.float32, torch.float64) else ", write float32 (--dtype float32)"
+    wider = (
+        "" if dtype_name(dtype) in ("float32", "float64") else ", write float32 (--dtype float32)"
+    )
     raise CheckpointError(
-        f"the merged tensor {key!r} has NaN or inf entries in {str(dtype).removeprefix('torch.')} "
+        f"the merged tensor {key!r} has NaN or inf entries in {dtype_name(dtype)} "
         f"although every input is finite: the merge overflows; lower --lambda or the "
         f"weights{wider}, or pass --allow-nonfinite to keep it"
     )

@@ -32,14 +32,19 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from rmtllmf._io import atomic_directory, check_output_dir_owner
+from rmtllmf._lazy import lazy_module
 from rmtllmf.errors import CheckpointError, InputError
+from rmtllmf.fusion.safetensors_format import DtypeLike, dtype_name
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -136,11 +141,11 @@ def parse_size(size: int | str) -> int:
     return value
 
 
-Layout = Sequence[tuple[str, tuple[int, ...], torch.dtype]]
+Layout: TypeAlias = Sequence[tuple[str, tuple[int, ...], DtypeLike]]
 """``(key, shape, dtype)`` of every tensor of a model, in file order."""
 
 
-def tensor_bytes(shape: Sequence[int], dtype: torch.dtype) -> int:
+def tensor_bytes(shape: Sequence[int], dtype: DtypeLike) -> int:
     """Bytes of a tensor's data."""
     return math.prod(shape) * dtype.itemsize
 
@@ -234,11 +239,6 @@ def read_config(base_dir: str | Path) -> dict[str, Any]:
     return config
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``, as ``config.json`` spells dtypes."""
-    return str(dtype).removeprefix("torch.")
-
-
 def _set_dtype(config: Any, name: str) -> Any:
     """``config`` with every ``dtype`` / ``torch_dtype`` entry (nested configs too) set to
     ``name``."""
@@ -273,7 +273,7 @@ def write_hf_directory(
     *,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     extra_files: Mapping[str, str] | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: DtypeLike | None = None,
     require_tokenizer: bool = False,
     command: str | None = None,
     force: bool = False,
@@ -332,7 +332,7 @@ def save_hf_directory(
     *,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     extra_files: Mapping[str, str] | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: DtypeLike | None = None,
     require_tokenizer: bool = False,
     command: str | None = None,
     force: bool = False,
@@ -343,6 +343,8 @@ def save_hf_directory(
 
     def write(path: Path, keys: Sequence[str]) -> None:
         tensors = {k: state[k].detach().contiguous().clone() for k in keys}
+        from safetensors.torch import save_file
+
         save_file(tensors, path, {"format": "pt"})
 
     return write_hf_directory(

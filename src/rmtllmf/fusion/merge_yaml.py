@@ -49,22 +49,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rmtllmf.errors import InputError, validation_message
 from rmtllmf.fusion.method_registry import MergeConfig
 from rmtllmf.fusion.params import ParamFilter
+from rmtllmf.fusion.safetensors_format import BY_NAME, Dtype
 
 MERGEKIT_METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "linear")
 """mergekit's ``merge_method`` values that rmtllmf merges."""
 
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+DTYPES = {name: BY_NAME[name] for name in ("float32", "float16", "bfloat16")}
 
 
 def _number(value: Any) -> Any:
@@ -300,7 +296,7 @@ class MergePlan:
     models: tuple[str, ...]
     config: MergeConfig
     params: ParamFilter
-    dtype: torch.dtype | None
+    dtype: Dtype | None
 
 
 def load_merge_config(path: str | Path) -> MergePlan:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Self, TypeAlias, TypeVar
 
-import torch
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,8 +24,14 @@ from pydantic import (
     model_validator,
 )
 
+from rmtllmf._lazy import lazy_module
 from rmtllmf.errors import InputError, validation_message
 from rmtllmf.fusion.selection import ties_thresholds
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 
 class NoOptions(BaseModel):
@@ -115,11 +120,13 @@ class TensorContext:
     DARE draws its drop masks by position, so that slices drop what the whole tensor would."""
 
 
-MergeFn = Callable[[Sequence[torch.Tensor], TensorContext], torch.Tensor]
-VectorsFn = Callable[[Sequence[torch.Tensor], TensorContext], torch.Tensor]
+MergeFn: TypeAlias = "Callable[[Sequence[torch.Tensor], TensorContext], torch.Tensor]"
+VectorsFn: TypeAlias = "Callable[[Sequence[torch.Tensor], TensorContext], torch.Tensor]"
 """The per-model vectors a method trims and elects over, stacked ``(N, ...)``, from the task
 vectors' slices ``[tau_1, ..., tau_N]`` at ``ctx.offset`` of parameter ``ctx.name``."""
-Prepass = Callable[[Iterable[tuple[int, Sequence[torch.Tensor]]], TensorContext], TensorContext]
+Prepass: TypeAlias = (
+    "Callable[[Iterable[tuple[int, Sequence[torch.Tensor]]], TensorContext], TensorContext]"
+)
 """Reads a parameter's task-vector slices ``(offset, [tau_1, ..., tau_N])`` once and returns the
 context with what the method needs of the whole tensor (TIES: the majority sign)."""
 

@@ -26,17 +26,22 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from rmtllmf._lazy import lazy_module
 from rmtllmf.fusion.method_registry import (
     MergeConfig,
     TensorContext,
     register,
     stacked_task_vectors,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 
 class TiesOptions(BaseModel):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-import torch
 from pydantic import BaseModel, ConfigDict
+
+from rmtllmf.fusion.safetensors_format import DtypeLike
 
 
 class ParamFilter(BaseModel):
@@ -31,6 +32,6 @@ class ParamFilter(BaseModel):
 ALL_PARAMS = ParamFilter()
 
 
-def is_floating(dtype: torch.dtype) -> bool:
+def is_floating(dtype: DtypeLike) -> bool:
     """Only floating-point tensors are part of task vectors and merges."""
     return dtype.is_floating_point

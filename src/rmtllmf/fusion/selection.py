@@ -24,13 +24,20 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
-import torch
+from rmtllmf._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
+
 
 BINS = 1 << 16
 SLICE = 1 << 22  # elements per bincount call, so that its int64 copy stays at 32 MiB
 
-MagnitudeStream = Callable[[], Iterable[Sequence[torch.Tensor]]]
+MagnitudeStream: TypeAlias = "Callable[[], Iterable[Sequence[torch.Tensor]]]"
 """Called once per pass; yields, parameter by parameter, the ``N`` models' magnitudes
 ``|tau_q[k]|`` (any shape, any floating dtype). Every call must yield the same values."""
 

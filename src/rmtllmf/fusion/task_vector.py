@@ -17,18 +17,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
+from rmtllmf._lazy import lazy_module
 from rmtllmf.errors import InputError
 from rmtllmf.fusion.adapters import AdapterSource, is_adapter_dir
 from rmtllmf.fusion.checkpoint import LazyCheckpoint, load_state_dict, save_state_dict
 from rmtllmf.fusion.params import ALL_PARAMS, ParamFilter, is_floating
+from rmtllmf.fusion.safetensors_format import DtypeLike, dtype_name
 
-ModelSource = str | Path | Mapping[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
+
+ModelSource: TypeAlias = "str | Path | Mapping[str, torch.Tensor]"
 
 
 def _names(keys: Sequence[str], limit: int = 5) -> str:
@@ -128,7 +134,7 @@ def open_finetuned(
 
 class TensorIndex(Protocol):
     """Names, shapes and dtypes of a model's tensors (:class:`TensorSource`, or a
-    :class:`~rmtllmf.fusion.checkpoint.RawSafetensors` file)."""
+    :class:`~rmtllmf.fusion.safetensors_format.RawSafetensors` file)."""
 
     @property
     def label(self) -> str:
@@ -139,7 +145,7 @@ class TensorIndex(Protocol):
         """Tensor names in order."""
         ...
 
-    def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+    def meta(self, key: str) -> tuple[tuple[int, ...], DtypeLike]:
         """Shape and dtype of one tensor."""
         ...
 
@@ -204,9 +210,9 @@ def selected_keys(
     return keys_base
 
 
-def _shown(meta: tuple[tuple[int, ...], torch.dtype]) -> str:
+def _shown(meta: tuple[tuple[int, ...], DtypeLike]) -> str:
     """A tensor's shape and dtype as a user reads them: ``(3, 2) float16``."""
-    return f"{meta[0]} {str(meta[1]).removeprefix('torch.')}"
+    return f"{meta[0]} {dtype_name(meta[1])}"
 
 
 def _dtype_fix(base: TensorIndex, other: TensorIndex, keys: Sequence[str], label: str) -> str:
@@ -216,8 +222,8 @@ def _dtype_fix(base: TensorIndex, other: TensorIndex, keys: Sequence[str], label
     dtypes = {other.meta(k)[1] for k in keys if base.meta(k)[1] != other.meta(k)[1]}
     if not shapes_agree or not dtypes:
         return ". Models of different shapes cannot be merged; give fine-tunes of this base"
-    theirs = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
-    target = str(base.meta(keys[0])[1]).removeprefix("torch.")
+    theirs = ", ".join(sorted(dtype_name(d) for d in dtypes))
+    target = dtype_name(base.meta(keys[0])[1])
     return (
         f". The {label} ({other.label}) stores {theirs} where the base stores {target}; "
         f"convert it to the base's dtype once (python -c \"import torch, safetensors.torch as "

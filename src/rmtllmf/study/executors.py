@@ -45,6 +45,7 @@ from rmtllmf.errors import InputError
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.study.experiment import Reception, receive, reception_key, run_experiment
 from rmtllmf.study.plan import PlannedRun
+from rmtllmf.study.ray_cluster import address_answers, join_error, token_auth_env
 from rmtllmf.study.store import FinishedRun, finished_run, run_key
 
 PoolFactory = Callable[[], ModelPool]
@@ -293,6 +294,8 @@ class RayExecutor(_Workers):
     _started: bool = field(default=False, init=False, repr=False)
 
     def _ray(self) -> Any:
+        if self.address:
+            token_auth_env()  # before Ray's import, which reads the mode (see ray_cluster)
         try:
             import ray
         except ImportError as exc:
@@ -351,14 +354,12 @@ class RayExecutor(_Workers):
         threads = {"OMP_NUM_THREADS": str(max(1, int(self.cpus_per_run)))}
         env = {"env_vars": {**threads, **malloc_env()}}
         if self.address:
+            if address_answers(self.address) is False:  # Ray would retry for seconds first
+                raise join_error(self.address, ConnectionRefusedError(self.address))
             try:
                 ray.init(address=self.address, runtime_env=env, log_to_driver=True)
             except ConnectionError as exc:
-                raise InputError(
-                    f"no Ray cluster answers at --address {self.address}; start one with "
-                    "`ray start --head` (it prints the address) or drop --address to run a "
-                    "local Ray"
-                ) from exc
+                raise join_error(self.address, exc) from exc
         else:
             ray.init(
                 num_cpus=max(1, self.workers),

@@ -42,14 +42,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from rmtllmf._io import atomic_output
 from rmtllmf.errors import CheckpointError
-from rmtllmf.fusion.checkpoint import RawSafetensors, safetensors_prefix
 from rmtllmf.fusion.fast import kernel
+from rmtllmf.fusion.safetensors_format import Dtype, RawSafetensors, safetensors_prefix
 
 BLOCK = 1 << 16
 """Elements of one tensor per block: 256 KB of float32 per input, few enough system calls, and
@@ -77,12 +76,12 @@ class _Run:
     """Bytes ``starts[q]``.. of every input and ``out``.. of the output, ``size`` long: one tensor
     or several that lie back to back, in the same order, in every file."""
 
-    dtype: torch.dtype
+    dtype: Dtype
     starts: list[int]
     out: int
     size: int
 
-    def extend(self, starts: Sequence[int], out: int, size: int, dtype: torch.dtype) -> bool:
+    def extend(self, starts: Sequence[int], out: int, size: int, dtype: Dtype) -> bool:
         """Take in the next tensor if it continues this run in every file."""
         if dtype != self.dtype or out != self.out + self.size:
             return False
@@ -94,7 +93,7 @@ class _Run:
 
 def _kernel_eligible(raws: Sequence[RawSafetensors], key: str) -> bool:
     dtype = raws[0].entries[key][0]
-    return dtype in kernel.DTYPE_CODES and all(r.entries[key][0] == dtype for r in raws)
+    return dtype.name in kernel.DTYPE_CODES and all(r.entries[key][0] == dtype for r in raws)
 
 
 def _plan(
@@ -132,7 +131,7 @@ def _plan(
     starts: list[list[int]] = []
     outs: list[int] = []
     counts: list[int] = []
-    dtypes: list[torch.dtype] = []
+    dtypes: list[Dtype] = []
     for run in runs:
         item = run.dtype.itemsize
         # cut where the base file crosses a multiple of KERNEL_CHUNK_BYTES (2 MiB, the size of
@@ -148,31 +147,49 @@ def _plan(
 
 
 class _Worker:
-    """One thread's buffers: a ``(inputs, BLOCK)`` stack, a conversion scratch and the output,
-    with their byte views and typed views made once (slicing them per block is cheap)."""
+    """One thread's buffers: a ``(inputs, BLOCK)`` stack, a conversion scratch, the accumulator
+    and the output, with their byte views made once (slicing them per block is cheap)."""
 
     def __init__(self, n_inputs: int, coefficients: Sequence[float]) -> None:
         width = BLOCK * _MAX_ITEMSIZE
-        self.stack = torch.empty(n_inputs, width, dtype=torch.uint8)
-        self.rows = [_bytes(r) for r in self.stack]
-        self.scratch = torch.empty(width, dtype=torch.uint8)
-        self.scratch_bytes = _bytes(self.scratch)
-        self.acc = torch.empty(1, width, dtype=torch.uint8)
-        self.acc_bytes = _bytes(self.acc)
-        self.out = torch.empty(width, dtype=torch.uint8)
-        self.out_bytes = _bytes(self.out)
+        self.stack = np.empty((n_inputs, width), dtype=np.uint8)
+        self.rows = [row.data for row in self.stack]
+        self.scratch = np.empty(width, dtype=np.uint8)
+        self.acc = np.empty((1, width), dtype=np.uint8)
+        self.out = np.empty(width, dtype=np.uint8)
         self.coefficients = coefficients
-        self.typed: dict[torch.dtype, tuple[torch.Tensor, _Array, _Array, _Array]] = {}
+        self.typed: dict[type[np.floating], tuple[_Array, _Array, _Array]] = {}
 
-    def views(self, dtype: torch.dtype) -> tuple[torch.Tensor, _Array, _Array, _Array]:
-        """The stack as a ``dtype`` tensor and array, the accumulator array and the
-        coefficients row, for a ``dtype`` that numpy has (float32 or float64)."""
-        if dtype not in self.typed:
-            stack = self.stack.view(dtype)
-            acc = self.acc.view(dtype).numpy()
-            w = np.asarray([self.coefficients], dtype=acc.dtype)
-            self.typed[dtype] = (stack, stack.numpy(), acc, w)
-        return self.typed[dtype]
+    def views(self, acc_type: type[np.floating]) -> tuple[_Array, _Array, _Array]:
+        """The stack and the accumulator as ``acc_type`` arrays (float32 or float64), and the
+        coefficients row."""
+        if acc_type not in self.typed:
+            acc = self.acc.view(acc_type)
+            w = np.asarray([self.coefficients], dtype=acc_type)
+            self.typed[acc_type] = (self.stack.view(acc_type), acc, w)
+        return self.typed[acc_type]
+
+
+def widen(raw: NDArray[np.uint8], dtype: Dtype, out: _Array) -> None:
+    """Write the values whose bytes (``dtype``) are ``raw`` into ``out`` (float32 or float64);
+    bfloat16 is the upper half of a float32, so widening it is exact."""
+    if dtype.name == "bfloat16":
+        out[...] = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    else:
+        out[...] = raw.view(np.dtype(dtype.name))
+
+
+def narrow(values: _Array, dtype: Dtype, out: NDArray[np.uint8]) -> None:
+    """Write ``values`` rounded to ``dtype`` as bytes into ``out``, rounding to nearest, ties to
+    even, as torch does (a NaN becomes bfloat16's quiet NaN ``0x7FC0``, as in torch; a value
+    beyond the type's range becomes an infinity, which the merge's finiteness check reports)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if dtype.name == "bfloat16":
+            bits = values.astype(np.float32).view(np.uint32)
+            rounded = (bits + (((bits >> 16) & 1) + np.uint32(0x7FFF))) >> 16
+            out.view(np.uint16)[...] = np.where(np.isnan(values), 0x7FC0, rounded)
+        else:
+            out.view(np.dtype(dtype.name))[...] = values
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -188,11 +205,6 @@ def _allocate(fd: int, size: int) -> None:
         os.posix_fallocate(fd, 0, size)
     except OSError:
         os.ftruncate(fd, size)
-
-
-def _bytes(t: torch.Tensor) -> memoryview:
-    """The bytes of a contiguous tensor, writable in place."""
-    return t.view(torch.uint8).reshape(-1).numpy().data
 
 
 POLL_SECONDS = 0.05
@@ -257,12 +269,11 @@ def fused_linear_merge(
     run in ``promote(dtype, float32)`` and are rounded once to the base's dtype: in the compiled
     kernel (where built, and unless ``use_kernel`` is false) in the order ``w_0 x_0 + w_1 x_1 +
     ...``, otherwise as one ``(1, N+1) @ (N+1, BLOCK)`` BLAS product per block. ``threads`` workers
-    take the next job as they finish one; torch and BLAS run single-threaded inside them.
+    take the next job as they finish one; BLAS runs single-threaded inside them.
     """
     if len(weights) != len(raws) - 1:
         raise ValueError(f"{len(weights)} weights for {len(raws) - 1} fine-tuned models")
     coefficients = [1.0 - float(sum(weights)), *map(float, weights)]
-    torch_threads = torch.get_num_threads()
     compiled = kernel.KERNEL if use_kernel else None
     try:
         base = raws[0]
@@ -288,8 +299,6 @@ def fused_linear_merge(
                 os.close(fd)
     except OSError as exc:
         raise CheckpointError(f"cannot write the merged model to {out}: {exc}") from exc
-    finally:
-        torch.set_num_threads(torch_threads)
 
 
 class _BlockMerger:
@@ -318,25 +327,25 @@ class _BlockMerger:
             base.read_into(job.key, job.first * dtype.itemsize, worker.rows[0][:size])
             _pwrite_all(fd, worker.rows[0][:size], dst)
             return
-        acc_dtype = torch.promote_types(dtype, torch.float32)
-        stack, stack_np, acc, w = worker.views(acc_dtype)
-        width = job.count * acc_dtype.itemsize
+        acc_type = np.float64 if dtype.name == "float64" else np.float32
+        stack, acc, w = worker.views(acc_type)
+        width = job.count * np.dtype(acc_type).itemsize
         for i, f in enumerate(self.raws):
             in_dtype = f.entries[job.key][0]
             start = job.first * in_dtype.itemsize
-            if in_dtype == acc_dtype:
+            if in_dtype.name == np.dtype(acc_type).name:
                 f.read_into(job.key, start, worker.rows[i][:width])
             else:
                 n_bytes = job.count * in_dtype.itemsize
-                f.read_into(job.key, start, worker.scratch_bytes[:n_bytes])
-                stack[i, : job.count].copy_(worker.scratch[:n_bytes].view(in_dtype))
+                f.read_into(job.key, start, worker.scratch[:n_bytes].data)
+                widen(worker.scratch[:n_bytes], in_dtype, stack[i, : job.count])
         result = acc[:, : job.count]
-        np.matmul(w, stack_np[:, : job.count], out=result)
-        if dtype == acc_dtype:
-            _pwrite_all(fd, worker.acc_bytes[:width], dst)
+        np.matmul(w, stack[:, : job.count], out=result)
+        if dtype.name == np.dtype(acc_type).name:
+            _pwrite_all(fd, worker.acc[0, :width].data, dst)
         else:
-            worker.out[:size].view(dtype).copy_(torch.from_numpy(result[0]))
-            _pwrite_all(fd, worker.out_bytes[:size], dst)
+            narrow(result[0], dtype, worker.out[:size])
+            _pwrite_all(fd, worker.out[:size].data, dst)
 
 
 def _run_jobs(
@@ -355,7 +364,6 @@ def _run_jobs(
     next_kernel_job = ctypes.c_int64(0)  # the kernel's job counter, shared with cancel
 
     def run_share(_: int) -> None:
-        torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
         while not cancelled.is_set():
             with lock:
                 job = next(pending, None)

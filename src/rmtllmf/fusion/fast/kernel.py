@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-"""The dtypes the kernel merges (all inputs and the output in the same dtype)."""
+from rmtllmf.fusion.safetensors_format import DtypeLike, dtype_name
+
+DTYPE_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
+"""The dtypes the kernel merges, by name (all inputs and the output in the same dtype)."""
 
 MAX_INPUTS = 256
 """Inputs per call (base included), as compiled in (``RMT_MAX_INPUTS``)."""
@@ -57,7 +58,7 @@ class Jobs:
         starts: Sequence[Sequence[int]],
         out_starts: Sequence[int],
         counts: Sequence[int],
-        dtypes: Sequence[torch.dtype],
+        dtypes: Sequence[DtypeLike],
     ) -> Jobs:
         """Jobs over ``inputs`` files from per-job lists (``starts[j]`` holds one byte offset
         per input)."""
@@ -71,7 +72,7 @@ class Jobs:
             np.asarray(starts, dtype=np.int64).reshape(n, inputs),
             np.asarray(out_starts, dtype=np.int64),
             np.asarray(counts, dtype=np.int64),
-            np.asarray([DTYPE_CODES[d] for d in dtypes], dtype=np.int32),
+            np.asarray([DTYPE_CODES[dtype_name(d)] for d in dtypes], dtype=np.int32),
         )
 
     def __len__(self) -> int:
@@ -165,7 +166,7 @@ class LinearKernel:
         out_start: int,
         count: int,
         weights: Sequence[float],
-        dtype: torch.dtype,
+        dtype: DtypeLike,
     ) -> None:
         """Write ``sum_q weights[q] x_q`` for ``count`` elements of ``dtype`` to byte
         ``out_start`` of ``out_fd``, where input ``q``'s elements start at byte ``starts[q]`` of
