@@ -52,6 +52,9 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from hf_tiny import byte_level_clip_tokenizer  # noqa: E402  (the tests' tiny-model helpers)
+
 PAPER_CONFIG = REPO / "configs" / "paper-clip-vit-b16.yaml"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
@@ -75,35 +78,15 @@ TEST_SIZES = {
 (Ilharco et al., ICLR 2023), for the full config's estimate."""
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-to-character table, which byte-level BPE vocabularies are written in."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD))
-    printable += list(range(0xAE, 0x100))
-    chars, extra = list(printable), 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars), strict=True))
-
-
 def build_base(root: Path) -> Path:
     """A random CLIP with ViT-B/16's exact configuration, its tokenizer and image processor."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     out = root / "base"
     if (out / "model.safetensors").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    letters = sorted(set(_bytes_to_unicode().values()))
-    vocab = {c: i for i, c in enumerate(letters)}
-    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
-    bos, eos = len(vocab), len(vocab) + 1
-    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    tokenizer, _, bos, eos = byte_level_clip_tokenizer(root)
     config = CLIPConfig(
         text_config={"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos},
         vision_config={"patch_size": 16, "image_size": 224},

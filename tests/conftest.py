@@ -24,6 +24,22 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # subprocesses of its own).
 os.environ["RMTLLMF_SYSTEM_MALLOC"] = "1"
 
+from hf_tiny import byte_level_clip_tokenizer  # noqa: E402  (tests/ is on the path from here)
+
+
+def stored_numbers(out: Path) -> dict[str, str]:
+    """Every run's result in ``out/results.db`` (seconds aside) by its config."""
+    from rmtllmf.study.store import ResultsDB
+
+    db = ResultsDB(out / "results.db", read_only=True)
+    try:
+        return {
+            r.config.model_dump_json(): json.dumps(r.result.to_json(), sort_keys=True)
+            for r in db.rows()
+        }
+    finally:
+        db.close()
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
@@ -83,19 +99,6 @@ def tiny_zoo(tmp_path_factory):
     return build_tiny_zoo(tmp_path_factory.mktemp("tiny_zoo"), ("signs", "textures", "counting"))
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-to-unicode table (written from its definition)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """A tiny random CLIP saved in HF format, two perturbed fine-tunes, a tiny image folder."""
@@ -105,17 +108,10 @@ def tiny_clip(tmp_path_factory):
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("clip")
-    chars = sorted(set(_bytes_to_unicode().values()))
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    bos, eos = len(vocab), len(vocab) + 1
-    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    tokenizer, vocab_size, bos, eos = byte_level_clip_tokenizer(root)
     config = transformers.CLIPConfig(
         text_config={
-            "vocab_size": len(vocab),
+            "vocab_size": vocab_size,
             "hidden_size": 32,
             "intermediate_size": 37,
             "num_hidden_layers": 1,

@@ -20,6 +20,39 @@ def _tokenizer_dir(root: Path) -> Path:
     return root / "vocab.txt"
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-to-unicode table (written from its definition)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def byte_level_clip_tokenizer(root: Path):
+    """A ``CLIPTokenizer`` whose vocabulary is the 512 byte-level characters (with and without
+    ``</w>``) and no merges, written to ``root`` (no hub vocabulary is needed); returns the
+    tokenizer, its vocabulary size and its bos and eos ids."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    chars = sorted(set(_bytes_to_unicode().values()))
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    bos, eos = len(vocab), len(vocab) + 1
+    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    return tokenizer, len(vocab), bos, eos
+
+
 def save_bert(path: Path, seed: int = 0) -> Path:
     """A 2-layer, 32-wide BertModel with its tokenizer."""
     from transformers import BertConfig, BertModel, BertTokenizer

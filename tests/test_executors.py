@@ -3,7 +3,6 @@ the driver writes, and the faults: a Ray worker SIGKILLed mid-task, the driver S
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import stored_numbers as numbers
 from conftest import tiny_zoo_config
 from ray_helpers import CountLoads, KillOnce, slow_echo
 from rmtllmf.app.reproduce import (
@@ -57,18 +57,6 @@ def ray_workers_import_tests(monkeypatch):
     """Ray's workers inherit the driver's environment: put tests/ on their path."""
     path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
     monkeypatch.setenv("PYTHONPATH", path)
-
-
-def numbers(out: Path) -> dict[str, str]:
-    """Every run's result (seconds aside) by its config."""
-    db = ResultsDB(out / "results.db", read_only=True)
-    try:
-        return {
-            r.config.model_dump_json(): json.dumps(r.result.to_json(), sort_keys=True)
-            for r in db.rows()
-        }
-    finally:
-        db.close()
 
 
 def spectra(out: Path) -> str:

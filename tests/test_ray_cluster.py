@@ -5,21 +5,18 @@ by its cause (nothing listening; a cluster that asks for a token this process do
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import tiny_zoo_config
+from conftest import stored_numbers, tiny_zoo_config
 from rmtllmf.app.reproduce import ReproduceConfig, build_pool
 from rmtllmf.study.ray_cluster import address_answers, join_error, token_auth_env, token_source
-from rmtllmf.study.store import ResultsDB
 
 RAY = shutil.which("ray")
 
@@ -107,17 +104,6 @@ def two_nodes(tmp_path):
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def _numbers(db_file: Path) -> dict[str, str]:
-    db = ResultsDB(db_file, read_only=True)
-    try:
-        return {
-            r.config.model_dump_json(): json.dumps(r.result.to_json(), sort_keys=True)
-            for r in db.rows()
-        }
-    finally:
-        db.close()
-
-
 def test_two_node_cluster_from_ray_start_runs_the_study_with_the_process_numbers(
     two_nodes, tmp_path
 ):
@@ -148,8 +134,8 @@ def test_two_node_cluster_from_ray_start_runs_the_study_with_the_process_numbers
     assert done.returncode == 0, done.stderr[-2000:]
     local = reproduce("process", "--workers", "2", environ=env)
     assert local.returncode == 0, local.stderr[-2000:]
-    ran = _numbers(tmp_path / "cluster" / "results.db")
-    assert len(ran) >= 8 and ran == _numbers(tmp_path / "process" / "results.db")
+    ran = stored_numbers(tmp_path / "cluster")
+    assert len(ran) >= 8 and ran == stored_numbers(tmp_path / "process")
     refused = reproduce(
         "refused", "--executor", "ray", "--address", address,
         environ={**env, "RAY_AUTH_MODE": "disabled"},

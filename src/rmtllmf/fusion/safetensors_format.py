@@ -82,16 +82,6 @@ def dtype_name(dtype: object) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def as_dtype(dtype: object) -> Dtype:
-    """The :class:`Dtype` of a :class:`Dtype`, a ``torch.dtype`` or a name."""
-    found = BY_NAME.get(dtype_name(dtype))
-    if found is None:
-        raise CheckpointError(
-            f"dtype {dtype} cannot be stored in safetensors; use one of {', '.join(BY_NAME)}"
-        )
-    return found
-
-
 def resolve_files(path: str | Path) -> list[Path]:
     """The tensor files behind a checkpoint path (one file, or the shards of an HF directory)."""
     p = Path(path)
