@@ -119,7 +119,8 @@ def make_models(root: Path, n_models: int, dtype: str = "float32") -> tuple[Path
 
 
 RMTLLMF = """
-from rmtllmf.fusion import MergeConfig, kernel, merge_checkpoints
+from rmtllmf.fusion import MergeConfig, merge_checkpoints
+from rmtllmf.fusion.fast import kernel
 extra = {"kernel": kernel.KERNEL is not None}
 start()
 merge_checkpoints(base, fts, out / "merged.safetensors", MergeConfig(scaling=SCALING))

@@ -72,9 +72,10 @@ def test_the_stored_non_finite_count_equals_torchs(tmp_path, monkeypatch, name):
         expected = int((~torch.isfinite(t)).sum())
     else:
         t, expected = torch.arange(45, dtype=dtype).reshape(5, 9), 0
-    save_file({"t": t}, tmp_path / "x.safetensors")
+    save_file({"t": t, "empty": torch.empty(0, dtype=dtype)}, tmp_path / "x.safetensors")
     with RawSafetensors(tmp_path / "x.safetensors") as raw:
-        assert count_nonfinite_stored(raw, "t") == expected
+        found = count_nonfinite_stored(raw, ["empty", "t"])
+    assert found == ({"t": expected} if expected else {})
 
 
 def test_a_whole_merge_process_loads_neither_torch_nor_scipy(tmp_path):

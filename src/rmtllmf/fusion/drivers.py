@@ -389,12 +389,13 @@ def _streaming_plan(
 
 def _check_written(path: Path, keys: Sequence[str], readers: _Readers) -> None:
     """Refuse an output with a NaN or infinite entry, naming the input file and key that hold
-    one (or, if none does, the overflow), before the output is published. Each tensor is read
-    a chunk at a time (:func:`count_nonfinite_stored`: no torch)."""
+    one (or, if none does, the overflow), before the output is published. The file is read in
+    place, a chunk at a time (:func:`count_nonfinite_stored`: no torch)."""
     with RawSafetensors(path) as written:
-        for key in keys:
-            if count_nonfinite_stored(written, key):
-                _blame(key, written.entries[key][0], readers())
+        bad = count_nonfinite_stored(written, keys)
+        if bad:
+            key = next(k for k in keys if k in bad)
+            _blame(key, written.entries[key][0], readers())
 
 
 def _blame(key: str, dtype: DtypeLike, readers: list[tuple[str, ModelReader]]) -> None:

@@ -17,6 +17,7 @@ import functools
 import io
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Iterable
@@ -265,31 +266,35 @@ def safetensors_prefix(
 
 
 NONFINITE_CHUNK = 1 << 20
-"""Entries per read of :func:`count_nonfinite_stored` (a few MiB of buffer, whatever the
+"""Entries per step of :func:`count_nonfinite_stored` (a 1 MiB boolean scratch, whatever the
 tensor)."""
 
 _EXPONENT_MASKS = {"bfloat16": (np.uint16, 0x7F80)}
 """The exponent bits of a dtype numpy has no type for: all of them set is an infinity or NaN."""
 
 
-def count_nonfinite_stored(raw: RawSafetensors, key: str) -> int:
-    """NaN and infinite entries of tensor ``key`` as stored in ``raw``, read a chunk at a
-    time (integer tensors have none)."""
-    dtype, shape = raw.entries[key]
-    if not dtype.is_floating_point:
-        return 0
-    n, item = math.prod(shape), dtype.itemsize
-    buffer = np.empty(min(n, NONFINITE_CHUNK) * item, dtype=np.uint8)
-    bad = 0
-    for first in range(0, n, NONFINITE_CHUNK):
-        count = min(NONFINITE_CHUNK, n - first)
-        chunk = buffer[: count * item]
-        raw.read_into(key, first * item, chunk.data)
-        if dtype.name in _EXPONENT_MASKS:
-            bits, mask = _EXPONENT_MASKS[dtype.name]
-            bad += int(np.count_nonzero((chunk.view(bits) & mask) == mask))
-        else:
-            values = chunk.view(np.dtype(dtype.name))
-            if not np.isfinite(values).all():
-                bad += int(np.count_nonzero(~np.isfinite(values)))
-    return bad
+def count_nonfinite_stored(raw: RawSafetensors, keys: Iterable[str]) -> dict[str, int]:
+    """The NaN and infinite entries of each of ``keys`` as stored in ``raw``, for the keys that
+    have any (integer tensors have none). The file is memory-mapped once and read in place, a
+    chunk at a time."""
+    found: dict[str, int] = {}
+    with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        for key in keys:
+            dtype, shape = raw.entries[key]
+            n = math.prod(shape)
+            if not dtype.is_floating_point or n == 0:
+                continue
+            masked = _EXPONENT_MASKS.get(dtype.name)
+            view_type = masked[0] if masked else np.dtype(dtype.name)
+            data = np.frombuffer(mapped, view_type, count=n, offset=raw.spans[key][0])
+            bad = 0
+            for first in range(0, n, NONFINITE_CHUNK):
+                chunk = data[first : first + NONFINITE_CHUNK]
+                if masked:
+                    bad += int(np.count_nonzero((chunk & masked[1]) == masked[1]))
+                elif not np.isfinite(chunk).all():
+                    bad += int(np.count_nonzero(~np.isfinite(chunk)))
+            del data, chunk  # the map closes only once no array views it
+            if bad:
+                found[key] = bad
+    return found
