@@ -62,7 +62,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -75,22 +75,31 @@ FLOOR = "memory-floor"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_models(root: Path, n_models: int, dtype: str = "float32") -> tuple[Path, list[Path], int]:
-    """Base + fine-tuned CLIPVisionModel ViT-B/16 checkpoints with the installed transformers'
-    own key names (built on the meta device, so only the layout is taken from it), stored in
-    ``dtype``."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+def vit_b16_vision_config(**extra: Any) -> Any:
+    """``CLIPVisionConfig`` with the vision tower of ``openai/clip-vit-base-patch16`` (ViT-B/16 at
+    224x224, 85.8M parameters), shared by the benchmarks that build it."""
+    from transformers import CLIPVisionConfig
 
-    config = CLIPVisionConfig(
+    return CLIPVisionConfig(
         hidden_size=768,
         intermediate_size=3072,
         num_hidden_layers=12,
         num_attention_heads=12,
         image_size=224,
         patch_size=16,
+        **extra,
     )
+
+
+def make_models(root: Path, n_models: int, dtype: str = "float32") -> tuple[Path, list[Path], int]:
+    """Base + fine-tuned CLIPVisionModel ViT-B/16 checkpoints with the installed transformers'
+    own key names (built on the meta device, so only the layout is taken from it), stored in
+    ``dtype``."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModel
+
+    config: Any = vit_b16_vision_config()
     config.architectures = ["CLIPVisionModel"]
     with torch.device("meta"):
         layout = [

@@ -48,17 +48,11 @@ def _minilm() -> tuple[nn.Module, Callable[[int], torch.Tensor], int, int]:
 
 
 def _clip_b16() -> tuple[nn.Module, Callable[[int], torch.Tensor], int, int]:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
-    config = CLIPVisionConfig(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        image_size=224,
-        patch_size=16,
-        projection_dim=512,
-    )
+    from bench_merge import vit_b16_vision_config
+
+    config = vit_b16_vision_config(projection_dim=512)
     vision = CLIPVisionModel(config)
 
     class Pooled(nn.Module):

@@ -340,10 +340,12 @@ def stage_times(config: Path, root: Path) -> dict[str, Any]:
 def forward_flops(root: Path) -> int:
     """FLOPs of the vision tower's forward pass on one 224x224 image."""
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
+
+    from bench_merge import vit_b16_vision_config
 
     with torch.device("meta"):
-        model = CLIPVisionModel(CLIPVisionConfig(patch_size=16, image_size=224))
+        model = CLIPVisionModel(vit_b16_vision_config())
         x = torch.empty(1, 3, 224, 224)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
