@@ -8,7 +8,8 @@ finished run with the library's own writer:
   ``n_tasks``; lists as JSON, ``None`` as ``"none"``;
 * **metrics**: ``normalized`` (normalized accuracy), ``accuracy/<task>``, ``mse/<task>`` and
   ``error_mse/<task>`` (the user sending that task), their means, ``chance``, ``seconds``, the
-  interference analysis (``analysis/*``) where the run has one, and the realignment's
+  interference analysis (``analysis/*``) where the run has one, the uplink's figures for the
+  merge's sum (``uplink/*``), and the realignment's
   validation curve as ``realign/val_accuracy`` over its steps; non-finite values are left out;
 * one more run, ``study``, holds the report: its figures (TensorBoard images; MLflow
   artifacts, PNG and PDF), ``report.md``, ``summary.json`` and ``config.json``.
@@ -126,6 +127,8 @@ def run_metrics(row: RunRecord) -> dict[str, float]:
                 metrics[f"analysis/{name}"] = float(v)
     if r.realign_curve:
         metrics["realign/kept_step"] = float(r.realign_kept_step)
+    for name, v in r.uplink.items():
+        metrics[f"uplink/{name}"] = v
     return {_clean_key(k): float(v) for k, v in metrics.items() if math.isfinite(v)}
 
 

@@ -95,19 +95,37 @@ def transmit_statistical(
         raise InputError(f"reference_power must be finite and > 0; got {reference_power}")
     out = []
     for q, x in enumerate(arrays):
-        variance = np.full(x.size, mu[q])
-        if scale == "relative" or (scale == "snr" and per_segment):
-            seg = check_segments(None if segments is None else segments[q], x.size)
-            power = _segment_power(x, seg)
-            if scale == "snr":
-                power = power / reference_power
-            variance = mu[q] * np.repeat(power, np.diff(seg))
-        elif scale == "snr":
-            whole = float(np.mean(x.astype(np.float64) ** 2)) if x.size else 0.0
-            variance = np.full(x.size, mu[q] * whole / reference_power)
+        seg = check_segments(None if segments is None else segments[q], x.size)
+        s = segment_scales(x, seg, scale, per_segment=per_segment, reference_power=reference_power)
+        variance = mu[q] * np.repeat(s, np.diff(seg))
         noise = rng.standard_normal(x.size) * np.sqrt(variance)
         out.append((x + noise).astype(np.float32))
     return out
+
+
+def segment_scales(
+    x: NDArray[np.floating],
+    seg: NDArray[np.int64],
+    scale: NoiseScale,
+    *,
+    per_segment: bool = False,
+    reference_power: float = PAPER_SIGNAL_POWER,
+) -> NDArray[np.float64]:
+    """The scale ``s`` of :func:`transmit_statistical` for each segment of the sent vector
+    ``x``: ``1`` (``absolute``), the segment's mean square (``relative``), the whole vector's
+    mean square over ``reference_power`` (``snr``; the segment's with ``per_segment``). The
+    link adds noise of variance ``mu s`` per entry; AirComp (:mod:`rmtllmf.channel.aircomp`)
+    takes ``sqrt(s)`` as the user's scale ``w_q``, so both receivers see the same symbols."""
+    if scale not in ("absolute", "relative", "snr"):
+        raise InputError(f"unknown noise scale {scale!r}; use 'absolute', 'relative' or 'snr'")
+    n_seg = seg.size - 1
+    if scale == "absolute":
+        return np.ones(n_seg)
+    if scale == "relative" or per_segment:
+        power = _segment_power(x, seg)
+        return power if scale == "relative" else power / reference_power
+    whole = float(np.mean(x.astype(np.float64) ** 2)) if x.size else 0.0
+    return np.full(n_seg, whole / reference_power)
 
 
 def noise_variance(

@@ -6,7 +6,16 @@ every user (the inner maximisation of P1/P2, sec. II-C1) and the scenario's nois
 
 * ``ideal``: thermal noise only;
 * ``sum-rate``: thermal floor + worst-case jammer for the sum rate (P1);
-* ``strongest-user``: thermal floor + worst-case jammer for the strongest user (P2).
+* ``strongest-user``: thermal floor + worst-case jammer for the strongest user (P2);
+* ``aircomp-maxmin``: thermal floor + the jammer that moves first against an AirComp base station
+  that adapts (:func:`~rmtllmf.channel.aircomp_jammer.worst_case_aircomp_noise`);
+* ``aircomp-aligned``: thermal floor + the jammer that answers a base station that moved first,
+  all its power along the robust AirComp beamformer
+  (:func:`~rmtllmf.channel.aircomp_jammer.bs_first_noise`).
+
+The two AirComp jammers are built against the users' scales ``w_q`` (``weights``; default one
+per user): the jammer is assumed to know them, as it knows ``H``. Every covariance applies to
+either receiver: the table of :mod:`rmtllmf.report` sets MMSE-SIC against AirComp under each.
 
 Jammer power is given either in dBm (``jammer_dbm``) or as a jammer-to-noise ratio ``jnr_db``,
 defined against the total thermal power over the array, ``P_N = JNR * N_R * sigma^2``.
@@ -21,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rmtllmf.channel.aircomp_jammer import bs_first_noise, worst_case_aircomp_noise
 from rmtllmf.channel.geometry import (
     PathLossConfig,
     Placement,
@@ -36,8 +46,14 @@ from rmtllmf.channel.jammer import (
 from rmtllmf.channel.units import db_to_linear, dbm_to_watt, thermal_noise_power
 from rmtllmf.errors import InputError
 
-ScenarioName = Literal["ideal", "sum-rate", "strongest-user"]
-SCENARIOS: tuple[ScenarioName, ...] = ("ideal", "sum-rate", "strongest-user")
+ScenarioName = Literal["ideal", "sum-rate", "strongest-user", "aircomp-maxmin", "aircomp-aligned"]
+SCENARIOS: tuple[ScenarioName, ...] = (
+    "ideal",
+    "sum-rate",
+    "strongest-user",
+    "aircomp-maxmin",
+    "aircomp-aligned",
+)
 #: Jammer-to-noise ratio used when neither ``jammer_dbm`` nor ``jnr_db`` is given.
 DEFAULT_JNR_DB = 10.0
 #: Largest magnitude of a power or ratio given in dB / dBm: 200 dBm is 1e17 W, far past any
@@ -124,8 +140,15 @@ def noise_covariance(
     p: NDArray[np.float64],
     thermal_power: float,
     jammer_power: float,
+    weights: NDArray[np.float64] | None = None,
 ) -> NDArray[np.complex128]:
-    """Total noise covariance ``C_z`` of a scenario for the channel ``H`` and powers ``p``."""
+    """Total noise covariance ``C_z`` of a scenario for the channel ``H``, powers ``p`` and,
+    for the AirComp jammers, the users' scales ``weights`` (default: one each)."""
+    w = np.ones(H.shape[1]) if weights is None else weights
+    if scenario == "aircomp-maxmin":
+        return worst_case_aircomp_noise(H, p, w, jammer_power, thermal_power).C
+    if scenario == "aircomp-aligned":
+        return bs_first_noise(H, p, w, jammer_power, thermal_power).C
     if scenario == "ideal":
         return ideal_noise(H.shape[0], thermal_power)
     if scenario == "sum-rate":
@@ -142,17 +165,23 @@ def draw_large_scale(cfg: ScenarioConfig, rng: np.random.Generator) -> LargeScal
 
 
 def realize(
-    cfg: ScenarioConfig, large_scale: LargeScale, rng: np.random.Generator
+    cfg: ScenarioConfig,
+    large_scale: LargeScale,
+    rng: np.random.Generator,
+    weights: NDArray[np.float64] | None = None,
 ) -> ChannelRealization:
-    """Draw fresh Rayleigh fading for a fixed geometry and build ``(H, p, C_z)``."""
+    """Draw fresh Rayleigh fading for a fixed geometry and build ``(H, p, C_z)`` (``weights``:
+    the users' scales the AirComp jammers are built against)."""
     gain = np.sqrt(db_to_linear(-large_scale.path_loss_db))
     H = rayleigh_fading(rng, cfg.n_antennas, cfg.n_users) * gain[None, :]
     p = np.full(cfg.n_users, float(dbm_to_watt(cfg.tx_power_dbm)))
     sigma2, budget = cfg.thermal_power_w, cfg.jammer_power_w
-    C_z = noise_covariance(cfg.scenario, H, p, sigma2, budget)
+    C_z = noise_covariance(cfg.scenario, H, p, sigma2, budget, weights)
     return ChannelRealization(H, p, C_z, sigma2, budget, large_scale)
 
 
-def draw_realization(cfg: ScenarioConfig, rng: np.random.Generator) -> ChannelRealization:
+def draw_realization(
+    cfg: ScenarioConfig, rng: np.random.Generator, weights: NDArray[np.float64] | None = None
+) -> ChannelRealization:
     """Geometry and fading in one go: the channel of one seed."""
-    return realize(cfg, draw_large_scale(cfg, rng), rng)
+    return realize(cfg, draw_large_scale(cfg, rng), rng, weights)

@@ -34,6 +34,12 @@ class Defense:
     realign: bool = False
 
     @property
+    def on_sum(self) -> bool:
+        """Whether it can act on the sum of the task vectors alone (an AirComp reception):
+        not when it gates or aggregates the users' vectors one by one."""
+        return self.aggregate == "sum" and self.denoise != "gate"
+
+    @property
     def blind(self) -> bool:
         """Whether it acts on the received vectors themselves (stage 1)."""
         return self.denoise != "none" or self.aggregate != "sum"

@@ -16,7 +16,15 @@ defense and a seed:
   ``relative`` (per-tensor power-normalised analog link,
   ``N(0, mu_q E[tau^2])``); ``weights`` (the user sends ``theta_ft`` power-normalised per tensor,
   ``N(0, mu_q E[theta^2])``, and the BS subtracts ``theta_base``); ``symbol`` (the digital link:
-  quantise, QAM, MMSE-SIC with decision feedback, demap);
+  quantise, QAM, MMSE-SIC with decision feedback, demap); ``aircomp`` and ``aircomp-zf``
+  (over-the-air computation of the sum with the MMSE or the unbiased transceiver,
+  :mod:`rmtllmf.channel.aircomp_link`, on the ``snr`` link's symbols: the base station receives
+  one estimate of ``sum_q tau_q``, which a merge linear in the models with equal weights turns
+  into the merged model);
+* the scenarios ``aircomp-maxmin`` and ``aircomp-aligned`` draw the jammers built against
+  AirComp (:mod:`rmtllmf.channel.aircomp_jammer`), with the users' ``snr`` scales
+  ``sqrt(E[tau_q^2] / S_ref)`` as the weights the jammer knows; like P1 and P2 they apply to
+  every link, so MMSE-SIC and AirComp meet the same covariance;
 * received vectors with NaN/Inf are handled by ``nan_policy``: ``zero`` replaces the bad
   entries by 0 (the BS keeps the base value there), ``drop-user`` leaves that user out of the
   merge, ``error`` stops the run. Nothing non-finite is ever merged.
@@ -42,6 +50,7 @@ from pydantic import (
 
 from rmtllmf.channel import (
     PAPER_SIGNAL_POWER,
+    SCENARIOS,
     ChannelRealization,
     LargeScale,
     ScenarioConfig,
@@ -53,8 +62,11 @@ from rmtllmf.channel import (
     transmit_symbols,
     user_mse,
 )
-from rmtllmf.channel.link import NoiseScale
+from rmtllmf.channel.aircomp import DesignName
+from rmtllmf.channel.aircomp_link import AirCompResult, transmit_aircomp
+from rmtllmf.channel.link import NoiseScale, segment_scales
 from rmtllmf.defense import (
+    DEFENSES,
     REALIGNING,
     FewShotSet,
     RealignConfig,
@@ -65,6 +77,7 @@ from rmtllmf.defense import (
 )
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig, TaskVector, VectorLayout, cosine_matrix, merge_task_vectors
+from rmtllmf.fusion.method_registry import linear_weights
 from rmtllmf.metrics import normalized_accuracy
 from rmtllmf.pools.base import ModelPool
 from rmtllmf.study.analysis import Analysis, AnalysisConfig, interference_analysis, state_digest
@@ -84,8 +97,20 @@ Scenario = Literal[
     "paper-sum-rate",
     "paper-strongest-user",
     "awgn",
+    "aircomp-maxmin",
+    "aircomp-aligned",
 ]
-LinkMode = Literal["noiseless", "absolute", "snr", "snr-tensor", "relative", "weights", "symbol"]
+LinkMode = Literal[
+    "noiseless",
+    "absolute",
+    "snr",
+    "snr-tensor",
+    "relative",
+    "weights",
+    "symbol",
+    "aircomp",
+    "aircomp-zf",
+]
 PAPER_MSE = {"paper-ideal": 0.013, "paper-sum-rate": 0.21, "paper-strongest-user": 0.16}
 
 
@@ -100,13 +125,17 @@ class Link:
     weights ``theta_0 + tau_q`` and subtracts ``theta_0`` after. The BS knows that noise law
     (:func:`rmtllmf.channel.noise_variance`), which the receiver defenses need. ``noiseless``
     passes the vector as sent; ``symbol`` quantises it and sends QAM symbols through the drawn
-    MIMO channel to the MMSE-SIC detector (:func:`rmtllmf.channel.transmit_symbols`).
+    MIMO channel to the MMSE-SIC detector (:func:`rmtllmf.channel.transmit_symbols`);
+    ``aircomp`` sends the symbols of the analog link of the same ``scale`` all at once and
+    receives their sum with the transceiver ``design``
+    (:func:`rmtllmf.channel.aircomp_link.transmit_aircomp`).
     """
 
-    kind: Literal["noiseless", "analog", "symbol"]
+    kind: Literal["noiseless", "analog", "symbol", "aircomp"]
     scale: NoiseScale | None = None
     per_segment: bool = False
     on_weights: bool = False
+    design: DesignName = "mmse"
 
 
 LINKS: dict[str, Link] = {
@@ -117,9 +146,15 @@ LINKS: dict[str, Link] = {
     "relative": Link("analog", "relative"),
     "weights": Link("analog", "relative", on_weights=True),
     "symbol": Link("symbol"),
+    "aircomp": Link("aircomp", "snr"),
+    "aircomp-zf": Link("aircomp", "snr", design="zf"),
 }
 """Every link mode (:data:`LinkMode`), one entry each: the only place a link is told apart."""
-AWGN_LINKS = tuple(name for name, link in LINKS.items() if link.scale in ("snr", "relative"))
+AWGN_LINKS = tuple(
+    name
+    for name, link in LINKS.items()
+    if link.kind == "analog" and link.scale in ("snr", "relative")
+)
 """The links whose noise scales with what is sent: the ``awgn`` scenario sets their SNR."""
 
 
@@ -214,6 +249,9 @@ class ExperimentResult:
     """Validation curve of the realignment ``(step, mean accuracy)`` (empty: not validated)."""
     realign_kept_step: int = 0
     """The realignment step whose state was kept (0: no realignment or none helped)."""
+    uplink: dict[str, float] = field(default_factory=dict)
+    """The uplink's figures for the merge's sum (:func:`uplink_figures`): ``sum_mse``, ``nmse``,
+    ``energy`` (empty on the noiseless link)."""
 
 
 @dataclass(frozen=True)
@@ -223,21 +261,37 @@ class PhysicalChannel:
     realization: ChannelRealization
     scenario: ScenarioConfig
     large_scale: LargeScale
+    weights: NDArray[np.float64] | None = None
+    """The users' scales the AirComp jammers were built against."""
+
+
+def jammer_weights(clean: list[TaskVector]) -> NDArray[np.float64]:
+    """The users' scales the AirComp jammers are built against: ``sqrt(E[tau_q^2] / S_ref)``,
+    the ``snr`` link's (the same covariance then meets every link)."""
+    return np.array(
+        [
+            float(np.sqrt(np.mean(tv.flatten().astype(np.float64) ** 2) / PAPER_SIGNAL_POWER))
+            for tv in clean
+        ]
+    )
 
 
 def channel_mse(
-    cfg: ExperimentConfig, rng: np.random.Generator
+    cfg: ExperimentConfig,
+    rng: np.random.Generator,
+    weights: NDArray[np.float64] | None = None,
 ) -> tuple[NDArray[np.float64], PhysicalChannel | None]:
-    """Eq. 5: each user's MSE ``mu_q`` and the drawn channel (``None`` for presets)."""
+    """Eq. 5: each user's MSE ``mu_q`` and the drawn channel (``None`` for presets);
+    ``weights`` for the AirComp jammers (:func:`jammer_weights`)."""
     if cfg.scenario in PAPER_MSE:
         return np.full(len(cfg.tasks), PAPER_MSE[cfg.scenario]), None
     if cfg.scenario == "awgn" and cfg.snr_db is not None:
         return np.full(len(cfg.tasks), awgn_mse(cfg.link, cfg.snr_db)), None
     scenario = cfg.channel.model_copy(update={"scenario": cfg.scenario, "n_users": len(cfg.tasks)})
     large = draw_large_scale(scenario, rng)
-    channel = realize(scenario, large, rng)
+    channel = realize(scenario, large, rng, weights)
     mu = user_mse(channel.H, channel.p, channel.C_z)
-    return mu, PhysicalChannel(channel, scenario, large)
+    return mu, PhysicalChannel(channel, scenario, large, weights)
 
 
 def transmit(
@@ -263,19 +317,49 @@ def transmit(
             sent, mu, rng, scale=link.scale, segments=seg, per_segment=link.per_segment
         )
         return received if offset is None else [r - offset for r in received]
-    if channel is None:
-        raise InputError(
-            "the symbol link needs a physical scenario (ideal, sum-rate, strongest-user), "
-            "not a paper-* MSE preset or awgn"
-        )
+    physical = _physical(cfg, channel)
     return transmit_symbols(
         flats,
-        channel.realization,
+        physical.realization,
         cfg.symbol,
         rng,
         segments=seg,
-        redraw=lambda g: realize(channel.scenario, channel.large_scale, g),
+        redraw=lambda g: realize(physical.scenario, physical.large_scale, g, physical.weights),
     ).received
+
+
+def _physical(cfg: ExperimentConfig, channel: PhysicalChannel | None) -> PhysicalChannel:
+    """The drawn channel that the symbol and AirComp links need; an error for presets."""
+    if channel is None:
+        raise InputError(
+            f"the {cfg.link} link needs a physical scenario ("
+            + ", ".join(SCENARIOS)
+            + "), not a paper-* MSE preset or awgn"
+        )
+    return channel
+
+
+def transmit_sum(
+    cfg: ExperimentConfig,
+    clean: list[TaskVector],
+    channel: PhysicalChannel | None,
+    rng: np.random.Generator,
+) -> AirCompResult:
+    """Send the flattened task vectors over the AirComp link ``cfg.link`` at once and return
+    the base station's estimate of their sum
+    (:func:`rmtllmf.channel.aircomp_link.transmit_aircomp`)."""
+    link = LINKS[cfg.link]
+    assert link.scale is not None
+    physical = _physical(cfg, channel)
+    return transmit_aircomp(
+        [tv.flatten() for tv in clean],
+        physical.realization,
+        rng,
+        scale=link.scale,
+        segments=clean[0].layout.segments,
+        per_segment=link.per_segment,
+        design=link.design,
+    )
 
 
 def _received_vectors(
@@ -312,6 +396,39 @@ def _validate(pool: ModelPool, cfg: ExperimentConfig) -> None:
             "payload the noise reaches the rebuilt delta through the other factor. Use payload "
             "'delta' or a defense without a blind stage"
         )
+    if LINKS[cfg.link].kind == "aircomp":
+        _check_aircomp(cfg)
+
+
+def _check_aircomp(cfg: ExperimentConfig) -> None:
+    """What the AirComp link cannot do: it delivers only the sum of the task vectors."""
+    defense = get_defense(cfg.defense)
+    whose = f"the {cfg.link} link delivers only the sum of the users' task vectors"
+    if cfg.payload == "factors":
+        raise InputError(f"{whose}; a sum of LoRA factors is no sum of deltas: use payload 'delta'")
+    if not defense.on_sum:
+        on_sum = ", ".join(name for name, d in DEFENSES.items() if d.on_sum)
+        raise InputError(
+            f"{whose}, so defense {cfg.defense} (which needs each user's vector) cannot run on "
+            f"it; choose among {on_sum}"
+        )
+    if cfg.analysis is not None:
+        raise InputError(f"{whose}; the interference analysis needs each one: set analysis None")
+    common_weight(cfg.merge, len(cfg.tasks), cfg.link)
+
+
+def common_weight(merge: MergeConfig, n_users: int, link: str = "aircomp") -> float:
+    """The one weight ``alpha`` with which a merge linear in the models, with equal weights,
+    adds the task vectors (``theta_0 + alpha sum_q tau_q``: task arithmetic's ``lambda``); an
+    error for any other merge, which the sum alone cannot give."""
+    weights = linear_weights(merge, n_users)
+    if weights is None or not np.allclose(weights, weights[0], rtol=1e-12, atol=0.0):
+        raise InputError(
+            f"the {link} link delivers only the sum of the task vectors; merge method "
+            f"{merge.method!r} needs each one. Use a merge linear in the models with equal "
+            "weights, such as task-arithmetic"
+        )
+    return float(weights[0])
 
 
 @dataclass
@@ -324,6 +441,11 @@ class Reception:
     error_mse: NDArray[np.float64]
     nonfinite_entries: int
     n_users: int
+    aircomp: AirCompResult | None = None
+    """The AirComp link's transceivers; then :attr:`received` holds one vector, the estimate
+    of the sum, under user 0."""
+    uplink: dict[str, float] = field(default_factory=dict)
+    """The uplink's figures for the sum (:func:`uplink_figures`)."""
     accuracies: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
     """Test accuracies measured on this reception's runs, by (split, precision, task, state
     digest): a defense that ends where another began (realignment that validation stopped at
@@ -357,8 +479,18 @@ class Reception:
         key = merge.model_dump_json()
         if key not in self._merged:
             vectors = self.vectors
-            self._merged[key] = merge_task_vectors(base, vectors, merge) if vectors else dict(base)
+            self._merged[key] = (
+                merge_task_vectors(base, vectors, self.merge_of(merge)) if vectors else dict(base)
+            )
         return self._merged[key]
+
+    def merge_of(self, merge: MergeConfig) -> MergeConfig:
+        """The merge to apply to :attr:`vectors`: ``merge`` itself, or on the AirComp link task
+        arithmetic with ``merge``'s common weight on the one received sum."""
+        if self.aircomp is None:
+            return merge
+        alpha = common_weight(merge, self.n_users)
+        return MergeConfig(method="task-arithmetic", scaling=alpha)
 
 
 def reception_key(cfg: ExperimentConfig) -> str:
@@ -375,7 +507,13 @@ def receive(pool: ModelPool, cfg: ExperimentConfig) -> Reception:
     base = pool.base_state
     clean = clean_vectors(pool, cfg.tasks, base)
     sent = sent_vectors(pool, cfg.tasks, cfg.payload)
-    mu, channel = channel_mse(cfg, rng)
+    mu, channel = channel_mse(cfg, rng, jammer_weights(clean))
+    if LINKS[cfg.link].kind == "aircomp":
+        air = transmit_sum(cfg, clean, channel, rng)
+        assert channel is not None
+        return reception_from(
+            cfg, clean, [air.received], mu, aircomp=air, power=channel.realization.p
+        )
     if sent is None:
         received = transmit(cfg, clean, base, mu, channel, rng)
     else:
@@ -389,21 +527,92 @@ def reception_from(
     clean: list[TaskVector],
     received: list[NDArray[np.float32]],
     mu: NDArray[np.float64],
+    *,
+    aircomp: AirCompResult | None = None,
+    power: NDArray[np.float64] | None = None,
 ) -> Reception:
     """What the BS holds given the flat vectors it ``received`` (after ``cfg.nan_policy``):
-    the seam where a caller may bring received vectors of its own."""
+    the seam where a caller may bring received vectors of its own. With ``aircomp``,
+    ``received`` is its one estimate of the sum and ``power`` the users' peak powers."""
     keep, bad_total = _received_vectors(cfg, received, clean)
+    target = None if LINKS[cfg.link].kind == "noiseless" else _sum_of(clean)
+    targets: list[NDArray[np.floating]] = [c.flatten() for c in clean]
+    if aircomp is not None and target is not None:
+        targets = [target]
     error_mse = np.array(
-        [float(np.nanmean((r - c.flatten()) ** 2)) for r, c in zip(received, clean, strict=True)]
+        [float(np.nanmean((r - c) ** 2)) for r, c in zip(received, targets, strict=True)]
     )
-    return Reception(clean, keep, mu, error_mse, bad_total, len(received))
+    figures = uplink_figures(cfg, clean, received, mu, aircomp, power, target)
+    return Reception(clean, keep, mu, error_mse, bad_total, len(clean), aircomp, figures)
+
+
+def _sum_of(vectors: list[TaskVector] | list[NDArray[np.float32]]) -> NDArray[np.float64]:
+    flats = [v.flatten() for v in vectors]
+    total = np.zeros(flats[0].size, dtype=np.float64)
+    for flat in flats:
+        total += flat
+    return total
+
+
+def uplink_figures(
+    cfg: ExperimentConfig,
+    clean: list[TaskVector],
+    received: list[NDArray[np.float32]],
+    mu: NDArray[np.float64],
+    aircomp: AirCompResult | None = None,
+    power: NDArray[np.float64] | None = None,
+    target: NDArray[np.float64] | None = None,
+) -> dict[str, float]:
+    """What the uplink did to the merge's sum ``sum_q tau_q`` (empty on the noiseless link):
+
+    * ``nmse``: measured, ``|sum_hat - sum_q tau_q|^2 / |sum_q tau_q|^2`` (``sum_hat`` the sum
+      of the received vectors, or AirComp's estimate);
+    * ``sum_mse``: the closed form per entry the receiver's design promises, in the units of
+      the received vectors: ``sum_q mu_q mean(s_q)`` for MMSE-SIC on an analog link (independent
+      errors of variance ``mu_q s_q``, :func:`rmtllmf.channel.link.segment_scales`), AirComp's
+      ``sum_q |g_q - w_q|^2 + m^H C m`` averaged over entries; absent on the symbol link, on
+      the ``weights`` link (whose scale is that of ``theta_0 + tau_q``) and for factor payloads;
+    * ``energy``: the users' mean transmit power over their peak (MMSE-SIC: 1, full power;
+      AirComp: the mean of ``|b_q|^2 / p_q``).
+
+    ``target`` is ``sum_q tau_q`` when the caller has it already.
+    """
+    link = LINKS[cfg.link]
+    if link.kind == "noiseless":
+        return {}
+    target = _sum_of(clean) if target is None else target
+    error = _sum_of(received) - target
+    norm = float(np.dot(target, target))
+    figures = {"nmse": float(np.dot(error, error)) / norm if norm else 0.0}
+    if aircomp is not None and power is not None:
+        figures["sum_mse"] = aircomp.mse
+        figures["energy"] = float(np.mean(aircomp.energy(power)))
+        return figures
+    figures["energy"] = 1.0
+    if link.kind == "analog" and cfg.payload == "delta" and not link.on_weights:
+        seg = clean[0].layout.segments
+        figures["sum_mse"] = float(
+            sum(mu[q] * _mean_scale(c.flatten(), seg, link) for q, c in enumerate(clean))
+        )
+    return figures
+
+
+def _mean_scale(x: NDArray[np.float32], seg: NDArray[np.int64], link: Link) -> float:
+    """The entry mean of an analog link's noise scale ``s`` for the sent vector ``x``."""
+    assert link.scale is not None
+    s = segment_scales(x, seg, link.scale, per_segment=link.per_segment)
+    return float(np.dot(np.diff(seg), s) / max(int(seg[-1]), 1))
 
 
 def noise_variances(
     cfg: ExperimentConfig, rx: Reception, base: dict[str, torch.Tensor]
 ) -> list[NDArray[np.float64]]:
     """The BS's estimate of each merged user's per-tensor noise variance on ``cfg.link``
-    (:func:`rmtllmf.channel.noise_variance`): what it knows of the channel, no labels."""
+    (:func:`rmtllmf.channel.noise_variance`): what it knows of the channel, no labels. On the
+    AirComp link, the one received sum's: ``m^H C m`` of each tensor's transceiver, known
+    exactly."""
+    if rx.aircomp is not None:
+        return [rx.aircomp.noise_power for _ in rx.received]
     link = LINKS[cfg.link]
     if link.kind == "symbol":
         raise InputError(
@@ -474,7 +683,8 @@ def run_experiment(
     vectors = rx.vectors
     if get_defense(cfg.defense).blind:
         defended = _blind_vectors(cfg, rx, base)
-        merged = merge_task_vectors(base, defended, cfg.merge) if defended else dict(base)
+        merge = rx.merge_of(cfg.merge)
+        merged = merge_task_vectors(base, defended, merge) if defended else dict(base)
     else:
         merged = rx.merged(base, cfg.merge)
     analysis = (
@@ -518,6 +728,8 @@ def run_experiment(
     acc = {t: rx.accuracies[(*where, t, digest)] for t in cfg.tasks}
     ft = {t: pool.finetuned_accuracy(t, cfg.split) for t in cfg.tasks}
     kept = {q for q, _ in rx.received}
+    if rx.aircomp is not None and rx.received:  # the one sum carries every user
+        kept = set(range(rx.n_users))
     return ExperimentResult(
         config=cfg,
         mse=rx.mse,
@@ -531,4 +743,5 @@ def run_experiment(
         analysis=analysis,
         realign_curve=log.curve,
         realign_kept_step=log.kept_step,
+        uplink=dict(rx.uplink),
     )

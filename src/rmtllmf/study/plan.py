@@ -52,7 +52,7 @@ from rmtllmf.errors import InputError
 from rmtllmf.fusion import MergeConfig
 from rmtllmf.fusion.method_registry import get_method
 from rmtllmf.study.analysis import AnalysisConfig
-from rmtllmf.study.experiment import ExperimentConfig, LinkMode, Scenario
+from rmtllmf.study.experiment import LINKS, ExperimentConfig, LinkMode, Scenario, common_weight
 from rmtllmf.study.snr_axis import SnrAxisConfig, axis_runs
 from rmtllmf.study.spectra import SpectraConfig
 from rmtllmf.training.loops import Precision
@@ -167,6 +167,9 @@ class SweepConfig(BaseModel):
                 "give values of 1 or more"
             )
         get_method(self.merge_method)  # an unknown method names the known ones
+        aircomp = [link for link in self.links if LINKS[link].kind == "aircomp"]
+        if aircomp:
+            common_weight(MergeConfig(method=self.merge_method), 2, aircomp[0])
         unknown = [
             d for d in self.extra_defenses if d not in DEFENSES or d in (*PAPER, *CHANNEL_FREE)
         ]
@@ -187,10 +190,10 @@ class SweepConfig(BaseModel):
                 )
         if self.snr_axis is not None:
             self.snr_axis.check(self.ablation_defenses)
-        if self.spectra and "symbol" in (self.spectra.links or ()):
+        if self.spectra and any(LINKS[lk].kind != "analog" for lk in self.spectra.links or ()):
             raise InputError(
-                "spectra.links: the symbol link has no known noise law (no threshold to draw); "
-                "choose analog links"
+                "spectra.links: the symbol link has no known noise law (no threshold to draw) and "
+                "the AirComp links receive no user's vector; choose analog links"
             )
 
 
@@ -267,11 +270,18 @@ def _clean_runs(common: dict[str, Any], *, largest: bool) -> list[PlannedRun]:
 
 
 def extra_defenses_on(cfg: SweepConfig, link: str) -> tuple[str, ...]:
-    """The extra defenses that run on ``link``: none outside ``cfg.extra_defense_links``, and
-    no blind one on the symbol link (no known noise law to denoise with)."""
+    """The extra defenses that run on ``link``: none outside ``cfg.extra_defense_links``, no
+    blind one on the symbol link (no known noise law to denoise with), and on an AirComp link
+    none that needs each user's vector (gate, median, trimmed mean)."""
     if cfg.extra_defense_links is not None and link not in cfg.extra_defense_links:
         return ()
-    return tuple(d for d in cfg.extra_defenses if not (link == "symbol" and d in BLIND))
+    kind = LINKS[link].kind
+    return tuple(
+        d
+        for d in cfg.extra_defenses
+        if not (kind == "symbol" and d in BLIND)
+        and not (kind == "aircomp" and not DEFENSES[d].on_sum)
+    )
 
 
 def _channel_runs(
@@ -282,11 +292,13 @@ def _channel_runs(
     extra defenses of that link (:func:`extra_defenses_on`)."""
     runs = []
     for scenario, link in itertools.product(cfg.scenarios, links):
-        if link == "symbol" and scenario.startswith("paper-"):
-            continue  # the digital link needs a physical channel
+        physical_only = LINKS[link].kind in ("symbol", "aircomp")
+        if physical_only and scenario.startswith("paper-"):
+            continue  # the digital and AirComp links need a physical channel
         paper = PAPER if ablation else ("none", "r-mtllmf")
+        per_user = LINKS[link].kind != "aircomp"  # the analysis needs each received vector
         for defense in (*paper, *extra_defenses_on(cfg, link)):
-            analysis = cfg.analysis if (ablation and defense == "none") else None
+            analysis = cfg.analysis if (ablation and defense == "none" and per_user) else None
             config = ExperimentConfig(
                 scenario=scenario, link=link, defense=defense, analysis=analysis, **common
             )
@@ -325,7 +337,7 @@ def spectra_receptions(cfg: SweepConfig, lambdas: dict[int, float]) -> list[Expe
         return []
     by_count = subsets(cfg)
     tasks = by_count[max(by_count)][0]
-    links = cfg.spectra.links or tuple(link for link in cfg.links if link != "symbol")
+    links = cfg.spectra.links or tuple(lk for lk in cfg.links if LINKS[lk].kind == "analog")
     scenarios = cfg.spectra.scenarios or cfg.scenarios
     found = {
         (r.config.link, r.config.scenario): r.config.model_copy(update={"analysis": None})

@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -246,6 +246,9 @@ class RunResult:
     realign_curve: tuple[tuple[int, float], ...] = ()
     realign_kept_step: int = 0
     analysis: AnalysisRecord | None = None
+    uplink: dict[str, float] = field(default_factory=dict)
+    """The uplink's figures for the merge's sum (``nmse``, ``sum_mse``, ``energy``;
+    :func:`rmtllmf.study.experiment.uplink_figures`); empty for rows written before them."""
 
     @classmethod
     def from_experiment(cls, result: ExperimentResult) -> RunResult:
@@ -265,6 +268,7 @@ class RunResult:
             analysis=None
             if result.analysis is None
             else AnalysisRecord.from_analysis(result.analysis),
+            uplink=dict(result.uplink),
         )
 
     @classmethod
@@ -282,6 +286,7 @@ class RunResult:
             realign_curve=tuple((step, acc) for step, acc in d.get("realign_curve", ())),
             realign_kept_step=d.get("realign_kept_step", 0),
             analysis=None if "analysis" not in d else AnalysisRecord.from_json(d["analysis"]),
+            uplink=dict(d.get("uplink", {})),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -301,6 +306,8 @@ class RunResult:
             out["realign_kept_step"] = self.realign_kept_step
         if self.analysis is not None:
             out["analysis"] = self.analysis.to_json()
+        if self.uplink:
+            out["uplink"] = self.uplink
         return out
 
 
