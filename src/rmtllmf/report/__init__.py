@@ -7,10 +7,11 @@
   ``rank_spectra`` of the clean and received task vectors and the ``snr_axis``
   (:mod:`rmtllmf.report.axis_report`) (``.png`` and ``.pdf``);
 * ``report.md`` with the tables behind each figure, the paper's orderings per link, the
-  channel per scenario, WDE and hypothesis-test results and the resolved config;
+  channel per scenario, MMSE-SIC against AirComp where the sweep ran an AirComp link
+  (:mod:`rmtllmf.report.receivers`), WDE and hypothesis-test results and the resolved config;
 * ``summary.json`` (``clean``, ``clean_realign``, ``by_link`` at the largest task count, the
-  orderings, the rank spectra's counts, code version, seeds and config) and ``runs.csv`` (one
-  row per run and task).
+  orderings, the rank spectra's counts, ``receivers``, code version, seeds and config) and
+  ``runs.csv`` (one row per run and task).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rmtllmf._io import write_text_atomic
 from rmtllmf.errors import InputError
 from rmtllmf.report import figures, markdown, seeds, tables
 from rmtllmf.report.axis_report import AXIS_ROLES, AxisReport, axis_report
+from rmtllmf.report.receivers import receiver_table
 from rmtllmf.study.plan import SweepConfig, plan_runs
 from rmtllmf.study.snr_axis import SIGNAL_META
 from rmtllmf.study.spectra import SPECTRA_META, RankSpectra, SpectraCount
@@ -202,6 +204,7 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
     )
     counts = spectra.counts() if spectra is not None else []
     unc = seeds.uncertainty(rows, summ.n_tasks)
+    receivers = receiver_table(rows)
     text = markdown.render(
         summ,
         order,
@@ -214,9 +217,11 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         spectra=spectra,
         uncertainty=unc,
         axis=axis,
+        receivers=receivers,
     )
     write_text_atomic(out / "report.md", text)
     full = _summary_json(summ, order, cosines, analysis, counts, meta, config, files, unc, axis)
+    full["receivers"] = [r.to_json() for r in receivers]
     write_text_atomic(out / "summary.json", json.dumps(full, indent=2))
     export_csv(every, out / "runs.csv")
     return full
