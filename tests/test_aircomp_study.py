@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,20 @@ def test_plan_runs_aircomp_with_what_applies():
     assert any(c.analysis is not None for c in snr_none)
     with pytest.raises(InputError, match="needs each one"):
         plan_runs(cfg.model_copy(update={"merge_method": "ties"}), {3: 0.3})
+
+
+def test_channel_cli_sets_the_receivers_side_by_side(capsys):
+    from rmtllmf.cli import main
+
+    args = ["channel", "--scenario", "aircomp-maxmin", "--users", "4", "--antennas", "6"]
+    assert main([*args, "--aircomp", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    air = out["aircomp"]
+    assert air["sic_sum_mse"] == pytest.approx(sum(u["mse"] for u in out["users"]))
+    assert air["aircomp_mse"] <= air["aircomp_zf_mse"]
+    assert 0 < air["aircomp_energy"] <= 1
+    assert main(["channel", "--users", "1", "--aircomp", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)["aircomp"]
+    assert one["aircomp_mse"] == pytest.approx(one["sic_sum_mse"], rel=1e-7)  # eq. 5
+    assert main([*args, "--antennas", "1000", "--aircomp"]) == 2
+    assert "fewer antennas" in capsys.readouterr().err

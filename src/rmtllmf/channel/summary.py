@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from rmtllmf.channel.aircomp import design_mmse, design_zf
 from rmtllmf.channel.mac import sic_order, sic_sinrs, sum_rate
 from rmtllmf.channel.qam import qam_ber_awgn
 from rmtllmf.channel.scenario import ChannelRealization, ScenarioConfig
@@ -45,6 +46,8 @@ class ChannelSummary:
     mean_mse: float
     users: list[UserRow]
     measured: list[UserLinkStats] | None = None
+    aircomp: dict[str, float] | None = None
+    """The merge's sum over this channel with every user's scale 1 (:func:`compare_aircomp`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (``inf`` becomes the string ``"inf"``)."""
@@ -94,6 +97,22 @@ def summarize(
         mean_mse=float(np.mean([r.mse for r in rows])),
         users=rows,
     )
+
+
+def compare_aircomp(summary: ChannelSummary, channel: ChannelRealization) -> ChannelSummary:
+    """Add the two receivers' MSE for the sum of unit-scale symbols: MMSE-SIC's
+    ``sum_q mu_q`` (independent errors, eq. 5) beside AirComp's MMSE and unbiased designs
+    (:mod:`rmtllmf.channel.aircomp`), with AirComp's mean transmit power over peak."""
+    w = np.ones(channel.H.shape[1])
+    mmse = design_mmse(channel.H, channel.p, channel.C_z, w)
+    zf = design_zf(channel.H, channel.p, channel.C_z, w)
+    figures = {
+        "sic_sum_mse": float(sum(r.mse for r in summary.users)),
+        "aircomp_mse": mmse.mse,
+        "aircomp_zf_mse": zf.mse,
+        "aircomp_energy": float(np.mean(mmse.energy / channel.p)),
+    }
+    return ChannelSummary(**{**summary.__dict__, "aircomp": figures})
 
 
 def measure(

@@ -17,7 +17,7 @@ from rmtllmf.channel.scenario import (
     ScenarioConfig,
     draw_realization,
 )
-from rmtllmf.channel.summary import ChannelSummary, measure, summarize
+from rmtllmf.channel.summary import ChannelSummary, compare_aircomp, measure, summarize
 from rmtllmf.channel.symbol_link import SymbolLinkConfig
 from rmtllmf.cli.common import examples, rich_console
 from rmtllmf.errors import InputError
@@ -52,6 +52,9 @@ detector's steps): a simulation costs ``symbols * users * (1 + users / 128)`` un
 MAX_SYMBOL_WORK = 2**27 * (1 + 8 / USERS_PER_SIC_STEP)
 """Bound on those units (8 users: 2^27 / 8 = 16.8M symbols), near 10 s and 1 GB
 (docs/benchmarks.md, "Channel bounds")."""
+AIRCOMP_WORK_PER_CUBE = 12_800
+"""Eigendecompositions of ``N_R x N_R`` matrices an AirComp jammer-first draw takes: 200 in
+each unbiased design search, 64 designs in the ascent."""
 SECONDS_PER_UNIT = 5e-8
 """Seconds per unit, for the time a refused request would take (docs/benchmarks.md)."""
 BYTES_PER_UNIT = 6.3
@@ -64,12 +67,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="draw one uplink realization and print per-user SNR, SINR, rate and MSE",
         description="Per-user figures of the MIMO uplink (paper eqs. 3-5) for one scenario: "
         "users placed at random between --r-min and --r-max, Rayleigh fading, full power, and "
-        "the scenario's jammer (none, worst case for the sum rate, or for the strongest user). "
-        "Theory by default; --symbols also simulates the digital link and measures it.",
+        "the scenario's jammer (none, worst case for the sum rate, for the strongest user, or "
+        "against over-the-air computation: moving first, or answering the base station). "
+        "Theory by default; --symbols also simulates the digital link and measures it; "
+        "--aircomp sets MMSE-SIC beside AirComp for the users' sum.",
         epilog=examples(
             "rmtllmf channel --scenario sum-rate --jnr-db 10",
             "rmtllmf channel --users 4 --antennas 8 --symbols 2000 --qam 16",
             "rmtllmf channel --scenario strongest-user --jammer-dbm 0 --json > uplink.json",
+            "rmtllmf channel --scenario aircomp-maxmin --aircomp",
         ),
     )
     p.add_argument("--scenario", choices=SCENARIOS, default="ideal", help="jammer model")
@@ -103,6 +109,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--bits", type=int, default=8, help="quantiser bits for --symbols")
     p.add_argument("--symbols", type=int, default=0, help="also simulate this many channel uses")
     p.add_argument("--genie", action="store_true", help="genie-aided SIC for --symbols")
+    p.add_argument(
+        "--aircomp",
+        action="store_true",
+        help="also the MSE of the users' sum (scale 1 each) for MMSE-SIC and for the MMSE and "
+        "unbiased over-the-air (AirComp) receivers",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument(
         "--no-limit",
@@ -128,6 +140,14 @@ def check_sizes(args: argparse.Namespace) -> None:
         if value > bound:
             raise InputError(
                 f"{flag} {value} is above the bound {bound}; give at most {bound}, {past}"
+            )
+    if args.aircomp or args.scenario.startswith("aircomp"):
+        air_work = AIRCOMP_WORK_PER_CUBE * args.antennas**3
+        if air_work > MAX_RECEIVER_WORK:
+            raise InputError(
+                f"--antennas {args.antennas} with AirComp means about {AIRCOMP_WORK_PER_CUBE} "
+                f"eigendecompositions of {args.antennas}x{args.antennas} matrices (bound "
+                f"{MAX_RECEIVER_WORK:.2e} units, about 10 s): give fewer antennas, {past}"
             )
     work = args.users * args.antennas**3
     if work > MAX_RECEIVER_WORK:
@@ -186,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     channel = draw_realization(cfg, rng)
     summary = summarize(cfg, channel, args.qam)
+    if args.aircomp:
+        summary = compare_aircomp(summary, channel)
     if args.symbols > 0:
         link = SymbolLinkConfig(bits=args.bits, modulation_order=args.qam, genie=args.genie)
         with progress_bar(args.symbols >= 10**6, "channel uses", args.symbols) as advance:
@@ -231,3 +253,10 @@ def _print_summary(summary: ChannelSummary, qam: int) -> None:
         f"thermal {summary.thermal_dbm:.1f} dBm/antenna, jammer {jammer}, "
         f"sum rate {summary.sum_rate_nats:.3f} nats/use, mean MSE {summary.mean_mse:.4g}"
     )
+    if summary.aircomp:
+        a = summary.aircomp
+        console.print(
+            f"MSE of the sum: MMSE-SIC {a['sic_sum_mse']:.4g}, AirComp MMSE "
+            f"{a['aircomp_mse']:.4g} (mean power {a['aircomp_energy']:.2f} of peak), AirComp "
+            f"unbiased {a['aircomp_zf_mse']:.4g}"
+        )
