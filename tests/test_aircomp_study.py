@@ -117,3 +117,25 @@ def test_channel_cli_sets_the_receivers_side_by_side(capsys):
     assert one["aircomp_mse"] == pytest.approx(one["sic_sum_mse"], rel=1e-7)  # eq. 5
     assert main([*args, "--antennas", "1000", "--aircomp"]) == 2
     assert "fewer antennas" in capsys.readouterr().err
+
+
+def test_jammer_axis_runs_aircomp_beside_sic():
+    from rmtllmf.channel import ScenarioConfig
+    from rmtllmf.study.snr_axis import SnrAxisConfig, axis_runs
+
+    axis = SnrAxisConfig(snr_db=(), jnr_db=(0.0, 10.0), jammer_links=("snr", "aircomp"))
+    axis.check(("none", "r-mtllmf", "median"))
+    common = {"tasks": TASKS, "channel": ScenarioConfig(), "seed": 0}
+    runs = [
+        c
+        for role, c in axis_runs(axis, ("none", "r-mtllmf", "median"), common)
+        if role == "jammer-axis"
+    ]
+    by_link = {
+        lk: {(c.defense, c.channel.jnr_db) for c in runs if c.link == lk}
+        for lk in ("snr", "aircomp")
+    }
+    assert by_link["snr"] == {(d, j) for d in ("none", "r-mtllmf", "median") for j in (0.0, 10.0)}
+    assert by_link["aircomp"] == {(d, j) for d in ("none", "r-mtllmf") for j in (0.0, 10.0)}
+    with pytest.raises(InputError, match="jammer_links"):
+        SnrAxisConfig(jnr_db=(0.0,), jammer_links=("symbol",)).check(("none",))

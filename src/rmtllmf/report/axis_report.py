@@ -153,16 +153,24 @@ def _ahead(diff: Interval, margin: float) -> bool:
     return (diff.lo if diff.n >= 2 else diff.mean) > margin
 
 
+def jammer_label(row: RunRecord) -> str:
+    """The jammer axis's curve of a run: its scenario, with its link where that is not the
+    ``snr`` link (``sum-rate (aircomp)``)."""
+    c = row.config
+    return c.scenario if c.link == "snr" else f"{c.scenario} ({c.link})"
+
+
 def equivalent_snr_db(rows: Sequence[RunRecord]) -> float:
     """The per-entry SNR at which the awgn axis puts as much noise into the merge as these
     physical runs did, averaged over runs (dB): the users' noises add, each of power
     ``mu_q E[tau_q^2] / S_ref`` on the snr link, so one SNR for all users gives the same total
     at ``S_ref / mean_q(mu_q)``. (The mean of the users' own SNRs would hide that the noisiest
-    users set the merge's noise.)"""
+    users set the merge's noise.) NaN off the ``snr`` link (AirComp's noise is not the users'
+    ``mu_q``)."""
     values = [
         10.0 * math.log10(PAPER_SIGNAL_POWER * len(mse) / math.fsum(mse))
         for r in rows
-        if (mse := r.result.mse) and math.fsum(mse) > 0
+        if r.config.link == "snr" and (mse := r.result.mse) and math.fsum(mse) > 0
     ]
     return math.fsum(values) / len(values) if values else math.nan
 
@@ -199,7 +207,7 @@ def axis_report(
         floors["clean+realign"] = interval(list(noiseless["realign"].values()))
     jammed = [r for r in axis if r.role == "jammer-axis"]
     jam_values = _seed_values(
-        jammed, lambda r: (r.config.scenario, r.config.defense, r.config.channel.jnr_db)
+        jammed, lambda r: (jammer_label(r), r.config.defense, r.config.channel.jnr_db)
     )
     jammer: dict[str, dict[str, list[tuple[float, Interval, float]]]] = defaultdict(dict)
     order = {d: i for i, d in enumerate(dict.fromkeys(r.config.defense for r in jammed))}
@@ -209,7 +217,7 @@ def axis_report(
         at = [
             r
             for r in jammed
-            if (r.config.scenario, r.config.defense, r.config.channel.jnr_db)
+            if (jammer_label(r), r.config.defense, r.config.channel.jnr_db)
             == (scenario, defense, jnr)
         ]
         point = (float(jnr or 0.0), interval(list(jam_values[(scenario, defense, jnr)].values())))

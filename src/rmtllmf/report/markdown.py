@@ -560,16 +560,22 @@ def _jammer_axis(axis: AxisReport) -> list[str]:
     for scenario, by_defense in axis.jammer.items():
         defenses = list(by_defense)
         points = by_defense[defenses[0]]
+        where = "" if "(" in scenario else " on the snr link"
         lines += [
-            f"Against the jammer's power: the {scenario} jammer on the snr link, its "
+            f"Against the jammer's power: the {scenario} jammer{where}, its "
             "jammer-to-noise ratio swept; beside it the equivalent per-entry SNR, at which "
-            "the awgn axis puts as much noise into the merge (S_ref / mean of the users' MSEs).",
+            "the awgn axis puts as much noise into the merge (S_ref / mean of the users' MSEs; "
+            "n/a off the snr link).",
             "",
         ]
         lines += _table(
             ["JNR (dB)", "equivalent SNR (dB)", *defenses],
             [
-                [f"{jnr:g}", f"{snr_db:.1f}", *(_interval(by_defense[d][i][1]) for d in defenses)]
+                [
+                    f"{jnr:g}",
+                    "n/a" if snr_db != snr_db else f"{snr_db:.1f}",
+                    *(_interval(by_defense[d][i][1]) for d in defenses),
+                ]
                 for i, (jnr, _, snr_db) in enumerate(points)
             ],
         )

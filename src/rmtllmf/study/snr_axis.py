@@ -9,8 +9,10 @@ ablation's defenses at the largest task count
   destroyed one, and each defense on the noiseless link (the limit of infinite SNR; the clean
   runs hold those of ``none`` and ``realign``);
 * against the jammer's power (role ``jammer-axis``): the physical ``jammer_scenarios`` on the
-  ``snr`` link with the jammer-to-noise ratio ``jnr_db`` (``ScenarioConfig.jnr_db``), each
-  user's per-entry SNR ``S_ref / mu_q`` then set by its MMSE-SIC MSE (eq. 5).
+  ``jammer_links`` (default the ``snr`` link) with the jammer-to-noise ratio ``jnr_db``
+  (``ScenarioConfig.jnr_db``); on the ``snr`` link each user's per-entry SNR ``S_ref / mu_q``
+  is then set by its MMSE-SIC MSE (eq. 5), on an AirComp link the sum's noise by the
+  transceiver (:mod:`rmtllmf.channel.aircomp`).
 
 Each point runs every seed of the sweep, so the report draws it with its 95% interval.
 
@@ -30,11 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rmtllmf.channel import PAPER_SIGNAL_POWER
 from rmtllmf.channel.scenario import ScenarioName
-from rmtllmf.defense import CHANNEL_FREE
+from rmtllmf.defense import CHANNEL_FREE, DEFENSES
 from rmtllmf.errors import InputError
 from rmtllmf.fusion import TaskVector
 from rmtllmf.pools.base import ModelPool
-from rmtllmf.study.experiment import PAPER_MSE, ExperimentConfig
+from rmtllmf.study.experiment import LINKS, PAPER_MSE, ExperimentConfig, LinkMode
 from rmtllmf.study.payload import clean_vectors
 
 CLEAN_DEFENSES = ("none", "realign", *CHANNEL_FREE)
@@ -65,6 +67,11 @@ class SnrAxisConfig(BaseModel):
         "skips them",
     )
     jammer_scenarios: tuple[ScenarioName, ...] = ("sum-rate",)
+    jammer_links: tuple[LinkMode, ...] = Field(
+        ("snr",),
+        description="links of the jammer axis: snr (MMSE-SIC), and aircomp / aircomp-zf to set "
+        "the over-the-air receivers beside it",
+    )
     defenses: tuple[str, ...] | None = Field(
         None,
         description="defenses at each point; None: the ablation's on the snr link (the "
@@ -81,6 +88,12 @@ class SnrAxisConfig(BaseModel):
         if not self.snr_db and not self.jnr_db:
             raise InputError(
                 "snr_axis has neither snr_db nor jnr_db points; give one of them, or drop snr_axis"
+            )
+        wrong = [lk for lk in self.jammer_links if LINKS[lk].kind not in ("analog", "aircomp")]
+        if wrong or not self.jammer_links:
+            raise InputError(
+                f"snr_axis.jammer_links {list(self.jammer_links)}: give analog or AirComp links "
+                "(snr, aircomp, aircomp-zf, ...)"
             )
         stray = [d for d in self.defenses or () if d not in known]
         if stray:
@@ -106,14 +119,17 @@ def axis_runs(
     ]
     channel = common["channel"]
     rest = {k: v for k, v in common.items() if k != "channel"}
-    for scenario, jnr in itertools.product(axis.jammer_scenarios, axis.jnr_db):
+    for link, scenario, jnr in itertools.product(
+        axis.jammer_links, axis.jammer_scenarios, axis.jnr_db
+    ):
         jammed = channel.model_copy(update={"jnr_db": jnr, "jammer_dbm": None})
         runs += [
             (
                 "jammer-axis",
-                ExperimentConfig(scenario=scenario, link="snr", defense=d, channel=jammed, **rest),
+                ExperimentConfig(scenario=scenario, link=link, defense=d, channel=jammed, **rest),
             )
             for d in chosen
+            if LINKS[link].kind != "aircomp" or DEFENSES[d].on_sum
         ]
     return runs
 
