@@ -117,7 +117,8 @@ def run_metrics(row: RunRecord) -> dict[str, float]:
     for task, acc in r.accuracy.items():
         metrics[f"accuracy/{task}"] = acc
     for name, values in (("mse", r.mse), ("error_mse", r.error_mse)):
-        for task, v in zip(tasks, values, strict=False):
+        per_user = len(values) == len(tasks)  # an AirComp run's error is its sum's
+        for task, v in zip(tasks, values, strict=False) if per_user else ():
             metrics[f"{name}/{task}"] = v
         if values:
             metrics[f"mean_{name}"] = sum(values) / len(values)

@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from rmtllmf._io import atomic_output
 from rmtllmf.data.synthetic import TASK_NAMES, TASKS
@@ -114,19 +116,40 @@ class TinyVitPool(LoadedPool[TinyVit]):
         """Number of classes of ``task``."""
         return len(TASKS[task][1])
 
+    def finetune_from(
+        self, state: Mapping[str, torch.Tensor], task: str, seed: int, steps: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """What a user does: fine-tune a model starting from ``state`` on ``task``'s training
+        split against its head, with the zoo's settings (:func:`train_expert`; ``steps``
+        replaces the zoo's step count); returns the fine-tuned state. From the base with the
+        zoo's seed and steps it is how the experts were made."""
+        model = self.model_from_state(state).train()
+        images, labels = self.data[task]["train"]
+        cfg = self.config if steps is None else self.config.model_copy(update={"steps": steps})
+        train_expert(cfg, model, self.heads[task], images, labels, seed, self.anchor(task))
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-def _finetune_task(
-    cfg_json: str, base_file: str, home: str, task: str, index: int, progress: bool
-) -> float:
-    """Worker: fine-tune the base on one task against its stored head; returns seconds."""
-    cfg = ZooConfig.model_validate_json(cfg_json)
-    model = load_base(base_file).train()
-    head = PrototypeHead(load_file(Path(home) / "heads.safetensors")[task], cfg.head_scale)
-    with np.load(Path(home) / "data" / f"{task}.npz") as z:
-        images, labels = z["train_x"], z["train_y"]
-    seed = cfg.seed * 1000 + index
+
+def expert_seed(cfg: ZooConfig, task: str) -> int:
+    """The seed the zoo fine-tunes ``task``'s expert with."""
+    return cfg.seed * 1000 + cfg.tasks.index(task)
+
+
+def train_expert(
+    cfg: ZooConfig,
+    model: TinyVit,
+    head: nn.Module,
+    images: NDArray[np.uint8],
+    labels: NDArray[np.int64],
+    seed: int,
+    anchor: Anchor | None,
+    *,
+    progress: bool = False,
+    description: str = "fine-tuning",
+) -> None:
+    """Fine-tune ``model`` in place with the zoo's settings (steps, batch, learning rate, weight
+    decay, trainable parameters) and ``anchor``'s penalty."""
     torch.manual_seed(seed)
-    t0 = time.perf_counter()
     finetune(
         model,
         head,
@@ -139,8 +162,30 @@ def _finetune_task(
         trainable=TRAINABLE[cfg.trainable],
         seed=seed,
         progress=progress,
+        description=description,
+        anchor=anchor,
+    )
+
+
+def _finetune_task(cfg_json: str, base_file: str, home: str, task: str, progress: bool) -> float:
+    """Worker: fine-tune the base on one task against its stored head; returns seconds."""
+    cfg = ZooConfig.model_validate_json(cfg_json)
+    model = load_base(base_file).train()
+    head = PrototypeHead(load_file(Path(home) / "heads.safetensors")[task], cfg.head_scale)
+    with np.load(Path(home) / "data" / f"{task}.npz") as z:
+        images, labels = z["train_x"], z["train_y"]
+    t0 = time.perf_counter()
+    anchor = load_anchor(cfg, Path(home), task)
+    train_expert(
+        cfg,
+        model,
+        head,
+        images,
+        labels,
+        expert_seed(cfg, task),
+        anchor,
+        progress=progress,
         description=f"fine-tuning {task}",
-        anchor=load_anchor(cfg, Path(home), task),
     )
     seconds = time.perf_counter() - t0
     out = Path(home) / "finetuned" / f"{task}.safetensors"
@@ -233,8 +278,8 @@ def build_zoo(
     data = _build_data(cfg, home, workers, progress, anchor=train)
     heads = _build_heads(cfg, home, base, data, anchor=train)
     jobs = [
-        (cfg.model_dump_json(), str(base_file), str(home), t, i, progress and workers == 1)
-        for i, (t, f) in enumerate(ft_files.items())
+        (cfg.model_dump_json(), str(base_file), str(home), t, progress and workers == 1)
+        for t, f in ft_files.items()
         if not f.exists()
     ]
     for task, seconds in zip(

@@ -55,6 +55,7 @@ from rmtllmf.channel import (
     LargeScale,
     ScenarioConfig,
     SymbolLinkConfig,
+    UserLinkStats,
     draw_large_scale,
     noise_variance,
     realize,
@@ -70,6 +71,7 @@ from rmtllmf.defense import (
     REALIGNING,
     FewShotSet,
     RealignConfig,
+    RealignLog,
     apply_defense,
     blind_defense,
     few_shot_set,
@@ -304,28 +306,42 @@ def transmit(
 ) -> list[NDArray[np.float32]]:
     """Send the flattened task vectors over ``cfg.link`` (users with MSEs ``mu``; ``channel``
     for the symbol link) and return what the BS receives, one flat vector per user."""
+    return transmit_link(cfg, clean, base, mu, channel, rng)[0]
+
+
+def transmit_link(
+    cfg: ExperimentConfig,
+    clean: list[TaskVector],
+    base: dict[str, torch.Tensor],
+    mu: NDArray[np.float64],
+    channel: PhysicalChannel | None,
+    rng: np.random.Generator,
+) -> tuple[list[NDArray[np.float32]], list[UserLinkStats]]:
+    """:func:`transmit`, with the symbol link's per-user statistics (measured BER, symbol MSE;
+    empty on the other links)."""
     layout = clean[0].layout
     seg = [layout.segments] * len(clean)
     flats = [tv.flatten() for tv in clean]
     link = LINKS[cfg.link]
     if link.kind == "noiseless":
-        return flats
+        return flats, []
     if link.scale is not None:
         offset = _weights_offset(base, layout) if link.on_weights else None
         sent = flats if offset is None else [f + offset for f in flats]
         received = transmit_statistical(
             sent, mu, rng, scale=link.scale, segments=seg, per_segment=link.per_segment
         )
-        return received if offset is None else [r - offset for r in received]
+        return (received if offset is None else [r - offset for r in received]), []
     physical = _physical(cfg, channel)
-    return transmit_symbols(
+    result = transmit_symbols(
         flats,
         physical.realization,
         cfg.symbol,
         rng,
         segments=seg,
         redraw=lambda g: realize(physical.scenario, physical.large_scale, g, physical.weights),
-    ).received
+    )
+    return result.received, list(result.stats)
 
 
 def _physical(cfg: ExperimentConfig, channel: PhysicalChannel | None) -> PhysicalChannel:
@@ -446,6 +462,8 @@ class Reception:
     of the sum, under user 0."""
     uplink: dict[str, float] = field(default_factory=dict)
     """The uplink's figures for the sum (:func:`uplink_figures`)."""
+    link_stats: list[UserLinkStats] = field(default_factory=list)
+    """The symbol link's per-user statistics (measured BER, symbol MSE); empty elsewhere."""
     accuracies: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
     """Test accuracies measured on this reception's runs, by (split, precision, task, state
     digest): a defense that ends where another began (realignment that validation stopped at
@@ -515,11 +533,11 @@ def receive(pool: ModelPool, cfg: ExperimentConfig) -> Reception:
             cfg, clean, [air.received], mu, aircomp=air, power=channel.realization.p
         )
     if sent is None:
-        received = transmit(cfg, clean, base, mu, channel, rng)
+        received, stats = transmit_link(cfg, clean, base, mu, channel, rng)
     else:
-        on_air = transmit(cfg, sent, zero_offsets(sent), mu, channel, rng)
+        on_air, stats = transmit_link(cfg, sent, zero_offsets(sent), mu, channel, rng)
         received = deltas_from_factors(pool, cfg.tasks, on_air, sent, clean)
-    return reception_from(cfg, clean, received, mu)
+    return reception_from(cfg, clean, received, mu, link_stats=stats)
 
 
 def reception_from(
@@ -530,10 +548,12 @@ def reception_from(
     *,
     aircomp: AirCompResult | None = None,
     power: NDArray[np.float64] | None = None,
+    link_stats: list[UserLinkStats] | None = None,
 ) -> Reception:
     """What the BS holds given the flat vectors it ``received`` (after ``cfg.nan_policy``):
     the seam where a caller may bring received vectors of its own. With ``aircomp``,
-    ``received`` is its one estimate of the sum and ``power`` the users' peak powers."""
+    ``received`` is its one estimate of the sum and ``power`` the users' peak powers;
+    ``link_stats``: the symbol link's per-user statistics."""
     keep, bad_total = _received_vectors(cfg, received, clean)
     target = None if LINKS[cfg.link].kind == "noiseless" else _sum_of(clean)
     targets: list[NDArray[np.floating]] = [c.flatten() for c in clean]
@@ -543,7 +563,11 @@ def reception_from(
         [float(np.nanmean((r - c) ** 2)) for r, c in zip(received, targets, strict=True)]
     )
     figures = uplink_figures(cfg, clean, received, mu, aircomp, power, target)
-    return Reception(clean, keep, mu, error_mse, bad_total, len(clean), aircomp, figures)
+    if link_stats:
+        figures["ber"] = float(np.mean([s.ber for s in link_stats]))
+    return Reception(
+        clean, keep, mu, error_mse, bad_total, len(clean), aircomp, figures, list(link_stats or [])
+    )
 
 
 def _sum_of(vectors: list[TaskVector] | list[NDArray[np.float32]]) -> NDArray[np.float64]:
@@ -565,17 +589,19 @@ def uplink_figures(
 ) -> dict[str, float]:
     """What the uplink did to the merge's sum ``sum_q tau_q`` (empty on the noiseless link):
 
-    * ``nmse``: measured, ``|sum_hat - sum_q tau_q|^2 / |sum_q tau_q|^2`` (``sum_hat`` the sum
-      of the received vectors, or AirComp's estimate);
-    * ``sum_mse``: the closed form per entry the receiver's design promises, in the units of
-      the received vectors: ``sum_q mu_q mean(s_q)`` for MMSE-SIC on an analog link (independent
-      errors of variance ``mu_q s_q``, :func:`rmtllmf.channel.link.segment_scales`), AirComp's
-      ``sum_q |g_q - w_q|^2 + m^H C m`` averaged over entries; absent on the symbol link, on
-      the ``weights`` link (whose scale is that of ``theta_0 + tau_q``) and for factor payloads;
-    * ``energy``: the users' mean transmit power over their peak (MMSE-SIC: 1, full power;
-      AirComp: the mean of ``|b_q|^2 / p_q``).
+        * ``nmse``: measured, ``|sum_hat - sum_q tau_q|^2 / |sum_q tau_q|^2`` (``sum_hat`` the sum
+          of the received vectors, or AirComp's estimate);
+        * ``sum_mse``: the closed form per entry the receiver's design promises, in the units of
+          the received vectors: ``sum_q mu_q mean(s_q)`` for MMSE-SIC on an analog link (independent
+          errors of variance ``mu_q s_q``, :func:`rmtllmf.channel.link.segment_scales`), AirComp's
+          ``sum_q |g_q - w_q|^2 + m^H C m`` averaged over entries; absent on the symbol link, on
+          the ``weights`` link (whose scale is that of ``theta_0 + tau_q``) and for factor payloads;
+        * ``energy``: the users' mean transmit power over their peak (MMSE-SIC: 1, full power;
+          AirComp: the mean of ``|b_q|^2 / p_q``);
+    * ``ber``: on the symbol link, the users' mean measured bit error rate (added by
+      :func:`reception_from`).
 
-    ``target`` is ``sum_q tau_q`` when the caller has it already.
+        ``target`` is ``sum_q tau_q`` when the caller has it already.
     """
     link = LINKS[cfg.link]
     if link.kind == "noiseless":
@@ -668,19 +694,20 @@ def _realign_sets(
     return sets, val_sets
 
 
-def run_experiment(
-    pool: ModelPool, cfg: ExperimentConfig, reception: Reception | None = None
-) -> ExperimentResult:
-    """Run ``cfg`` on the model pool and measure per-task and normalized accuracy (and, with
-    ``cfg.analysis``, WDE and the hypothesis test of the undefended merge).
+@dataclass(frozen=True)
+class Defended:
+    """What the BS serves after a run's defense: the model's state and what realignment did."""
 
-    ``reception`` (from :func:`receive` with a config of the same :func:`reception_key`) skips
-    the channel: the sweep sends once and applies every defense to the same received vectors.
-    """
-    _validate(pool, cfg)
-    rx = reception if reception is not None else receive(pool, cfg)
+    state: dict[str, torch.Tensor]
+    realign: RealignLog
+    analysis: Analysis | None = None
+
+
+def defend(pool: ModelPool, cfg: ExperimentConfig, rx: Reception) -> Defended:
+    """The BS's side of a run on what it received: the defense's blind stage, the merge
+    (eq. 6), the interference analysis where ``cfg.analysis`` asks for it, then the defense's
+    model stages (freeze, realign) on ``pool``'s few-shot data."""
     base = pool.base_state
-    vectors = rx.vectors
     if get_defense(cfg.defense).blind:
         defended = _blind_vectors(cfg, rx, base)
         merge = rx.merge_of(cfg.merge)
@@ -692,7 +719,7 @@ def run_experiment(
             pool,
             cfg.tasks,
             rx.clean,
-            vectors,
+            rx.vectors,
             rx.error_mse,
             scaling=cfg.merge.scaling,
             cfg=cfg.analysis,
@@ -716,7 +743,23 @@ def run_experiment(
             preprocess=pool.preprocess,
             val_sets=val_sets,
         )
-    state = model.state_dict()
+    return Defended(model.state_dict(), log, analysis)
+
+
+def run_experiment(
+    pool: ModelPool, cfg: ExperimentConfig, reception: Reception | None = None
+) -> ExperimentResult:
+    """Run ``cfg`` on the model pool and measure per-task and normalized accuracy (and, with
+    ``cfg.analysis``, WDE and the hypothesis test of the undefended merge).
+
+    ``reception`` (from :func:`receive` with a config of the same :func:`reception_key`) skips
+    the channel: the sweep sends once and applies every defense to the same received vectors.
+    """
+    _validate(pool, cfg)
+    rx = reception if reception is not None else receive(pool, cfg)
+    defended = defend(pool, cfg, rx)
+    analysis, log = defended.analysis, defended.realign
+    state = defended.state
     where = (cfg.split, cfg.precision)
     digest = state_digest(state)
     missing = [t for t in cfg.tasks if (*where, t, digest) not in rx.accuracies]

@@ -502,7 +502,7 @@ def export_csv(rows: Iterable[RunRecord], out: str | Path) -> Path:
                         task,
                         r.accuracy[task],
                         r.mse[q],
-                        r.error_mse[q],
+                        r.error_mse[q] if len(r.error_mse) == len(c.tasks) else "",
                         row.seconds,
                     ]
                 )

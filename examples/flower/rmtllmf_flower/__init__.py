@@ -1,0 +1,1 @@
+"""rmtllmf's edge users as Flower clients: the app's two components."""

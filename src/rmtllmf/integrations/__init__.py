@@ -1,0 +1,1 @@
+"""Adapters to other frameworks, each an optional extra (``rmtllmf[flower]``: Flower)."""
