@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -139,3 +140,40 @@ def test_jammer_axis_runs_aircomp_beside_sic():
     assert by_link["aircomp"] == {(d, j) for d in ("none", "r-mtllmf") for j in (0.0, 10.0)}
     with pytest.raises(InputError, match="jammer_links"):
         SnrAxisConfig(jnr_db=(0.0,), jammer_links=("symbol",)).check(("none",))
+
+
+def test_sweep_and_report_set_the_receivers_side_by_side(tiny_zoo, tmp_path):
+    from rmtllmf.defense import RealignConfig
+    from rmtllmf.report import write_report
+    from rmtllmf.study.store import ResultsDB
+    from rmtllmf.study.sweep import run_sweep
+
+    cfg = SweepConfig(
+        tasks=TASKS,
+        task_counts=(3,),
+        scenarios=("ideal", "aircomp-aligned"),
+        links=("snr", "aircomp"),
+        seeds=(0, 1),
+        k_values=(2,),
+        realign=RealignConfig(k_per_class=2, steps=2, batch=8),
+        analysis=AnalysisConfig(samples=4, probes=1),
+        lambda_grid=(0.0, 0.5),
+        spectra=None,
+    )
+    db = ResultsDB(tmp_path / "r.db")
+    run_sweep(tiny_zoo, "zoo", cfg, db)
+    summary = write_report(db, tmp_path / "report")
+    rows = summary["receivers"]
+    assert {(r["scenario"], r["link"]) for r in rows} == {
+        (s, lk) for s in ("ideal", "aircomp-aligned") for lk in ("snr", "aircomp")
+    }
+    air = next(r for r in rows if r["link"] == "aircomp" and r["scenario"] == "ideal")
+    assert air["nmse"]["n"] == 2
+    assert 0 < air["energy"] <= 1
+    assert set(air["versus_sic"]) == {"none", "freeze", "realign", "r-mtllmf"}
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "MMSE-SIC against AirComp" in text
+    assert "AirComp minus MMSE-SIC" in text
+    with (tmp_path / "report" / "runs.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert {t["error_mse"] for t in table if t["link"] == "aircomp"} == {""}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from rmtllmf.defense import CHANNEL_FREE, DEFENSES, PAPER
 from rmtllmf.report.axis_report import LIMIT_TOLERANCE, AxisReport
 from rmtllmf.report.receivers import ReceiverRow
-from rmtllmf.report.seeds import ALPHA, TEST_NAME, Interval, Uncertainty
+from rmtllmf.report.seeds import ALPHA, TEST_NAME, Comparison, Interval, Uncertainty
 from rmtllmf.report.tables import AnalysisRow, ChannelRow, Ordering, Summary
 from rmtllmf.study.snr_axis import PAPER_POINTS
 from rmtllmf.study.spectra import RankSpectra, SpectraCount
@@ -458,7 +458,39 @@ def _receivers(receivers: Sequence[ReceiverRow], summ: Summary) -> list[str]:
         for r in receivers
     ]
     header = ["scenario", "receiver", "nmse", "sum MSE", "energy", *defenses]
-    return lines + _table(header, rows)
+    lines += _table(header, rows)
+    paired = [r for r in receivers if r.versus_sic]
+    if not paired:
+        return lines
+    lines += [
+        "",
+        f"AirComp minus MMSE-SIC, paired over seeds ({TEST_NAME.split(' (')[0]}, α = {ALPHA}): "
+        "mean difference [95%] and verdict.",
+        "",
+    ]
+    shown = [d for d in defenses if any(d in r.versus_sic for r in paired)]
+    lines += _table(
+        ["scenario", "receiver", *shown],
+        [
+            [
+                r.scenario,
+                r.link,
+                *(
+                    f"{_interval(r.versus_sic[d].difference)} {_verdict(r.versus_sic[d])}"
+                    if d in r.versus_sic
+                    else "–"
+                    for d in shown
+                ),
+            ]
+            for r in paired
+        ],
+    )
+    return lines
+
+
+def _verdict(c: Comparison) -> str:
+    """``higher``, ``lower`` or ``n.s.`` for an AirComp-minus-SIC difference."""
+    return {"holds": "higher", "reversed": "lower"}.get(c.verdict, "n.s.")
 
 
 def _snr_axis(axis: AxisReport | None) -> list[str]:

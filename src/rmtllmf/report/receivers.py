@@ -8,7 +8,9 @@ from the runs' uplink figures (:func:`rmtllmf.study.experiment.uplink_figures`):
 * ``sum_mse``: the closed form per entry the receiver's design promises (MMSE-SIC on an analog
   link: ``sum_q mu_q s_q``; AirComp: ``sum_q |g_q - w_q|^2 + m^H C m``);
 * ``energy``: the users' mean transmit power over their peak (MMSE-SIC: 1);
-* the normalized accuracy of each defense that ran there, mean and interval over seeds.
+* the normalized accuracy of each defense that ran there, mean and interval over seeds;
+* on an AirComp link, each defense's paired difference to MMSE-SIC on the ``snr`` link over
+  seeds (:func:`rmtllmf.report.seeds.compare`: both saw the same channel draw per seed).
 
 Both receivers use every user's ``ceil(D / 2)`` channel uses at once under the same peak power
 ``p_q`` and the same drawn channel and jammer for a seed (the AirComp jammers are built with the
@@ -20,10 +22,10 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from rmtllmf.report.seeds import Interval, interval, per_seed
+from rmtllmf.report.seeds import Comparison, Interval, compare, interval, per_seed
 from rmtllmf.report.tables import largest_n
 from rmtllmf.study.store import RunRecord
 
@@ -42,6 +44,8 @@ class ReceiverRow:
     sum_mse: float
     energy: float
     accuracy: dict[str, Interval]
+    versus_sic: dict[str, Comparison] = field(default_factory=dict)
+    """defense -> this receiver minus MMSE-SIC (``snr``), paired by seed (AirComp rows)."""
 
     def to_json(self) -> dict[str, Any]:
         """As in ``summary.json``'s ``receivers``."""
@@ -52,6 +56,7 @@ class ReceiverRow:
             "sum_mse": self.sum_mse,
             "energy": self.energy,
             "accuracy": {d: i.to_json() for d, i in self.accuracy.items()},
+            "versus_sic": {d: c.to_json() for d, c in self.versus_sic.items()},
         }
 
 
@@ -80,10 +85,20 @@ def receiver_table(rows: Sequence[RunRecord]) -> list[ReceiverRow]:
             nmse = _figure_per_seed(undefended, "nmse")
             sum_mse = _figure_per_seed(undefended, "sum_mse")
             energy = _figure_per_seed(undefended, "energy")
-            accuracy = {
-                d: interval(list(per_seed(r for r in cell if r.config.defense == d).values()))
+            seeds = {
+                d: per_seed(r for r in cell if r.config.defense == d)
                 for d in dict.fromkeys(r.config.defense for r in cell)
             }
+            accuracy = {d: interval(list(v.values())) for d, v in seeds.items()}
+            versus = {}
+            if link != "snr":
+                sic = [
+                    r for r in ablation if r.config.scenario == scenario and r.config.link == "snr"
+                ]
+                for d, mine in seeds.items():
+                    theirs = per_seed(r for r in sic if r.config.defense == d)
+                    if theirs:
+                        versus[d] = compare(mine, theirs, link, scenario, (link, "snr"))
             out.append(
                 ReceiverRow(
                     scenario=scenario,
@@ -92,6 +107,7 @@ def receiver_table(rows: Sequence[RunRecord]) -> list[ReceiverRow]:
                     sum_mse=_mean(sum_mse.values()),
                     energy=_mean(energy.values()),
                     accuracy=accuracy,
+                    versus_sic=versus,
                 )
             )
     return out
