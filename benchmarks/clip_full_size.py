@@ -294,7 +294,7 @@ def stage_times(config: Path, root: Path) -> dict[str, Any]:
         rng = np.random.default_rng(0)
         mu, channel = exp.channel_mse(run, rng)
         t0 = time.perf_counter()
-        exp.transmit(run, clean, base, mu, channel, rng)
+        exp.transmit_link(run, clean, base, mu, channel, rng)
         seconds = time.perf_counter() - t0
         out["channel_seconds_8_users"][link] = round(seconds, 2)
         print(f"channel, {link} link, 8 x {entries:,} entries: {seconds:.1f} s")

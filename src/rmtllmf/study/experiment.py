@@ -296,19 +296,6 @@ def channel_mse(
     return mu, PhysicalChannel(channel, scenario, large, weights)
 
 
-def transmit(
-    cfg: ExperimentConfig,
-    clean: list[TaskVector],
-    base: dict[str, torch.Tensor],
-    mu: NDArray[np.float64],
-    channel: PhysicalChannel | None,
-    rng: np.random.Generator,
-) -> list[NDArray[np.float32]]:
-    """Send the flattened task vectors over ``cfg.link`` (users with MSEs ``mu``; ``channel``
-    for the symbol link) and return what the BS receives, one flat vector per user."""
-    return transmit_link(cfg, clean, base, mu, channel, rng)[0]
-
-
 def transmit_link(
     cfg: ExperimentConfig,
     clean: list[TaskVector],
@@ -317,8 +304,9 @@ def transmit_link(
     channel: PhysicalChannel | None,
     rng: np.random.Generator,
 ) -> tuple[list[NDArray[np.float32]], list[UserLinkStats]]:
-    """:func:`transmit`, with the symbol link's per-user statistics (measured BER, symbol MSE;
-    empty on the other links)."""
+    """Send the flattened task vectors over ``cfg.link`` (users with MSEs ``mu``; ``channel``
+    for the symbol link) and return what the BS receives, one flat vector per user, with the
+    symbol link's per-user statistics (measured BER, symbol MSE; empty on the other links)."""
     layout = clean[0].layout
     seg = [layout.segments] * len(clean)
     flats = [tv.flatten() for tv in clean]
