@@ -97,7 +97,8 @@ def instrumented(clock: StageClock, pool: Any) -> Iterator[None]:
     """Wrap the stage functions where the run looks them up; restore them afterwards."""
     patches = [
         (exp, "channel_mse", "channel draw"),
-        (exp, "transmit", "transmission"),
+        (exp, "transmit_link", "transmission"),
+        (exp, "transmit_sum", "transmission"),
         (exp, "reception_from", "transmission"),
         (exp, "merge_task_vectors", "merge"),
         (exp, "_blind_vectors", "blind stage"),
