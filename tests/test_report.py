@@ -148,8 +148,10 @@ def test_summary_json_keeps_its_keys_and_order(report):
         "coverage",
         "uncertainty",
         "snr_axis",
+        "receivers",
     ]
     assert written["snr_axis"] is None  # this sweep ran no SNR axis
+    assert written["receivers"] == []  # nor an AirComp link
     assert list(written["recovered"]) == ["clean_realign", "base", "base_realign", "by_link"]
     assert list(written["orderings"][0]) == [
         "link",

@@ -26,7 +26,7 @@ from rmtllmf._io import write_text_atomic
 from rmtllmf.errors import InputError
 from rmtllmf.report import figures, markdown, seeds, tables
 from rmtllmf.report.axis_report import AXIS_ROLES, AxisReport, axis_report
-from rmtllmf.report.receivers import receiver_table
+from rmtllmf.report.receivers import ReceiverRow, receiver_table
 from rmtllmf.study.plan import SweepConfig, plan_runs
 from rmtllmf.study.snr_axis import SIGNAL_META
 from rmtllmf.study.spectra import SPECTRA_META, RankSpectra, SpectraCount
@@ -140,6 +140,7 @@ def _summary_json(
     files: list[Path],
     unc: seeds.Uncertainty,
     axis: AxisReport | None,
+    receivers: Sequence[ReceiverRow] = (),
 ) -> dict[str, Any]:
     """``summary.json``'s content: the headline summary, then everything the report shows."""
     complete = meta.planned is not None and meta.runs >= meta.planned
@@ -165,6 +166,7 @@ def _summary_json(
         },
         "uncertainty": unc.to_json(),
         "snr_axis": None if axis is None else axis.to_json(),
+        "receivers": [r.to_json() for r in receivers],
     }
 
 
@@ -220,8 +222,9 @@ def write_report(db: ResultsDB, out: str | Path) -> dict[str, Any]:
         receivers=receivers,
     )
     write_text_atomic(out / "report.md", text)
-    full = _summary_json(summ, order, cosines, analysis, counts, meta, config, files, unc, axis)
-    full["receivers"] = [r.to_json() for r in receivers]
+    full = _summary_json(
+        summ, order, cosines, analysis, counts, meta, config, files, unc, axis, receivers
+    )
     write_text_atomic(out / "summary.json", json.dumps(full, indent=2))
     export_csv(every, out / "runs.csv")
     return full
