@@ -133,7 +133,14 @@ def test_evaluate_scores_the_tasks_on_the_default_eight_task_zoo(tmp_path, monke
 
 
 def _channel_args(**given: object) -> argparse.Namespace:
-    args = {"users": 8, "antennas": 16, "symbols": 0, "no_limit": False} | given
+    args = {
+        "users": 8,
+        "antennas": 16,
+        "symbols": 0,
+        "no_limit": False,
+        "scenario": "ideal",
+        "aircomp": False,
+    } | given
     return argparse.Namespace(**args)
 
 
@@ -141,6 +148,9 @@ def test_channel_sizes_are_bounded_and_no_limit_goes_past():
     from rmtllmf.cli.channel import check_sizes
 
     check_sizes(_channel_args(symbols=2**24))  # 8 users: 16.8M symbols, the bound
+    check_sizes(_channel_args(antennas=64, aircomp=True))  # 12800 * 64^3 < 2^33
+    with pytest.raises(InputError, match="with AirComp"):
+        check_sizes(_channel_args(antennas=128, scenario="aircomp-maxmin"))
     with pytest.raises(InputError, match="give at most --symbols 16777216"):
         check_sizes(_channel_args(symbols=2**24 + 1))
     check_sizes(_channel_args(users=8, antennas=1024))  # 8 * 1024^3 = 2^33, the bound

@@ -174,7 +174,7 @@ def check_flags_apply(args: argparse.Namespace) -> None:
     if args.scenario == "ideal" and (args.jammer_dbm is not None or args.jnr_db is not None):
         raise InputError(
             "--jammer-dbm / --jnr-db set the jammer, and --scenario ideal has none; drop them or "
-            "choose --scenario sum-rate or strongest-user"
+            "choose a jammed --scenario (" + ", ".join(SCENARIOS[1:]) + ")"
         )
     if args.symbols == 0 and (args.genie or args.bits != 8):
         raise InputError(
