@@ -61,11 +61,14 @@ class AirCompResult:
         return np.array([d.noise_power for d in self.designs])
 
     def energy(self, p: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Each user's mean transmit power over its peak, ``|b_q|^2 / p_q``, over entries."""
+        """Each user's mean transmit power over its peak, ``|b_q|^2 / p_q``, over entries (at
+        most 1 by the designs' constraint; a user at full power can exceed it by round-off in
+        ``|b_q|^2``, which is clipped)."""
         lengths = self._lengths
         per = np.array([d.energy for d in self.designs])  # (segments, users)
         mean = lengths @ per / max(float(lengths.sum()), 1.0)
-        result: NDArray[np.float64] = np.divide(mean, p, out=np.zeros_like(mean), where=p > 0)
+        ratio = np.divide(mean, p, out=np.zeros_like(mean), where=p > 0)
+        result: NDArray[np.float64] = np.minimum(ratio, 1.0)
         return result
 
 

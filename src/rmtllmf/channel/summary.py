@@ -110,7 +110,7 @@ def compare_aircomp(summary: ChannelSummary, channel: ChannelRealization) -> Cha
         "sic_sum_mse": float(sum(r.mse for r in summary.users)),
         "aircomp_mse": mmse.mse,
         "aircomp_zf_mse": zf.mse,
-        "aircomp_energy": float(np.mean(mmse.energy / channel.p)),
+        "aircomp_energy": float(np.mean(np.minimum(mmse.energy / channel.p, 1.0))),
     }
     return ChannelSummary(**{**summary.__dict__, "aircomp": figures})
 
